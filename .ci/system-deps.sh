@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo run for real (etcd 3.4, ClickHouse 18.16),
+# without starting their services: the tests start their own on free loopback ports.
+set -euo pipefail
+packages=(etcd-server etcd-client clickhouse-server clickhouse-client)
+need=()
+for binary in etcd etcdctl clickhouse-server clickhouse-client; do
+  command -v "$binary" >/dev/null 2>&1 || need+=("$binary")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages (missing: ${need[*]}): ${packages[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+policy=/usr/sbin/policy-rc.d
+added_policy=""
+if [ ! -e "$policy" ]; then
+  # exit 101 = "action forbidden": package scripts must not start etcd or ClickHouse here
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod +x "$policy"
+  added_policy=1
+fi
+trap '[ -n "$added_policy" ] && $sudo rm -f "$policy"' EXIT
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+for binary in etcd etcdctl clickhouse-server clickhouse-client; do
+  command -v "$binary" >/dev/null || { echo "error: $binary is still missing after apt-get install" >&2; exit 1; }
+done

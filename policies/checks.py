@@ -1,0 +1,125 @@
+"""Rules that relate one part of the policy file to another.
+
+``reference_issues`` works on the raw (interpolated) data, so a drill naming an undefined source is
+reported even when some other part of the file does not validate. ``semantic_issues`` needs the
+validated ``Policy``: it refuses scratch targets and repository locations that overlap production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urlparse
+
+from policies.model import ClickHouseSource, Policy, S3Source
+
+Loc = tuple[str | int, ...]
+Issue = tuple[Loc, str]
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
+def reference_issues(data: dict[str, Any]) -> list[Issue]:
+    """Drills that name sources or notifiers the file does not define."""
+    sources = _names(data.get("sources"))
+    notifiers = _names(data.get("notify"))
+    drills = data.get("drills")
+    if not isinstance(drills, dict):
+        return []
+    issues: list[Issue] = []
+    for drill_name, drill in drills.items():
+        if not isinstance(drill, dict):
+            continue
+        for field, defined, what in (("sources", sources, "source"), ("notify", notifiers, "notifier")):
+            for i, name in _listed(drill.get(field)):
+                if name not in defined:
+                    known = ", ".join(sorted(defined)) or "none"
+                    issues.append(((("drills", drill_name, field, i)), f"undefined {what} '{name}'; defined: {known}"))
+    return issues
+
+
+def semantic_issues(policy: Policy) -> list[Issue]:
+    """Overlaps between scratch targets, the repository and production sources."""
+    return [*_scratch_overlaps(policy), *_repository_overlaps(policy), *_missing_scratch(policy)]
+
+
+def _scratch_overlaps(policy: Policy) -> Iterator[Issue]:
+    local = policy.scratch.local
+    for name, source in policy.sources.items():
+        if isinstance(source, ClickHouseSource) and local.clickhouse is not None:
+            scratch = local.clickhouse
+            sample = f"{scratch.database_prefix}20260101t000000z_0000"
+            same_server = (_host(scratch.host), scratch.port) == (_host(source.host), source.port)
+            if same_server and any(fnmatchcase(sample, pattern) for pattern in source.databases):
+                yield (
+                    ("scratch", "local", "clickhouse"),
+                    f"scratch databases '{scratch.database_prefix}*' on {scratch.host}:{scratch.port} would be "
+                    f"inside source '{name}' (databases {source.databases}): use another scratch server "
+                    "or a database_prefix the source does not match",
+                )
+        if isinstance(source, S3Source) and local.s3 is not None:
+            scratch_s3 = local.s3
+            if _endpoint(scratch_s3.endpoint_url) == _endpoint(source.endpoint_url) and any(
+                bucket.startswith(scratch_s3.bucket_prefix) for bucket in source.buckets
+            ):
+                yield (
+                    ("scratch", "local", "s3"),
+                    f"scratch buckets '{scratch_s3.bucket_prefix}*' would collide with buckets of source '{name}' "
+                    "on the same endpoint: use another scratch endpoint or bucket_prefix",
+                )
+
+
+def _repository_overlaps(policy: Policy) -> Iterator[Issue]:
+    repository = policy.repository
+    if repository.scheme != "s3":
+        return
+    for name, source in policy.sources.items():
+        if (
+            isinstance(source, S3Source)
+            and repository.bucket in source.buckets
+            and _endpoint(repository.s3.endpoint_url) == _endpoint(source.endpoint_url)
+        ):
+            yield (
+                ("repository", "url"),
+                f"the repository lives in bucket '{repository.bucket}', which source '{name}' backs up: "
+                "backups must live outside the system they protect",
+            )
+
+
+def _missing_scratch(policy: Policy) -> Iterator[Issue]:
+    """A local drill over a ClickHouse or S3 source needs a scratch server to restore into."""
+    if policy.scratch.kind != "local":
+        return
+    local = policy.scratch.local
+    for drill_name, drill in policy.drills.items():
+        for i, source_name in enumerate(drill.sources):
+            source = policy.sources.get(source_name)
+            missing = (isinstance(source, ClickHouseSource) and local.clickhouse is None and "clickhouse") or (
+                isinstance(source, S3Source) and local.s3 is None and "s3"
+            )
+            if missing:
+                yield (
+                    ("drills", drill_name, "sources", i),
+                    f"source '{source_name}' is restored into scratch.local.{missing}, which is not set",
+                )
+
+
+def _names(section: Any) -> set[str]:
+    return {str(key) for key in section} if isinstance(section, dict) else set()
+
+
+def _listed(value: Any) -> Iterator[tuple[int, str]]:
+    if isinstance(value, list):
+        yield from ((i, item) for i, item in enumerate(value) if isinstance(item, str))
+
+
+def _host(host: str) -> str:
+    return "loopback" if host.lower() in _LOOPBACK else host.lower()
+
+
+def _endpoint(url: str | None) -> tuple[str, int | None] | None:
+    if url is None:
+        return None  # the AWS default endpoint
+    parsed = urlparse(url)
+    default = 443 if parsed.scheme == "https" else 80
+    return _host(parsed.hostname or ""), parsed.port or default

@@ -1,0 +1,484 @@
+"""The policy file as typed, frozen objects (DESIGN section 2).
+
+Code below ``policies/`` never sees raw dicts: it gets a ``Policy``. Field-level rules live on the
+models; rules that relate one part of the file to another live in ``policies.checks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    model_validator,
+)
+
+from policies.durations import format_duration, parse_duration
+from policies.errors import ConfigError, ConfigIssue
+from policies.schedule import expand_cron
+
+FAULTS = ("corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target", "disaster", "verifier-canary")
+NOTIFY_EVENTS = ("drill", "drill-failure", "backup-failure", "check-failure", "suspicious")
+SNAPSHOT_ID = re.compile(r"^(?P<source>[a-z0-9][a-z0-9_-]*)-(?P<time>\d{8}T\d{6}Z)-(?P<suffix>[0-9a-f]{4})$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value} has no unit: write {value}s, {value}m, {value}h or {value}d")
+    if not isinstance(value, str):
+        raise ValueError("write a duration like 30m, 26h, 7d or 2w")
+    return parse_duration(value)
+
+
+def _cron(value: str) -> str:
+    expand_cron(value)
+    return value
+
+
+def _fraction(value: Any) -> Any:
+    """``50%`` or ``0.5`` -> 0.5."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"'{value}' is not a percentage like 50%") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"'{value}' is not an http(s) URL like https://host:9000")
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port") from None
+    return value.rstrip("/")
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)]
+Cron = Annotated[str, AfterValidator(_cron)]
+Fraction = Annotated[float, BeforeValidator(_fraction), Field(gt=0, le=1)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=_NAME.pattern)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class SecretFile(Frozen):
+    """A secret kept in a file (a mounted Kubernetes Secret, a systemd credential): ``{file: PATH}``.
+
+    Read when used, not when the policy is validated, so a file can be checked on another machine.
+    """
+
+    file: Path
+
+
+# A secret is written inline (usually as ``${ENV_VAR}``) or as ``{file: PATH}``.
+Secret = SecretStr | SecretFile
+
+
+def reveal(secret: Secret | None) -> str | None:
+    """The secret's value; raise ConfigError when its file cannot be read."""
+    if secret is None:
+        return None
+    if isinstance(secret, SecretStr):
+        return secret.get_secret_value()
+    try:
+        return secret.file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(str(secret.file), [ConfigIssue("", f"cannot read this secret file: {exc.strerror}")]) from None
+
+
+# ---- repository -------------------------------------------------------------------------------
+
+
+class S3Connection(Frozen):
+    """How to reach an S3-compatible endpoint (MinIO, AWS, Ceph...)."""
+
+    endpoint_url: HttpUrl | None = None
+    region: str = "us-east-1"
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Connection:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither (to use the AWS defaults)")
+        return self
+
+
+class RepositoryS3(S3Connection):
+    part_size: Annotated[int, Field(ge=5 * 1024 * 1024)] = 64 * 1024 * 1024
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
+
+
+class Encryption(Frozen):
+    key_file: Path
+
+
+class ObjectLock(Frozen):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    days: Annotated[int, Field(ge=1)]
+
+
+class PruneSettings(Frozen):
+    schedule: Cron | None = None
+    grace: Duration = timedelta(hours=24)
+
+
+class CheckSettings(Frozen):
+    schedule: Cron | None = None
+    read_data_subset: Fraction | None = None
+
+
+class Repository(Frozen):
+    url: str = "file:///var/lib/lifeboat/repo"
+    s3: RepositoryS3 = RepositoryS3()
+    encryption: Encryption | None = None
+    object_lock: ObjectLock | None = None
+    lock_stale_after: Duration = timedelta(minutes=30)
+    prune: PruneSettings = PruneSettings()
+    check: CheckSettings = CheckSettings()
+
+    @model_validator(mode="after")
+    def _url_shape(self) -> Repository:
+        parsed = urlparse(self.url)
+        if parsed.scheme == "file":
+            if not parsed.path.startswith("/") or parsed.netloc:
+                raise ValueError(f"'{self.url}' must be an absolute path like file:///var/lib/lifeboat/repo")
+            if self.object_lock:
+                raise ValueError("object_lock needs an s3:// repository; a local directory cannot lock objects")
+        elif parsed.scheme == "s3":
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parsed.netloc):
+                raise ValueError(f"'{self.url}': '{parsed.netloc}' is not a valid bucket name (s3://bucket/prefix)")
+        else:
+            raise ValueError(f"'{self.url}' must start with file:// or s3://")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return urlparse(self.url).scheme
+
+    @property
+    def bucket(self) -> str:
+        return urlparse(self.url).netloc
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix inside the bucket (s3), or the directory (file)."""
+        parsed = urlparse(self.url)
+        return parsed.path if parsed.scheme == "file" else parsed.path.strip("/")
+
+
+# ---- retention --------------------------------------------------------------------------------
+
+
+class Retention(Frozen):
+    """restic ``forget`` rules; they OR together. ``None`` means the rule is not used."""
+
+    keep_last: Annotated[int, Field(ge=0)] | None = None
+    keep_hourly: Annotated[int, Field(ge=0)] | None = None
+    keep_daily: Annotated[int, Field(ge=0)] | None = None
+    keep_weekly: Annotated[int, Field(ge=0)] | None = None
+    keep_monthly: Annotated[int, Field(ge=0)] | None = None
+    keep_yearly: Annotated[int, Field(ge=0)] | None = None
+    keep_within: Duration | None = None
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
+        if not any(counts) and self.keep_within is None:
+            raise ValueError(
+                "this retention keeps nothing: set at least one of keep_last, keep_hourly, keep_daily, "
+                "keep_weekly, keep_monthly, keep_yearly (above 0) or keep_within"
+            )
+        return self
+
+
+class AnomalyGuard(Frozen):
+    """When a new census shrank or changed this much against the previous one, flag it suspicious."""
+
+    shrink: Fraction = 0.5
+    changed: Fraction = 0.5
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+
+class SourceBase(Frozen):
+    schedule: Cron | None = None
+    retention: Retention | None = None
+    anomaly: AnomalyGuard = AnomalyGuard()
+
+
+class EtcdTls(Frozen):
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> EtcdTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key for client authentication, or neither")
+        return self
+
+
+class EtcdSource(SourceBase):
+    kind: Literal["etcd"]
+    endpoints: Annotated[list[HttpUrl], Field(min_length=1)]
+    tls: EtcdTls | None = None
+    user: str | None = None
+    password: Secret | None = None
+    etcdctl: str = "etcdctl"
+    timeout: Duration = timedelta(minutes=5)
+
+
+class TableFilter(Frozen):
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+
+
+class ClickHouseSource(SourceBase):
+    kind: Literal["clickhouse"]
+    host: str
+    port: Port = 9000
+    http_port: Port = 8123
+    secure: bool = False
+    user: str = "default"
+    password: Secret = SecretStr("")
+    databases: Annotated[list[str], Field(min_length=1)]
+    tables: TableFilter = TableFilter()
+    strategy: Literal["auto", "native", "logical"] = "auto"
+    native_endpoint_url: HttpUrl | None = Field(
+        default=None, description="the repository's S3 endpoint as the ClickHouse server reaches it (native only)"
+    )
+    parallel: Annotated[int, Field(ge=1, le=64)] = 4
+    timeout: Duration = timedelta(hours=2)
+
+
+class S3Source(SourceBase, S3Connection):
+    kind: Literal["s3"]
+    endpoint_url: HttpUrl | None = None
+    buckets: Annotated[list[str], Field(min_length=1)]
+    include: list[str] = []
+    exclude: list[str] = []
+    parallel: Annotated[int, Field(ge=1, le=256)] = 16
+
+
+Source = Annotated[EtcdSource | ClickHouseSource | S3Source, Field(discriminator="kind")]
+
+
+# ---- scratch ----------------------------------------------------------------------------------
+
+
+class ClickHouseEndpoint(Frozen):
+    host: str
+    port: Port = 9000
+    http_port: Port = 8123
+    secure: bool = False
+    user: str = "default"
+    password: Secret = SecretStr("")
+    database_prefix: Name = "lifeboat_drill_"
+
+
+class ScratchS3(S3Connection):
+    bucket_prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,40}$")] = "lifeboat-drill-"
+
+
+class LocalScratch(Frozen):
+    workdir: Path = Path("/var/lib/lifeboat/scratch")
+    etcd_bin: str = "etcd"
+    clickhouse: ClickHouseEndpoint | None = None
+    s3: ScratchS3 | None = None
+
+
+class KubernetesImages(Frozen):
+    etcd: str = "registry.k8s.io/etcd:3.5.15-0"
+    clickhouse: str = "clickhouse/clickhouse-server:24.8"
+    minio: str = "minio/minio:RELEASE.2024-10-13T13-34-11Z"
+
+
+class KubernetesScratch(Frozen):
+    namespace_prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}-$")] = "lifeboat-drill-"
+    images: KubernetesImages = KubernetesImages()
+    ttl: Duration = timedelta(hours=6)
+    kubeconfig: Path | None = None
+    context: str | None = None
+    access: Literal["port-forward", "service-dns"] = "port-forward"
+
+
+class Scratch(Frozen):
+    kind: Literal["local", "kubernetes"] = "local"
+    local: LocalScratch = LocalScratch()
+    kubernetes: KubernetesScratch = KubernetesScratch()
+
+
+# ---- drills -----------------------------------------------------------------------------------
+
+
+class SnapshotSelector(Frozen):
+    """Which snapshot a drill restores: the newest, a random one of a recent window, or one id."""
+
+    latest: bool = False
+    random_within: Duration | None = None
+    snapshot_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"random-within"}:
+            return {"random_within": value["random-within"]}
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text == "latest":
+            return {"latest": True}
+        kind, sep, rest = text.replace(":", " ", 1).partition(" ")
+        if kind == "random-within" and sep:
+            return {"random_within": rest.strip()}
+        if SNAPSHOT_ID.match(text):
+            return {"snapshot_id": text}
+        raise ValueError(f"'{text}' is not 'latest', 'random-within: <duration>' or a snapshot id")
+
+    def describe(self) -> str:
+        if self.latest:
+            return "latest"
+        if self.random_within is not None:
+            return f"random-within: {format_duration(self.random_within)}"
+        return str(self.snapshot_id)
+
+
+def _known_fault(value: str) -> str:
+    if value not in FAULTS:
+        raise ValueError(f"unknown fault '{value}'; known faults: {', '.join(FAULTS)}")
+    return value
+
+
+class Objectives(Frozen):
+    rto: Duration
+    rpo: Duration
+
+
+class Drill(Frozen):
+    schedule: Cron | None = None
+    sources: Annotated[list[str], Field(min_length=1)]
+    snapshot: SnapshotSelector = SnapshotSelector(latest=True)
+    objectives: Objectives
+    faults: list[Annotated[str, AfterValidator(_known_fault)]] = []
+    notify: list[str] = []
+
+
+# ---- notify -----------------------------------------------------------------------------------
+
+
+class Smtp(Frozen):
+    host: str
+    port: Port = 587
+    starttls: bool = True
+    ssl: bool = False
+    user: str | None = None
+    password: Secret | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> Smtp:
+        if self.ssl and self.starttls:
+            raise ValueError("choose one of ssl (implicit TLS, port 465) and starttls (port 587)")
+        return self
+
+
+def _event(value: str) -> str:
+    if value not in NOTIFY_EVENTS:
+        raise ValueError(f"unknown event '{value}'; known events: {', '.join(NOTIFY_EVENTS)}")
+    return value
+
+
+Events = list[Annotated[str, AfterValidator(_event)]]
+_ADDRESS = r"^[^@\s]+@[^@\s]+$"
+
+
+class EmailNotifier(Frozen):
+    kind: Literal["email"]
+    smtp: Smtp
+    sender: Annotated[str, Field(alias="from", pattern=_ADDRESS)]
+    to: Annotated[list[Annotated[str, Field(pattern=_ADDRESS)]], Field(min_length=1)]
+    on: Events = ["drill", "backup-failure"]
+
+
+class WebhookNotifier(Frozen):
+    kind: Literal["webhook"]
+    url: HttpUrl
+    headers: dict[str, Secret] = {}
+    timeout: Duration = timedelta(seconds=10)
+    on: Events = ["drill", "backup-failure"]
+
+
+Notifier = Annotated[EmailNotifier | WebhookNotifier, Field(discriminator="kind")]
+
+
+# ---- the whole file ---------------------------------------------------------------------------
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' is not host:port, like 127.0.0.1:9464")
+    return value
+
+
+class Service(Frozen):
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:9464"
+    misfire_grace: Duration = timedelta(minutes=10)
+    stop_timeout: Duration = timedelta(minutes=2)
+
+
+class Policy(Frozen):
+    repository: Repository = Repository()
+    state: Path = Path("/var/lib/lifeboat/state.db")
+    service: Service = Service()
+    sources: dict[Name, Source] = Field(min_length=1)
+    scratch: Scratch = Scratch()
+    drills: dict[Name, Drill] = {}
+    notify: dict[Name, Notifier] = {}
+
+    def secret_values(self) -> list[str]:
+        """Every secret the file holds, so that logs and errors can mask it wherever it appears."""
+        found: list[str] = []
+        _collect_secrets(self, found)
+        return sorted({value for value in found if value})
+
+
+def _collect_secrets(node: Any, found: list[str]) -> None:
+    if isinstance(node, SecretStr):
+        found.append(node.get_secret_value())
+    elif isinstance(node, SecretFile):
+        with contextlib.suppress(ConfigError):  # unreadable here: whoever reads it later says so
+            found.append(reveal(node) or "")
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            _collect_secrets(getattr(node, name), found)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _collect_secrets(value, found)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _collect_secrets(value, found)
