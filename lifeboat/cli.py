@@ -7,42 +7,17 @@ and nothing else there; messages and logs go to stderr.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
-import structlog
 
 from lifeboat import __version__
-from lifeboat.logs import LogFormat, Redactor, configure
+from lifeboat.commands.policy import policy
+from lifeboat.commands.repository import check, prune, repo, snapshots
+from lifeboat.context import EXIT_FAILED, EXIT_USAGE, Session
+from lifeboat.logs import LogFormat, configure
 from policies.errors import ConfigError, LifeboatError
-from policies.loader import load_policy
-from policies.model import Policy
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNVERIFIED = 3
-
-log = structlog.get_logger("lifeboat.cli")
-
-
-@dataclass
-class Session:
-    """What every command gets: where the policy is, and the redactor that learns its secrets."""
-
-    config_path: Path
-    redactor: Redactor
-    _policy: Policy | None = field(default=None, repr=False)
-
-    def policy(self) -> Policy:
-        """The validated policy (loaded once); raises ConfigError."""
-        if self._policy is None:
-            self._policy = load_policy(self.config_path)
-            self.redactor.add(self._policy.secret_values())
-        return self._policy
 
 
 class LifeboatGroup(click.Group):
@@ -88,52 +63,8 @@ def cli(ctx: click.Context, config_path: Path, log_format: LogFormat | None) -> 
     ctx.obj = Session(config_path=config_path, redactor=configure(log_format))
 
 
-@cli.group()
-def policy() -> None:
-    """Check the policy file."""
-
-
-@policy.command("validate")
-@click.option("--json", "as_json", is_flag=True, help="Print {ok, errors: [{path, message}]} on stdout.")
-@click.pass_context
-def policy_validate(ctx: click.Context, as_json: bool) -> None:
-    """Validate the policy file and list every error, each with its path."""
-    session: Session = ctx.obj
-    try:
-        loaded = session.policy()
-    except ConfigError as exc:
-        if not as_json:
-            raise
-        errors = [{"path": i.path, "message": session.redactor.text(i.message), "line": i.line} for i in exc.issues]
-        _print_json({"ok": False, "file": exc.file, "errors": errors})
-        ctx.exit(EXIT_USAGE)
-    if as_json:
-        _print_json({"ok": True, "file": str(session.config_path), "errors": [], **_summary(loaded)})
-        return
-    summary = _summary(loaded)
-    sources = ", ".join(f"{name} ({kind})" for name, kind in summary["sources"].items())
-    click.echo(
-        f"{session.config_path}: OK: {_count(len(summary['sources']), 'source')} [{sources}], "
-        f"{_count(len(summary['drills']), 'drill')}, {_count(len(summary['notifiers']), 'notifier')}; "
-        f"repository {summary['repository']}"
-    )
-
-
-def _summary(loaded: Policy) -> dict[str, Any]:
-    return {
-        "repository": loaded.repository.url,
-        "sources": {name: source.kind for name, source in loaded.sources.items()},
-        "drills": sorted(loaded.drills),
-        "notifiers": sorted(loaded.notify),
-    }
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _print_json(document: dict[str, Any]) -> None:
-    click.echo(json.dumps(document, indent=2, default=str))
+for command in (policy, repo, snapshots, check, prune):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlparse
 
-from policies.model import ClickHouseSource, Policy, S3Source
+from policies.model import ClickHouseSettings, Policy, S3Settings
 
 Loc = tuple[str | int, ...]
 Issue = tuple[Loc, str]
@@ -46,7 +46,7 @@ def semantic_issues(policy: Policy) -> list[Issue]:
 def _scratch_overlaps(policy: Policy) -> Iterator[Issue]:
     local = policy.scratch.local
     for name, source in policy.sources.items():
-        if isinstance(source, ClickHouseSource) and local.clickhouse is not None:
+        if isinstance(source, ClickHouseSettings) and local.clickhouse is not None:
             scratch = local.clickhouse
             sample = f"{scratch.database_prefix}20260101t000000z_0000"
             same_server = (_host(scratch.host), scratch.port) == (_host(source.host), source.port)
@@ -57,7 +57,7 @@ def _scratch_overlaps(policy: Policy) -> Iterator[Issue]:
                     f"inside source '{name}' (databases {source.databases}): use another scratch server "
                     "or a database_prefix the source does not match",
                 )
-        if isinstance(source, S3Source) and local.s3 is not None:
+        if isinstance(source, S3Settings) and local.s3 is not None:
             scratch_s3 = local.s3
             if _endpoint(scratch_s3.endpoint_url) == _endpoint(source.endpoint_url) and any(
                 bucket.startswith(scratch_s3.bucket_prefix) for bucket in source.buckets
@@ -75,7 +75,7 @@ def _repository_overlaps(policy: Policy) -> Iterator[Issue]:
         return
     for name, source in policy.sources.items():
         if (
-            isinstance(source, S3Source)
+            isinstance(source, S3Settings)
             and repository.bucket in source.buckets
             and _endpoint(repository.s3.endpoint_url) == _endpoint(source.endpoint_url)
         ):
@@ -94,8 +94,8 @@ def _missing_scratch(policy: Policy) -> Iterator[Issue]:
     for drill_name, drill in policy.drills.items():
         for i, source_name in enumerate(drill.sources):
             source = policy.sources.get(source_name)
-            missing = (isinstance(source, ClickHouseSource) and local.clickhouse is None and "clickhouse") or (
-                isinstance(source, S3Source) and local.s3 is None and "s3"
+            missing = (isinstance(source, ClickHouseSettings) and local.clickhouse is None and "clickhouse") or (
+                isinstance(source, S3Settings) and local.s3 is None and "s3"
             )
             if missing:
                 yield (

@@ -224,7 +224,7 @@ class AnomalyGuard(Frozen):
 # ---- sources ----------------------------------------------------------------------------------
 
 
-class SourceBase(Frozen):
+class SourceSettingsBase(Frozen):
     schedule: Cron | None = None
     retention: Retention | None = None
     anomaly: AnomalyGuard = AnomalyGuard()
@@ -242,7 +242,7 @@ class EtcdTls(Frozen):
         return self
 
 
-class EtcdSource(SourceBase):
+class EtcdSettings(SourceSettingsBase):
     kind: Literal["etcd"]
     endpoints: Annotated[list[HttpUrl], Field(min_length=1)]
     tls: EtcdTls | None = None
@@ -257,7 +257,7 @@ class TableFilter(Frozen):
     exclude: list[str] = []
 
 
-class ClickHouseSource(SourceBase):
+class ClickHouseSettings(SourceSettingsBase):
     kind: Literal["clickhouse"]
     host: str
     port: Port = 9000
@@ -275,7 +275,7 @@ class ClickHouseSource(SourceBase):
     timeout: Duration = timedelta(hours=2)
 
 
-class S3Source(SourceBase, S3Connection):
+class S3Settings(SourceSettingsBase, S3Connection):
     kind: Literal["s3"]
     endpoint_url: HttpUrl | None = None
     buckets: Annotated[list[str], Field(min_length=1)]
@@ -284,7 +284,7 @@ class S3Source(SourceBase, S3Connection):
     parallel: Annotated[int, Field(ge=1, le=256)] = 16
 
 
-Source = Annotated[EtcdSource | ClickHouseSource | S3Source, Field(discriminator="kind")]
+SourceSettings = Annotated[EtcdSettings | ClickHouseSettings | S3Settings, Field(discriminator="kind")]
 
 
 # ---- scratch ----------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class Policy(Frozen):
     repository: Repository = Repository()
     state: Path = Path("/var/lib/lifeboat/state.db")
     service: Service = Service()
-    sources: dict[Name, Source] = Field(min_length=1)
+    sources: dict[Name, SourceSettings] = Field(min_length=1)
     scratch: Scratch = Scratch()
     drills: dict[Name, Drill] = {}
     notify: dict[Name, Notifier] = {}

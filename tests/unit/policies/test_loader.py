@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from policies.errors import ConfigError
 from policies.loader import load_policy, parse_policy
-from policies.model import EtcdSource, SecretFile, reveal
+from policies.model import EtcdSettings, SecretFile, reveal
 
 ETCD = """
 sources:
@@ -38,7 +38,7 @@ def test_minimal_file_gets_the_embedded_defaults() -> None:
     assert policy.repository.prune.grace == timedelta(hours=24)
     assert policy.service.listen == "127.0.0.1:9464"
     source = policy.sources["k8s-etcd"]
-    assert isinstance(source, EtcdSource)
+    assert isinstance(source, EtcdSettings)
     assert source.retention is not None and source.retention.keep_last == 3
 
 

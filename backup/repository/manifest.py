@@ -1,0 +1,153 @@
+"""Snapshot manifests: the commit point of a snapshot (DESIGN section 3).
+
+A manifest is a small object ``snapshots/<source>/<snapshot-id>.json.zst`` holding the header
+(source, kind, times, status, fingerprint, census) and the chunk list of the *entries stream*:
+JSON lines, one per file / table partition / object, stored through the same chunk path as data.
+So a manifest of a million entries is written and read one chunk at a time, and it is verified,
+deduplicated and encrypted exactly like the data it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from policies.model import SNAPSHOT_ID
+
+MANIFEST_FORMAT = 1
+SnapshotStatus = Literal["good", "suspicious"]
+_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def new_snapshot_id(source: str, at: datetime) -> str:
+    """``<source>-<YYYYmmddTHHMMSSZ>-<4 hex>``: sorts by time within a source."""
+    return f"{source}-{at.astimezone(UTC).strftime(_TIME_FORMAT)}-{secrets.token_hex(2)}"
+
+
+def snapshot_time(snapshot_id: str) -> datetime:
+    match = SNAPSHOT_ID.match(snapshot_id)
+    if not match:
+        raise ValueError(f"'{snapshot_id}' is not a snapshot id like k8s-etcd-20261128T020000Z-ab12")
+    return datetime.strptime(match["time"], _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def snapshot_source(snapshot_id: str) -> str:
+    match = SNAPSHOT_ID.match(snapshot_id)
+    if not match:
+        raise ValueError(f"'{snapshot_id}' is not a snapshot id like k8s-etcd-20261128T020000Z-ab12")
+    return match["source"]
+
+
+def manifest_key(source: str, snapshot_id: str) -> str:
+    return f"snapshots/{source}/{snapshot_id}.json.zst"
+
+
+_MANIFEST_KEY = re.compile(r"^snapshots/(?P<source>[^/]+)/(?P<id>[^/]+)\.json\.zst$")
+
+
+def parse_manifest_key(key: str) -> tuple[str, str] | None:
+    match = _MANIFEST_KEY.match(key)
+    return (match["source"], match["id"]) if match and SNAPSHOT_ID.match(match["id"]) else None
+
+
+ChunkRef = tuple[str, int]  # (chunk id, plaintext size)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One restorable item of a snapshot: a file, a table partition, an object."""
+
+    name: str
+    size: int
+    sha256: str
+    chunks: list[ChunkRef]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_line(self) -> bytes:
+        doc = {"name": self.name, "size": self.size, "sha256": self.sha256, "chunks": self.chunks, "meta": self.meta}
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> Entry:
+        doc = json.loads(line)
+        return cls(doc["name"], doc["size"], doc["sha256"], [(c[0], c[1]) for c in doc["chunks"]], doc.get("meta") or {})
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """Everything about a snapshot except its entries."""
+
+    id: str
+    source: str
+    kind: str
+    started: datetime
+    finished: datetime
+    status: SnapshotStatus
+    tool_version: str
+    entry_count: int
+    size: int  # bytes of all entries
+    entries_chunks: list[ChunkRef]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    census: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time(self) -> datetime:
+        return self.started
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "id": self.id,
+            "source": self.source,
+            "kind": self.kind,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "status": self.status,
+            "tool_version": self.tool_version,
+            "entry_count": self.entry_count,
+            "size": self.size,
+            "entries_chunks": self.entries_chunks,
+            "fingerprint": self.fingerprint,
+            "census": self.census,
+            "meta": self.meta,
+        }
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SnapshotHeader:
+        doc = json.loads(data)
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"manifest format {doc.get('format')} is not one this Lifeboat reads ({MANIFEST_FORMAT})")
+        return cls(
+            id=doc["id"],
+            source=doc["source"],
+            kind=doc["kind"],
+            started=datetime.fromisoformat(doc["started"]),
+            finished=datetime.fromisoformat(doc["finished"]),
+            status=doc["status"],
+            tool_version=doc["tool_version"],
+            entry_count=doc["entry_count"],
+            size=doc["size"],
+            entries_chunks=[(c[0], c[1]) for c in doc["entries_chunks"]],
+            fingerprint=doc.get("fingerprint") or {},
+            census=doc.get("census") or {},
+            meta=doc.get("meta") or {},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The ``snapshots list --json`` shape."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "kind": self.kind,
+            "time": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "status": self.status,
+            "size": self.size,
+            "entries": self.entry_count,
+        }

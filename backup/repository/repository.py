@@ -1,0 +1,465 @@
+"""The repository: content-addressed chunks and snapshot manifests in a store (DESIGN section 3).
+
+Layout under the store's prefix::
+
+    config.json                                 format, id, chunk size, encryption parameters
+    chunks/ab/<chunk id>                        one sealed chunk (see codec.py)
+    snapshots/<source>/<snapshot id>.json.zst   a manifest: the commit point of a snapshot
+    locks/<uuid>.json                           shared / exclusive locks (locks.py)
+    drills/<drill>/<run id>.json                drill reports
+
+Chunking is fixed-size (1 MiB). Content-defined chunking only pays where bytes are inserted into
+the middle of a stream, and none of our sources does that: an etcd snapshot is a bbolt file of
+4 KiB pages changed in place (fixed boundaries line up with pages), ClickHouse partitions and S3
+objects are reused whole by their metadata before any byte is read, and appends change only the
+tail under either scheme. Fixed-size cuts cost nothing, where CDC's rolling hash is another pass
+over every byte (tests/bench/bench_repository.py measures the write path against zstd alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+import structlog
+
+from backup.repository.codec import Codec, CorruptObject, Keys
+from backup.repository.locks import LockKind, repository_lock
+from backup.repository.manifest import (
+    ChunkRef,
+    Entry,
+    SnapshotHeader,
+    SnapshotStatus,
+    manifest_key,
+    new_snapshot_id,
+    parse_manifest_key,
+    snapshot_source,
+    snapshot_time,
+)
+from backup.repository.retry import RetryingStore
+from backup.repository.store import ObjectNotFound, Store, get_bytes, put_bytes
+from policies.errors import IntegrityError, LifeboatError, StoreError
+
+REPOSITORY_FORMAT = 1
+CONFIG_KEY = "config.json"
+CHUNK_SIZE = 1024 * 1024
+DEFAULT_WORKERS = 4
+_VERSION = "0.1.0"
+log = structlog.get_logger(__name__)
+
+
+class RepositoryKeyError(LifeboatError):
+    """The key given does not open this repository (or one is missing)."""
+
+
+class RepositoryNotFound(StoreError):
+    """No repository at the configured location (config.json is absent)."""
+
+
+class SnapshotNotFound(LifeboatError):
+    """No snapshot matches what was asked for."""
+
+
+def chunk_key(chunk_id: str) -> str:
+    return f"chunks/{chunk_id[:2]}/{chunk_id}"
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    id: str
+    created: str
+    chunk_size: int
+    compression_level: int
+    encryption: dict[str, str] | None
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": REPOSITORY_FORMAT,
+            "id": self.id,
+            "created": self.created,
+            "chunker": {"kind": "fixed", "size": self.chunk_size},
+            "compression": {"kind": "zstd", "level": self.compression_level},
+            "encryption": self.encryption,
+        }
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> RepositoryConfig:
+        try:
+            doc = json.loads(data)
+            version = doc["format"]
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{where}: config.json is not a Lifeboat repository configuration") from None
+        if version != REPOSITORY_FORMAT:
+            raise StoreError(
+                f"{where}: repository format {version} is not one this Lifeboat ({_VERSION}) understands "
+                f"(it reads format {REPOSITORY_FORMAT}); use a Lifeboat release that does"
+            )
+        return cls(doc["id"], doc["created"], doc["chunker"]["size"], doc["compression"]["level"], doc["encryption"])
+
+
+@dataclass
+class WriteStats:
+    """What a write cost: bytes read from the source, bytes and chunks newly stored."""
+
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    chunks_new: int = 0
+    chunks_reused: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, read: int = 0, stored: int = 0, new: int = 0, reused: int = 0) -> None:
+        with self._lock:
+            self.bytes_read += read
+            self.bytes_stored += stored
+            self.chunks_new += new
+            self.chunks_reused += reused
+
+
+@dataclass(frozen=True)
+class StoredStream:
+    chunks: list[ChunkRef]
+    size: int
+    sha256: str
+
+
+class Repository:
+    """Chunks and snapshots in one store. Thread-safe; holds a small pool of transfer threads."""
+
+    def __init__(self, store: Store, config: RepositoryConfig, codec: Codec, *, workers: int = DEFAULT_WORKERS):
+        self.store = store
+        self.config = config
+        self.codec = codec
+        self.url = store.url
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lifeboat-chunk")
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, store: Store, *, key: bytes | None = None, chunk_size: int = CHUNK_SIZE, level: int = 3) -> Repository:
+        """Create a repository in an empty store; refuse if one is there already."""
+        store = _retrying(store)
+        if store.exists(CONFIG_KEY):
+            raise StoreError(f"{store.url} already holds a repository (config.json exists); not touching it")
+        encryption = None
+        keys = None
+        if key is not None:
+            salt = os.urandom(16)
+            keys = Keys.derive(key, salt)
+            encryption = {"cipher": "AES-256-GCM", "kdf": "HKDF-SHA256", "salt": salt.hex(), "key_check": keys.check_value()}
+        config = RepositoryConfig(uuid.uuid4().hex, datetime.now(UTC).isoformat(), chunk_size, level, encryption)
+        put_bytes(store, CONFIG_KEY, config.to_json())
+        log.info("repository.created", url=store.url, encrypted=key is not None)
+        return cls(store, config, Codec(keys, level=level))
+
+    @classmethod
+    def open(cls, store: Store, *, key: bytes | None = None) -> Repository:
+        """Open an existing repository; raises StoreError (none there, unknown format) or RepositoryKeyError."""
+        store = _retrying(store)
+        try:
+            raw = get_bytes(store, CONFIG_KEY)
+        except ObjectNotFound:
+            raise RepositoryNotFound(f"no repository at {store.url}: create it with `lifeboat repo init`") from None
+        config = RepositoryConfig.from_json(raw, store.url)
+        keys = None
+        if config.encryption:
+            if key is None:
+                raise RepositoryKeyError(f"{store.url} is encrypted: set repository.encryption.key_file")
+            keys = Keys.derive(key, bytes.fromhex(config.encryption["salt"]))
+            if keys.check_value() != config.encryption["key_check"]:
+                raise RepositoryKeyError(f"wrong repository key: it does not open {store.url}")
+        elif key is not None:
+            raise RepositoryKeyError(f"{store.url} is not encrypted, but a key file is configured: remove one or the other")
+        return cls(store, config, Codec(keys, level=config.compression_level))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- chunks ----------------------------------------------------------------------------
+
+    def stored_chunk_ids(self) -> set[str]:
+        return {info.key.rsplit("/", 1)[-1] for info in self.store.list("chunks/")}
+
+    def store_chunk(self, data: bytes, stats: WriteStats, known: set[str]) -> ChunkRef:
+        """Store one chunk unless ``known`` says it is there already (dedup); return its reference.
+
+        ``known`` must have been listed under a lock that keeps prune away (see SnapshotWriter)."""
+        chunk_id = self.codec.chunk_id(data)
+        if chunk_id in known:
+            stats.add(reused=1)
+            return chunk_id, len(data)
+        sealed = self.codec.encode(data, name=chunk_id)
+        put_bytes(self.store, chunk_key(chunk_id), sealed)
+        known.add(chunk_id)
+        stats.add(stored=len(sealed), new=1)
+        return chunk_id, len(data)
+
+    def write_stream(
+        self, stream: BinaryIO, stats: WriteStats, known: set[str], *, progress: Callable[[int], None] | None = None
+    ) -> StoredStream:
+        """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks."""
+        digest = hashlib.sha256()
+        size = 0
+        window: deque[Future[ChunkRef]] = deque()
+        chunks: list[ChunkRef] = []
+        try:
+            while block := _read_full(stream, self.config.chunk_size):
+                digest.update(block)
+                size += len(block)
+                stats.add(read=len(block))
+                window.append(self._pool.submit(self.store_chunk, block, stats, known))
+                if len(window) >= self.workers * 2:
+                    chunks.append(window.popleft().result())
+                if progress:
+                    progress(len(block))
+            chunks.extend(future.result() for future in window)
+            window.clear()
+        finally:
+            for future in window:
+                future.cancel()
+        return StoredStream(chunks, size, digest.hexdigest())
+
+    def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:
+        """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error)."""
+        futures = {self._pool.submit(self.read_chunk, chunk_id): chunk_id for chunk_id in chunk_ids}
+        for future in as_completed(futures):
+            try:
+                yield futures[future], len(future.result())
+            except IntegrityError as exc:
+                yield futures[future], exc
+
+    def read_chunk(self, chunk_id: str, *, snapshot: str = "") -> bytes:
+        """The verified plaintext of a chunk; raises IntegrityError naming the chunk and snapshot."""
+        context = f" (snapshot {snapshot})" if snapshot else ""
+        try:
+            sealed = get_bytes(self.store, chunk_key(chunk_id))
+        except ObjectNotFound:
+            raise IntegrityError(f"chunk {chunk_id} is missing from the repository{context}") from None
+        try:
+            plaintext = self.codec.decode(sealed, name=chunk_id)
+        except CorruptObject as exc:
+            raise IntegrityError(f"chunk {chunk_id} is corrupt: {exc}{context}") from None
+        if self.codec.chunk_id(plaintext) != chunk_id:
+            raise IntegrityError(f"chunk {chunk_id} is corrupt: its bytes no longer match its hash{context}")
+        return plaintext
+
+    def iter_chunks(self, refs: Iterable[ChunkRef], *, snapshot: str = "") -> Iterator[bytes]:
+        """Verified chunk plaintexts in order, read ahead in parallel with a bounded window."""
+        window: deque[Future[bytes]] = deque()
+        try:
+            for chunk_id, _ in refs:
+                window.append(self._pool.submit(self.read_chunk, chunk_id, snapshot=snapshot))
+                if len(window) >= self.workers * 2:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+    def restore_entry(self, entry: Entry, out: BinaryIO, *, snapshot: str = "") -> None:
+        """Write an entry's bytes to ``out`` and prove they are the bytes that were backed up."""
+        digest = hashlib.sha256()
+        size = 0
+        for block in self.iter_chunks(entry.chunks, snapshot=snapshot):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise IntegrityError(f"{entry.name}: restored bytes do not match the snapshot's SHA-256 (snapshot {snapshot})")
+
+    # ---- snapshots -------------------------------------------------------------------------
+
+    def begin_snapshot(self, source: str, kind: str, *, stale_after: float = 1800.0) -> SnapshotWriter:
+        """A writer for a new snapshot; use it as a context manager (it holds a shared lock)."""
+        return SnapshotWriter(self, source, kind, stale_after=stale_after)
+
+    def snapshot_ids(self, source: str | None = None) -> list[str]:
+        """Ids of committed snapshots, oldest first (ids sort by time within a source)."""
+        prefix = f"snapshots/{source}/" if source else "snapshots/"
+        found = [parsed for info in self.store.list(prefix) if (parsed := parse_manifest_key(info.key))]
+        return [snapshot_id for _, snapshot_id in sorted(found, key=lambda pair: (pair[1].rsplit("-", 2)[-2], pair[1]))]
+
+    def read_header(self, snapshot_id: str) -> SnapshotHeader:
+        try:
+            source = snapshot_source(snapshot_id)
+        except ValueError as exc:
+            raise SnapshotNotFound(str(exc)) from None
+        key = manifest_key(source, snapshot_id)
+        try:
+            sealed = get_bytes(self.store, key)
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.url}") from None
+        try:
+            return SnapshotHeader.from_json(self.codec.decode(sealed, name=key))
+        except (CorruptObject, ValueError, KeyError) as exc:
+            raise IntegrityError(f"manifest of snapshot {snapshot_id} is unreadable: {exc}") from None
+
+    def list_snapshots(self, source: str | None = None) -> list[SnapshotHeader]:
+        """Headers of committed snapshots, oldest first (by start time: ids only have seconds)."""
+        headers = [self.read_header(snapshot_id) for snapshot_id in self.snapshot_ids(source)]
+        return sorted(headers, key=lambda header: (header.started, header.id))
+
+    def entries(self, header: SnapshotHeader) -> Iterator[Entry]:
+        """A snapshot's entries, streamed: one chunk of the entries stream in memory at a time."""
+        pending = b""
+        for block in self.iter_chunks(header.entries_chunks, snapshot=header.id):
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            yield from (Entry.from_line(line) for line in lines if line)
+        if pending:
+            yield Entry.from_line(pending)
+
+    def find_snapshot(self, source: str, *, snapshot: str = "latest", at: datetime | None = None) -> SnapshotHeader:
+        """``latest`` good snapshot of ``source`` (at or before ``at`` when given), or one by id."""
+        if snapshot != "latest":
+            header = self.read_header(snapshot)
+            if header.source != source:
+                raise SnapshotNotFound(f"snapshot {snapshot} belongs to source '{header.source}', not '{source}'")
+            return header
+        best: SnapshotHeader | None = None
+        for snapshot_id in reversed(self.snapshot_ids(source)):
+            second = snapshot_time(snapshot_id)
+            if at is not None and second > at:
+                continue  # started in a later second than ``at``: too new, no need to read it
+            if best is not None and second < best.started.replace(microsecond=0):
+                break  # ids sort by second; within one second only the headers know the order
+            header = self.read_header(snapshot_id)
+            fits = header.status == "good" and (at is None or header.started <= at)
+            if fits and (best is None or header.started > best.started):
+                best = header
+        if best is not None:
+            return best
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise SnapshotNotFound(f"no good snapshot of source '{source}'{when} in {self.url}")
+
+    def forget(self, header: SnapshotHeader) -> None:
+        """Remove a snapshot's manifest; its chunks go at the next prune after the grace period."""
+        self.store.delete(manifest_key(header.source, header.id))
+
+    # ---- locks -----------------------------------------------------------------------------
+
+    def lock(self, kind: LockKind, purpose: str, *, stale_after: float = 1800.0) -> contextlib.AbstractContextManager[Any]:
+        return repository_lock(self.store, kind, purpose, stale_after=stale_after)
+
+
+class SnapshotWriter:
+    """Collects a snapshot's entries (thread-safe) and commits its manifest last.
+
+    Used as a context manager it holds a shared repository lock, so prune cannot delete a chunk
+    that this snapshot found in the store and chose to reuse instead of uploading again.
+    """
+
+    def __init__(self, repository: Repository, source: str, kind: str, *, stale_after: float) -> None:
+        self.repository = repository
+        self._stale_after = stale_after
+        self._exit = contextlib.ExitStack()
+        self._known: set[str] | None = None
+        self.source = source
+        self.kind = kind
+        self.started = datetime.now(UTC)
+        self.id = new_snapshot_id(source, self.started)
+        self.stats = WriteStats()
+        self._buffer = bytearray()
+        self._entries_chunks: list[ChunkRef] = []
+        self._count = 0
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SnapshotWriter:
+        self._exit.enter_context(self.repository.lock("shared", f"backup {self.source}", stale_after=self._stale_after))
+        self._known = self.repository.stored_chunk_ids()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    @property
+    def known(self) -> set[str]:
+        if self._known is None:
+            raise RuntimeError("use the SnapshotWriter as a context manager: it must hold the repository lock")
+        return self._known
+
+    def write_stream(self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None) -> StoredStream:
+        return self.repository.write_stream(stream, self.stats, self.known, progress=progress)
+
+    def add(self, entry: Entry) -> None:
+        with self._lock:
+            self._buffer += entry.to_line()
+            self._count += 1
+            self._size += entry.size
+            if len(self._buffer) >= self.repository.config.chunk_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._entries_chunks.append(self.repository.store_chunk(bytes(self._buffer), self.stats, self.known))
+            self._buffer.clear()
+
+    def commit(
+        self,
+        *,
+        status: SnapshotStatus = "good",
+        fingerprint: dict[str, Any] | None = None,
+        census: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SnapshotHeader:
+        """Write the manifest. Every chunk it names is durable by now, so this is the commit point."""
+        with self._lock:
+            self._flush()
+            header = SnapshotHeader(
+                id=self.id,
+                source=self.source,
+                kind=self.kind,
+                started=self.started,
+                finished=datetime.now(UTC),
+                status=status,
+                tool_version=_VERSION,
+                entry_count=self._count,
+                size=self._size,
+                entries_chunks=list(self._entries_chunks),
+                fingerprint=fingerprint or {},
+                census=census or {},
+                meta=meta or {},
+            )
+            key = manifest_key(self.source, self.id)
+            sealed = self.repository.codec.encode(header.to_json(), name=key)
+            put_bytes(self.repository.store, key, sealed)
+            self.stats.add(stored=len(sealed))
+        log.info("snapshot.committed", snapshot=self.id, source=self.source, entries=self._count, status=status)
+        return header
+
+
+def _retrying(store: Store) -> Store:
+    return store if isinstance(store, RetryingStore) else RetryingStore(store)
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes unless the stream ends first: pipes and sockets return short reads, and
+    chunk boundaries must not depend on them (or the same data would chunk differently)."""
+    first = stream.read(size)
+    if not first or len(first) == size:
+        return first
+    parts = [first]
+    missing = size - len(first)
+    while missing and (more := stream.read(missing)):
+        parts.append(more)
+        missing -= len(more)
+    return b"".join(parts)

@@ -1,0 +1,87 @@
+"""The retry policy of the repository's store calls, declared once.
+
+Stores raise ``TransientStoreError`` for what may pass (throttling, 5xx, dropped connections) and
+never retry themselves; ``RetryingStore`` retries those with capped exponential backoff and full
+jitter, a bounded number of times. Anything else fails at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
+
+import structlog
+
+from backup.repository.store import ObjectInfo, Store, TransientStoreError
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.2  # seconds before the second attempt, doubling each time
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: a random wait up to the capped exponential bound."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class RetryingStore:
+    """Wraps a store; every call is retried on TransientStoreError according to ``policy``."""
+
+    def __init__(self, inner: Store, policy: RetryPolicy = DEFAULT_RETRY, *, sleep: Callable[[float], None] = time.sleep):
+        self.inner = inner
+        self.url = inner.url
+        self.policy = policy
+        self._sleep = sleep
+
+    def _call(self, what: str, key: str, action: Callable[[], T]) -> T:
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return action()
+            except TransientStoreError as exc:
+                if attempt == self.policy.attempts:
+                    raise TransientStoreError(f"{what} {key}: still failing after {attempt} attempts: {exc}") from exc
+                wait = self.policy.delay(attempt)
+                log.warning("store.retry", operation=what, key=key, attempt=attempt, wait=round(wait, 3), error=str(exc))
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, stream: BinaryIO) -> None:
+        start = stream.tell()
+
+        def put_from_start() -> None:
+            stream.seek(start)
+            self.inner.put(key, stream)
+
+        self._call("put", key, put_from_start)
+
+    @contextlib.contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        # A stream that breaks half-way cannot be resumed by the caller, so read it whole here:
+        # repository objects are chunk-sized.
+        def read() -> bytes:
+            with self.inner.open(key) as stream:
+                return stream.read()
+
+        yield io.BytesIO(self._call("get", key, read))
+
+    def exists(self, key: str) -> bool:
+        return self._call("exists", key, lambda: self.inner.exists(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.inner.delete(key))

@@ -1,0 +1,191 @@
+"""Stores: where repository objects live. One Protocol, one module per kind, a registry by URL scheme.
+
+A store knows nothing of chunks or snapshots: it keeps named byte objects under a prefix, and it is
+the boundary where foreign errors (OSError, botocore) become ``StoreError`` subclasses:
+
+* ``ObjectNotFound``: the key does not exist;
+* ``TransientStoreError``: worth retrying (throttling, 5xx, a dropped connection); the repository
+  retries these with backoff (``backup.repository.retry``), so stores themselves do not;
+* ``ObjectLockedError``: a delete refused because the object is under Object Lock retention;
+* plain ``StoreError``: permanent (access denied, no such bucket), with what to fix in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from policies.errors import StoreError
+
+COPY_BUFFER = 1024 * 1024
+TEMP_PREFIX = ".tmp-"  # LocalStore's files being written; never listed as objects
+
+
+class ObjectNotFound(StoreError):
+    """The object does not exist."""
+
+
+class TransientStoreError(StoreError):
+    """A failure that may pass: retry with backoff."""
+
+
+class ObjectLockedError(StoreError):
+    """The object is under Object Lock retention and cannot be deleted yet."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object."""
+
+    key: str  # relative to the store's prefix, '/'-separated
+    size: int
+    modified: datetime  # timezone-aware UTC
+
+
+class Store(Protocol):
+    """Named byte objects under one prefix. Keys are '/'-separated, relative to the prefix."""
+
+    url: str
+
+    def put(self, key: str, stream: BinaryIO) -> None:
+        """Write ``stream`` (read to its end) as ``key``, atomically: readers see all of it or nothing."""
+        ...
+
+    def open(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A readable stream of ``key``; raises ObjectNotFound."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists; errors other than "not found" are raised, never answered False."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no promised order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (every version, where the store keeps versions); a missing key is fine."""
+        ...
+
+
+def put_bytes(store: Store, key: str, data: bytes) -> None:
+    """Write ``data`` as ``key``."""
+    store.put(key, io.BytesIO(data))
+
+
+def get_bytes(store: Store, key: str) -> bytes:
+    """The whole content of ``key``; raises ObjectNotFound."""
+    with store.open(key) as stream:
+        return stream.read()
+
+
+class LocalStore:
+    """A directory. Writes go to a temporary file in the target directory, are fsynced, renamed into
+    place and the directory fsynced, so a crash leaves either the old state or the whole new object."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()  # as_uri() needs an absolute path
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        # '..' would escape the root; a '.tmp-' name would be written but never listed.
+        if not key or any(part in ("", ".", "..") or part.startswith(TEMP_PREFIX) for part in parts):
+            raise StoreError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, stream: BinaryIO) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while block := stream.read(COPY_BUFFER):
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                Path(temp_name).replace(target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    Path(temp_name).unlink()
+                raise
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} not found in {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        with stream:
+            yield stream
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only what the prefix can match: 'chunks/ab' scans 'chunks' for names starting with 'ab'
+        # and descends into those, instead of walking the whole repository and filtering.
+        directory, _, name_start = prefix.rpartition("/")
+        base = self._path(directory) if directory else self.root
+        key_base = f"{directory}/" if directory else ""
+        pending = [(key_base + entry.name, entry) for entry in _scan(base) if entry.name.startswith(name_start)]
+        while pending:
+            key, entry = pending.pop()
+            if entry.name.startswith(TEMP_PREFIX):
+                continue  # a write in progress, or one a crash left behind
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.extend((f"{key}/{child.name}", child) for child in _scan(Path(entry.path)))
+                    continue
+                if not entry.is_file():
+                    continue
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while we listed (a concurrent delete or prune): it is simply gone
+            except OSError as exc:
+                raise StoreError(f"cannot list {entry.path}: {exc.strerror or exc}") from exc
+            yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``directory``, read whole before the caller looks at them; [] when it is gone.
+
+    A listing that silently skips an unreadable directory would look complete and let prune or check
+    act on half a repository, so every other error is raised (``os.walk`` would swallow it).
+    """
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # not created yet, or removed while listing: no objects there
+    except OSError as exc:
+        raise StoreError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Click commands, one module per area; ``lifeboat/cli.py`` registers them on the group."""

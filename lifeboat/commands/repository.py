@@ -1,0 +1,164 @@
+"""Repository commands: ``repo init``, ``snapshots list|show``, ``check``, ``prune``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import click
+
+from backup.repository import init_repository
+from backup.repository.maintenance import check as check_repository
+from backup.repository.maintenance import prune as prune_repository
+from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
+
+
+@click.group()
+def repo() -> None:
+    """Create the configured repository."""
+
+
+@repo.command("init")
+@pass_session
+def repo_init(session: Session) -> None:
+    """Create the configured repository (and its key file, when encryption is configured and it is absent)."""
+    repository = init_repository(session.policy().repository)
+    repository.close()
+    encryption = session.policy().repository.encryption
+    how = (
+        f"encrypted with {encryption.key_file}: keep a copy of that key outside this machine"
+        if encryption
+        else "unencrypted"
+    )
+    click.echo(f"created repository {repository.url} ({how})")
+
+
+@click.group()
+def snapshots() -> None:
+    """List and inspect snapshots."""
+
+
+@snapshots.command("list")
+@click.option("--source", help="Only this source's snapshots.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...]} on stdout.')
+@pass_session
+def snapshots_list(session: Session, source: str | None, as_json: bool) -> None:
+    """Every snapshot in the repository, oldest first."""
+    headers = session.repository().list_snapshots(source)
+    if as_json:
+        print_json({"snapshots": [header.summary() for header in headers]})
+        return
+    if not headers:
+        click.echo("no snapshots" + (f" of source '{source}'" if source else ""))
+        return
+    rows = [
+        (h.id, h.kind, h.started.strftime("%Y-%m-%d %H:%M:%S"), h.status, human_bytes(h.size), str(h.entry_count))
+        for h in headers
+    ]
+    _table(("ID", "KIND", "TIME (UTC)", "STATUS", "SIZE", "ENTRIES"), rows)
+
+
+@snapshots.command("show")
+@click.argument("snapshot_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole header as JSON.")
+@pass_session
+def snapshots_show(session: Session, snapshot_id: str, as_json: bool) -> None:
+    """One snapshot: times, status, size, fingerprint and census."""
+    header = session.repository().read_header(snapshot_id)
+    document = {
+        **header.summary(),
+        "tool_version": header.tool_version,
+        "fingerprint": header.fingerprint,
+        "census": header.census,
+        "meta": header.meta,
+    }
+    if as_json:
+        print_json(document)
+        return
+    for key in ("id", "source", "kind", "time", "finished", "status", "entries"):
+        click.echo(f"{key:>12}: {document[key]}")
+    click.echo(f"{'size':>12}: {human_bytes(header.size)} ({header.size} bytes)")
+    for key in ("census", "fingerprint"):
+        if document[key]:
+            click.echo(f"{key:>12}: {_short(document[key])}")
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Also read and re-hash every chunk.")
+@click.option("--read-data-subset", "subset", metavar="PCT", help="Also read and re-hash a random share, e.g. 10%.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "problems": [...]} on stdout.')
+@pass_session
+def check(session: Session, read_data: bool, subset: str | None, as_json: bool) -> None:
+    """Prove every snapshot's manifest parses and every chunk it needs exists (exit 1 if not)."""
+    if read_data and subset:
+        raise click.UsageError("give --read-data or --read-data-subset, not both")
+    share = 1.0 if read_data else _percent(subset) if subset else 0.0
+    repository = session.repository()
+    with repository.lock("shared", "check", stale_after=session.stale_after):
+        report = check_repository(repository, read_data=share, stale_after=session.stale_after)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.kind}: {problem.message}")
+        read = f", {report.chunks_read} chunks re-read ({human_bytes(report.bytes_read)})" if share else ""
+        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(
+            f"check {verdict}: {report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
+            f"{report.chunks_stored} stored{read}"
+        )
+    if not report.ok:
+        click.get_current_context().exit(EXIT_FAILED)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be forgotten and deleted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"forgotten", "kept", "chunks_deleted", ...} on stdout.')
+@pass_session
+def prune(session: Session, dry_run: bool, as_json: bool) -> None:
+    """Apply every source's retention, then delete chunks no snapshot uses (after the grace period)."""
+    policy = session.policy()
+    retention = {name: source.retention for name, source in policy.sources.items()}
+    report = prune_repository(
+        session.repository(),
+        retention,
+        grace=policy.repository.prune.grace,
+        dry_run=dry_run,
+        now=datetime.now(UTC),
+        stale_after=session.stale_after,
+    )
+    if as_json:
+        print_json(report.as_dict())
+        return
+    verb = "would forget" if dry_run else "forgot"
+    for snapshot_id in report.forgotten:
+        click.echo(f"{verb} {snapshot_id}")
+    for snapshot_id in report.kept:
+        click.echo(f"keep   {snapshot_id}  ({'; '.join(report.reasons[snapshot_id])})")
+    deleted = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {len(report.forgotten)} snapshot(s), kept {len(report.kept)}; {deleted} {report.chunks_deleted} chunk(s) "
+        f"({human_bytes(report.bytes_deleted)}); {report.chunks_in_grace} unreferenced chunk(s) still in the grace period"
+        + (f"; {report.chunks_locked} under Object Lock, skipped" if report.chunks_locked else "")
+    )
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a percentage like 10%", param_hint="--read-data-subset") from None
+    if not 0 < value <= 100:
+        raise click.BadParameter("must be above 0% and at most 100%", param_hint="--read-data-subset")
+    return value / 100
+
+
+def _table(headings: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows, strict=True)]
+    for row in (headings, *rows):
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _short(value: object, limit: int = 300) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,59 @@
+"""A repository writer to be killed: run by test_repository_reliability.py as a subprocess.
+
+    python repo_writer.py STORE_JSON START_SEED
+
+writes snapshots of `payload(seed)` forever (seed = START_SEED, START_SEED + 1, ...), each with its
+seed in the entry's meta, so that whoever finds a committed snapshot can regenerate its input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+from pathlib import Path
+
+from backup.repository.manifest import Entry
+from backup.repository.repository import Repository
+from backup.repository.s3store import S3Store, make_client
+from backup.repository.store import LocalStore, Store
+
+MiB = 1024 * 1024
+
+
+def payload(seed: int) -> bytes:
+    """2-4 MiB, half of it shared between seeds (so dedup and orphan chunks both happen)."""
+    rng = random.Random(seed)
+    shared = random.Random(7).randbytes(MiB)
+    return shared + rng.randbytes(MiB + rng.randrange(2 * MiB))
+
+
+def open_store(spec: dict) -> Store:
+    if spec["kind"] == "local":
+        return LocalStore(Path(spec["root"]))
+    client = make_client(
+        endpoint_url=spec["endpoint_url"],
+        region="us-east-1",
+        access_key_id=spec["access_key_id"],
+        secret_access_key=spec["secret_access_key"],
+    )
+    return S3Store(client, spec["bucket"], spec["prefix"])
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    seed = int(sys.argv[2])
+    repository = Repository.open(open_store(spec))
+    while True:
+        data = payload(seed)
+        with repository.begin_snapshot("crash", "test") as writer:
+            stored = writer.write_stream(io.BytesIO(data))
+            writer.add(Entry("payload", stored.size, stored.sha256, stored.chunks, {"seed": seed}))
+            writer.commit()
+        print(seed, flush=True)
+        seed += 1
+
+
+if __name__ == "__main__":
+    main()
