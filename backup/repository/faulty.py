@@ -31,7 +31,9 @@ class FaultyStore:
     * ``fail_rate``: the share of calls of ``operations`` that raise TransientStoreError before
       reaching the inner store (``seed`` makes the sequence repeatable);
     * ``corrupt``: keys whose content comes back with one byte flipped;
-    * ``missing``: keys that look absent: open raises ObjectNotFound, exists is False, list skips them.
+    * ``missing``: keys that look absent: open raises ObjectNotFound, exists is False, list skips them;
+    * ``fail_first``: the first N calls of ``operations`` fail whatever ``fail_rate`` draws, so that
+      even a restore of a few chunks meets faults.
 
     ``injected`` counts the faults by kind, ``calls`` the calls by operation (retries included).
     """
@@ -45,6 +47,7 @@ class FaultyStore:
         operations: Collection[str] = READ_OPERATIONS,
         corrupt: Collection[str] = frozenset(),
         missing: Collection[str] = frozenset(),
+        fail_first: int = 0,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError(f"fail_rate must be between 0 and 1, not {fail_rate}")
@@ -60,13 +63,17 @@ class FaultyStore:
         self.injected: Counter[FaultKind] = Counter()
         self.calls: Counter[Operation] = Counter()
         self._random = random.Random(seed)
+        self._fail_first = fail_first
         self._lock = threading.Lock()  # restores read in parallel; keep the draws and counters exact
 
     def _enter(self, operation: Operation, key: str) -> None:
         """Count the call; raise TransientStoreError for the drawn share of the faulty operations."""
         with self._lock:
             self.calls[operation] += 1
-            fails = operation in self.operations and self._random.random() < self.fail_rate
+            faulty = operation in self.operations
+            fails = faulty and (self._fail_first > 0 or self._random.random() < self.fail_rate)
+            if faulty and self._fail_first > 0:
+                self._fail_first -= 1
             if fails:
                 self.injected["transient"] += 1
         if fails:

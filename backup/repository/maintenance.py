@@ -20,6 +20,7 @@ from backup.repository.locks import list_locks
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, chunk_key
 from backup.repository.store import ObjectLockedError
+from backup.sources.clickhouse_chain import NATIVE_PREFIX, deletable_native_backups, native_backup_locations
 from policies.errors import IntegrityError, LifeboatError, StoreError
 from policies.model import Retention
 from policies.retention import Decision, SnapshotRef, select
@@ -139,6 +140,7 @@ class PruneReport:
     bytes_deleted: int = 0
     chunks_locked: int = 0  # under Object Lock retention: skipped, deleted by a later prune
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
+    native_deleted: list[str] = field(default_factory=list)  # server-side (ClickHouse BACKUP) backups removed
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": True, **asdict(self)}
@@ -207,7 +209,23 @@ def _prune(
                 survivors.append(index[decision.snapshot.id])
             elif not report.dry_run:
                 repository.forget(index[decision.snapshot.id])
+    _delete_native_backups(repository, survivors, report)
     _collect_garbage(repository, survivors, grace, now, report)
+
+
+def _delete_native_backups(repository: Repository, survivors: list[SnapshotHeader], report: PruneReport) -> None:
+    """Server-side backups (ClickHouse ``BACKUP .. TO S3``) go with their snapshots, but never one that a
+    kept incremental still builds on: the rule is ``deletable_native_backups``, over every survivor."""
+    stored = native_backup_locations(info.key for info in repository.store.list(f"{NATIVE_PREFIX}/"))
+    for location in deletable_native_backups(stored, survivors):
+        report.native_deleted.append(location)
+        if report.dry_run:
+            continue
+        for info in repository.store.list(f"{location}/"):
+            try:
+                repository.store.delete(info.key)
+            except ObjectLockedError:
+                report.chunks_locked += 1
 
 
 def _decide(headers: list[SnapshotHeader], rules: Retention | None, now: datetime) -> list[Decision]:

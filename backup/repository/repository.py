@@ -46,7 +46,7 @@ from backup.repository.manifest import (
     snapshot_source,
     snapshot_time,
 )
-from backup.repository.retry import RetryingStore
+from backup.repository.retry import RetryingStore, RetryPolicy
 from backup.repository.store import ObjectNotFound, Store, get_bytes, put_bytes
 from policies.errors import IntegrityError, LifeboatError, StoreError
 
@@ -182,6 +182,13 @@ class Repository:
         elif key is not None:
             raise RepositoryKeyError(f"{store.url} is not encrypted, but a key file is configured: remove one or the other")
         return cls(store, config, Codec(keys, level=config.compression_level))
+
+    def with_store(self, wrap: Callable[[Store], Store], *, retry: RetryPolicy | None = None) -> Repository:
+        """The same repository read through ``wrap(store)`` (the drills' fault injection sits there,
+        between the retries and the real store). Close it when done."""
+        inner = self.store.inner if isinstance(self.store, RetryingStore) else self.store
+        store = RetryingStore(wrap(inner), retry) if retry else RetryingStore(wrap(inner))
+        return Repository(store, self.config, self.codec, workers=self.workers)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,404 @@
+"""The ClickHouse source (DESIGN section 4): the feature store's databases, logical or native.
+
+Lifeboat runs outside the database hosts: it reaches a server over the network only (native
+protocol through clickhouse-driver for control and metadata, HTTP for table data) and never touches
+its filesystem.
+
+* ``snapshot``: discover the selected databases and tables (clickhouse_catalog), pick the strategy
+  (``auto``: native where the server has BACKUP and the repository is in S3, else logical), take it
+  (clickhouse_logical / clickhouse_native), and record a fingerprint per table and partition that
+  describes exactly what was taken.
+* ``restore``: recreate the tables renamed into another database of any server, load them, verify
+  (clickhouse_restore).
+* ``verify``: fingerprint a restored database and compare it with the snapshot's.
+
+The modules beside this one: clickhouse_sql (quoting, filters, engines, row hashes: pure),
+clickhouse_ddl (CREATE rewriting: pure), clickhouse_fingerprint (prints and comparison: pure),
+clickhouse_client (SQL and HTTP I/O).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import structlog
+
+from backup.repository.manifest import SnapshotHeader
+from backup.repository.repository import Repository, SnapshotWriter
+from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification
+from backup.sources.clickhouse_catalog import Catalog, database_exists, discover, existing_tables, held_back
+from backup.sources.clickhouse_chain import NativeBackupInfo
+from backup.sources.clickhouse_client import (
+    ClickHouseError,
+    Connections,
+    Connector,
+    Endpoint,
+    HttpChannel,
+    SqlExecutor,
+    driver_connector,
+)
+from backup.sources.clickhouse_fingerprint import (
+    TableKey,
+    TablePrint,
+    changed_fraction,
+    fingerprint_document,
+    table_prints,
+)
+from backup.sources.clickhouse_logical import HttpLoader, LogicalBackup, table_entry
+from backup.sources.clickhouse_native import (
+    BACKUP_MARKER,
+    NativeBackup,
+    NativeLoader,
+    S3Destination,
+    plan_native_backup,
+    s3_destination,
+)
+from backup.sources.clickhouse_restore import (
+    ClickHouseTarget,
+    DataLoader,
+    RestorePlan,
+    build_plan,
+    failure_message,
+    load_everything,
+    next_steps,
+    plan_lines,
+    prepare_target,
+    refuse_source_target,
+    target_from_options,
+    verify_target,
+)
+from backup.sources.clickhouse_sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
+from policies.errors import RestoreError, SourceError
+from policies.model import ClickHouseSettings, reveal
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["ClickHouseSource", "ClickHouseTarget"]
+_LISTED_EXPORTS = 100  # exported partitions named in a backup report
+
+
+@dataclass(frozen=True)
+class SnapshotJob:
+    """Everything one snapshot's strategy needs."""
+
+    source: str
+    settings: ClickHouseSettings
+    writer: SnapshotWriter
+    previous: SnapshotHeader | None
+    progress: Progress | None
+    connections: Connections
+    catalog: Catalog
+    destination: S3Destination | None
+    choice: StrategyChoice
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """Everything a restore's data loader needs."""
+
+    settings: ClickHouseSettings
+    repository: Repository
+    header: SnapshotHeader
+    plan: RestorePlan
+    target: ClickHouseTarget
+    connections: Connections
+    insert_settings: Mapping[str, str]
+    progress: Progress | None
+
+
+class ClickHouseSource:
+    """Databases of one ClickHouse server. ``connect`` makes the SQL connections (clickhouse-driver
+    by default; the tests pass a chdb one for the native strategy)."""
+
+    kind: ClassVar[str] = "clickhouse"
+
+    def __init__(self, name: str, settings: ClickHouseSettings, *, connect: Connector = driver_connector) -> None:
+        self.name = name
+        self.settings = settings
+        self._connect = connect
+
+    @property
+    def endpoint(self) -> Endpoint:
+        settings = self.settings
+        return Endpoint(
+            host=settings.host,
+            port=settings.port,
+            http_port=settings.http_port,
+            user=settings.user,
+            password=reveal(settings.password) or "",
+            secure=settings.secure,
+            timeout=settings.timeout.total_seconds(),
+        )
+
+    # ---- snapshot ---------------------------------------------------------------------------
+
+    def snapshot(
+        self, writer: SnapshotWriter, previous: SnapshotHeader | None, *, progress: Progress | None = None
+    ) -> SnapshotOutcome:
+        """Back up the selected tables into ``writer``; raises SourceError (nothing is committed then)."""
+        endpoint = self.endpoint
+        with Connections(self._connect, endpoint) as connections:
+            catalog = discover(connections, self.settings, where=endpoint.describe())
+            destination = s3_destination(writer.repository, self.settings.native_endpoint_url)
+            choice = choose_strategy(self.settings.strategy, parse_version(catalog.version), destination is not None)
+            log.info(
+                "clickhouse.snapshot", source=self.name, strategy=choice.strategy, why=choice.why, tables=len(catalog.tables)
+            )
+            job = SnapshotJob(
+                self.name, self.settings, writer, previous, progress, connections, catalog, destination, choice
+            )
+            return SNAPSHOTS[choice.strategy](job)
+
+    # ---- restore ----------------------------------------------------------------------------
+
+    def parse_target(self, options: RestoreOptions) -> ClickHouseTarget:
+        """``--to-host H [--to-port P] [--to-http-port P] --to-database DB [--tables GLOB]...``; the
+        target is reached with the source's user and password (drills pass their scratch server's
+        as ``to_user`` / ``to_password``). Raises RestoreError."""
+        return target_from_options(options, self.settings, password=reveal(self.settings.password) or "")
+
+    def restore(
+        self,
+        repository: Repository,
+        header: SnapshotHeader,
+        target: ClickHouseTarget,
+        *,
+        options: RestoreOptions,
+        progress: Progress | None = None,
+    ) -> RestoreResult:
+        """Recreate the snapshot's tables in ``target``, load them and verify them; raises RestoreError
+        (refused target, failed load, verification not a match) or IntegrityError (damaged data)."""
+        started = time.monotonic()
+        refuse_source_target(self.settings, header, target)
+        plan = build_plan(header, repository.entries(header), target.tables)
+        lines = plan_lines(plan, target, header)
+        figures = {**_plan_figures(plan), "target_credentials": target.credentials}
+        if options.dry_run:
+            lines.append(self._target_state(target))
+            return RestoreResult(
+                self.name, header.id, target.describe(), True, time.monotonic() - started, 0, figures, lines
+            )
+        verification = self._load_and_verify(repository, header, target, plan, options, progress)
+        figures["verification"] = {"verdict": str(verification.verdict), "message": verification.message}
+        if not verification.ok:
+            raise RestoreError(failure_message(verification, target))
+        lines.append(f"verified: {verification.message}")
+        size = sum(plan.size(table) for table in plan.tables)
+        log.info(
+            "clickhouse.restored", source=self.name, snapshot=header.id, target=target.describe(), tables=len(plan.tables)
+        )
+        steps = next_steps(plan, target.database)
+        return RestoreResult(
+            self.name, header.id, target.describe(), False, time.monotonic() - started, size, figures, lines, steps
+        )
+
+    def _load_and_verify(
+        self,
+        repository: Repository,
+        header: SnapshotHeader,
+        target: ClickHouseTarget,
+        plan: RestorePlan,
+        options: RestoreOptions,
+        progress: Progress | None,
+    ) -> Verification:
+        try:
+            with Connections(self._connect, target.endpoint.using("default")) as admin:
+                prepare_target(admin, plan, target, yes=options.yes)
+                insert_settings = _insert_settings(admin)
+            with Connections(self._connect, target.endpoint) as sql:
+                job = LoadJob(self.settings, repository, header, plan, target, sql, insert_settings, progress)
+                load_everything(sql, plan, LOADERS[plan.strategy](job), target.database)
+                return verify_target(sql, header, target, parallel=self.settings.parallel)
+        except SourceError as exc:
+            raise RestoreError(f"restore into {target.describe()} failed: {exc}") from exc
+
+    def _target_state(self, target: ClickHouseTarget) -> str:
+        """One plan line on the target as it is now (a dry run only reads)."""
+        try:
+            with Connections(self._connect, target.endpoint.using("default")) as sql:
+                if not database_exists(sql, target.database):
+                    return f"database {target.database} does not exist yet: it will be created"
+                count = len(existing_tables(sql, [target.database]))
+        except ClickHouseError as exc:
+            return f"target not checked: {exc}"
+        if count:
+            return f"database {target.database} holds {count} tables: refused without --yes (same-named tables are replaced)"
+        return f"database {target.database} exists and is empty"
+
+    # ---- verify -----------------------------------------------------------------------------
+
+    def verify(
+        self, header: SnapshotHeader, target: ClickHouseTarget, *, repository: Repository | None = None
+    ) -> Verification:
+        """Fingerprint ``target`` and compare it with ``header``'s; MISMATCH names tables and partitions,
+        UNVERIFIED says why nothing could be compared. Never raises for what it finds."""
+        try:
+            with Connections(self._connect, target.endpoint.using("default")) as sql:
+                return verify_target(sql, header, target, parallel=self.settings.parallel)
+        except ClickHouseError as exc:
+            return Verification(Verdict.UNVERIFIED, f"cannot verify {target.describe()}: {exc}")
+
+
+# ---- strategies -----------------------------------------------------------------------------------
+
+
+def _logical_snapshot(job: SnapshotJob) -> SnapshotOutcome:
+    backup = LogicalBackup(
+        connections=job.connections,
+        channel=HttpChannel(job.connections.endpoint),
+        writer=job.writer,
+        previous=job.previous,
+        parallel=job.settings.parallel,
+        progress=job.progress,
+    )
+    result = backup.run(job.catalog)
+    sizes: dict[TableKey, int] = {}
+    for entry in result.entries:
+        key = (entry.meta["database"], entry.meta["table"])
+        sizes[key] = sizes.get(key, 0) + entry.size
+    tally = result.tally
+    figures = {
+        "partitions_exported": tally.partitions,
+        "partitions_reused": result.reused,
+        "whole_tables_exported": tally.whole_tables,
+        "retries": tally.retries,
+        "unpinned": len(tally.unpinned),
+        "exported": sorted(tally.exported)[:_LISTED_EXPORTS],
+    }
+    return _outcome(job, result.prints, sizes, figures=figures, meta={"unpinned": result.tally.unpinned})
+
+
+def _native_snapshot(job: SnapshotJob) -> SnapshotOutcome:
+    if job.destination is None:  # choose_strategy never picks native without one
+        raise SourceError("strategy native needs an s3:// repository")
+    store = job.writer.repository.store
+    base = NativeBackupInfo.of(job.previous)
+    base_exists = base is not None and store.exists(f"{base.location}/{BACKUP_MARKER}")
+    info = plan_native_backup(job.source, job.writer.id, job.previous, job.destination, base_exists=base_exists)
+    result = NativeBackup(connections=job.connections, store=store, destination=job.destination, info=info).run(job.catalog)
+    for table in job.catalog.tables:
+        job.writer.add(table_entry(table))
+    figures = {
+        "native_base": info.base_snapshot or "none (full backup)",
+        "partitions": sum(len(table.partitions) for table in result.prints.values()),
+        "unpinned": len(result.unpinned),
+    }
+    meta = {"native": result.info.to_json() if result.info else None, "unpinned": result.unpinned}
+    return _outcome(job, result.prints, None, figures=figures, meta=meta)
+
+
+SNAPSHOTS: dict[str, Callable[[SnapshotJob], SnapshotOutcome]] = {
+    "logical": _logical_snapshot,
+    "native": _native_snapshot,
+}
+
+
+def _outcome(
+    job: SnapshotJob,
+    prints: Mapping[TableKey, TablePrint],
+    sizes: Mapping[TableKey, int] | None,
+    *,
+    figures: Mapping[str, Any],
+    meta: Mapping[str, Any],
+) -> SnapshotOutcome:
+    """Fingerprint, census (totals for the anomaly guard), meta and figures of a snapshot.
+
+    ``sizes`` are exported bytes per table (logical); a native backup has none, and its totals then
+    hold rows only, so that a switch of strategy never looks like data loss to the anomaly guard."""
+    catalog = job.catalog
+    held = held_back(catalog.tables)
+    rows = sum(table.rows for table in prints.values())
+    totals: dict[str, int] = {"rows": rows}
+    if sizes is not None:
+        totals["bytes"] = sum(sizes.values())
+    census: dict[str, Any] = {
+        "totals": totals,
+        "tables": {
+            table.display: {
+                "rows": prints[table.key].rows,
+                "bytes": (sizes or {}).get(table.key, 0),
+                "partitions": len(prints[table.key].partitions),
+            }
+            for table in catalog.tables
+            if table.key in prints
+        },
+    }
+    previous = job.previous
+    if previous is not None and previous.fingerprint.get("method") == HASH_METHOD:
+        changed = changed_fraction(table_prints(previous.fingerprint), prints)
+        if changed is not None:
+            census["changed_fraction"] = round(changed, 4)
+    definitions = [table for table in catalog.tables if table.role is not TableRole.DATA]
+    return SnapshotOutcome(
+        fingerprint=fingerprint_document(
+            prints.values(), server_version=catalog.version, strategy=job.choice.strategy, held_back=held
+        ),
+        census=census,
+        meta={
+            "strategy": job.choice.strategy,
+            "strategy_reason": job.choice.why,
+            "server_version": catalog.version,
+            "databases": list(catalog.databases),
+            "definitions_only": [
+                {"table": table.display, "engine": table.engine, "reason": table.reason} for table in definitions
+            ],
+            "held_back": [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())],
+            **meta,
+        },
+        figures={
+            "strategy": job.choice.strategy,
+            "server_version": catalog.version,
+            "tables": len(prints),
+            "definitions_only": len(definitions),
+            "rows": rows,
+            **figures,
+        },
+    )
+
+
+def _http_loader(job: LoadJob) -> DataLoader:
+    return HttpLoader(
+        repository=job.repository,
+        header=job.header,
+        channel=HttpChannel(job.target.endpoint),
+        entries=job.plan.entries,
+        parallel=job.settings.parallel,
+        settings=job.insert_settings,
+        progress=job.progress,
+    )
+
+
+def _native_loader(job: LoadJob) -> DataLoader:
+    destination = s3_destination(job.repository, job.settings.native_endpoint_url)
+    info = NativeBackupInfo.of(job.header)
+    if destination is None or info is None:
+        raise RestoreError(
+            f"snapshot {job.header.id} is a native ClickHouse backup, which lives in an S3 repository; "
+            "this repository is not one (or the snapshot records no backup)"
+        )
+    return NativeLoader(connections=job.connections, destination=destination, info=info)
+
+
+LOADERS: dict[str, Callable[[LoadJob], DataLoader]] = {
+    "logical": _http_loader,
+    "native": _native_loader,
+}
+
+
+def _insert_settings(sql: SqlExecutor) -> dict[str, str]:
+    """INSERT settings that keep rows exactly as backed up on servers that have them: newer servers
+    collapse Replacing/Summing rows within an inserted block unless told not to."""
+    rows = sql.execute("SELECT name FROM system.settings WHERE name = 'optimize_on_insert'")
+    return {"optimize_on_insert": "0"} if rows else {}
+
+
+def _plan_figures(plan: RestorePlan) -> dict[str, Any]:
+    return {
+        "tables": len(plan.tables),
+        "partitions": sum(len(plan.entries.get(table.key, [])) for table in plan.tables),
+        "rows": sum(plan.rows(table) for table in plan.tables),
+        "strategy": plan.strategy,
+    }

@@ -1,0 +1,286 @@
+"""What a ClickHouse server holds: databases, tables, columns, active parts, and their fingerprints.
+
+Everything here is SQL through a ``SqlExecutor`` (so it runs the same on clickhouse-driver and chdb)
+and works on servers from 18.16 on. Tables come back as ``Table`` objects, which are also what a
+snapshot's table entries carry (``Table.to_meta`` / ``Table.from_meta``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from backup.sources.clickhouse_client import SqlExecutor
+from backup.sources.clickhouse_ddl import referenced_tables
+from backup.sources.clickhouse_fingerprint import WHOLE_TABLE, PartitionPrint, TableKey
+from backup.sources.clickhouse_sql import (
+    TableRole,
+    classify,
+    consumes_queue,
+    database_selected,
+    display_name,
+    inner_table_owner,
+    partitioned,
+    qualified,
+    quote_string,
+    row_hash,
+    table_selected,
+)
+from policies.errors import SourceError
+from policies.model import ClickHouseSettings
+
+log = structlog.get_logger(__name__)
+
+# Columns a SELECT * returns (and an INSERT takes): MATERIALIZED / ALIAS / EPHEMERAL ones are computed.
+_COMPUTED_KINDS = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
+
+
+@dataclass(frozen=True)
+class Part:
+    """An active data part: its name, rows and modification time (seconds). Together they identify
+    a part's content: part names restart when a table is dropped and created again."""
+
+    name: str
+    rows: int
+    modified: int
+
+    def to_json(self) -> list[Any]:
+        return [self.name, self.rows, self.modified]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> Part:
+        return cls(str(value[0]), int(value[1]), int(value[2]))
+
+
+PartSet = tuple[Part, ...]  # sorted by name
+
+
+@dataclass(frozen=True)
+class Table:
+    database: str
+    name: str
+    engine: str
+    create: str  # the CREATE statement as the server shows it
+    partition_key: str
+    columns: tuple[tuple[str, str], ...]  # (name, type) of the columns SELECT * returns
+    role: TableRole
+    reason: str = ""  # why definition only
+    owner: str | None = None  # the materialized view whose storage this table is
+
+    @property
+    def key(self) -> TableKey:
+        return self.database, self.name
+
+    @property
+    def display(self) -> str:
+        return display_name(self.database, self.name)
+
+    @property
+    def sql(self) -> str:
+        return qualified(self.database, self.name)
+
+    @property
+    def has_partitions(self) -> bool:
+        return self.role is TableRole.DATA and partitioned(self.engine)
+
+    @property
+    def schema_id(self) -> str:
+        """Changes whenever the definition or the exported columns change (ALTER ADD COLUMN keeps part
+        names, so an unchanged part set alone does not prove an old export still fits)."""
+        text = json.dumps([self.create, self.columns], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "type": "table",
+            "database": self.database,
+            "table": self.name,
+            "engine": self.engine,
+            "create": self.create,
+            "partition_key": self.partition_key,
+            "columns": [list(column) for column in self.columns],
+            "role": str(self.role),
+            "reason": self.reason,
+            "owner": self.owner,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Table:
+        return cls(
+            database=meta["database"],
+            name=meta["table"],
+            engine=meta["engine"],
+            create=meta["create"],
+            partition_key=meta.get("partition_key", ""),
+            columns=tuple((str(name), str(kind)) for name, kind in meta.get("columns", [])),
+            role=TableRole(meta["role"]),
+            reason=meta.get("reason", ""),
+            owner=meta.get("owner"),
+        )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    version: str
+    databases: tuple[str, ...]
+    tables: tuple[Table, ...]
+
+
+def held_back(tables: Iterable[Table]) -> dict[TableKey, str]:
+    """Tables a restore does not recreate by itself, and why: queue consumers (a copy would take the
+    source's messages), the views that read them (transitively) and those views' storage."""
+    tables = list(tables)
+    reasons = {
+        table.key: f"engine {table.engine} would consume the source's queue"
+        for table in tables
+        if consumes_queue(table.engine)
+    }
+    databases = {table.database for table in tables}
+    changed = True
+    while changed:
+        changed = False
+        for table in tables:
+            if table.key in reasons or table.role is not TableRole.VIEW:
+                continue
+            held = sorted(name for name in referenced_tables(table.create, databases) if (table.database, name) in reasons)
+            if held:
+                reasons[table.key] = f"reads {', '.join(held)}, which is held back"
+                changed = True
+    for table in tables:
+        if table.owner is not None and (table.database, table.owner) in reasons:
+            reasons[table.key] = f"storage of {table.owner}, which is held back"
+    return reasons
+
+
+def discover(sql: SqlExecutor, settings: ClickHouseSettings, *, where: str) -> Catalog:
+    """The databases and tables ``settings`` select on the server behind ``sql``; raises SourceError
+    when no database matches (naming the ones there)."""
+    ((version,),) = sql.execute("SELECT version()")
+    present = [str(row[0]) for row in sql.execute("SELECT name FROM system.databases")]
+    databases = tuple(sorted(name for name in present if database_selected(name, settings.databases)))
+    if not databases:
+        raise SourceError(
+            f"no database on {where} matches databases {settings.databases}; it has: {', '.join(sorted(present))}"
+        )
+    rows = _table_rows(sql, databases)
+    columns = _columns(sql, databases)
+    views_by_uuid = {uuid: name for _, name, engine, *_, uuid in rows if engine == "MaterializedView" and uuid}
+    tables = []
+    for database, name, engine, create, partition_key, _uuid in rows:
+        owner = inner_table_owner(name, views_by_uuid)
+        chosen_by = owner if owner is not None else name
+        if not table_selected(database, chosen_by, settings.tables.include, settings.tables.exclude):
+            continue
+        role, reason = classify(engine)
+        table_columns = columns.get((database, name), ())
+        tables.append(Table(database, name, engine, create, partition_key, table_columns, role, reason, owner))
+    log.info("clickhouse.discovered", where=where, version=version, databases=len(databases), tables=len(tables))
+    return Catalog(str(version), databases, tuple(sorted(tables, key=lambda table: table.key)))
+
+
+def _in_list(values: Iterable[str]) -> str:
+    return ", ".join(quote_string(value) for value in values)
+
+
+def _table_rows(sql: SqlExecutor, databases: tuple[str, ...]) -> list[tuple[str, str, str, str, str, str]]:
+    has_uuid = bool(
+        sql.execute("SELECT 1 FROM system.columns WHERE database = 'system' AND table = 'tables' AND name = 'uuid'")
+    )
+    uuid = "toString(uuid)" if has_uuid else "''"
+    rows = sql.execute(
+        f"SELECT database, name, engine, create_table_query, partition_key, {uuid} FROM system.tables "
+        f"WHERE database IN ({_in_list(databases)}) AND NOT is_temporary"
+    )
+    return [(str(a), str(b), str(c), str(d), str(e), str(f)) for a, b, c, d, e, f in rows]
+
+
+def _columns(sql: SqlExecutor, databases: tuple[str, ...]) -> dict[TableKey, tuple[tuple[str, str], ...]]:
+    found: dict[TableKey, list[tuple[str, str]]] = {}
+    rows = sql.execute(
+        f"SELECT database, table, name, type, default_kind FROM system.columns WHERE database IN ({_in_list(databases)})"
+    )
+    for database, table, name, column_type, default_kind in rows:
+        if str(default_kind) not in _COMPUTED_KINDS:
+            found.setdefault((str(database), str(table)), []).append((str(name), str(column_type)))
+    return {key: tuple(value) for key, value in found.items()}
+
+
+def existing_tables(sql: SqlExecutor, databases: Iterable[str]) -> set[TableKey]:
+    rows = sql.execute(f"SELECT database, name FROM system.tables WHERE database IN ({_in_list(databases)})")
+    return {(str(database), str(name)) for database, name in rows}
+
+
+def database_exists(sql: SqlExecutor, database: str) -> bool:
+    return bool(sql.execute(f"SELECT 1 FROM system.databases WHERE name = {quote_string(database)}"))
+
+
+# ---- parts --------------------------------------------------------------------------------------
+
+
+def active_parts(sql: SqlExecutor, databases: Iterable[str]) -> dict[TableKey, dict[str, PartSet]]:
+    """Active parts of every MergeTree table in ``databases``, by table and partition id."""
+    rows = sql.execute(
+        "SELECT database, table, partition_id, name, rows, toUnixTimestamp(modification_time) FROM system.parts "
+        f"WHERE active AND database IN ({_in_list(databases)})"
+    )
+    return _group_parts(rows)
+
+
+def table_parts(sql: SqlExecutor, table: Table) -> dict[str, PartSet]:
+    rows = sql.execute(
+        "SELECT database, table, partition_id, name, rows, toUnixTimestamp(modification_time) FROM system.parts "
+        f"WHERE active AND database = {quote_string(table.database)} AND table = {quote_string(table.name)}"
+    )
+    return _group_parts(rows).get(table.key, {})
+
+
+def partition_parts(sql: SqlExecutor, table: Table, partition: str) -> PartSet:
+    rows = sql.execute(
+        "SELECT database, table, partition_id, name, rows, toUnixTimestamp(modification_time) FROM system.parts "
+        f"WHERE active AND database = {quote_string(table.database)} AND table = {quote_string(table.name)} "
+        f"AND partition_id = {quote_string(partition)}"
+    )
+    return _group_parts(rows).get(table.key, {}).get(partition, ())
+
+
+def _group_parts(rows: Iterable[tuple[Any, ...]]) -> dict[TableKey, dict[str, PartSet]]:
+    grouped: dict[TableKey, dict[str, list[Part]]] = {}
+    for database, table, partition, name, count, modified in rows:
+        grouped.setdefault((str(database), str(table)), {}).setdefault(str(partition), []).append(
+            Part(str(name), int(count), int(modified))
+        )
+    return {
+        key: {pid: tuple(sorted(parts, key=lambda part: part.name)) for pid, parts in partitions.items()}
+        for key, partitions in grouped.items()
+    }
+
+
+def parts_filter(partition: str, parts: PartSet) -> str:
+    """A WHERE clause that reads exactly ``parts`` of ``partition`` (and nothing inserted since)."""
+    names = _in_list(part.name for part in parts)
+    return f"_partition_id = {quote_string(partition)} AND _part IN ({names})"
+
+
+# ---- fingerprints -------------------------------------------------------------------------------
+
+
+def print_where(sql: SqlExecutor, table_sql: str, columns: tuple[tuple[str, str], ...], where: str = "") -> PartitionPrint:
+    """count() and sum(row hash) of the rows of ``table_sql`` that ``where`` selects."""
+    condition = f" WHERE {where}" if where else ""
+    ((rows, digest),) = sql.execute(f"SELECT count(), sum({row_hash(columns)}) FROM {table_sql}{condition}")
+    return int(rows), int(digest)
+
+
+def print_by_partition(
+    sql: SqlExecutor, table_sql: str, columns: tuple[tuple[str, str], ...], *, partitions: bool
+) -> dict[str, PartitionPrint]:
+    """Every partition's print of ``table_sql`` (one pseudo partition ``""`` when not partitioned)."""
+    if not partitions:
+        return {WHOLE_TABLE: print_where(sql, table_sql, columns)}
+    rows = sql.execute(f"SELECT _partition_id, count(), sum({row_hash(columns)}) FROM {table_sql} GROUP BY _partition_id")
+    return {str(pid): (int(count), int(digest)) for pid, count, digest in rows}

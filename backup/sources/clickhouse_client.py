@@ -1,0 +1,350 @@
+"""Talking to ClickHouse: SQL through one small interface, bulk data as bytes over HTTP.
+
+Control and metadata go through ``SqlExecutor`` (``execute(sql) -> rows``), implemented by
+clickhouse-driver (native protocol, production) and by chdb (the modern engine in-process, which the
+tests use for BACKUP/RESTORE). Table data never passes through Python rows: it streams as
+``FORMAT Native`` bytes over the HTTP interface, in and out, untouched.
+
+Every failure leaves this module as ``ClickHouseError`` (a SourceError) carrying the server's error
+code when there is one, with a message that says where and what to check.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as driver_errors
+
+from policies.errors import SourceError
+
+CONNECT_TIMEOUT = 10.0
+ERROR_BODY_LIMIT = 64 * 1024
+EXPORT_TAIL = 16 * 1024  # how much of an export's end is kept to spot an error the server appended
+
+UNKNOWN_TABLE = 60
+UNKNOWN_DATABASE = 81
+AUTHENTICATION_CODES = frozenset({192, 193, 194, 516})
+
+# A server that fails mid-stream has already sent "200 OK": it appends the error text to the body.
+# 18.16: "Code: 395, e.displayText() = DB::Exception: ..., e.what() = DB::Exception\n"
+# 22+:   "Code: 395. DB::Exception: ... (version 23.8.1.1)\n"; 24.11+: "__exception__" blocks.
+_APPENDED_ERROR = re.compile(
+    rb"(?:Code: (\d+)[.,] (?:e\.displayText\(\) = )?DB::Exception: (.{0,4000}?)\n?|__exception__\r?\n(.{0,4000}?))\Z", re.S
+)
+_ERROR_CODE = re.compile(r"Code: (\d+)")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ClickHouse server as Lifeboat reaches it."""
+
+    host: str
+    port: int
+    http_port: int
+    user: str = "default"
+    password: str = field(default="", repr=False)
+    secure: bool = False
+    database: str = "default"
+    timeout: float = 600.0
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def using(self, database: str) -> Endpoint:
+        """The same server with ``database`` as the current database (unqualified names resolve there)."""
+        return replace(self, database=database)
+
+
+class ClickHouseError(SourceError):
+    """A ClickHouse server refused or failed a request (``code`` is its error code, when known)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SqlExecutor(Protocol):
+    """Runs one SQL statement and returns its rows (an empty list for DDL)."""
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+Connector = Callable[[Endpoint], SqlExecutor]
+
+
+def server_error(endpoint: Endpoint, message: str, code: int | None) -> ClickHouseError:
+    """A ClickHouseError whose message tells the operator what to check for well-known codes."""
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    first = first[:500]
+    where = f"ClickHouse at {endpoint.describe()}"
+    if code in AUTHENTICATION_CODES:
+        return ClickHouseError(f"{where} refused user '{endpoint.user}': {first}; check the user and password", code)
+    return ClickHouseError(f"{where}: {first}", code)
+
+
+# ---- SQL: clickhouse-driver ---------------------------------------------------------------------
+
+
+class DriverExecutor:
+    """SQL over the native protocol (clickhouse-driver). Not thread-safe: one per thread."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._client = Client(
+            host=endpoint.host,
+            port=endpoint.port,
+            user=endpoint.user,
+            password=endpoint.password,
+            database=endpoint.database,
+            secure=endpoint.secure,
+            connect_timeout=CONNECT_TIMEOUT,
+            send_receive_timeout=endpoint.timeout,
+            sync_request_timeout=CONNECT_TIMEOUT,
+            client_name="lifeboat",
+        )
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._client.execute(sql))
+        except driver_errors.ServerException as exc:
+            raise server_error(self._endpoint, exc.message, exc.code) from None
+        except (driver_errors.Error, OSError, EOFError) as exc:
+            raise ClickHouseError(
+                f"cannot reach ClickHouse at {self._endpoint.describe()} (native protocol): {exc}; "
+                "is the server running and is the port right?"
+            ) from None
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+
+def driver_connector(endpoint: Endpoint) -> SqlExecutor:
+    """The production connector: a clickhouse-driver connection (made on the first statement)."""
+    return DriverExecutor(endpoint)
+
+
+# ---- SQL: chdb ----------------------------------------------------------------------------------
+
+
+class ChdbExecutor:
+    """SQL on an open chdb session: the modern engine in-process, for the native strategy's tests.
+
+    chdb allows one data path per process, so the session is the caller's (tests: the chdb_session
+    fixture); this object only borrows it, serializing statements, and never closes it."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        import chdb  # a test dependency only: imported where it is used
+
+        with self._lock:
+            try:
+                text = str(self._session.query(sql, "JSONCompactEachRow"))
+            except (chdb.ChdbError, RuntimeError) as exc:
+                message = str(exc)
+                code = _ERROR_CODE.search(message)
+                raise ClickHouseError(f"chdb: {message.strip()[:500]}", int(code.group(1)) if code else None) from None
+        return [tuple(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+    def close(self) -> None:
+        """Nothing to do: the session belongs to whoever opened it."""
+
+
+class Connections:
+    """One executor per thread for one endpoint (a driver connection is not thread-safe); all closed
+    together. Use as a context manager."""
+
+    def __init__(self, connect: Connector, endpoint: Endpoint) -> None:
+        self._connect = connect
+        self.endpoint = endpoint
+        self._local = threading.local()
+        self._opened: list[SqlExecutor] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> SqlExecutor:
+        executor: SqlExecutor | None = getattr(self._local, "executor", None)
+        if executor is None:
+            executor = self._connect(self.endpoint)
+            self._local.executor = executor
+            with self._lock:
+                self._opened.append(executor)
+        return executor
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run ``sql`` on this thread's connection."""
+        return self.get().execute(sql)
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for executor in opened:
+            executor.close()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- data: HTTP ---------------------------------------------------------------------------------
+
+
+class ExportStream:
+    """The body of an export, read as is; at its end, proves the server did not append an error."""
+
+    def __init__(self, response: http.client.HTTPResponse, endpoint: Endpoint, what: str) -> None:
+        self._response = response
+        self._endpoint = endpoint
+        self._what = what
+        self._tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._response.read(size)
+        except (http.client.HTTPException, OSError) as exc:
+            raise ClickHouseError(
+                f"lost the connection to {self._endpoint.host}:{self._endpoint.http_port} while reading {self._what}: {exc}"
+            ) from None
+        if data:
+            self._tail = (self._tail + data)[-EXPORT_TAIL:] if len(data) < EXPORT_TAIL else data[-EXPORT_TAIL:]
+        else:
+            self._check_tail()
+        return data
+
+    def _check_tail(self) -> None:
+        match = _APPENDED_ERROR.search(self._tail)
+        if match:
+            code = int(match.group(1)) if match.group(1) else None
+            text = (match.group(2) or match.group(3) or b"").decode("utf-8", "replace")
+            raise server_error(self._endpoint, f"{self._what} failed while streaming: {text}", code)
+
+
+class HttpChannel:
+    """Bulk data through ClickHouse's HTTP interface: exports stream out, inserts stream in."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """A connected HTTP(S) connection: connecting may take CONNECT_TIMEOUT, each read the
+        endpoint's (longer) timeout. Raises ClickHouseError when the server cannot be reached."""
+        endpoint = self.endpoint
+        connection: http.client.HTTPConnection
+        if endpoint.secure:
+            context = ssl.create_default_context()
+            connection = http.client.HTTPSConnection(
+                endpoint.host, endpoint.http_port, timeout=CONNECT_TIMEOUT, context=context
+            )
+        else:
+            connection = http.client.HTTPConnection(endpoint.host, endpoint.http_port, timeout=CONNECT_TIMEOUT)
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise self._unreachable(exc) from None
+        if connection.sock is not None:
+            connection.sock.settimeout(endpoint.timeout)
+        return connection
+
+    def _headers(self) -> dict[str, str]:
+        # Credentials in headers, never in the URL (URLs end up in server and proxy logs).
+        return {"X-ClickHouse-User": self.endpoint.user, "X-ClickHouse-Key": self.endpoint.password}
+
+    def _path(self, parameters: Mapping[str, str]) -> str:
+        return "/?" + urllib.parse.urlencode({"database": self.endpoint.database, **parameters})
+
+    @contextmanager
+    def export(self, sql: str, *, what: str) -> Iterator[ExportStream]:
+        """POST ``sql`` and yield its response body as a stream; raises ClickHouseError."""
+        connection = self._connection()
+        try:
+            try:
+                connection.request("POST", self._path({}), body=sql.encode(), headers=self._headers())
+                response = connection.getresponse()
+            except (http.client.HTTPException, OSError) as exc:
+                raise self._unreachable(exc) from None
+            if response.status != 200:
+                raise self._refused(response, what)
+            yield ExportStream(response, self.endpoint, what)
+        finally:
+            connection.close()
+
+    def insert(self, sql: str, body: Iterable[bytes], *, what: str, settings: Mapping[str, str] | None = None) -> None:
+        """POST ``body`` (chunked) as the data of ``sql`` (an ``INSERT .. FORMAT ..``); raises
+        ClickHouseError; an error raised by ``body`` itself (IntegrityError) passes through."""
+        connection = self._connection()
+        try:
+            try:
+                connection.request(
+                    "POST",
+                    self._path({"query": sql, **(settings or {})}),
+                    body=body,
+                    headers=self._headers(),
+                    encode_chunked=True,
+                )
+                response = connection.getresponse()
+            except (http.client.HTTPException, OSError) as exc:
+                raise self._lost_during(connection, what, exc) from None
+            if response.status != 200:
+                raise self._refused(response, what)
+            response.read()
+        finally:
+            connection.close()
+
+    def _unreachable(self, exc: BaseException) -> ClickHouseError:
+        return ClickHouseError(
+            f"cannot reach ClickHouse's HTTP interface at {self.endpoint.host}:{self.endpoint.http_port}: {exc}; "
+            "is the server running and is http_port right?"
+        )
+
+    def _refused(self, response: http.client.HTTPResponse, what: str) -> ClickHouseError:
+        text = response.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")
+        code = _ERROR_CODE.search(text)
+        return server_error(
+            self.endpoint, f"{what}: {text or f'HTTP {response.status}'}", int(code.group(1)) if code else None
+        )
+
+    def _lost_during(self, connection: http.client.HTTPConnection, what: str, exc: BaseException) -> ClickHouseError:
+        """The connection broke while sending: the server may have refused early and said why."""
+        try:
+            response = connection.getresponse()
+        except (http.client.HTTPException, OSError):
+            return ClickHouseError(
+                f"lost the connection to {self.endpoint.host}:{self.endpoint.http_port} while loading {what}: {exc}"
+            )
+        return self._refused(response, what)
+
+
+def run_parallel(function: Callable[[_Item], _Result], items: Sequence[_Item], *, workers: int) -> list[_Result]:
+    """``function`` over ``items`` on up to ``workers`` threads; results in item order. The first
+    error is raised once the running calls end; calls not started yet are cancelled."""
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="lifeboat-clickhouse") as pool:
+        futures = [pool.submit(function, item) for item in items]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [future.result() for future in futures]

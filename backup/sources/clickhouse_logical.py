@@ -1,0 +1,396 @@
+"""The logical strategy: table data as ``FORMAT Native`` bytes over HTTP, per partition, any server.
+
+Backup: for every table holding data, each partition (MergeTree family) or the whole table (Log,
+Memory...) streams ``SELECT * .. FORMAT Native`` untouched into repository chunks. A partition whose
+active parts (name, rows, modification time) and table definition are those of the previous
+snapshot reuses its entry without reading a byte. Concurrent writes: an export reads exactly the
+parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; if one of those
+parts is gone afterwards (merged, mutated, dropped) the export is retried, a bounded number of times,
+then taken by content (fingerprint before == after) or recorded as unpinned.
+
+Restore: each partition's verified bytes are the body of ``INSERT INTO .. FORMAT Native``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
+
+import structlog
+
+from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.repository import Repository, SnapshotWriter, StoredStream
+from backup.sources.base import Progress
+from backup.sources.clickhouse_catalog import (
+    Catalog,
+    Part,
+    PartSet,
+    Table,
+    active_parts,
+    existing_tables,
+    partition_parts,
+    parts_filter,
+    print_where,
+)
+from backup.sources.clickhouse_client import (
+    UNKNOWN_DATABASE,
+    UNKNOWN_TABLE,
+    ClickHouseError,
+    Connections,
+    HttpChannel,
+    run_parallel,
+)
+from backup.sources.clickhouse_fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
+from backup.sources.clickhouse_sql import TableRole, qualified, quote_string
+from policies.errors import IntegrityError, SourceError
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Exports of one partition before it is taken by content or recorded as unpinned."""
+
+DATA_FORMAT = "Native"
+
+
+# ---- entries ------------------------------------------------------------------------------------
+
+
+def table_entry_name(database: str, table: str) -> str:
+    return f"table/{_q(database)}/{_q(table)}"
+
+
+def data_entry_name(database: str, table: str, partition: str) -> str:
+    return f"data/{_q(database)}/{_q(table)}/{_q(partition) or '-'}"
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def table_entry(table: Table) -> Entry:
+    """A table's definition as an entry (no bytes: the definition is in its meta)."""
+    return Entry(table_entry_name(table.database, table.name), 0, _EMPTY_SHA256, [], table.to_meta())
+
+
+def data_meta(entry: Entry) -> dict[str, Any] | None:
+    return entry.meta if entry.meta.get("type") == "data" else None
+
+
+def entry_print(entry: Entry) -> PartitionPrint:
+    return int(entry.meta["rows"]), int(entry.meta["hash"])
+
+
+# ---- planning (pure) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    table: Table
+    partition: str  # WHOLE_TABLE for tables without partitions
+
+    @property
+    def label(self) -> str:
+        return partition_label(self.table.display, self.partition)
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    reused: list[Entry]
+    jobs: list[PartitionJob]
+
+
+PreviousExports = Mapping[tuple[str, str, str], Entry]  # (database, table, partition) -> data entry
+
+
+def plan_exports(
+    tables: Sequence[Table], parts: Mapping[TableKey, Mapping[str, PartSet]], previous: PreviousExports
+) -> ExportPlan:
+    """Which partitions reuse the previous snapshot's entry and which must be exported.
+
+    Tables without partitions are always exported (nothing proves they did not change)."""
+    reused: list[Entry] = []
+    jobs: list[PartitionJob] = []
+    for table in tables:
+        if table.role is not TableRole.DATA:
+            continue
+        if not table.has_partitions:
+            jobs.append(PartitionJob(table, WHOLE_TABLE))
+            continue
+        for partition, partset in sorted(parts.get(table.key, {}).items()):
+            old = previous.get((table.database, table.name, partition))
+            if old is not None and reusable(old, table, partset):
+                reused.append(old)
+            else:
+                jobs.append(PartitionJob(table, partition))
+    return ExportPlan(reused, jobs)
+
+
+def reusable(entry: Entry, table: Table, parts: PartSet) -> bool:
+    """Whether ``entry`` (a previous export) still holds exactly this partition's rows: it was pinned,
+    the table definition is the same, and so is the set of active parts."""
+    meta = entry.meta
+    if meta.get("pinned") is not True or meta.get("schema") != table.schema_id:
+        return False
+    return tuple(Part.from_json(value) for value in meta.get("parts", [])) == parts
+
+
+def previous_exports(repository: Repository, previous: SnapshotHeader | None) -> dict[tuple[str, str, str], Entry]:
+    """The data entries of the previous logical snapshot, for reuse."""
+    if previous is None or previous.meta.get("strategy") != "logical":
+        return {}
+    found: dict[tuple[str, str, str], Entry] = {}
+    for entry in repository.entries(previous):
+        meta = data_meta(entry)
+        if meta is not None:
+            found[(meta["database"], meta["table"], meta["partition"])] = entry
+    return found
+
+
+# ---- backup -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What a logical backup did, counted from many threads."""
+
+    partitions: int = 0  # MergeTree partitions exported
+    whole_tables: int = 0  # tables without partitions, exported whole
+    retries: int = 0
+    exported: list[str] = field(default_factory=list)  # labels, for the report
+    unpinned: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, exported: PartitionJob | None = None, retries: int = 0, unpinned: str | None = None) -> None:
+        with self._lock:
+            if exported is not None:
+                self.exported.append(exported.label)
+                if exported.partition == WHOLE_TABLE:
+                    self.whole_tables += 1
+                else:
+                    self.partitions += 1
+            self.retries += retries
+            if unpinned:
+                self.unpinned.append(unpinned)
+
+
+@dataclass(frozen=True)
+class Exported:
+    job: PartitionJob
+    entry: Entry
+    print: PartitionPrint
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class LogicalResult:
+    prints: dict[TableKey, TablePrint]
+    entries: list[Entry]  # data entries of this snapshot (exported and reused)
+    reused: int
+    tally: Tally
+
+
+class LogicalBackup:
+    """One logical snapshot of the tables of ``catalog`` into ``writer``."""
+
+    def __init__(
+        self,
+        *,
+        connections: Connections,
+        channel: HttpChannel,
+        writer: SnapshotWriter,
+        previous: SnapshotHeader | None,
+        parallel: int,
+        progress: Progress | None,
+    ) -> None:
+        self.sql = connections
+        self.channel = channel
+        self.writer = writer
+        self.previous = previous
+        self.parallel = parallel
+        self.progress = progress
+        self.tally = Tally()
+        # Fingerprints run beside the exports (threads start only when used; closed by run()).
+        self._printer = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lifeboat-clickhouse-print")
+
+    def run(self, catalog: Catalog) -> LogicalResult:
+        """Add every table's definition and data to the writer; raises SourceError."""
+        for table in catalog.tables:
+            self.writer.add(table_entry(table))
+        previous = previous_exports(self.writer.repository, self.previous)
+        plan = plan_exports(catalog.tables, active_parts(self.sql, catalog.databases), previous)
+        for entry in plan.reused:
+            self.writer.add(entry)
+        with self._printer:
+            exported = run_parallel(self._export, plan.jobs, workers=self.parallel)
+        self._check_still_there(catalog)
+        prints = {table.key: _empty_print(table) for table in catalog.tables if table.role is TableRole.DATA}
+        for entry in plan.reused:
+            prints[(entry.meta["database"], entry.meta["table"])].partitions[entry.meta["partition"]] = entry_print(entry)
+        for done in filter(None, exported):
+            table_print = prints[done.job.table.key]
+            table_print.partitions[done.job.partition] = done.print
+            if not done.pinned:
+                table_print.unpinned.add(done.job.partition)
+        entries = plan.reused + [done.entry for done in exported if done]
+        return LogicalResult(prints, entries, len(plan.reused), self.tally)
+
+    def _export(self, job: PartitionJob) -> Exported | None:
+        try:
+            if job.partition == WHOLE_TABLE:
+                return self._export_by_content(job, where="", attempts=MAX_ATTEMPTS)
+            return self._export_pinned(job)
+        except ClickHouseError as exc:
+            if exc.code in (UNKNOWN_TABLE, UNKNOWN_DATABASE):
+                raise SourceError(
+                    f"table {job.table.display} disappeared during the backup (dropped or renamed?); nothing was "
+                    f"committed: run the backup again ({exc})"
+                ) from exc
+            raise SourceError(f"{job.label}: {exc}") from exc
+
+    def _export_pinned(self, job: PartitionJob) -> Exported | None:
+        table, partition = job.table, job.partition
+        for attempt in range(MAX_ATTEMPTS):
+            parts = partition_parts(self.sql, table, partition)
+            if not parts:
+                return None  # the partition was dropped since it was listed: it is not part of this snapshot
+            where = parts_filter(partition, parts)
+            stored, partition_print = self._stream_and_print(job, where)
+            still_active = {part.name for part in partition_parts(self.sql, table, partition)}
+            if {part.name for part in parts} <= still_active:
+                return self._done(job, stored, parts, partition_print, pinned=True)
+            self.tally.add(retries=1)
+            log.info("clickhouse.partition.moved", table=table.display, partition=partition, attempt=attempt + 1)
+        return self._export_by_content(job, where=f"_partition_id = {quote_string(partition)}", attempts=1)
+
+    def _stream_and_print(self, job: PartitionJob, where: str) -> tuple[StoredStream, PartitionPrint]:
+        """Export and fingerprint the same pinned parts at the same time: the server's full scan for
+        the print overlaps the export instead of following it (the caller proves the parts stayed)."""
+        printing = self._printer.submit(print_where, self.sql, job.table.sql, job.table.columns, where)
+        try:
+            stored = self._stream(job, where)
+        except BaseException:
+            printing.cancel()
+            wait([printing])  # never leave a query running behind an error
+            raise
+        return stored, printing.result()
+
+    def _export_by_content(self, job: PartitionJob, *, where: str, attempts: int) -> Exported:
+        """Export between two fingerprints of the same rows; equal prints pin the export by content."""
+        table = job.table
+        for attempt in range(attempts):
+            before = print_where(self.sql, table.sql, table.columns, where)
+            stored = self._stream(job, where)
+            after = print_where(self.sql, table.sql, table.columns, where)
+            if before == after:
+                parts = partition_parts(self.sql, table, job.partition) if table.has_partitions else ()
+                return self._done(job, stored, parts, after, pinned=True)
+            if attempt < attempts - 1:
+                self.tally.add(retries=1)
+        log.warning("clickhouse.partition.unpinned", table=table.display, partition=job.partition)
+        self.tally.add(unpinned=job.label)
+        return self._done(job, stored, (), after, pinned=False)
+
+    def _stream(self, job: PartitionJob, where: str) -> StoredStream:
+        condition = f" WHERE {where}" if where else ""
+        statement = f"SELECT * FROM {job.table.sql}{condition} FORMAT {DATA_FORMAT}"
+        with self.channel.export(statement, what=f"export of {job.label}") as stream:
+            return self.writer.write_stream(cast(BinaryIO, stream), progress=self.progress)
+
+    def _done(
+        self, job: PartitionJob, stored: StoredStream, parts: PartSet, partition_print: PartitionPrint, *, pinned: bool
+    ) -> Exported:
+        table = job.table
+        meta = {
+            "type": "data",
+            "database": table.database,
+            "table": table.name,
+            "partition": job.partition,
+            "format": DATA_FORMAT,
+            "rows": partition_print[0],
+            "hash": partition_print[1],
+            "pinned": pinned,
+            "schema": table.schema_id,
+            "parts": [part.to_json() for part in parts],
+        }
+        entry = Entry(
+            data_entry_name(table.database, table.name, job.partition), stored.size, stored.sha256, stored.chunks, meta
+        )
+        self.writer.add(entry)
+        self.tally.add(exported=job)
+        return Exported(job, entry, partition_print, pinned)
+
+    def _check_still_there(self, catalog: Catalog) -> None:
+        present = existing_tables(self.sql, catalog.databases)
+        gone = [table.display for table in catalog.tables if table.key not in present]
+        if gone:
+            raise SourceError(
+                f"{', '.join(gone)} disappeared during the backup (dropped or renamed?); nothing was committed: "
+                "run the backup again"
+            )
+
+
+def _empty_print(table: Table) -> TablePrint:
+    return TablePrint(table.database, table.name, table.columns, table.has_partitions, via=table.owner)
+
+
+# ---- restore ------------------------------------------------------------------------------------
+
+
+class HttpLoader:
+    """Loads a logical snapshot's partitions with ``INSERT .. FORMAT Native`` over HTTP, in parallel."""
+
+    def __init__(
+        self,
+        *,
+        repository: Repository,
+        header: SnapshotHeader,
+        channel: HttpChannel,
+        entries: Mapping[TableKey, list[Entry]],
+        parallel: int,
+        settings: Mapping[str, str],
+        progress: Progress | None,
+    ) -> None:
+        self.repository = repository
+        self.header = header
+        self.channel = channel
+        self.entries = entries
+        self.parallel = parallel
+        self.settings = settings
+        self.progress = progress
+
+    def load(self, tables: Sequence[Table], target_database: str) -> None:
+        """Insert every data entry of ``tables`` (a view's storage goes in through the view)."""
+        work = [
+            (qualified(target_database, table.owner or table.name), table, entry)
+            for table in tables
+            for entry in self.entries.get(table.key, [])
+            if entry.size > 0
+        ]
+        run_parallel(self._insert, work, workers=self.parallel)
+
+    def _insert(self, item: tuple[str, Table, Entry]) -> None:
+        target, table, entry = item
+        label = partition_label(table.display, entry.meta["partition"])
+        statement = f"INSERT INTO {target} FORMAT {entry.meta.get('format', DATA_FORMAT)}"
+        self.channel.insert(statement, self._verified(entry, label), what=f"load of {label}", settings=self.settings)
+
+    def _verified(self, entry: Entry, label: str) -> Iterator[bytes]:
+        """The entry's bytes, each chunk verified on read, and the whole proven at the end."""
+        digest = hashlib.sha256()
+        size = 0
+        for block in self.repository.iter_chunks(entry.chunks, snapshot=self.header.id):
+            digest.update(block)
+            size += len(block)
+            if self.progress:
+                self.progress(len(block))
+            yield block
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise IntegrityError(f"{label}: restored bytes do not match the snapshot's SHA-256 (snapshot {self.header.id})")

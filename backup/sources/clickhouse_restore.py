@@ -1,0 +1,401 @@
+"""Restoring a ClickHouse snapshot into a database of a (scratch) server, and verifying it.
+
+Order: tables holding data are created (definitions rewritten into the target database, see
+clickhouse_ddl) and loaded (logical: INSERT .. FORMAT Native over HTTP; native: the server's
+RESTORE), then definition-only tables, then views in dependency order, then the storage of
+materialized views (loaded through the view, after it exists, so nothing is counted twice). Tables of
+merging engines keep their merges stopped so the rows stay as backed up until verified. Last, the
+target is fingerprinted and compared with the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from backup.repository.manifest import Entry, SnapshotHeader
+from backup.sources.base import RestoreOptions, Verdict, Verification
+from backup.sources.clickhouse_catalog import Table, database_exists, existing_tables, print_by_partition
+from backup.sources.clickhouse_client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
+from backup.sources.clickhouse_ddl import RewrittenDdl, creation_order, rewrite_create
+from backup.sources.clickhouse_fingerprint import (
+    TableKey,
+    TablePrint,
+    compare,
+    held_back_tables,
+    table_prints,
+)
+from backup.sources.clickhouse_sql import (
+    TableRole,
+    database_selected,
+    display_name,
+    glob_matches,
+    merging,
+    qualified,
+    quote_ident,
+)
+from policies.errors import RestoreError
+from policies.model import ClickHouseSettings
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 9000
+DEFAULT_HTTP_PORT = 8123
+_PARTITION_LINES = 24  # per table in a plan; the rest is summed up
+_FOREIGN_OPTIONS = (
+    "to_file",
+    "to_data_dir",
+    "name",
+    "initial_cluster",
+    "initial_advertise_peer_urls",
+    "to_endpoint",
+    "to_bucket",
+    "to_prefix",
+    "to_dir",
+    "prefix",
+    "in_place",
+    "to_access_key_id",
+    "to_secret_access_key",
+)
+_USAGE = "use --to-host H [--to-port P] [--to-http-port P] --to-database DB [--tables GLOB]..."
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"})
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where a restore goes: a server, a database on it (``endpoint.database``), optional table globs."""
+
+    endpoint: Endpoint
+    tables: tuple[str, ...] = ()
+    credentials: str = ""  # how the target is reached, for the plan (never the password itself)
+
+    @property
+    def database(self) -> str:
+        return self.endpoint.database
+
+    def describe(self) -> str:
+        return f"clickhouse://{self.endpoint.host}:{self.endpoint.port}/{self.database}"
+
+
+def target_from_options(options: RestoreOptions, settings: ClickHouseSettings, *, password: str) -> ClickHouseTarget:
+    """The target ``options`` name; raises RestoreError for options of other kinds, missing ones, and a
+    target that is the source itself (same server, a database the source backs up).
+
+    The target is reached with the source's user and ``password`` unless ``to_user`` / ``to_password``
+    (set by drills for their scratch servers, not CLI options) say otherwise."""
+    foreign = options.given(*_FOREIGN_OPTIONS)
+    if foreign:
+        named = ", ".join("--" + option.replace("_", "-") for option in foreign)
+        verb = "does" if len(foreign) == 1 else "do"
+        raise RestoreError(f"{named} {verb} not apply to a ClickHouse source; {_USAGE}")
+    if not options.to_host or not options.to_database:
+        raise RestoreError(f"a ClickHouse restore needs --to-host and --to-database; {_USAGE}")
+    endpoint = Endpoint(
+        host=options.to_host,
+        port=options.to_port or DEFAULT_PORT,
+        http_port=options.to_http_port or DEFAULT_HTTP_PORT,
+        user=options.to_user or settings.user,
+        password=options.to_password if options.to_password is not None else password,
+        secure=settings.secure,
+        database=options.to_database,
+        timeout=settings.timeout.total_seconds(),
+    )
+    if same_server(settings, endpoint) and database_selected(options.to_database, settings.databases):
+        raise RestoreError(_source_refusal(endpoint, "the source backs up that database"))
+    own = options.to_user is not None or options.to_password is not None
+    credentials = f"user {endpoint.user} with {'the target' if own else 'the source'}'s password"
+    return ClickHouseTarget(endpoint, tuple(options.tables), credentials)
+
+
+def same_server(settings: ClickHouseSettings, endpoint: Endpoint) -> bool:
+    """Whether ``endpoint`` is the source's server (loopback names count as one host)."""
+    if _host_key(settings.host) != _host_key(endpoint.host):
+        return False
+    return endpoint.port == settings.port or endpoint.http_port == settings.http_port
+
+
+def _host_key(host: str) -> str:
+    host = host.strip().strip("[]").lower()
+    return "loopback" if host in _LOOPBACK else host
+
+
+def _source_refusal(endpoint: Endpoint, why: str) -> str:
+    return (
+        f"refusing to restore into {endpoint.describe()} database {endpoint.database}: that is the source itself "
+        f"({why}); choose another --to-database or a scratch server"
+    )
+
+
+def refuse_source_target(settings: ClickHouseSettings, header: SnapshotHeader, target: ClickHouseTarget) -> None:
+    """A snapshot's own databases on the source server are never a target (the policy may have
+    changed since the snapshot was taken, so this checks the snapshot's list too)."""
+    if same_server(settings, target.endpoint) and target.database in header.meta.get("databases", []):
+        raise RestoreError(_source_refusal(target.endpoint, f"snapshot {header.id} was taken from it"))
+
+
+# ---- the plan (pure) ------------------------------------------------------------------------------
+
+
+@dataclass
+class RestorePlan:
+    """What a restore brings back, from the snapshot's entries and the --tables globs."""
+
+    strategy: str
+    databases: tuple[str, ...]  # the snapshot's source databases
+    tables: list[Table]  # chosen and restorable, in snapshot order
+    entries: dict[TableKey, list[Entry]]  # data entries by table (logical strategy)
+    prints: dict[TableKey, TablePrint]
+    held_back: dict[TableKey, str] = field(default_factory=dict)  # chosen but not recreated, and why
+
+    @property
+    def data_tables(self) -> list[Table]:
+        return [table for table in self.tables if table.role is TableRole.DATA and table.owner is None]
+
+    @property
+    def view_storage(self) -> list[Table]:
+        return [table for table in self.tables if table.role is TableRole.DATA and table.owner is not None]
+
+    @property
+    def definitions(self) -> list[Table]:
+        return [table for table in self.tables if table.role is TableRole.SCHEMA]
+
+    @property
+    def views(self) -> list[Table]:
+        views = {table.name: table for table in self.tables if table.role is TableRole.VIEW}
+        return [views[name] for name in creation_order(((t.name, t.create) for t in views.values()), self.databases)]
+
+    def rows(self, table: Table) -> int:
+        found = self.prints.get(table.key)
+        return found.rows if found else 0
+
+    def size(self, table: Table) -> int:
+        return sum(entry.size for entry in self.entries.get(table.key, []))
+
+
+def chosen(table: Table, globs: Sequence[str]) -> bool:
+    """Whether ``--tables`` globs pick ``table`` (a view's storage goes with its view)."""
+    return not globs or any(glob_matches(glob, table.database, table.owner or table.name) for glob in globs)
+
+
+def build_plan(header: SnapshotHeader, entries: Iterable[Entry], globs: Sequence[str]) -> RestorePlan:
+    """The restore plan of ``header``; raises RestoreError when the globs pick nothing or two chosen
+    tables of different source databases would get the same name in the one target database."""
+    tables: list[Table] = []
+    data: dict[TableKey, list[Entry]] = {}
+    for entry in entries:
+        kind = entry.meta.get("type")
+        if kind == "table":
+            tables.append(Table.from_meta(entry.meta))
+        elif kind == "data":
+            data.setdefault((entry.meta["database"], entry.meta["table"]), []).append(entry)
+    picked = [table for table in tables if chosen(table, globs)]
+    if globs and not picked:
+        names = ", ".join(table.display for table in tables if table.owner is None) or "none"
+        raise RestoreError(f"--tables {' '.join(globs)} match no table of snapshot {header.id}; it has: {names}")
+    _refuse_collisions(picked)
+    held = held_back_tables(header.fingerprint)
+    return RestorePlan(
+        strategy=str(header.meta.get("strategy", "logical")),
+        databases=tuple(header.meta.get("databases", sorted({table.database for table in tables}))),
+        tables=[table for table in picked if table.key not in held],
+        entries={key: sorted(found, key=lambda entry: entry.name) for key, found in data.items()},
+        prints=table_prints(header.fingerprint),
+        held_back={key: why for key, why in held.items() if any(table.key == key for table in picked)},
+    )
+
+
+def _refuse_collisions(tables: Sequence[Table]) -> None:
+    by_name: dict[str, list[Table]] = {}
+    for table in tables:
+        by_name.setdefault(table.name, []).append(table)
+    clashes = sorted(name for name, same in by_name.items() if len({table.database for table in same}) > 1)
+    if clashes:
+        raise RestoreError(
+            f"tables of different databases would share a name in the target database ({', '.join(clashes)}); "
+            "restore one database at a time with --tables 'db.*'"
+        )
+
+
+def plan_lines(plan: RestorePlan, target: ClickHouseTarget, header: SnapshotHeader) -> list[str]:
+    """The plan as ``--dry-run`` prints it: tables, partitions, rows, bytes, and what is rewritten."""
+    endpoint = target.endpoint
+    lines = [
+        f"strategy {plan.strategy}; snapshot taken from ClickHouse {header.fingerprint.get('server_version', '?')}",
+        f"target {endpoint.describe()} (HTTP {endpoint.http_port}) database {target.database}, {target.credentials}",
+    ]
+    rows = sum(plan.rows(table) for table in plan.tables)
+    size = sum(plan.size(table) for table in plan.tables)
+    lines.append(f"{len(plan.tables)} tables, {rows} rows, {_bytes(size)}")
+    for table in plan.data_tables + plan.definitions + plan.views + plan.view_storage:
+        lines.extend(_table_lines(plan, table, target.database))
+    for key, why in sorted(plan.held_back.items()):
+        lines.append(f"hold back {display_name(*key)}: {why} (create it by hand if you mean to)")
+    return lines
+
+
+def _table_lines(plan: RestorePlan, table: Table, database: str) -> list[str]:
+    name = display_name(database, table.owner or table.name)
+    changes = rewritten(table, plan.databases, database).changes if table.owner is None else ()
+    notes = "".join(f"; {change}" for change in changes)
+    if table.role is not TableRole.DATA:
+        return [f"create {name} ({table.engine}): {table.reason}{notes}"]
+    head = f"load {name} (the view's storage)" if table.owner else f"create {name} ({table.engine})"
+    found = plan.prints.get(table.key)
+    partitions = found.partitions if found else {}
+    if not table.has_partitions:
+        return [f"{head}: whole table, {plan.rows(table)} rows, {_bytes(plan.size(table))}{notes}"]
+    count = f"{len(partitions)} partition{'' if len(partitions) == 1 else 's'}"
+    lines = [f"{head}: {count}, {plan.rows(table)} rows, {_bytes(plan.size(table))}{notes}"]
+    sizes = {entry.meta["partition"]: entry.size for entry in plan.entries.get(table.key, [])}
+    for partition, (rows, _) in sorted(partitions.items())[:_PARTITION_LINES]:
+        size = f", {_bytes(sizes[partition])}" if partition in sizes else ""
+        lines.append(f"  partition {partition}: {rows} rows{size}")
+    if len(partitions) > _PARTITION_LINES:
+        lines.append(f"  ... and {len(partitions) - _PARTITION_LINES} more partitions")
+    return lines
+
+
+def _bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+# ---- the target ---------------------------------------------------------------------------------
+
+
+def prepare_target(sql: SqlExecutor, plan: RestorePlan, target: ClickHouseTarget, *, yes: bool) -> list[str]:
+    """Refuse a non-empty target database without ``yes``; with it, drop the tables this restore
+    replaces. Then create the database. Returns the names dropped."""
+    present = (
+        sorted(name for _, name in existing_tables(sql, [target.database])) if database_exists(sql, target.database) else []
+    )
+    if present and not yes:
+        shown = ", ".join(present[:10]) + (", ..." if len(present) > 10 else "")
+        raise RestoreError(
+            f"target database {target.database} on {target.endpoint.describe()} is not empty ({len(present)} tables: "
+            f"{shown}); add --yes to restore into it (tables of the same names are replaced)"
+        )
+    restored = {table.owner or table.name for table in plan.tables}
+    replaced = [name for name in present if name in restored]
+    views_first = sorted(replaced, key=lambda name: name not in {view.name for view in plan.views})
+    for name in views_first:
+        sql.execute(f"DROP TABLE IF EXISTS {qualified(target.database, name)}")
+    sql.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(target.database)}")
+    return views_first
+
+
+def rewritten(table: Table, databases: Collection[str], target: str) -> RewrittenDdl:
+    """``table``'s definition renamed into ``target``; RestoreError when it cannot be rewritten."""
+    try:
+        return rewrite_create(table.create, databases=databases, target=target)
+    except ValueError as exc:
+        raise RestoreError(f"cannot recreate {table.display}: {exc}: {table.create[:200]}") from None
+
+
+def create_tables(sql: SqlExecutor, tables: Sequence[Table], *, databases: Collection[str], target: str) -> None:
+    """Create ``tables`` renamed into ``target``; raises RestoreError naming the table."""
+    for table in tables:
+        statement = rewritten(table, databases, target).sql
+        try:
+            sql.execute(statement)
+        except ClickHouseError as exc:
+            raise RestoreError(f"cannot create {display_name(target, table.name)} ({table.engine}): {exc}") from exc
+        if merging(table.engine):
+            sql.execute(f"SYSTEM STOP MERGES {qualified(target, table.name)}")
+
+
+class DataLoader(Protocol):
+    def load(self, tables: Sequence[Table], target_database: str) -> None: ...
+
+
+def load_everything(sql: SqlExecutor, plan: RestorePlan, loader: DataLoader, target: str) -> None:
+    """Tables, their data, definitions, views, views' storage: in that order."""
+    create_tables(sql, plan.data_tables, databases=plan.databases, target=target)
+    loader.load(plan.data_tables, target)
+    create_tables(sql, plan.definitions, databases=plan.databases, target=target)
+    create_tables(sql, plan.views, databases=plan.databases, target=target)
+    loader.load(plan.view_storage, target)
+
+
+def next_steps(plan: RestorePlan, target: str) -> list[str]:
+    steps = []
+    stopped = [qualified(target, table.name) for table in plan.data_tables if merging(table.engine)]
+    if stopped:
+        steps.append(
+            "merges are stopped on tables of merging engines so they keep the rows as backed up; resume with: "
+            + "; ".join(f"SYSTEM START MERGES {name}" for name in stopped)
+        )
+    for key, why in sorted(plan.held_back.items()):
+        steps.append(f"{display_name(*key)} was not recreated ({why}); its definition is in the snapshot")
+    return steps
+
+
+# ---- verification -------------------------------------------------------------------------------
+
+
+def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTarget, *, parallel: int) -> Verification:
+    """Fingerprint the target's tables and compare them with the snapshot's; never raises."""
+    held = held_back_tables(header.fingerprint)
+    expected = {
+        key: want
+        for key, want in table_prints(header.fingerprint).items()
+        if key not in held and _picked(want, target.tables)
+    }
+    where = f"{target.endpoint.describe()} database {target.database}"
+    try:
+        if not database_exists(sql, target.database):
+            return Verification(
+                Verdict.UNVERIFIED,
+                f"cannot verify: database {target.database} does not exist on {target.endpoint.describe()}",
+            )
+        present = {name for _, name in existing_tables(sql, [target.database])}
+        found = run_parallel(
+            lambda want: _actual_print(sql, want, target.database, present), list(expected.values()), workers=parallel
+        )
+    except ClickHouseError as exc:
+        return Verification(Verdict.UNVERIFIED, f"cannot verify {where}: {exc}")
+    actual = {want.key: got for want, got in zip(expected.values(), found, strict=True)}
+    result = compare(expected, actual, shown={})
+    checked = {"tables": result.tables, "partitions": result.partitions, "rows": result.rows}
+    if result.verdict is Verdict.MATCH:
+        counts = f"{result.tables} tables, {result.partitions} partitions, {result.rows} rows"
+        message = f"{where} matches snapshot {header.id}: {counts}"
+        return Verification(Verdict.MATCH, message, [], checked)
+    if result.verdict is Verdict.UNVERIFIED:
+        message = f"{where}: partitions that changed while backed up differ, so they cannot be verified"
+        return Verification(Verdict.UNVERIFIED, message, result.unverifiable, checked)
+    message = f"{where} differs from snapshot {header.id} in {len(result.differences)} places"
+    return Verification(Verdict.MISMATCH, message, result.differences + result.unverifiable, checked)
+
+
+def _picked(want: TablePrint, globs: Sequence[str]) -> bool:
+    return not globs or any(glob_matches(glob, want.database, want.via or want.table) for glob in globs)
+
+
+def _actual_print(sql: Connections, want: TablePrint, database: str, present: set[str]) -> TablePrint | str:
+    name = want.via or want.table
+    if name not in present:
+        return f"missing from {database}"
+    try:
+        partitions = print_by_partition(sql, qualified(database, name), want.columns, partitions=want.partitioned)
+    except ClickHouseError as exc:
+        if exc.code is None:
+            raise  # the server is gone: nothing can be verified
+        return f"cannot be fingerprinted: {exc}"
+    return TablePrint(want.database, want.table, want.columns, want.partitioned, want.via, partitions)
+
+
+def failure_message(verification: Verification, target: ClickHouseTarget) -> str:
+    shown = "; ".join(verification.differences[:20])
+    more = f" (and {len(verification.differences) - 20} more)" if len(verification.differences) > 20 else ""
+    return (
+        f"restored into {target.describe()} but verification says {verification.verdict}: {verification.message}"
+        + (f": {shown}{more}" if shown else "")
+        + f"; the target holds what was loaded: drop database {target.database} before trying again"
+    )

@@ -1,0 +1,134 @@
+"""Just enough of the bbolt file format to read one value etcd keeps in a snapshot's ``meta`` bucket.
+
+Why: ``etcdctl snapshot status`` reports as "revision" the newest revision still present in the
+``key`` bucket. When the newest writes were deletions and a compaction reached them (an idle
+cluster under periodic auto-compaction, an operator's ``etcdctl compact``), their tombstones are
+gone and that number is *older* than the snapshot's real revision, which etcd itself (on restore)
+takes as ``max(newest key revision, finishedCompactRev)``. A census read at the older revision is
+refused as compacted, and a restored member reports the newer one. So we read
+``finishedCompactRev`` here, the way etcd's mvcc restore does.
+
+Format (go.etcd.io/bbolt, little-endian): pages of ``page_size`` bytes, each with a 16-byte header
+(id u64, flags u16, count u16, overflow u32). Pages 0 and 1 hold the meta (magic, version,
+page size, flags, root bucket {root pgid, sequence}, freelist, high-water pgid, txid, FNV-1a
+checksum); the valid one with the higher txid wins. Branch pages hold (pos, ksize, child pgid)
+elements, leaf pages (flags, pos, ksize, vsize); ``pos`` counts from the element itself. A bucket's
+value is {root pgid, sequence}; root 0 means the bucket's single page follows inline in the value.
+Memory stays at the pages visited: a handful, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+MAGIC = 0xED0CDAED
+_PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
+_META = struct.Struct("<IIIIQQQQQ")  # magic, version, page size, flags, root, sequence, freelist, pgid, txid
+_CHECKSUM = struct.Struct("<Q")
+_BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, ksize, child pgid
+_LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, ksize, vsize
+_BUCKET = struct.Struct("<QQ")  # root pgid, sequence
+_BRANCH_PAGE, _LEAF_PAGE = 0x01, 0x02
+_BUCKET_LEAF = 0x01
+_MAX_OVERFLOW = 1024  # the pages read here (bucket roots, meta) are small; more means a damaged header
+_MAX_DEPTH = 64  # a B+tree of a multi-TiB db is far shallower; deeper means a loop in a broken file
+
+
+class BoltFormatError(ValueError):
+    """The file is not a bbolt database this reader understands."""
+
+
+def _fnv64a(data: bytes) -> int:
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+class BoltFile:
+    """Read-only access to the buckets of a bbolt file (an etcd snapshot or db)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        first = self._meta(0)
+        # Page 1 sits one page in; if page 0 is damaged, assume the usual 4 KiB page.
+        second = self._meta(first[0] if first else 4096)
+        metas = [meta for meta in (first, second) if meta is not None]
+        if not metas:
+            raise BoltFormatError("no valid bbolt meta page (not an etcd snapshot, or a damaged one)")
+        self.page_size, self.root, self.txid = max(metas, key=lambda meta: meta[2])
+
+    def _meta(self, offset: int) -> tuple[int, int, int] | None:
+        """(page size, root bucket page, txid) of the meta page at ``offset``, None if it is not valid."""
+        self._handle.seek(offset + _PAGE_HEADER.size)
+        raw = self._handle.read(_META.size + _CHECKSUM.size)
+        if len(raw) < _META.size + _CHECKSUM.size:
+            return None
+        magic, version, page_size, _flags, root, _seq, _freelist, _pgid, txid = _META.unpack_from(raw)
+        (checksum,) = _CHECKSUM.unpack_from(raw, _META.size)
+        if magic != MAGIC or version != 2 or _fnv64a(raw[: _META.size]) != checksum or page_size < 512:
+            return None
+        return page_size, root, txid
+
+    def _page(self, pgid: int) -> bytes:
+        self._handle.seek(pgid * self.page_size)
+        head = self._handle.read(_PAGE_HEADER.size)
+        if len(head) < _PAGE_HEADER.size:
+            raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
+        overflow = _PAGE_HEADER.unpack(head)[3]
+        if overflow > _MAX_OVERFLOW:
+            raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages: the file is damaged")
+        return head + self._handle.read((overflow + 1) * self.page_size - _PAGE_HEADER.size)
+
+    def _items(self, page: bytes, depth: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
+        """(flags, key, value) of every leaf element under ``page``, in key order."""
+        if depth > _MAX_DEPTH:
+            raise BoltFormatError("the B+tree is deeper than any real one: the file is damaged")
+        _id, flags, count, _overflow = _PAGE_HEADER.unpack_from(page)
+        if not flags & (_LEAF_PAGE | _BRANCH_PAGE):
+            raise BoltFormatError(f"page of type {flags:#x} inside a B+tree: the file is damaged")
+        for index in range(count):
+            at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
+            if flags & _LEAF_PAGE:
+                element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(page, at)
+                start = at + pos
+                yield element_flags, page[start : start + ksize], page[start + ksize : start + ksize + vsize]
+            else:
+                child = _BRANCH_ELEMENT.unpack_from(page, at)[2]
+                yield from self._items(self._page(child), depth + 1)
+
+    def bucket(self, name: bytes) -> dict[bytes, bytes]:
+        """Every key and value of top-level bucket ``name`` (meant for small buckets like ``meta``).
+
+        Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
+        for flags, key, value in self._items(self._page(self.root)):
+            if key == name and flags & _BUCKET_LEAF:
+                root, _sequence = _BUCKET.unpack_from(value)
+                page = value[_BUCKET.size :] if root == 0 else self._page(root)
+                return {item_key: item_value for _flags, item_key, item_value in self._items(page)}
+        raise KeyError(name.decode(errors="replace"))
+
+
+def revision_main(raw: bytes) -> int:
+    """etcd's 17-byte revision key (8-byte big-endian main, ``_``, 8-byte sub) -> main revision."""
+    if len(raw) < 8:
+        raise BoltFormatError(f"{raw.hex()} is not an etcd revision")
+    return int.from_bytes(raw[:8], "big")
+
+
+def finished_compact_revision(path: Path) -> int:
+    """The revision etcd had compacted up to when the snapshot was taken (0: never compacted).
+
+    Raises BoltFormatError when the file is not a readable bbolt db with etcd's ``meta`` bucket."""
+    try:
+        with path.open("rb") as handle:
+            meta = BoltFile(handle).bucket(b"meta")
+    except KeyError:
+        raise BoltFormatError(f"{path} has no 'meta' bucket: not an etcd snapshot") from None
+    except struct.error as exc:
+        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+    raw = meta.get(b"finishedCompactRev")
+    return revision_main(raw) if raw else 0

@@ -1,0 +1,260 @@
+"""Benchmark: the etcd source end to end against the bare tool doing the same work (the floor).
+
+    .venv/bin/python tests/bench/bench_etcd.py [--size-mib 200] [--runs 3]
+
+Fills a fresh etcd (own process, free loopback ports) with ~SIZE MiB: 1 MiB values (half text,
+half random) and ~1 KiB Kubernetes-shaped objects. Then, medians of RUNS:
+
+* ``lifeboat backup run`` (a CLI subprocess, local repository, fresh repository each run) vs
+  ``etcdctl snapshot save`` alone; and a repeat backup into the same repository (dedup);
+* ``lifeboat restore --to-data-dir`` vs ``etcdctl snapshot restore`` of the same snapshot file;
+* peak RSS of the Lifeboat process itself (RUSAGE_SELF, reported from inside it) and of its
+  process tree (wait4: includes etcdctl).
+
+Not collected by pytest (bench_*.py); prints a table and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from backup.servers import start_etcd  # noqa: E402
+
+MiB = 1024 * 1024
+SOURCE = "k8s-etcd"
+SMALL_OBJECT = 1024
+MEMBER = [
+    "--name",
+    "m1",
+    "--initial-cluster",
+    "m1=http://127.0.0.1:2380",
+    "--initial-advertise-peer-urls",
+    "http://127.0.0.1:2380",
+]
+# Runs the CLI in a child and writes its own peak RSS (KiB) to $BENCH_RSS_FILE at exit.
+WRAPPER = (
+    "import atexit, os, resource, sys\n"
+    "atexit.register(lambda: open(os.environ['BENCH_RSS_FILE'], 'w').write("
+    "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "from lifeboat.cli import main\n"
+    "sys.argv[0] = 'lifeboat'\n"
+    "main()\n"
+)
+
+
+def post(endpoint: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def fill(endpoint: str, size_mib: int) -> int:
+    """~size_mib MiB: 3/4 in 1 MiB values, 1/4 in 1 KiB objects across namespaces; returns the key count."""
+    rng = random.Random(7)
+    text = b"".join(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-%d}\n" % i for i in range(20000))
+    big = size_mib * 3 // 4
+    small = (size_mib - big) * MiB // SMALL_OBJECT
+
+    def put_big(number: int) -> None:
+        value = text[: MiB // 2] + rng.randbytes(MiB // 2)
+        post(endpoint, "/v3/kv/put", {"key": b64(b"/registry/configmaps/big/cm-%04d" % number), "value": b64(value)})
+
+    def put_batch(start: int) -> None:
+        puts = [
+            {
+                "request_put": {
+                    "key": b64(b"/registry/pods/ns-%02d/pod-%07d" % (number % 40, number)),
+                    "value": b64(text[(number * 37) % 100000 :][:SMALL_OBJECT]),
+                }
+            }
+            for number in range(start, min(start + 100, small))
+        ]
+        post(endpoint, "/v3/kv/txn", {"success": puts})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put_big, range(big)))
+        list(pool.map(put_batch, range(0, small, 100)))
+    return big + small
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def etcdctl(*args: str, endpoint: str = "") -> None:
+    env = {**os.environ, "ETCDCTL_API": "3"} | ({"ETCDCTL_ENDPOINTS": endpoint} if endpoint else {})
+    subprocess.run(["etcdctl", *args], env=env, check=True, capture_output=True)
+
+
+class Lifeboat:
+    """The CLI in a child process; remembers the peak RSS of the last run (own, and with children)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.rss_self_kib = 0
+        self.rss_tree_kib = 0
+        self.phases: list[dict[str, float]] = []  # per backup run: where the time went, from its log events
+        self.first_backups = 0  # how many of them went into an empty repository
+
+    def __call__(self, config: Path, *args: str) -> str:
+        rss_file = self.workdir / "rss"
+        started = time.time()
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, "--config", str(config), *args],
+            env={**os.environ, "BENCH_RSS_FILE": str(rss_file)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = child.stdout.read(), child.stderr.read()  # type: ignore[union-attr]
+        # wait4, not wait(): its rusage is this child's process tree (lifeboat and the etcdctl it ran).
+        _pid, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise SystemExit(f"lifeboat {' '.join(args)} failed ({child.returncode}):\n{stderr.decode()[-3000:]}")
+        self.rss_self_kib = max(self.rss_self_kib, int(rss_file.read_text()))
+        self.rss_tree_kib = max(self.rss_tree_kib, usage.ru_maxrss)
+        if args[:2] == ("backup", "run"):
+            self.phases.append(backup_phases(stderr.decode(), started, time.time()))
+        return stdout.decode()
+
+
+def backup_phases(log: str, started: float, finished: float) -> dict[str, float]:
+    """Seconds spent starting up, saving + verifying, uploading + counting, committing and exiting,
+    from the JSON log events of one ``backup run``."""
+    events = {}
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError, KeyError):
+            doc = json.loads(line)
+            events[doc["event"]] = (datetime.fromisoformat(doc["timestamp"]).timestamp(), doc)
+    verified_at, verified = events["etcd.snapshot.verified"]
+    stored_at, _ = events["etcd.snapshot.stored"]
+    return {
+        "startup": verified_at - verified["seconds"] - started,
+        "save + verify": verified["seconds"],
+        "upload + census": stored_at - verified_at,
+        "commit + exit": finished - stored_at,
+    }
+
+
+def policy(directory: Path, endpoint: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "lifeboat.yaml"
+    config.write_text(
+        f"repository: {{url: 'file://{directory / 'repo'}'}}\nstate: {directory / 'state.db'}\n"
+        f"sources:\n  {SOURCE}: {{kind: etcd, endpoints: ['{endpoint}']}}\n"
+    )
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lifeboat-bench-etcd-") as temp:
+        work = Path(temp)
+        with start_etcd(work / "etcd" / "data") as etcd:
+            started = time.perf_counter()
+            keys = fill(etcd.endpoint, args.size_mib)
+            print(f"filled etcd with {keys} keys in {time.perf_counter() - started:.1f}s", flush=True)
+            rows, lifeboat = measure(work, etcd.endpoint, args.runs)
+        report(rows, lifeboat)
+
+
+def measure(work: Path, endpoint: str, runs: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:
+    lifeboat = Lifeboat(work)
+    floor_save = statistics.median(
+        timed(lambda n=n: etcdctl("snapshot", "save", str(work / f"floor-{n}.db"), endpoint=endpoint)) for n in range(runs)
+    )
+    db_size = (work / "floor-0.db").stat().st_size
+    print(f"snapshot file: {db_size / MiB:.0f} MiB", flush=True)
+    configs = [policy(work / f"lifeboat-{n}", endpoint) for n in range(runs)]
+    backups = [timed(lambda c=config: lifeboat(c, "backup", "run", "--source", SOURCE, "--json")) for config in configs]
+    lifeboat.first_backups = len(backups)
+    repeat = statistics.median(
+        timed(lambda: lifeboat(configs[0], "backup", "run", "--source", SOURCE, "--json")) for _ in range(runs)
+    )
+    last = json.loads(lifeboat(configs[0], "backup", "run", "--source", SOURCE, "--json"))["snapshots"][0]
+    print(f"repeat backup, nothing changed: read {last['bytes_read']} bytes, stored {last['bytes_stored']} new", flush=True)
+    changed = [
+        {"request_put": {"key": b64(b"/registry/pods/ns-%02d/pod-%07d" % (n % 40, n)), "value": b64(b"v2" * 200)}}
+        for n in range(0, 50_000, 50)
+    ]
+    for first in range(0, len(changed), 100):
+        post(endpoint, "/v3/kv/txn", {"success": changed[first : first + 100]})
+    after = json.loads(lifeboat(configs[0], "backup", "run", "--source", SOURCE, "--json"))["snapshots"][0]
+    print(
+        f"backup after {len(changed)} keys were overwritten: stored {after['bytes_stored'] / MiB:.1f} MiB new "
+        f"({after['chunks_new']} new chunks, {after['chunks_reused']} reused)",
+        flush=True,
+    )
+
+    snapshot_file = work / "restored.db"
+    lifeboat(configs[0], "restore", SOURCE, "--to-file", str(snapshot_file))
+    floor_restore = statistics.median(
+        timed(
+            lambda n=n: etcdctl(
+                "snapshot", "restore", str(snapshot_file), "--data-dir", str(work / f"floor-dd-{n}"), *MEMBER
+            )
+        )
+        for n in range(runs)
+    )
+    restores = [
+        timed(lambda n=n: lifeboat(configs[0], "restore", SOURCE, "--to-data-dir", str(work / f"lb-dd-{n}"), *MEMBER))
+        for n in range(runs)
+    ]
+    help_time = statistics.median(timed(lambda: lifeboat(configs[0], "--help")) for _ in range(runs))
+    for path in work.glob("*-dd-*"):
+        shutil.rmtree(path)
+    rows = [
+        ("backup: lifeboat backup run vs etcdctl snapshot save", statistics.median(backups), floor_save),
+        ("repeat backup (dedup) vs etcdctl snapshot save", repeat, floor_save),
+        ("restore --to-data-dir vs etcdctl snapshot restore", statistics.median(restores), floor_restore),
+        ("(lifeboat --help: interpreter + imports)", help_time, 0.0),
+    ]
+    return rows, lifeboat
+
+
+def report(rows: list[tuple[str, float, float]], lifeboat: Lifeboat) -> None:
+    print()
+    print(f"{'work':<56} {'lifeboat':>9} {'floor':>8} {'ratio':>6}")
+    for what, ours, floor in rows:
+        ratio = f"{ours / floor:5.2f}x" if floor else "     -"
+        print(f"{what:<56} {ours:8.2f}s {floor:7.2f}s {ratio:>6}")
+    first_backups = lifeboat.phases[: lifeboat.first_backups]
+    print()
+    print(
+        "where a first backup's time goes (median): "
+        + ", ".join(f"{name} {statistics.median(run[name] for run in first_backups):.2f}s" for name in first_backups[0])
+    )
+    print(f"peak RSS, the lifeboat process itself:             {lifeboat.rss_self_kib / 1024:6.0f} MiB")
+    print(f"peak RSS, largest process of its tree (etcdctl...): {lifeboat.rss_tree_kib / 1024:6.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Benchmark of the S3 source against the floor of plain boto3 on the same moto server.
+
+    .venv/bin/python tests/bench/bench_s3.py [--scale 0.2] [--workers 8]
+
+Starts moto's S3 server in this process (ThreadedMotoServer, a free port), fills a bucket with
+5,000 x 100 KiB + 20 x 20 MiB objects (times --scale), then measures, each in a child process so
+that moto keeps this process's core and each child's peak RSS is its own (os.wait4):
+
+* full snapshot (`lifeboat backup run`, file:// repository) vs the floor: a plain parallel boto3
+  copy (get + put) of the same objects into another bucket with the same worker count;
+* incremental snapshot with nothing changed vs the floor: a bare full listing of the bucket;
+* restore (`lifeboat restore --to-bucket`) vs the same copy floor.
+
+Targets: snapshot >= 0.7x the copy's throughput, incremental <= 2x the listing's time. Times are
+the children's own measurements (Lifeboat's reported seconds; the floors time their work), so
+interpreter start-up is left out of both sides; wall times including start-up are shown too.
+moto serves every request on one core and its memory grows with every object it holds: it is the
+bottleneck of every figure here, for Lifeboat and the floor alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+MIB = 1024 * KIB
+SOURCE = "bench-source"
+SMALL_SIZE = 100 * KIB
+LARGE_SIZE = 20 * MIB
+
+
+def _client(endpoint: str, workers: int = 10) -> Any:
+    import boto3  # here, not at the top: the --measure runner must stay small (see run_child)
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(max_pool_connections=workers + 4, retries={"total_max_attempts": 1}),
+    )
+
+
+# ---- the floors, run as children of this script ---------------------------------------------------
+
+
+def floor_copy(endpoint: str, source: str, target: str, workers: int) -> dict[str, Any]:
+    """Plain boto3: list, then get + put every object into ``target`` with ``workers`` threads."""
+    client = _client(endpoint, workers)
+    started = time.monotonic()
+    client.create_bucket(Bucket=target)
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
+        for item in page.get("Contents", [])
+    ]
+
+    def copy(key: str) -> int:
+        body = client.get_object(Bucket=source, Key=key)["Body"].read()
+        client.put_object(Bucket=target, Key=key, Body=body)
+        return len(body)
+
+    with ThreadPoolExecutor(workers) as pool:
+        moved = sum(pool.map(copy, keys))
+    return {"seconds": time.monotonic() - started, "objects": len(keys), "bytes": moved}
+
+
+def floor_list(endpoint: str, source: str) -> dict[str, Any]:
+    """Plain boto3: list every key of the bucket."""
+    client = _client(endpoint)
+    started = time.monotonic()
+    count = sum(len(page.get("Contents", [])) for page in client.get_paginator("list_objects_v2").paginate(Bucket=source))
+    return {"seconds": time.monotonic() - started, "objects": count}
+
+
+# ---- the parent ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    seconds: float  # as the child measured its own work
+    wall: float  # including interpreter start-up
+    peak_rss: int  # bytes
+    document: dict[str, Any]
+
+
+def run_child(argv: list[str], workdir: Path) -> Measured:
+    """Run ``argv`` through a small runner (``--measure``) and parse its JSON stdout.
+
+    A child's ru_maxrss counts the memory of the process it was forked from, and this one holds
+    moto and every object in it; forked from a fresh, small runner, the child's peak is its own."""
+    out_path, err_path, usage_path = workdir / "child.out", workdir / "child.err", workdir / "child.usage"
+    runner = [sys.executable, str(Path(__file__).resolve()), "--measure", str(usage_path), "--", *argv]
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        code = subprocess.run(runner, stdout=out, stderr=err, stdin=subprocess.DEVNULL, check=False).returncode
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv[:6])}... exited {code}:\n{err_path.read_text()[-3000:]}")
+    usage = json.loads(usage_path.read_text())
+    document = json.loads(out_path.read_text())
+    seconds = document.get("seconds", usage["wall"])
+    if "snapshots" in document:
+        document = document["snapshots"][0]
+        seconds = document["seconds"]
+    return Measured(float(seconds), usage["wall"], usage["peak_rss"], document)
+
+
+def measure_child(usage_path: str, argv: list[str]) -> int:
+    """The runner: start ``argv`` (inheriting stdout/stderr), wait4 for it, write its wall time and peak RSS."""
+    started = time.monotonic()
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = code = os.waitstatus_to_exitcode(status)
+    Path(usage_path).write_text(json.dumps({"wall": time.monotonic() - started, "peak_rss": usage.ru_maxrss * 1024}))
+    return code
+
+
+def populate(endpoint: str, scale: float, workers: int) -> tuple[int, int]:
+    client = _client(endpoint, workers)
+    client.create_bucket(Bucket=SOURCE)
+    small, large = max(1, round(5_000 * scale)), max(1, round(20 * scale))
+    blob = os.urandom(LARGE_SIZE + SMALL_SIZE * 64)
+
+    def put(index: int) -> int:
+        size = LARGE_SIZE if index < large else SMALL_SIZE
+        offset = (index * 7919) % (len(blob) - size)  # distinct bytes per object, so nothing dedups
+        key = f"large/{index:03d}.bin" if index < large else f"small/{index % 50:02d}/{index:05d}.bin"
+        body = index.to_bytes(8, "big") + blob[offset : offset + size - 8]
+        client.put_object(Bucket=SOURCE, Key=key, Body=body, ContentType="application/octet-stream")
+        return size
+
+    with ThreadPoolExecutor(workers) as pool:
+        total = sum(pool.map(put, range(small + large)))
+    return small + large, total
+
+
+def write_policy(workdir: Path, endpoint: str, workers: int) -> Path:
+    config = workdir / "lifeboat.yaml"
+    config.write_text(
+        f"""repository:
+  url: file://{workdir / "repo"}
+sources:
+  bench:
+    kind: s3
+    endpoint_url: {endpoint}
+    access_key_id: testing
+    secret_access_key: testing
+    buckets: [{SOURCE}]
+    parallel: {workers}
+"""
+    )
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="share of the 5,000 + 20 objects (default 1)")
+    parser.add_argument("--workers", type=int, default=8, help="parallel transfers, Lifeboat and floor alike")
+    parser.add_argument("--floor", choices=["copy", "list"], help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", metavar="USAGE_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        raise SystemExit(measure_child(args.measure, args.command))
+    if args.floor == "copy":
+        print(json.dumps(floor_copy(args.endpoint, SOURCE, args.target, args.workers)))
+        return
+    if args.floor == "list":
+        print(json.dumps(floor_list(args.endpoint, SOURCE)))
+        return
+    bench(args.scale, args.workers)
+
+
+def bench(scale: float, workers: int) -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        started = time.monotonic()
+        count, size = populate(endpoint, scale, workers)
+        print(
+            f"bucket: {count} objects, {size / MIB:.0f} MiB (filled in {time.monotonic() - started:.0f}s); workers {workers}"
+        )
+        results = measure(endpoint, workdir, workers)
+        report(results, count, size)
+        print(f"moto (this process) peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
+    me = [sys.executable, str(Path(__file__).resolve()), "--endpoint", endpoint, "--workers", str(workers)]
+    lifeboat = [
+        sys.executable,
+        "-m",
+        "lifeboat",
+        "--log-format",
+        "json",
+        "--config",
+        str(write_policy(workdir, endpoint, workers)),
+    ]
+    results = {"copy": run_child([*me, "--floor", "copy", "--target", "bench-floor-copy"], workdir)}
+    _drop(endpoint, "bench-floor-copy")  # moto keeps every byte in memory
+    results["snapshot"] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
+    results["list"] = run_child([*me, "--floor", "list"], workdir)
+    results["incremental"] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
+    results["restore"] = run_child([*lifeboat, "restore", "bench", "--to-bucket", "bench-restored", "--json"], workdir)
+    return results
+
+
+def _drop(endpoint: str, bucket: str) -> None:
+    client = _client(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=bucket)
+
+
+def report(results: dict[str, Measured], count: int, size: int) -> None:
+    copy, listing = results["copy"], results["list"]
+    rows = [
+        ("full snapshot", results["snapshot"], copy, "throughput", ">= 0.70x"),
+        ("incremental, nothing changed", results["incremental"], listing, "time", "<= 2.00x"),
+        ("restore to a bucket", results["restore"], copy, "throughput", ">= 0.70x"),
+    ]
+    print(
+        f"\n{'work':30} {'lifeboat':>10} {'floor':>10} {'ratio':>8} {'target':>9} {'wall lb/floor':>15} {'lifeboat RSS':>13}"
+    )
+    for name, ours, floor, kind, target in rows:
+        ratio = floor.seconds / ours.seconds if kind == "throughput" else ours.seconds / floor.seconds
+        print(
+            f"{name:30} {ours.seconds:9.2f}s {floor.seconds:9.2f}s {ratio:7.2f}x {target:>9} "
+            f"{ours.wall:6.1f}s/{floor.wall:5.1f}s {ours.peak_rss / MIB:10.0f} MiB"
+        )
+    snapshot, snap = results["snapshot"], results["snapshot"].document
+    print(
+        f"\nfull snapshot: {count / snapshot.seconds:.0f} objects/s, {size / MIB / snapshot.seconds:.1f} MiB/s "
+        f"(copy floor: {count / copy.seconds:.0f} objects/s, {size / MIB / copy.seconds:.1f} MiB/s, "
+        f"peak RSS {copy.peak_rss / MIB:.0f} MiB); downloaded {snap['objects_downloaded']}, "
+        f"stored {snap['bytes_stored'] / MIB:.0f} MiB"
+    )
+    inc = results["incremental"].document
+    print(f"incremental: reused {inc['objects_reused']}, downloaded {inc['objects_downloaded']}")
+
+
+if __name__ == "__main__":
+    main()

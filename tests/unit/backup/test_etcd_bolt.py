@@ -1,0 +1,133 @@
+"""Reading ``finishedCompactRev`` from a snapshot's bbolt ``meta`` bucket, on files built page by page.
+
+The integration tests read real etcd snapshots; these pin the format details: which meta page
+wins, checksums, inline and paged buckets, branch pages, and damaged files.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from backup.sources.etcd_bolt import MAGIC, BoltFormatError, finished_compact_revision
+
+PAGE = 4096
+LEAF, BRANCH, META = 0x02, 0x01, 0x04
+BUCKET = 0x01
+
+
+def fnv64a(data: bytes) -> int:
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def meta_page(pgid: int, *, root: int, txid: int, broken: bool = False) -> bytes:
+    body = struct.pack("<IIIIQQQQQ", MAGIC, 2, PAGE, 0, root, 0, 2, 16, txid)
+    checksum = fnv64a(body) ^ (1 if broken else 0)
+    return (struct.pack("<QHHI", pgid, META, 0, 0) + body + struct.pack("<Q", checksum)).ljust(PAGE, b"\0")
+
+
+def leaf_page(pgid: int, items: list[tuple[int, bytes, bytes]], *, pad: bool = True) -> bytes:
+    elements, data = b"", b""
+    data_start = 16 + 16 * len(items)
+    for index, (flags, key, value) in enumerate(items):
+        pos = data_start + len(data) - (16 + 16 * index)  # counted from the element itself
+        elements += struct.pack("<IIII", flags, pos, len(key), len(value))
+        data += key + value
+    page = struct.pack("<QHHI", pgid, LEAF, len(items), 0) + elements + data
+    return page.ljust(PAGE, b"\0") if pad else page
+
+
+def branch_page(pgid: int, children: list[tuple[bytes, int]]) -> bytes:
+    elements, data = b"", b""
+    data_start = 16 + 16 * len(children)
+    for index, (key, child) in enumerate(children):
+        pos = data_start + len(data) - (16 + 16 * index)
+        elements += struct.pack("<IIQ", pos, len(key), child)
+        data += key
+    return (struct.pack("<QHHI", pgid, BRANCH, len(children), 0) + elements + data).ljust(PAGE, b"\0")
+
+
+def revision(main: int) -> bytes:
+    return main.to_bytes(8, "big") + b"_" + (0).to_bytes(8, "big")
+
+
+def inline_bucket(items: list[tuple[int, bytes, bytes]]) -> bytes:
+    return struct.pack("<QQ", 0, 0) + leaf_page(0, items, pad=False)
+
+
+META_ITEMS = [(0, b"consistent_index", (9).to_bytes(8, "big")), (0, b"finishedCompactRev", revision(412))]
+
+
+def write(path: Path, *pages: bytes) -> Path:
+    path.write_bytes(b"".join(pages))
+    return path
+
+
+def test_an_inline_meta_bucket(tmp_path: Path) -> None:
+    root = leaf_page(2, [(BUCKET, b"key", struct.pack("<QQ", 3, 0)), (BUCKET, b"meta", inline_bucket(META_ITEMS))])
+    path = write(tmp_path / "s.db", meta_page(0, root=2, txid=5), meta_page(1, root=2, txid=4), root, leaf_page(3, []))
+    assert finished_compact_revision(path) == 412
+
+
+def test_a_paged_meta_bucket_under_a_branch_root(tmp_path: Path) -> None:
+    pages = [
+        meta_page(0, root=2, txid=7),
+        meta_page(1, root=9, txid=6),  # an older transaction's root: must not be used
+        branch_page(2, [(b"alarm", 3), (b"lease", 4)]),
+        leaf_page(3, [(BUCKET, b"alarm", inline_bucket([])), (BUCKET, b"key", struct.pack("<QQ", 5, 0))]),
+        leaf_page(4, [(BUCKET, b"lease", inline_bucket([])), (BUCKET, b"meta", struct.pack("<QQ", 6, 0))]),
+        leaf_page(5, []),
+        leaf_page(6, META_ITEMS),
+    ]
+    assert finished_compact_revision(write(tmp_path / "s.db", *pages)) == 412
+
+
+def test_a_damaged_meta_page_falls_back_to_the_other(tmp_path: Path) -> None:
+    good_root = leaf_page(2, [(BUCKET, b"meta", inline_bucket(META_ITEMS))])
+    path = write(tmp_path / "s.db", meta_page(0, root=3, txid=9, broken=True), meta_page(1, root=2, txid=8), good_root)
+    assert finished_compact_revision(path) == 412
+
+
+def test_a_never_compacted_snapshot_says_zero(tmp_path: Path) -> None:
+    root = leaf_page(2, [(BUCKET, b"meta", inline_bucket(META_ITEMS[:1]))])
+    assert (
+        finished_compact_revision(write(tmp_path / "s.db", meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), root))
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("pages", "message"),
+    [
+        pytest.param([b"SQLite format 3\0".ljust(2 * PAGE, b"\0")], "no valid bbolt meta page", id="not-bbolt"),
+        pytest.param(
+            [
+                meta_page(0, root=2, txid=1),
+                meta_page(1, root=2, txid=1),
+                leaf_page(2, [(BUCKET, b"key", inline_bucket([]))]),
+            ],
+            "no 'meta' bucket",
+            id="no-meta-bucket",
+        ),
+        pytest.param([meta_page(0, root=7, txid=1), meta_page(1, root=7, txid=1)], "beyond the end", id="truncated"),
+        pytest.param(
+            [meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), meta_page(2, root=2, txid=1)],
+            "type 0x4 inside a B\\+tree",
+            id="meta-page-as-root",
+        ),
+    ],
+)
+def test_damaged_files_are_refused(tmp_path: Path, pages: list[bytes], message: str) -> None:
+    with pytest.raises(BoltFormatError, match=message):
+        finished_compact_revision(write(tmp_path / "s.db", *pages))
+
+
+def test_a_branch_that_loops_is_refused(tmp_path: Path) -> None:
+    pages = [meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), branch_page(2, [(b"a", 2)])]
+    with pytest.raises(BoltFormatError, match="deeper than any real one"):
+        finished_compact_revision(write(tmp_path / "s.db", *pages))
