@@ -13,9 +13,13 @@ from typing import Any
 import click
 
 from lifeboat import __version__
+from lifeboat.commands.backup import backup, restore
+from lifeboat.commands.drill import drill, janitor
 from lifeboat.commands.policy import policy
 from lifeboat.commands.repository import check, prune, repo, snapshots
+from lifeboat.commands.service import serve, status
 from lifeboat.context import EXIT_FAILED, EXIT_USAGE, Session
+from lifeboat.demo import demo
 from lifeboat.logs import LogFormat, configure
 from policies.errors import ConfigError, LifeboatError
 
@@ -63,7 +67,7 @@ def cli(ctx: click.Context, config_path: Path, log_format: LogFormat | None) -> 
     ctx.obj = Session(config_path=config_path, redactor=configure(log_format))
 
 
-for command in (policy, repo, snapshots, check, prune):
+for command in (policy, repo, backup, restore, snapshots, check, prune, drill, janitor, demo, status, serve):
     cli.add_command(command)
 
 

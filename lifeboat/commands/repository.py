@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import click
 
 from backup.repository import init_repository
-from backup.repository.maintenance import check as check_repository
-from backup.repository.maintenance import prune as prune_repository
 from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
+from lifeboat.operations import open_operations
 
 
 @click.group()
@@ -89,13 +87,15 @@ def snapshots_show(session: Session, snapshot_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok", "problems": [...]} on stdout.')
 @pass_session
 def check(session: Session, read_data: bool, subset: str | None, as_json: bool) -> None:
-    """Prove every snapshot's manifest parses and every chunk it needs exists (exit 1 if not)."""
+    """Prove every snapshot's manifest parses and every chunk it needs exists (exit 1 if not).
+
+    Recorded in the state DB; problems are notified once per incident to notifiers on check-failure."""
     if read_data and subset:
         raise click.UsageError("give --read-data or --read-data-subset, not both")
     share = 1.0 if read_data else _percent(subset) if subset else 0.0
     repository = session.repository()
-    with repository.lock("shared", "check", stale_after=session.stale_after):
-        report = check_repository(repository, read_data=share, stale_after=session.stale_after)
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        report = operations.check(repository=lambda: repository, read_data=share)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -116,17 +116,12 @@ def check(session: Session, read_data: bool, subset: str | None, as_json: bool) 
 @click.option("--json", "as_json", is_flag=True, help='Print {"forgotten", "kept", "chunks_deleted", ...} on stdout.')
 @pass_session
 def prune(session: Session, dry_run: bool, as_json: bool) -> None:
-    """Apply every source's retention, then delete chunks no snapshot uses (after the grace period)."""
-    policy = session.policy()
-    retention = {name: source.retention for name, source in policy.sources.items()}
-    report = prune_repository(
-        session.repository(),
-        retention,
-        grace=policy.repository.prune.grace,
-        dry_run=dry_run,
-        now=datetime.now(UTC),
-        stale_after=session.stale_after,
-    )
+    """Apply every source's retention, then delete chunks no snapshot uses (after the grace period).
+
+    Holds every source's lock (no backup or drill of this machine runs meanwhile); recorded in the state DB."""
+    repository = session.repository()
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        report = operations.prune(repository=lambda: repository, dry_run=dry_run)
     if as_json:
         print_json(report.as_dict())
         return

@@ -1,0 +1,179 @@
+"""What a drill run records (DESIGN section 6): steps, per-source runs, the run, and verdicts.
+
+Verdicts are three. PASS: verified and right. FAIL: verified and wrong. ERROR: could not verify.
+A run (or a source) is FAIL if any step failed, else ERROR if any step errored, else PASS; an ERROR
+is never shown as a pass. These objects are plain data: the runner fills them, the reports render
+them, the state DB stores them (``to_dict`` / ``from_dict`` round-trip the JSON report schema).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+REPORT_SCHEMA = "lifeboat.drill-report/v1"
+
+
+class Status(StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+
+
+def combine(statuses: list[Status]) -> Status:
+    """FAIL beats ERROR beats PASS. No step at all is ERROR: nothing was proven."""
+    if not statuses:
+        return Status.ERROR
+    if Status.FAIL in statuses:
+        return Status.FAIL
+    if Status.ERROR in statuses:
+        return Status.ERROR
+    return Status.PASS
+
+
+@dataclass
+class Step:
+    """One recorded step: ``select-snapshot``, ``rpo``, ``provision``, ``restore``, ``verify``,
+    ``fault:corrupt-chunk``, ..., ``teardown``."""
+
+    name: str
+    verdict: Status
+    started: datetime
+    finished: datetime
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished - self.started).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "verdict": self.verdict.value,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "seconds": round(self.seconds, 3),
+            "message": self.message,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Step:
+        return cls(
+            doc["name"],
+            Status(doc["verdict"]),
+            datetime.fromisoformat(doc["started"]),
+            datetime.fromisoformat(doc["finished"]),
+            doc["message"],
+            doc.get("details") or {},
+        )
+
+
+@dataclass
+class SourceRun:
+    """A drill's work on one source."""
+
+    source: str
+    kind: str
+    snapshot: str | None = None
+    rto_seconds: float | None = None  # the timed restore; None when it did not complete
+    rpo_seconds: float | None = None  # age of the newest good snapshot when the drill started
+    steps: list[Step] = field(default_factory=list)
+    census: dict[str, Any] = field(default_factory=dict)  # what was restored ("412 pods, 38 deployments")
+
+    @property
+    def verdict(self) -> Status:
+        return combine([step.verdict for step in self.steps])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "snapshot": self.snapshot,
+            "verdict": self.verdict.value,
+            "rto_seconds": _round(self.rto_seconds),
+            "rpo_seconds": _round(self.rpo_seconds),
+            "census": self.census,
+            "steps": [step.to_dict() for step in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> SourceRun:
+        return cls(
+            doc["source"],
+            doc["kind"],
+            doc.get("snapshot"),
+            doc.get("rto_seconds"),
+            doc.get("rpo_seconds"),
+            [Step.from_dict(step) for step in doc.get("steps", [])],
+            doc.get("census") or {},
+        )
+
+
+@dataclass
+class Objectives:
+    rto_seconds: float
+    rpo_seconds: float
+
+
+@dataclass
+class DrillRun:
+    """One run of one drill, over its sources."""
+
+    drill: str
+    run_id: str
+    started: datetime
+    objectives: Objectives
+    finished: datetime | None = None
+    sources: list[SourceRun] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # run-level steps (scratch set-up, janitor...)
+    report_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Status:
+        return combine([step.verdict for step in self.steps] + [source.verdict for source in self.sources])
+
+    @property
+    def rto_seconds(self) -> float | None:
+        """Total RTO: the sources' restores, one after another."""
+        times = [source.rto_seconds for source in self.sources]
+        return None if not times or any(t is None for t in times) else sum(t for t in times if t is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report, and the ``drill run --json`` shape (DESIGN section 7)."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "drill": self.drill,
+            "run_id": self.run_id,
+            "verdict": self.verdict.value,
+            "started": self.started.isoformat(),
+            "finished": (self.finished or datetime.now(UTC)).isoformat(),
+            "rto_seconds": _round(self.rto_seconds),
+            "objectives": {"rto_seconds": self.objectives.rto_seconds, "rpo_seconds": self.objectives.rpo_seconds},
+            "sources": [source.to_dict() for source in self.sources],
+            "steps": [step.to_dict() for step in self.steps],
+            "report_files": self.report_files,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> DrillRun:
+        if doc.get("schema") != REPORT_SCHEMA:
+            raise ValueError(f"not a {REPORT_SCHEMA} report: {doc.get('schema')!r}")
+        objectives = doc["objectives"]
+        return cls(
+            drill=doc["drill"],
+            run_id=doc["run_id"],
+            started=datetime.fromisoformat(doc["started"]),
+            objectives=Objectives(objectives["rto_seconds"], objectives["rpo_seconds"]),
+            finished=datetime.fromisoformat(doc["finished"]),
+            sources=[SourceRun.from_dict(source) for source in doc["sources"]],
+            steps=[Step.from_dict(step) for step in doc.get("steps", [])],
+            report_files=doc.get("report_files") or {},
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

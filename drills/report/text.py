@@ -1,0 +1,73 @@
+"""The plain-text summary (the mail's text part, a terminal) and the mail subject line."""
+
+from __future__ import annotations
+
+from drills.model import DrillRun, SourceRun
+from drills.report.common import (
+    VERDICT_MEANING,
+    against,
+    measured,
+    objective,
+    plural,
+    run_seconds,
+    unsuccessful_scopes,
+    unsuccessful_steps,
+)
+
+SUBJECT_PREFIX = "[lifeboat]"
+SUBJECT_NAMES = 3  # past this many failing sources the subject says "+N more": it must stay one readable line
+
+
+def subject_line(run: DrillRun) -> str:
+    """``[lifeboat] nightly PASS: 3 sources, RTO 4m12s (objective 30m)``.
+
+    A run that did not pass names what failed or errored, e.g.
+    ``[lifeboat] nightly FAIL: 3 sources (features FAIL), RTO 4m12s (objective 30m)``.
+    """
+    verdict = run.verdict
+    what = plural(len(run.sources), "source")
+    problems = [f"{name} {status.value}" for name, status in unsuccessful_scopes(run)]
+    if problems:
+        shown = problems[:SUBJECT_NAMES]
+        if len(problems) > SUBJECT_NAMES:
+            shown.append(f"+{len(problems) - SUBJECT_NAMES} more")
+        what += f" ({', '.join(shown)})"
+    rto = f"RTO {measured(run.rto_seconds)} (objective {objective(run.objectives.rto_seconds)})"
+    return _one_line(f"{SUBJECT_PREFIX} {run.drill} {verdict.value}: {what}, {rto}")
+
+
+def render_text(run: DrillRun) -> str:
+    """A short plain-text summary: the verdict, one line per source, then every failed or errored step."""
+    lines = [
+        f"Lifeboat drill {run.drill}: {run.verdict.value} - {VERDICT_MEANING[run.verdict]}",
+        f"run {run.run_id}, started {run.started.isoformat(timespec='seconds')}, took {measured(run_seconds(run))}",
+        f"total RTO {against(run.rto_seconds, run.objectives.rto_seconds)}",
+        "",
+    ]
+    width = max((len(source.source) for source in run.sources), default=0)
+    lines += [_source_line(source, run, width) for source in run.sources]
+    if not run.sources:
+        lines.append("no source was drilled")
+    problems = unsuccessful_steps(run)
+    if problems:
+        lines += ["", "Failed or errored steps:"]
+        for scoped in problems:
+            head = f"  {scoped.step.verdict.value:<5} {scoped.scope} / {scoped.step.name}: "
+            lines.append(head + _indent(scoped.step.message or "(no message)", " " * len(head)))
+    return "\n".join(lines) + "\n"
+
+
+def _source_line(source: SourceRun, run: DrillRun, width: int) -> str:
+    rto = against(source.rto_seconds, run.objectives.rto_seconds)
+    rpo = against(source.rpo_seconds, run.objectives.rpo_seconds)
+    snapshot = source.snapshot or "no snapshot"
+    return f"  {source.source:<{width}}  {source.verdict.value:<5}  RTO {rto}, RPO {rpo}, {snapshot}"
+
+
+def _indent(message: str, prefix: str) -> str:
+    """Continuation lines of a multi-line message line up under its first line."""
+    return ("\n" + prefix).join(message.strip().splitlines())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

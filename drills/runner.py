@@ -1,0 +1,170 @@
+"""The drill runner (DESIGN section 6): for each source of a drill, pick the snapshot, check the RPO,
+provision scratch, restore (timed: the RTO), verify, run the fault scenarios, tear down; every step
+recorded. The repository is held under a shared lock for the whole run, so prune cannot remove the
+snapshot being proven.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from backup.repository.manifest import SnapshotHeader
+from backup.repository.repository import Repository
+from backup.sources import make_source as default_source_factory
+from backup.sources.base import Source, SourceFactory
+from drills.faults import FAULTS, DrillContext
+from drills.model import DrillRun, Objectives, SourceRun, Status
+from drills.scratch.base import ScratchEnvironment, Slot
+from drills.steps import StepFailed, StepUnverified, step
+from policies.durations import human_duration
+from policies.errors import IntegrityError
+from policies.model import Drill, Policy, SnapshotSelector
+
+log = structlog.get_logger(__name__)
+Clock = Callable[[], datetime]
+
+
+def new_run_id(now: datetime) -> str:
+    """Sortable, and usable inside database, bucket and namespace names once lowercased."""
+    return f"{now.astimezone(UTC):%Y%m%dt%H%M%Sz}-{secrets.token_hex(2)}"
+
+
+def run_drill(
+    policy: Policy,
+    name: str,
+    *,
+    repository: Repository,
+    scratch: ScratchEnvironment,
+    make_source: SourceFactory = default_source_factory,
+    clock: Clock = lambda: datetime.now(UTC),
+) -> DrillRun:
+    """Run drill ``name`` into ``scratch`` (which it always tears down) and return the record."""
+    drill = policy.drills[name]
+    objectives = Objectives(drill.objectives.rto.total_seconds(), drill.objectives.rpo.total_seconds())
+    run = DrillRun(drill=name, run_id=scratch.run_id, started=clock(), objectives=objectives)
+    stale_after = policy.repository.lock_stale_after.total_seconds()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(_teardown, run, scratch)
+        with step(run.steps, "lock-repository") as outcome:
+            cleanup.enter_context(repository.lock("shared", f"drill {name}", stale_after=stale_after))
+            outcome.message = "shared lock held: prune waits until the drill ends"
+        if run.steps[-1].verdict is Status.PASS:
+            for source_name in drill.sources:
+                source = make_source(source_name, policy.sources[source_name])
+                run.sources.append(_drill_source(source, drill, repository, scratch, clock))
+    run.finished = clock()
+    log.info("drill.finished", drill=name, run_id=run.run_id, verdict=run.verdict.value, rto_seconds=run.rto_seconds)
+    return run
+
+
+def _teardown(run: DrillRun, scratch: ScratchEnvironment) -> None:
+    with step(run.steps, "teardown") as outcome:
+        removed = scratch.teardown()
+        outcome.message = f"removed {len(removed)} scratch item(s)" if removed else "nothing left to remove"
+        outcome.details = {"removed": removed}
+
+
+def _drill_source(
+    source: Source, drill: Drill, repository: Repository, scratch: ScratchEnvironment, clock: Clock
+) -> SourceRun:
+    """One source's steps, each recorded; the phases live in helpers."""
+    name = source.name
+    record = SourceRun(source=name, kind=source.kind)
+    steps = record.steps
+    context = {"drill_source": name}
+    header: SnapshotHeader | None = None
+    with step(steps, "select-snapshot", context=context) as outcome:
+        header = select_snapshot(repository, name, drill.snapshot, clock())
+        record.snapshot = header.id
+        record.census = header.census.get("totals", {})
+        taken = human_duration((clock() - header.started).total_seconds())
+        outcome.message = f"{header.id} ({drill.snapshot.describe()}), taken {taken} ago"
+    with step(steps, "rpo", context=context) as outcome:
+        newest = repository.find_snapshot(name)
+        record.rpo_seconds = age = max((clock() - newest.started).total_seconds(), 0.0)
+        objective = drill.objectives.rpo.total_seconds()
+        if age > objective:
+            over = f"over the RPO objective {human_duration(objective)}"
+            raise StepFailed(f"newest good snapshot {newest.id} is {human_duration(age)} old, {over}")
+        outcome.message = (
+            f"newest good snapshot is {human_duration(age)} old, within the RPO objective {human_duration(objective)}"
+        )
+    if header is None:
+        return record
+    slot: Slot | None = None
+    with step(steps, "provision", context=context) as outcome:
+        slot = scratch.slot(name, record.kind, header)
+        outcome.message = slot.label
+    if slot is None:
+        return record
+    ctx = DrillContext(source=source, repository=repository, header=header, scratch=scratch, main=slot)
+    try:
+        if _restore_and_verify(ctx, record, drill, context):
+            for fault in drill.faults:
+                with step(steps, f"fault:{fault}", context=context) as outcome:
+                    FAULTS[fault]().run(ctx, outcome)
+        else:
+            for fault in drill.faults:
+                with step(steps, f"fault:{fault}", context=context):
+                    raise StepUnverified("not run: the restored copy it needs was not verified")
+    finally:
+        with step(steps, "teardown", context=context) as outcome:
+            slot.release()
+            outcome.message = f"released {slot.label}"
+    return record
+
+
+def _restore_and_verify(ctx: DrillContext, record: SourceRun, drill: Drill, context: dict[str, str]) -> bool:
+    """The timed restore, the RTO check and the verification; True when the copy verified."""
+    with step(record.steps, "restore", context=context) as outcome:
+        started = time.monotonic()
+        try:
+            result = ctx.restore(ctx.main)
+        except IntegrityError as exc:
+            raise StepFailed(f"the backup itself is damaged: {exc}") from exc
+        record.rto_seconds = time.monotonic() - started
+        outcome.message = f"restored {result.bytes} bytes into {ctx.main.label} in {human_duration(record.rto_seconds)}"
+        outcome.details = {
+            "bytes": result.bytes,
+            **{k: v for k, v in result.figures.items() if isinstance(v, int | float | str)},
+        }
+    if record.rto_seconds is None:
+        return False
+    objective = drill.objectives.rto.total_seconds()
+    with step(record.steps, "rto", context=context) as outcome:
+        if record.rto_seconds > objective:
+            raise StepFailed(
+                f"restore took {human_duration(record.rto_seconds)}, over the RTO objective {human_duration(objective)}"
+            )
+        outcome.message = f"{human_duration(record.rto_seconds)} within the RTO objective {human_duration(objective)}"
+    with step(record.steps, "verify", context=context) as outcome:
+        verification = ctx.verify(ctx.main)
+        outcome.details = {"checked": verification.checked, "differences": verification.differences[:20]}
+        if verification.verdict.value == "mismatch":
+            raise StepFailed(f"restored data differs from the snapshot: {verification.message}")
+        if verification.verdict.value == "unverified":
+            raise StepUnverified(f"could not verify: {verification.message}")
+        outcome.message = verification.message
+    return record.steps[-1].verdict is Status.PASS
+
+
+def select_snapshot(repository: Repository, source: str, selector: SnapshotSelector, now: datetime) -> SnapshotHeader:
+    """The snapshot a drill restores: latest good, a random good one of a recent window, or one id."""
+    if selector.snapshot_id:
+        return repository.find_snapshot(source, snapshot=selector.snapshot_id)
+    if selector.random_within is not None:
+        since = now - selector.random_within
+        candidates = [h for h in repository.list_snapshots(source) if h.status == "good" and h.started >= since]
+        if not candidates:
+            raise StepUnverified(
+                f"no good snapshot of '{source}' within {human_duration(selector.random_within.total_seconds())}"
+            )
+        return random.choice(candidates)  # choosing a sample, not a secret
+    return repository.find_snapshot(source)

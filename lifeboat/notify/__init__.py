@@ -1,0 +1,115 @@
+"""Notifications (DESIGN section 6): email and webhook, chosen by the policy's ``notify`` section.
+
+Each notifier kind is a class in ``NOTIFIERS`` built from its policy settings. ``notify`` sends one
+Notification to every notifier subscribed to its event and returns what happened; it never raises
+for a delivery problem, so a notification can never change a drill's verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from drills.model import DrillRun, Status
+from drills.report import render_html, render_json, render_junit, render_text, report_file_names, subject_line
+from lifeboat.notify.base import NOTIFY_RETRY, Attachment, DeliveryResult, Notification, Notifier
+from lifeboat.notify.email import EmailNotifier
+from lifeboat.notify.webhook import WebhookNotifier
+from policies.errors import ConfigError, ConfigIssue
+from policies.model import NOTIFY_EVENTS
+from policies.model import EmailNotifier as EmailSettings
+from policies.model import WebhookNotifier as WebhookSettings
+
+__all__ = [
+    "NOTIFIERS",
+    "NOTIFY_RETRY",
+    "Attachment",
+    "DeliveryResult",
+    "EmailNotifier",
+    "Notification",
+    "Notifier",
+    "WebhookNotifier",
+    "build_notifiers",
+    "drill_event",
+    "drill_notification",
+    "notify",
+    "notify_all",
+    "subscribed",
+]
+
+NotifierSettings = EmailSettings | WebhookSettings
+NotifierFactory = Callable[[str, Any], Notifier]
+NOTIFIERS: dict[str, NotifierFactory] = {"email": EmailNotifier, "webhook": WebhookNotifier}
+
+# Which subscriptions receive an event: a failed drill is also a drill, so ``on: [drill]`` gets it.
+RECEIVED_BY = {"drill-failure": ("drill", "drill-failure")}
+
+
+def build_notifiers(settings: Mapping[str, NotifierSettings], names: Iterable[str] | None = None) -> list[Notifier]:
+    """Notifiers for the policy's ``notify`` section (``policy.notify``), all or only ``names``.
+
+    Raises ConfigError naming every unknown notifier name or kind, with the known ones.
+    """
+    wanted = list(settings) if names is None else list(names)
+    issues = []
+    notifiers = []
+    for name in wanted:
+        config = settings.get(name)
+        factory = None if config is None else NOTIFIERS.get(config.kind)
+        if config is None:
+            issues.append(ConfigIssue(f"notify.{name}", f"no such notifier; defined: {', '.join(settings) or 'none'}"))
+        elif factory is None:
+            issues.append(ConfigIssue(f"notify.{name}.kind", f"unknown kind '{config.kind}'; known: {', '.join(NOTIFIERS)}"))
+        else:
+            notifiers.append(factory(name, config))
+    if issues:
+        raise ConfigError("policy", issues)
+    return notifiers
+
+
+def subscribed(on: Iterable[str], event: str) -> bool:
+    """True when a notifier listening to ``on`` receives ``event``."""
+    return bool(set(on) & set(RECEIVED_BY.get(event, (event,))))
+
+
+def notify(notifiers: Iterable[Notifier], event: str, notification: Notification) -> list[DeliveryResult]:
+    """Send ``notification`` as ``event`` to every notifier subscribed to it; one result per notifier sent to.
+
+    ValueError for an event that is not one of NOTIFY_EVENTS (a programming error, not a delivery one).
+    """
+    if event not in NOTIFY_EVENTS:
+        raise ValueError(f"unknown event '{event}'; known events: {', '.join(NOTIFY_EVENTS)}")
+    message = notification if notification.event == event else replace(notification, event=event)
+    return [notifier.send(message) for notifier in notifiers if subscribed(notifier.on, event)]
+
+
+def notify_all(settings: Mapping[str, NotifierSettings], notification: Notification) -> list[DeliveryResult]:
+    """Build every notifier in ``settings`` (``{name: policy settings}``, e.g. a drill's chosen ones) and send
+    ``notification`` as its own event to those subscribed; one result per notifier sent to.
+
+    Each failure is already logged as ``notify.failed``: callers report the results, they need not log them again.
+    """
+    return notify(build_notifiers(settings), notification.event, notification)
+
+
+def drill_event(run: DrillRun) -> str:
+    """``drill`` for a PASS run, ``drill-failure`` for FAIL and ERROR (an unverified run is a failure to prove)."""
+    return "drill" if run.verdict is Status.PASS else "drill-failure"
+
+
+def drill_notification(run: DrillRun, *, history: Sequence[DrillRun] = ()) -> Notification:
+    """The notification of a drill run: subject line, text summary, HTML report (with trend charts over
+    ``history``, earlier runs of the drill), JSON + JUnit reports attached; event ``drill`` or ``drill-failure``."""
+    names = report_file_names(run)
+    return Notification(
+        event=drill_event(run),
+        subject=subject_line(run),
+        text=render_text(run),
+        html=render_html(run, history),
+        attachments=(
+            Attachment(names["json"], render_json(run).encode("utf-8"), "application/json"),
+            Attachment(names["junit"], render_junit(run).encode("utf-8"), "application/xml"),
+        ),
+        summary=run.to_dict(),
+    )

@@ -1,0 +1,125 @@
+"""Email over SMTP: STARTTLS (port 587) or implicit TLS (``ssl``, port 465), AUTH when configured.
+
+The mail is multipart/mixed: a multipart/alternative text + HTML body, then the attachments (the
+JSON and JUnit reports). Certificates are verified against the system's CAs; a private CA is
+trusted through ``SSL_CERT_FILE``. A STARTTLS server that does not offer STARTTLS is refused,
+never written to in clear text.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import smtplib
+import ssl
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from backup.repository.retry import RetryPolicy
+from lifeboat.notify.base import (
+    NOTIFY_RETRY,
+    Delivery,
+    DeliveryResult,
+    Notification,
+    PermanentDeliveryError,
+    deliver,
+    describe,
+    read_secret,
+    secret_values,
+)
+from policies.model import EmailNotifier as EmailSettings
+
+EVENT_HEADER = "X-Lifeboat-Event"
+# RFC 5322's hard limit instead of the 78-character default: Python folds a long subject holding
+# "(...)" before its first word, and the subject then reaches readers with a leading space.
+MAIL_POLICY = email.policy.default.clone(max_line_length=998)
+
+
+class EmailNotifier:
+    """Sends a Notification as one mail from ``settings.sender`` to every address of ``settings.to``."""
+
+    kind = "email"
+
+    def __init__(
+        self,
+        name: str,
+        settings: EmailSettings,
+        *,
+        retry: RetryPolicy = NOTIFY_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.on = tuple(settings.on)
+        self._retry = retry
+        self._sleep = sleep
+
+    def send(self, message: Notification) -> DeliveryResult:
+        """Deliver ``message``; retried with backoff, never raises (see ``lifeboat.notify.base.deliver``)."""
+        smtp = self.settings.smtp
+        delivery = Delivery(
+            self.name,
+            self.kind,
+            message.event,
+            f"{smtp.host}:{smtp.port}",
+            lambda: self._send_once(message),
+            secret_values(smtp.password),
+        )
+        return deliver(delivery, retry=self._retry, sleep=self._sleep)
+
+    def _send_once(self, message: Notification) -> None:
+        smtp = self.settings.smtp
+        password = read_secret(smtp.password)
+        mail = build_email(self.settings, message)
+        timeout = smtp.timeout.total_seconds()
+        context = ssl.create_default_context()
+        client = (
+            smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=timeout, context=context)
+            if smtp.ssl
+            else smtplib.SMTP(smtp.host, smtp.port, timeout=timeout)
+        )
+        with client:
+            try:
+                if smtp.starttls:
+                    client.starttls(context=context)
+                if smtp.user is not None and password is not None:
+                    client.login(smtp.user, password)
+                client.send_message(mail, from_addr=self.settings.sender, to_addrs=list(self.settings.to))
+            except smtplib.SMTPException as exc:
+                raise _classify(exc) from exc
+
+
+def build_email(settings: EmailSettings, message: Notification) -> EmailMessage:
+    """The mail for ``message``: text (+ HTML) alternative body, then the attachments."""
+    mail = EmailMessage(policy=MAIL_POLICY)
+    mail["Subject"] = message.subject
+    mail["From"] = settings.sender
+    mail["To"] = ", ".join(settings.to)
+    mail["Date"] = formatdate(localtime=False, usegmt=True)
+    mail["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2])
+    mail[EVENT_HEADER] = message.event  # lets mail filters route failures apart from routine runs
+    mail.set_content(message.text)
+    if message.html is not None:
+        mail.add_alternative(message.html, subtype="html")
+    for attachment in message.attachments:
+        maintype, _, subtype = attachment.mime_type.partition("/")
+        mail.add_attachment(
+            attachment.content,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=attachment.name,
+        )
+    return mail
+
+
+def _classify(exc: smtplib.SMTPException) -> Exception:
+    """Which SMTP failures are worth another attempt: 4xx answers and dropped connections are."""
+    if isinstance(exc, smtplib.SMTPAuthenticationError | smtplib.SMTPNotSupportedError):
+        return PermanentDeliveryError(describe(exc))
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return PermanentDeliveryError(describe(exc)) if all(code >= 500 for code in codes) else exc
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
+        return PermanentDeliveryError(describe(exc))
+    return exc

@@ -1,0 +1,361 @@
+"""What Lifeboat runs, written once for the CLI and the service: back up one source, prune, check,
+and a drill with its reports and notifications (DESIGN sections 7, 8).
+
+Every operation is recorded in the state DB (``lifeboat.state``): a row is written as ``running``
+first and finished as ok / failed / suspicious / interrupted (drills: PASS / FAIL / ERROR) with its
+figures, snapshot id and error (secrets masked). A source's backup, prune and drill hold that
+source's lock (``SourceLocks``: this process and, through a file lock, every other Lifeboat process
+on the machine); across machines the repository's locks do that job.
+
+Failures notify at most once per incident (``backup-failure``, ``check-failure``, ``suspicious``):
+the first failure opens the incident in the state DB and is sent to every notifier whose ``on``
+lists the event; repeats only count; the next success closes it and sends a recovery note to the
+same notifiers. A delivery that failed everywhere is tried again at the next repeat. Drills notify
+every run, as the drill's ``notify`` list says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from backup.jobs import BackupResult, run_backup
+from backup.repository.maintenance import CheckReport, PruneReport
+from backup.repository.maintenance import check as check_repository
+from backup.repository.maintenance import prune as prune_repository
+from backup.repository.repository import Repository
+from backup.sources.base import Progress
+from drills.history import load_history, store_report
+from drills.model import DrillRun
+from drills.report import write_reports
+from drills.runner import new_run_id, run_drill
+from drills.scratch import make_scratch
+from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
+from lifeboat.state import REPOSITORY_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
+from policies.errors import LifeboatError
+from policies.model import Policy
+
+log = structlog.get_logger(__name__)
+
+HISTORY_FOR_CHARTS = 30  # earlier drill runs drawn in a report's trend charts
+PROBLEMS_KEPT = 50  # check problems stored with a run (the CLI prints them all)
+RepositoryOpener = Callable[[], Repository]
+
+
+class JobAborted(BaseException):
+    """Raised into a job that the service aborts at shutdown.
+
+    A BaseException, so that no ``except Exception`` on the way up mistakes it for a failure of
+    the job; every ``finally`` and ``with`` block on the way still runs (locks released, scratch
+    torn down, an uncommitted snapshot left uncommitted)."""
+
+
+@dataclass
+class Operations:
+    """The recorded operations, for one policy; see the module docstring.
+
+    ``origin`` says who started the runs (``cli`` or ``service``); ``redact`` masks secrets in error
+    texts before they are stored or sent; once ``aborting`` is set, failures are recorded as
+    ``interrupted`` (a job killed at shutdown did not fail) and notify nobody.
+    """
+
+    policy: Policy
+    history: RunHistory
+    locks: SourceLocks
+    redact: Callable[[str], str] = str
+    origin: str = "cli"
+    aborting: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def lock_wait(self) -> float:
+        """How long a run waits for a busy source: the service's misfire grace (a job later than
+        that would not have been started at all)."""
+        return self.policy.service.misfire_grace.total_seconds()
+
+    @property
+    def stale_after(self) -> float:
+        return self.policy.repository.lock_stale_after.total_seconds()
+
+    # ---- backup ----------------------------------------------------------------------------------
+
+    def backup(self, name: str, *, repository: RepositoryOpener, progress: Progress | None = None) -> BackupResult:
+        """Snapshot source ``name`` under its source lock; return the result.
+
+        Raises what ``run_backup`` raises (SourceError, StoreError...), SourceBusy, JobAborted:
+        recorded before they propagate, and a failure notified as a ``backup-failure`` incident.
+        """
+        run_id, started = self.history.start_run(RunKind.BACKUP, name, origin=self.origin), time.monotonic()
+        try:
+            with self.locks.hold([name], purpose=f"backup {name}", wait=self.lock_wait):
+                repo = repository()
+                result = run_backup(repo, name, self.policy.sources[name], stale_after=self.stale_after, progress=progress)
+        except BaseException as exc:
+            error = self._record_failure(run_id, exc, started)
+            if error is not None:
+                self._open_incident("backup-failure", name, run_id, backup_failure_message(name, error))
+            raise
+        status = RunStatus.SUSPICIOUS if result.anomalies else RunStatus.OK
+        self.history.finish_run(run_id, status, figures=result.as_dict(), snapshot_id=result.header.id)
+        self._refresh_inventory(repo, [name])
+        self._close_incident("backup-failure", name, run_id, f"backups of {name} succeed again")
+        if result.anomalies:
+            self._open_incident("suspicious", name, run_id, suspicious_message(result))
+        else:
+            self._close_incident("suspicious", name, run_id, f"snapshots of {name} look normal again")
+        return result
+
+    # ---- prune and check -------------------------------------------------------------------------
+
+    def prune(self, *, repository: RepositoryOpener, dry_run: bool = False) -> PruneReport:
+        """Apply every source's retention and delete unreferenced chunks, holding every source's lock.
+
+        A dry run changes nothing and is neither locked nor recorded. Raises PruneRefused,
+        StoreError, SourceBusy, JobAborted (recorded)."""
+        retention = {name: source.retention for name, source in self.policy.sources.items()}
+        grace, stale_after = self.policy.repository.prune.grace, self.stale_after
+        if dry_run:
+            return prune_repository(repository(), retention, grace=grace, dry_run=True, stale_after=stale_after)
+        run_id, started = self.history.start_run(RunKind.PRUNE, REPOSITORY_NAME, origin=self.origin), time.monotonic()
+        try:
+            with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
+                repo = repository()
+                expected = self._sources_with_snapshots(repo)
+                report = prune_repository(
+                    repo, retention, grace=grace, dry_run=False, expected_sources=expected, stale_after=stale_after
+                )
+        except BaseException as exc:
+            self._record_failure(run_id, exc, started)
+            raise
+        self.history.finish_run(run_id, RunStatus.OK, figures=prune_figures(report, time.monotonic() - started))
+        self._refresh_inventory(repo)
+        return report
+
+    def check(self, *, repository: RepositoryOpener, read_data: float = 0.0) -> CheckReport:
+        """Check the repository (re-reading ``read_data`` of its chunks) under a shared repository lock.
+
+        Problems found are a failed run and a ``check-failure`` incident; the report is returned
+        either way. Raises StoreError, RepositoryLocked, JobAborted (recorded)."""
+        run_id, started = self.history.start_run(RunKind.CHECK, REPOSITORY_NAME, origin=self.origin), time.monotonic()
+        try:
+            repo = repository()
+            with repo.lock("shared", "check", stale_after=self.stale_after):
+                report = check_repository(repo, read_data=read_data, stale_after=self.stale_after)
+        except BaseException as exc:
+            error = self._record_failure(run_id, exc, started)
+            if error is not None:
+                self._open_incident("check-failure", REPOSITORY_NAME, run_id, check_failure_message([error]))
+            raise
+        figures = check_figures(report, time.monotonic() - started)
+        if report.ok:
+            self.history.finish_run(run_id, RunStatus.OK, figures=figures)
+            self._close_incident("check-failure", REPOSITORY_NAME, run_id, "the repository check passes again")
+            return report
+        problems = [self.redact(problem.message) for problem in report.problems]
+        error = f"{len(problems)} problem(s): " + "; ".join(problems[:3])
+        self.history.finish_run(run_id, RunStatus.FAILED, figures=figures, error=error)
+        self._open_incident("check-failure", REPOSITORY_NAME, run_id, check_failure_message(problems))
+        return report
+
+    # ---- drill -----------------------------------------------------------------------------------
+
+    def drill(
+        self, name: str, *, repository: RepositoryOpener, report_dir: Path | None = None, notify: bool = True
+    ) -> DrillRun:
+        """Run drill ``name`` holding the locks of its sources; write its reports (under ``report_dir``,
+        default ``<state dir>/reports/<drill>``), store it in the repository, notify the drill's
+        notifiers (unless ``notify`` is false); return the run. Raises ConfigError, StoreError,
+        SourceBusy, JobAborted (recorded as ERROR, or interrupted)."""
+        drill = self.policy.drills[name]
+        run_id, started = self.history.start_run(RunKind.DRILL, name, origin=self.origin), time.monotonic()
+        try:
+            with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
+                repo = repository()
+                scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()))
+                run = run_drill(self.policy, name, repository=repo, scratch=scratch)
+            history = load_history(repo, name, limit=HISTORY_FOR_CHARTS)
+            directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id
+            run.report_files = {kind: str(path) for kind, path in write_reports(run, directory, history).items()}
+            store_report(repo, run)
+        except BaseException as exc:
+            self._record_failure(run_id, exc, started, failed=RunStatus.ERROR)
+            raise
+        single = run.sources[0].snapshot if len(run.sources) == 1 else None
+        self.history.finish_run(run_id, RunStatus(run.verdict.value), figures=drill_figures(run), snapshot_id=single)
+        if notify:
+            # A failed delivery is logged by the notifier and never changes the verdict.
+            notify_all(
+                {notifier: self.policy.notify[notifier] for notifier in drill.notify},
+                drill_notification(run, history=history),
+            )
+        return run
+
+    # ---- recording and incidents -----------------------------------------------------------------
+
+    def _record_failure(
+        self, run_id: int, exc: BaseException, started: float, *, failed: RunStatus = RunStatus.FAILED
+    ) -> str | None:
+        """Finish the run as failed (or interrupted); return the masked error to notify, None for an abort."""
+        figures = {"seconds": round(time.monotonic() - started, 3)}
+        if isinstance(exc, JobAborted) or self.aborting.is_set():
+            self.history.finish_run(run_id, RunStatus.INTERRUPTED, figures=figures, error="aborted: the service stopped")
+            return None
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stopped, not failed
+            self.history.finish_run(run_id, RunStatus.INTERRUPTED, figures=figures, error=type(exc).__name__)
+            return None
+        error = self.redact(str(exc) if isinstance(exc, LifeboatError) else f"{type(exc).__name__}: {exc}")
+        self.history.finish_run(run_id, failed, figures=figures, error=error)
+        return error
+
+    def _open_incident(self, event: str, name: str, run_id: int, message: Notification) -> None:
+        incident = self.history.open_incident(event, name, run_id=run_id, message=message.text[:2000])
+        if incident.notified:
+            log.info("incident.repeat", trigger=event, name=name, occurrences=incident.occurrences)
+            return
+        if any(result.ok for result in self._send(event, message)):
+            self.history.mark_notified(incident.id)
+
+    def _close_incident(self, event: str, name: str, run_id: int, what: str) -> None:
+        incident = self.history.close_incident(event, name, run_id=run_id)
+        if incident is None:
+            return
+        log.info("incident.closed", trigger=event, name=name, occurrences=incident.occurrences)
+        if incident.notified:
+            self._send(event, recovery_message(event, name, what, incident.occurrences, incident.opened.isoformat()))
+
+    def _send(self, event: str, message: Notification) -> list[Any]:
+        """Send to every notifier subscribed to ``event``; never raises (a notifier only warns)."""
+        try:
+            return notify(build_notifiers(self.policy.notify), event, message)
+        except LifeboatError as exc:
+            log.error("notify.not_sent", trigger=event, error=self.redact(str(exc)))
+            return []
+
+    # ---- the repository's inventory (for status and metrics) -------------------------------------
+
+    def _refresh_inventory(self, repository: Repository, sources: Iterable[str] | None = None) -> None:
+        """Count snapshots (and suspicious ones) per source from a listing; a listing failure is only
+        logged: the run it follows has succeeded, and the counts are for status and metrics."""
+        try:
+            refresh_inventory(self.history, repository, self.policy.sources, only=sources)
+        except LifeboatError as exc:
+            log.warning("inventory.not_refreshed", error=self.redact(str(exc)))
+
+    def _sources_with_snapshots(self, repository: Repository) -> frozenset[str]:
+        """Sources that the last listings of this repository found snapshots of: prune refuses to
+        run if one of them now shows none (a listing gone wrong must not look like an empty source)."""
+        return frozenset(
+            item.source
+            for item in self.history.inventory().values()
+            if item.repository == repository.config.id and item.snapshots > 0
+        )
+
+
+def refresh_inventory(
+    history: RunHistory, repository: Repository, sources: Iterable[str], *, only: Iterable[str] | None = None
+) -> dict[str, tuple[int, int]]:
+    """List the repository and store ``{source: (snapshots, suspicious)}`` for ``sources`` and any other
+    source found (or for the ``only`` ones); raises StoreError / IntegrityError when the listing fails."""
+    wanted = list(sources if only is None else only)
+    counts = dict.fromkeys(wanted, (0, 0))
+    listed = [None] if only is None else wanted
+    headers = [header for name in listed for header in repository.list_snapshots(name)]
+    for header in headers:
+        total, suspicious = counts.get(header.source, (0, 0))
+        counts[header.source] = (total + 1, suspicious + (header.status == "suspicious"))
+    history.set_inventory(counts, repository=repository.config.id)
+    return counts
+
+
+@contextlib.contextmanager
+def open_operations(policy: Policy, *, redact: Callable[[str], str] = str, origin: str = "cli") -> Iterator[Operations]:
+    """Operations on ``policy`` with its state DB open; closed when the block ends. Raises StateError."""
+    with RunHistory.open(policy.state) as history:
+        yield Operations(policy, history, SourceLocks(history.lock_dir), redact=redact, origin=origin)
+
+
+# ---- figures stored with a run -----------------------------------------------------------------------
+
+
+def prune_figures(report: PruneReport, seconds: float) -> dict[str, Any]:
+    """The prune report without its long parts: the kept ids (counted) and the reasons."""
+    document = {key: value for key, value in report.as_dict().items() if key not in ("ok", "dry_run", "kept", "reasons")}
+    return {**document, "kept": len(report.kept), "seconds": round(seconds, 3)}
+
+
+def check_figures(report: CheckReport, seconds: float) -> dict[str, Any]:
+    document = report.as_dict()
+    return {**document, "seconds": round(seconds, 3), "problems": document["problems"][:PROBLEMS_KEPT]}
+
+
+def drill_figures(run: DrillRun) -> dict[str, Any]:
+    per_source = ("source", "kind", "snapshot", "verdict", "rto_seconds", "rpo_seconds")
+    document = run.to_dict()
+    return {
+        "run_id": run.run_id,
+        "verdict": run.verdict.value,
+        "rto_seconds": document["rto_seconds"],
+        "sources": [{key: source[key] for key in per_source} for source in document["sources"]],
+        "report_files": run.report_files,
+    }
+
+
+# ---- messages --------------------------------------------------------------------------------------
+
+
+def _footer(event: str) -> str:
+    return (
+        f"\n\nHost: {socket.gethostname()}. Later failures of this kind are counted, not mailed, until one succeeds "
+        f"again; a recovery note follows then. History: `lifeboat status`. (Lifeboat event: {event})\n"
+    )
+
+
+def backup_failure_message(name: str, error: str) -> Notification:
+    return Notification(
+        event="backup-failure",
+        subject=f"[lifeboat] backup of {name} FAILED",
+        text=f"The backup of source '{name}' failed at {utc_now():%Y-%m-%d %H:%M:%S} UTC; nothing was committed.\n\n"
+        f"{error}" + _footer("backup-failure"),
+        summary={"event": "backup-failure", "source": name, "error": error, "recovered": False},
+    )
+
+
+def suspicious_message(result: BackupResult) -> Notification:
+    header = result.header
+    reasons = "\n".join(f"- {anomaly}" for anomaly in result.anomalies)
+    return Notification(
+        event="suspicious",
+        subject=f"[lifeboat] {header.source}: snapshot {header.id} is SUSPICIOUS",
+        text=f"Snapshot {header.id} of '{header.source}' looks like mass deletion or ransomware:\n{reasons}\n\n"
+        "It is kept, flagged suspicious: it never becomes the newest good snapshot for retention or drills. "
+        "Look at the source now." + _footer("suspicious"),
+        summary={"event": "suspicious", "source": header.source, "snapshot": header.id, "anomalies": result.anomalies},
+    )
+
+
+def check_failure_message(problems: list[str]) -> Notification:
+    listed = "\n".join(f"- {problem}" for problem in problems[:20])
+    more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return Notification(
+        event="check-failure",
+        subject=f"[lifeboat] repository check FAILED: {len(problems)} problem(s)",
+        text=f"The repository check found:\n{listed}{more}" + _footer("check-failure"),
+        summary={"event": "check-failure", "problems": problems[:PROBLEMS_KEPT], "recovered": False},
+    )
+
+
+def recovery_message(event: str, name: str, what: str, occurrences: int, since: str) -> Notification:
+    return Notification(
+        event=event,
+        subject=f"[lifeboat] recovered: {what}",
+        text=f"Recovered: {what} (at {utc_now():%Y-%m-%d %H:%M:%S} UTC), after {occurrences} failed run(s) "
+        f"since {since}.\n(Lifeboat event: {event})\n",
+        summary={"event": event, "name": name, "recovered": True, "occurrences": occurrences, "since": since},
+    )

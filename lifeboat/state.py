@@ -1,0 +1,657 @@
+"""The run history (DESIGN section 8): every backup, prune, check and drill run in SQLite, and the
+file locks kept next to it.
+
+The database lives at the policy's ``state`` path, in WAL mode so that ``lifeboat status`` and a
+CLI run read and write while ``lifeboat serve`` does. Schema (``PRAGMA user_version`` = 1):
+
+``runs``        one row per run: ``kind`` (backup | prune | check | drill), ``name`` (the source,
+                the drill, or ``repository`` for prune and check), ``started``/``finished`` (ISO 8601
+                UTC), ``status`` (running | ok | failed | suspicious | interrupted, and for drills
+                PASS | FAIL | ERROR), ``figures`` (JSON), ``snapshot_id``, ``error`` (secrets
+                masked by the caller), ``origin`` (service | cli), ``host``, ``pid`` and ``owner``.
+``incidents``   one row per incident (``key`` like ``backup-failure:k8s-etcd``): opened by the first
+                failure, counted by repeats, ``closed`` by the next success; ``notified`` once a
+                notifier took the news, so repeats stay quiet.
+``inventory``   per source, the snapshot and suspicious-snapshot counts of the last repository
+                listing, and the repository id it came from.
+``meta``        key/value (the health probe writes here).
+
+A run left ``running`` by a process that died (SIGKILL, OOM, power loss) becomes ``interrupted``
+the next time any Lifeboat process opens the database. Liveness is not guessed from a pid (a pid
+is reused, and is 1 after every container restart): every process that records runs holds an
+exclusive ``flock`` on ``locks/owner-<token>.lock`` for as long as it lives, and the kernel drops
+it when the process dies, whatever killed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from policies.errors import LifeboatError
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 10.0  # another process writing: wait this long for the database lock
+LOCK_POLL_SECONDS = 0.2  # how often a waiter looks at a busy source lock again
+REPOSITORY_NAME = "repository"  # the run name of prune and check, which work on the whole repository
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill')),
+    name        TEXT NOT NULL,
+    started     TEXT NOT NULL,
+    finished    TEXT,
+    status      TEXT NOT NULL,
+    figures     TEXT NOT NULL DEFAULT '{}',
+    snapshot_id TEXT,
+    error       TEXT,
+    origin      TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    owner       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_name ON runs (kind, name, id);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (status) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS incidents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    key         TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    opened      TEXT NOT NULL,
+    last_seen   TEXT NOT NULL,
+    closed      TEXT,
+    occurrences INTEGER NOT NULL DEFAULT 1,
+    notified    INTEGER NOT NULL DEFAULT 0,
+    first_run   INTEGER,
+    last_run    INTEGER,
+    closed_by   INTEGER,
+    message     TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (key) WHERE closed IS NULL;
+CREATE TABLE IF NOT EXISTS inventory (
+    source      TEXT PRIMARY KEY,
+    snapshots   INTEGER NOT NULL,
+    suspicious  INTEGER NOT NULL,
+    repository  TEXT NOT NULL,
+    listed      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StateError(LifeboatError):
+    """The state DB (or the lock directory next to it) cannot be used."""
+
+
+class SourceBusy(LifeboatError):
+    """Another run holds a source's lock and did not let go in time."""
+
+
+class RunKind(StrEnum):
+    BACKUP = "backup"
+    PRUNE = "prune"
+    CHECK = "check"
+    DRILL = "drill"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    SUSPICIOUS = "suspicious"  # the backup completed, and its snapshot looks like mass deletion
+    INTERRUPTED = "interrupted"  # aborted at shutdown, or its process died
+    PASS = "PASS"  # drills: the drill's own verdicts
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+
+
+FINISHED_BACKUP = (RunStatus.OK, RunStatus.SUSPICIOUS)  # a backup that committed a snapshot
+DRILL_VERDICTS = (RunStatus.PASS, RunStatus.FAIL, RunStatus.ERROR)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs``."""
+
+    id: int
+    kind: RunKind
+    name: str
+    started: datetime
+    finished: datetime | None
+    status: RunStatus
+    figures: dict[str, Any]
+    snapshot_id: str | None
+    error: str | None
+    origin: str
+    host: str
+    pid: int
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.finished is None else (self.finished - self.started).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run as ``lifeboat status --json`` shows it."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "name": self.name,
+            "status": self.status.value,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat() if self.finished else None,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "snapshot_id": self.snapshot_id,
+            "error": self.error,
+            "origin": self.origin,
+            "host": self.host,
+            "pid": self.pid,
+            "figures": self.figures,
+        }
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One row of ``incidents``: a failure that lasts until the next success."""
+
+    id: int
+    key: str
+    event: str
+    name: str
+    opened: datetime
+    last_seen: datetime
+    closed: datetime | None
+    occurrences: int
+    notified: bool
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "name": self.name,
+            "opened": self.opened.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "closed": self.closed.isoformat() if self.closed else None,
+            "occurrences": self.occurrences,
+            "notified": self.notified,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the last repository listing counted for one source."""
+
+    source: str
+    snapshots: int
+    suspicious: int
+    repository: str  # the repository's id: counts from another repository do not carry over
+    listed: datetime
+
+
+class RunHistory:
+    """The state DB. Thread-safe (one connection behind a lock); several processes may share it.
+
+    Open it with ``RunHistory.open(path)``; use it as a context manager or ``close()`` it.
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self.lock_dir = path.parent / "locks"
+        self._db = connection
+        self._mutex = threading.RLock()
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._owner_fd: int | None = None
+
+    # ---- opening and closing ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> RunHistory:
+        """Open (creating the directory, file and schema) the state DB at ``path``; mark runs whose
+        process died as interrupted. Raises StateError naming the path when it cannot."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / "locks").mkdir(exist_ok=True)
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            hint = "set `state:` in the policy to a writable path"
+            raise StateError(f"cannot open the state DB {path}: {exc}; {hint}") from exc
+        history = cls(path, connection)
+        try:
+            history._prepare()
+            history.reap_interrupted()
+        except (sqlite3.Error, StateError) as exc:
+            connection.close()
+            raise StateError(f"cannot use the state DB {path}: {exc}") from exc
+        return history
+
+    def _prepare(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("state.no_wal", path=str(self.path), journal_mode=mode)
+        self._db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses no committed run
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this Lifeboat's ({SCHEMA_VERSION})")
+        with self._transaction() as db:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database and give up this process's owner lock (and its file)."""
+        with self._mutex:
+            self._db.close()
+            if self._owner_fd is not None:
+                with contextlib.suppress(OSError):
+                    (self.lock_dir / f"owner-{self.owner}.lock").unlink()
+                os.close(self._owner_fd)
+                self._owner_fd = None
+
+    def __enter__(self) -> RunHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so read-then-write cannot race."""
+        with self._mutex:
+            try:
+                if self._db.in_transaction:  # left open by a thread aborted between BEGIN and its try block
+                    self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StateError(f"the state DB {self.path} does not take writes: {exc}") from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StateError(f"the state DB {self.path} failed a write: {exc}") from exc
+                raise
+
+    def _query(self, sql: str, parameters: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            try:
+                cursor = self._db.execute(sql, tuple(parameters))
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot read the state DB {self.path}: {exc}") from exc
+
+    # ---- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, kind: RunKind, name: str, *, origin: str, started: datetime | None = None) -> int:
+        """Record a run as running; return its id."""
+        self._hold_owner_lock()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, name, started, status, origin, host, pid, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind.value,
+                    name,
+                    _text(started or utc_now()),
+                    RunStatus.RUNNING.value,
+                    origin,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self.owner,
+                ),
+            )
+            run_id = cursor.lastrowid
+        assert run_id is not None
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        *,
+        figures: Mapping[str, Any] | None = None,
+        snapshot_id: str | None = None,
+        error: str | None = None,
+        finished: datetime | None = None,
+    ) -> None:
+        """Record how a run ended. ``error`` must already have its secrets masked."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished = ?, figures = ?, snapshot_id = ?, error = ? WHERE id = ?",
+                (
+                    status.value,
+                    _text(finished or utc_now()),
+                    json.dumps(dict(figures or {}), default=str, ensure_ascii=False),
+                    snapshot_id,
+                    error,
+                    run_id,
+                ),
+            )
+
+    def run(self, run_id: int) -> RunRecord:
+        [row] = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(row)
+
+    def runs(self, kind: RunKind | None = None, name: str | None = None, *, limit: int = 50) -> list[RunRecord]:
+        """The newest ``limit`` runs (of ``kind``, of ``name``), newest first."""
+        where, parameters = _filters(kind=kind, name=name)
+        rows = self._query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", [*parameters, limit])
+        return [_run(row) for row in rows]
+
+    def last_run(self, kind: RunKind, name: str, statuses: Iterable[RunStatus] | None = None) -> RunRecord | None:
+        """The newest run of ``kind`` and ``name`` (with one of ``statuses``), or None."""
+        where, parameters = _filters(kind=kind, name=name, statuses=statuses)
+        rows = self._query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT 1", parameters)
+        return _run(rows[0]) if rows else None
+
+    def last_runs(self, kind: RunKind, statuses: Iterable[RunStatus]) -> dict[str, RunRecord]:
+        """Per name, the newest run of ``kind`` with one of ``statuses``."""
+        where, parameters = _filters(kind=kind, statuses=statuses)
+        rows = self._query(f"SELECT * FROM runs WHERE id IN (SELECT MAX(id) FROM runs {where} GROUP BY name)", parameters)
+        return {row["name"]: _run(row) for row in rows}
+
+    def reap_interrupted(self) -> list[int]:
+        """Mark ``running`` runs whose process is gone as ``interrupted``; return their ids."""
+        rows = self._query("SELECT id, owner, host, pid FROM runs WHERE status = 'running' AND owner != ?", (self.owner,))
+        reaped = []
+        for row in rows:
+            if self._owner_alive(row["owner"]):
+                continue
+            error = f"interrupted: the process running it (host {row['host']}, pid {row['pid']}) ended first"
+            with self._transaction() as db:
+                cursor = db.execute(
+                    "UPDATE runs SET status = 'interrupted', finished = ?, error = ? WHERE id = ? AND status = 'running'",
+                    (_text(utc_now()), error, row["id"]),
+                )
+            if cursor.rowcount:
+                reaped.append(row["id"])
+        if reaped:
+            log.warning("state.runs_interrupted", runs=reaped, reason="their process ended before they finished")
+        return reaped
+
+    def interrupt_own_runs(self, reason: str) -> list[int]:
+        """Mark this process's runs still ``running`` as ``interrupted`` (the service, when it stops)."""
+        with self._transaction() as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM runs WHERE status = 'running' AND owner = ?", (self.owner,))]
+            db.execute(
+                "UPDATE runs SET status = 'interrupted', finished = ?, error = ? WHERE status = 'running' AND owner = ?",
+                (_text(utc_now()), reason, self.owner),
+            )
+        return ids
+
+    # ---- incidents -------------------------------------------------------------------------------
+
+    def open_incident(self, event: str, name: str, *, run_id: int | None, message: str) -> Incident:
+        """Open the incident ``event:name``, or count one more occurrence of the open one; return it.
+
+        The caller notifies when the returned incident is not ``notified`` yet, then calls
+        ``mark_notified``: a repeat of an incident already told stays quiet."""
+        key = f"{event}:{name}"
+        now = _text(utc_now())
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE incidents SET occurrences = occurrences + 1, last_seen = ?, last_run = ?, message = ? "
+                "WHERE key = ? AND closed IS NULL",
+                (now, run_id, message, key),
+            )
+            if not updated.rowcount:
+                db.execute(
+                    "INSERT INTO incidents (key, event, name, opened, last_seen, first_run, last_run, message) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, event, name, now, now, run_id, run_id, message),
+                )
+        return self._open_incident(key)
+
+    def mark_notified(self, incident_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE incidents SET notified = 1 WHERE id = ?", (incident_id,))
+
+    def close_incident(self, event: str, name: str, *, run_id: int | None) -> Incident | None:
+        """Close the open incident ``event:name``; return it as it was closed, or None if none was open."""
+        key = f"{event}:{name}"
+        with self._transaction() as db:
+            found = db.execute("SELECT id FROM incidents WHERE key = ? AND closed IS NULL", (key,)).fetchone()
+            if found is None:
+                return None
+            db.execute("UPDATE incidents SET closed = ?, closed_by = ? WHERE id = ?", (_text(utc_now()), run_id, found[0]))
+        [row] = self._query("SELECT * FROM incidents WHERE id = ?", (found[0],))
+        return _incident(row)
+
+    def open_incidents(self) -> list[Incident]:
+        return [_incident(row) for row in self._query("SELECT * FROM incidents WHERE closed IS NULL ORDER BY id")]
+
+    def _open_incident(self, key: str) -> Incident:
+        [row] = self._query("SELECT * FROM incidents WHERE key = ? AND closed IS NULL", (key,))
+        return _incident(row)
+
+    # ---- inventory -------------------------------------------------------------------------------
+
+    def set_inventory(self, counts: Mapping[str, tuple[int, int]], *, repository: str) -> None:
+        """Store ``{source: (snapshots, suspicious)}`` from a listing of repository ``repository``."""
+        now = _text(utc_now())
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO inventory (source, snapshots, suspicious, repository, listed) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(source, total, suspicious, repository, now) for source, (total, suspicious) in counts.items()],
+            )
+
+    def inventory(self) -> dict[str, Inventory]:
+        rows = self._query("SELECT * FROM inventory")
+        return {
+            row["source"]: Inventory(
+                row["source"], row["snapshots"], row["suspicious"], row["repository"], _moment(row["listed"]) or utc_now()
+            )
+            for row in rows
+        }
+
+    # ---- health ----------------------------------------------------------------------------------
+
+    def probe_write(self) -> None:
+        """Write a heartbeat row; raises StateError when the database does not take writes."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (_text(utc_now()),))
+
+    # ---- liveness --------------------------------------------------------------------------------
+
+    def _hold_owner_lock(self) -> None:
+        """From this process's first run on, hold ``locks/owner-<token>.lock`` until ``close()``."""
+        with self._mutex:
+            if self._owner_fd is not None:
+                return
+            path = self.lock_dir / f"owner-{self.owner}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                raise StateError(f"cannot take the owner lock {path}: {exc}") from exc
+            os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+            self._owner_fd = fd
+
+    def _owner_alive(self, owner: str) -> bool:
+        path = self.lock_dir / f"owner-{owner}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False  # the file exists for as long as its owner has runs going
+        except OSError:
+            return True  # cannot tell: never call a live run interrupted
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()  # we held it: its owner is gone
+        return False
+
+
+def _filters(
+    *, kind: RunKind | None = None, name: str | None = None, statuses: Iterable[RunStatus] | None = None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    parameters: list[Any] = []
+    if kind is not None:
+        clauses.append("kind = ?")
+        parameters.append(kind.value)
+    if name is not None:
+        clauses.append("name = ?")
+        parameters.append(name)
+    if statuses is not None:
+        wanted = [status.value for status in statuses]
+        clauses.append(f"status IN ({', '.join('?' * len(wanted))})")
+        parameters += wanted
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", parameters
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        kind=RunKind(row["kind"]),
+        name=row["name"],
+        started=_moment(row["started"]) or utc_now(),
+        finished=_moment(row["finished"]),
+        status=RunStatus(row["status"]),
+        figures=json.loads(row["figures"] or "{}"),
+        snapshot_id=row["snapshot_id"],
+        error=row["error"],
+        origin=row["origin"],
+        host=row["host"],
+        pid=row["pid"],
+    )
+
+
+def _incident(row: sqlite3.Row) -> Incident:
+    return Incident(
+        id=row["id"],
+        key=row["key"],
+        event=row["event"],
+        name=row["name"],
+        opened=_moment(row["opened"]) or utc_now(),
+        last_seen=_moment(row["last_seen"]) or utc_now(),
+        closed=_moment(row["closed"]),
+        occurrences=row["occurrences"],
+        notified=bool(row["notified"]),
+        message=row["message"],
+    )
+
+
+# ---- source locks ----------------------------------------------------------------------------------
+
+
+class SourceLocks:
+    """Per-source locks, so that a source's backup, prune and drill never overlap on this machine.
+
+    Each lock is a ``threading.Lock`` (runs of this process) plus an exclusive ``flock`` on
+    ``<lock_dir>/source-<name>.lock`` (other Lifeboat processes: the service and CLI runs, cron
+    jobs). The kernel drops a flock when its process dies, so a crash never leaves one behind.
+    Across machines the repository's own locks keep prune away from a running backup or drill.
+    """
+
+    def __init__(self, lock_dir: Path) -> None:
+        self.lock_dir = lock_dir
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._holders: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def hold(self, names: Iterable[str], *, purpose: str, wait: float) -> Iterator[None]:
+        """Hold the locks of every source in ``names`` (taken in sorted order, so two runs that need
+        overlapping sets cannot deadlock) while the block runs. Waits up to ``wait`` seconds in all,
+        then raises SourceBusy naming who holds the lock."""
+        deadline = time.monotonic() + wait
+        with contextlib.ExitStack() as held:
+            for name in sorted(set(names)):
+                held.enter_context(self._hold_one(name, purpose, deadline))
+            yield
+
+    @contextlib.contextmanager
+    def _hold_one(self, name: str, purpose: str, deadline: float) -> Iterator[None]:
+        with self._guard:
+            in_process = self._locks.setdefault(name, threading.Lock())
+        # Short timeouts in a loop, not one long wait: a job aborted at shutdown must be able to
+        # leave (an exception raised into a thread lands between bytecodes, never inside a C wait).
+        while not in_process.acquire(timeout=LOCK_POLL_SECONDS):
+            if time.monotonic() >= deadline:
+                holder = self._holders.get(name, "another run")
+                raise SourceBusy(f"source '{name}' is busy: {holder} holds it; gave up waiting")
+        try:
+            with self._file_lock(name, purpose, deadline):
+                self._holders[name] = f"{purpose} (this process)"
+                try:
+                    yield
+                finally:
+                    self._holders.pop(name, None)
+        finally:
+            in_process.release()
+
+    @contextlib.contextmanager
+    def _file_lock(self, name: str, purpose: str, deadline: float) -> Iterator[None]:
+        path = self.lock_dir / f"source-{name}.lock"
+        try:
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StateError(f"cannot open the source lock {path}: {exc}") from exc
+        try:
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SourceBusy(f"source '{name}' is busy: {_holder(fd)} holds it; gave up waiting") from None
+                    if not waited:
+                        log.info("lock.waiting", source=name, purpose=purpose, holder=_holder(fd))
+                        waited = True
+                    time.sleep(LOCK_POLL_SECONDS)
+            holder = {"purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "since": _text(utc_now())}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _holder(fd: int) -> str:
+    """Who holds a source lock, from what the holder wrote into the file."""
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"{doc['purpose']} (host {doc['host']}, pid {doc['pid']}, since {doc['since']})"
+    except (OSError, ValueError, KeyError):
+        return "another Lifeboat process"

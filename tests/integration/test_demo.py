@@ -1,0 +1,40 @@
+"""`lifeboat demo --small`: the whole story a new user runs first, end to end, as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import require_binaries
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_the_whole_story_and_stops_everything(tmp_path: Path) -> None:
+    require_binaries("etcd", "etcdctl", "clickhouse-server")
+    workdir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "lifeboat", "demo", "--small", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for line in (
+        "1. Starting local servers",
+        "3. Backing up every source, twice",
+        "verdict: PASS",
+        "5. Stopping the servers",
+    ):
+        assert line in out
+    assert "email to the team: [lifeboat] nightly PASS: 3 sources" in out
+    for source in ("k8s-etcd", "features", "models"):
+        assert any(row.split()[:2] == [source, "PASS"] for row in out.splitlines() if row.strip()), source
+    html = next(line.split("HTML report: ")[1] for line in out.splitlines() if "HTML report: " in line)
+    assert Path(html).is_file() and "PASS" in Path(html).read_text()
+    leftovers = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True, check=False).stdout
+    assert leftovers.strip() == ""  # every server the demo started is stopped

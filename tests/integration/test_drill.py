@@ -1,0 +1,309 @@
+"""Drills end to end against real etcd, ClickHouse, S3 and SMTP servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from backup.repository import open_repository
+from backup.repository.repository import chunk_key
+from backup.sources import make_source
+from backup.sources.base import Verdict, Verification
+from drills.model import Status
+from drills.runner import new_run_id, run_drill
+from drills.scratch import make_scratch
+from lifeboat.cli import cli
+from policies.loader import load_policy
+
+pytestmark = pytest.mark.integration
+ALL_FAULTS = "[corrupt-chunk, missing-chunk, flaky-storage, kill-target, disaster, verifier-canary]"
+
+
+@dataclass
+class Setup:
+    config: Path
+    root: Path
+    database: str
+    bucket: str
+
+
+def policy_text(root: Path, etcd: Any, clickhouse: Any, s3: Any, smtp: Any, database: str, bucket: str, **over: str) -> str:
+    values = {"rpo": "1h", "faults": ALL_FAULTS, "sources": "[k8s-etcd, features, models]", "etcd_bin": "etcd", **over}
+    return textwrap.dedent(
+        f"""
+        repository: {{url: "file://{root}/repo"}}
+        state: {root}/state.db
+        sources:
+          k8s-etcd: {{kind: etcd, endpoints: ["{etcd.endpoint}"]}}
+          features:
+            kind: clickhouse
+            host: 127.0.0.1
+            port: {clickhouse.tcp_port}
+            http_port: {clickhouse.http_port}
+            databases: [{database}]
+          models:
+            kind: s3
+            endpoint_url: {s3.endpoint_url}
+            access_key_id: testing
+            secret_access_key: testing
+            buckets: [{bucket}]
+        scratch:
+          kind: local
+          local:
+            workdir: {root}/scratch
+            etcd_bin: {values["etcd_bin"]}
+            clickhouse: {{host: 127.0.0.1, port: {clickhouse.tcp_port}, http_port: {clickhouse.http_port}}}
+            s3: {{endpoint_url: "{s3.endpoint_url}", access_key_id: testing, secret_access_key: testing}}
+        drills:
+          nightly:
+            sources: {values["sources"]}
+            objectives: {{rto: 30m, rpo: {values["rpo"]}}}
+            faults: {values["faults"]}
+            notify: [team]
+        notify:
+          team:
+            kind: email
+            smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false}}
+            from: lifeboat@example.org
+            to: [ml-platform@example.org]
+            on: [drill]
+        """
+    )
+
+
+def seed_etcd(endpoint: str) -> None:
+    for i in range(60):
+        namespace = f"team-{i % 3}"
+        key = f"/registry/pods/{namespace}/pod-{i}".encode()
+        body = json.dumps({"key": _b64(key), "value": _b64(os.urandom(64))}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/v3/kv/put", data=body, method="POST"), timeout=10).read()
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path,
+    etcd_server: Any,
+    clickhouse_server: Any,
+    clickhouse_database: str,
+    s3_server: Any,
+    s3_bucket: str,
+    smtp_inbox: Any,
+) -> Setup:
+    seed_etcd(etcd_server.endpoint)
+    from clickhouse_driver import Client
+
+    client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
+    client.execute(
+        f"CREATE TABLE {clickhouse_database}.events (day Date, user UInt64, score Float64, tag String) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (day, user)"
+    )
+    client.execute(
+        f"INSERT INTO {clickhouse_database}.events SELECT toDate('2026-09-01') + number % 90, number, number / 7, "
+        "toString(number % 13) FROM system.numbers LIMIT 20000"
+    )
+    s3 = s3_server.client()
+    for i in range(30):
+        s3.put_object(
+            Bucket=s3_bucket, Key=f"models/m{i}.bin", Body=os.urandom(1000 + i * 500), ContentType="application/octet-stream"
+        )
+    config = tmp_path / "lifeboat.yaml"
+    config.write_text(
+        policy_text(tmp_path, etcd_server, clickhouse_server, s3_server, smtp_inbox, clickhouse_database, s3_bucket)
+    )
+    result = lifeboat(config, "backup", "run", "--json")
+    assert result.exit_code == 0, result.output
+    return Setup(config, tmp_path, clickhouse_database, s3_bucket)
+
+
+def lifeboat(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def assert_no_leftovers(setup: Setup, clickhouse_server: Any, s3_server: Any) -> None:
+    from clickhouse_driver import Client
+
+    databases = [row[0] for row in Client("127.0.0.1", port=clickhouse_server.tcp_port).execute("SHOW DATABASES")]
+    assert [name for name in databases if name.startswith("lifeboat_drill_")] == []
+    buckets = [bucket["Name"] for bucket in s3_server.client().list_buckets()["Buckets"]]
+    assert [name for name in buckets if name.startswith("lifeboat-drill-")] == []
+    processes = subprocess.run(
+        ["pgrep", "-af", str(setup.root / "scratch")], capture_output=True, text=True, check=False
+    ).stdout
+    assert processes.strip() == ""
+    assert list((setup.root / "scratch").glob("*/")) in ([], [setup.root / "scratch" / "runs"])
+
+
+def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_team(
+    setup: Setup, smtp_inbox: Any, clickhouse_server: Any, s3_server: Any
+) -> None:
+    result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--report-dir", str(setup.root / "reports"))
+    report = json.loads(result.stdout)
+    failed = [
+        (s["source"], st["name"], st["verdict"], st["message"])
+        for s in report["sources"]
+        for st in s["steps"]
+        if st["verdict"] != "PASS"
+    ]
+    assert failed == [] and result.exit_code == 0 and report["verdict"] == "PASS"
+    assert [s["source"] for s in report["sources"]] == ["k8s-etcd", "features", "models"]
+    for source in report["sources"]:
+        names = [step["name"] for step in source["steps"]]
+        assert names[:6] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify"]
+        assert [n for n in names if n.startswith("fault:")] == [f"fault:{f}" for f in ALL_FAULTS.strip("[]").split(", ")]
+        assert source["rto_seconds"] > 0 and source["rpo_seconds"] >= 0
+
+    [mail] = smtp_inbox.wait_for(1)
+    assert mail["Subject"].startswith("[lifeboat] nightly PASS: 3 sources, RTO ")
+    kinds = {part.get_content_type() for part in mail.walk()}
+    assert {"text/plain", "text/html"} <= kinds
+    attachments = {part.get_filename(): part.get_content() for part in mail.iter_attachments()}
+    assert any(name.endswith(".json") for name in attachments) and any(name.endswith(".xml") for name in attachments)
+
+    junit = ET.parse(report["report_files"]["junit"]).getroot()
+    cases = junit.findall(".//testcase")
+    assert len(cases) == sum(len(s["steps"]) for s in report["sources"]) + len(report["steps"])
+    assert not junit.findall(".//failure") and not junit.findall(".//error")
+    history = json.loads(lifeboat(setup.config, "drill", "history", "nightly", "--json").stdout)["runs"]
+    assert [run["run_id"] for run in history] == [report["run_id"]]
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
+
+
+def test_a_chunk_corrupted_on_disk_makes_the_restore_fail(setup: Setup, clickhouse_server: Any, s3_server: Any) -> None:
+    policy = load_policy(setup.config)
+    with open_repository(policy.repository) as repository:
+        header = repository.find_snapshot("k8s-etcd")
+        [entry] = list(repository.entries(header))
+    path = setup.root / "repo" / chunk_key(entry.chunks[0][0])
+    raw = path.read_bytes()
+    path.write_bytes(raw[:50] + bytes([raw[50] ^ 0xFF]) + raw[51:])
+    result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["verdict"] == "FAIL"
+    etcd = report["sources"][0]
+    restore = next(step for step in etcd["steps"] if step["name"] == "restore")
+    assert restore["verdict"] == "FAIL" and entry.chunks[0][0] in restore["message"]
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
+
+
+def test_a_stale_snapshot_fails_the_rpo_step(
+    setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
+) -> None:
+    setup.config.write_text(
+        policy_text(
+            setup.root,
+            etcd_server,
+            clickhouse_server,
+            s3_server,
+            smtp_inbox,
+            setup.database,
+            setup.bucket,
+            rpo="1s",
+            faults="[]",
+            sources="[k8s-etcd]",
+        )
+    )
+    time.sleep(1.5)
+    result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
+    report = json.loads(result.stdout)
+    rpo = next(step for step in report["sources"][0]["steps"] if step["name"] == "rpo")
+    assert rpo["verdict"] == "FAIL" and "over the RPO objective 1.0s" in rpo["message"]
+    assert result.exit_code == 1 and report["verdict"] == "FAIL"
+
+
+def test_a_scratch_server_that_cannot_start_is_an_error_not_a_pass(
+    setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
+) -> None:
+    setup.config.write_text(
+        policy_text(
+            setup.root,
+            etcd_server,
+            clickhouse_server,
+            s3_server,
+            smtp_inbox,
+            setup.database,
+            setup.bucket,
+            etcd_bin=str(setup.root / "no-such-etcd"),
+            faults="[disaster]",
+            sources="[k8s-etcd]",
+        )
+    )
+    result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
+    report = json.loads(result.stdout)
+    restore = next(step for step in report["sources"][0]["steps"] if step["name"] == "restore")
+    assert restore["verdict"] == "ERROR" and "no-such-etcd" in restore["message"]
+    assert result.exit_code == 3 and report["verdict"] == "ERROR"
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
+
+
+def test_a_blind_verifier_is_caught_by_the_canary(setup: Setup, clickhouse_server: Any, s3_server: Any) -> None:
+    class BlindVerifier:
+        """The real source, except that its verification always says "match"."""
+
+        def __init__(self, name: str, settings: Any) -> None:
+            self._real = make_source(name, settings)
+            self.name, self.kind = self._real.name, self._real.kind
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(self._real, attribute)
+
+        def verify(self, header: Any, target: Any, **_: Any) -> Verification:
+            return Verification(Verdict.MATCH, "looks fine to me")
+
+    policy = load_policy(setup.config)
+    with open_repository(policy.repository) as repository:
+        scratch = make_scratch(policy.scratch, new_run_id(__import__("datetime").datetime.now(__import__("datetime").UTC)))
+        run = run_drill(policy, "nightly", repository=repository, scratch=scratch, make_source=BlindVerifier)  # type: ignore[arg-type]
+    assert run.verdict is Status.FAIL
+    for source in run.sources:
+        canary = next(step for step in source.steps if step.name == "fault:verifier-canary")
+        assert canary.verdict is Status.FAIL and "verifier blind" in canary.message
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_janitor(setup: Setup, clickhouse_server: Any, s3_server: Any) -> None:
+    from clickhouse_driver import Client
+
+    dead = "20200101t000000z-dead"
+    runs = setup.root / "scratch" / "runs"
+    runs.mkdir(parents=True)
+    (runs / f"{dead}.json").write_text(
+        json.dumps(
+            {
+                "run_id": dead,
+                "pid": 2**22 + 7,
+                "host": os.uname().nodename,
+                "started": "2020-01-01T00:00:00+00:00",
+                "names": {},
+                "pids": [],
+            }
+        )
+    )
+    (setup.root / "scratch" / dead / "k8s-etcd-1").mkdir(parents=True)
+    Client("127.0.0.1", port=clickhouse_server.tcp_port).execute(
+        f"CREATE DATABASE lifeboat_drill_{dead.replace('-', '_')}_1"
+    )
+    s3_server.client().create_bucket(Bucket=f"lifeboat-drill-{dead}-2")
+    preview = lifeboat(setup.config, "janitor", "--dry-run")
+    assert "would remove 3 leftover(s)" in preview.stdout
+    done = lifeboat(setup.config, "janitor", "--json")
+    removed = json.loads(done.stdout)["removed"]
+    assert any(dead.replace("-", "_") in item and item.startswith("database") for item in removed)
+    assert any(item.startswith("bucket") for item in removed) and any(item.startswith("workdir") for item in removed)
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
