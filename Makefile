@@ -1,12 +1,17 @@
-# The two commands of the README: `make test` and (with the service issue) `make demo`.
+# The two commands of the README: `make demo` and `make test`.
 # Both set up what they need on a fresh Debian/Ubuntu machine: the Debian packages, then .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: test test-fast lint system-deps venv clean
+.PHONY: demo test test-fast lint bench system-deps venv clean
+
+# The whole story on local servers: etcd, ClickHouse, S3, SMTP; two backups; a drill with every fault.
+demo: system-deps venv
+	$(BIN)/lifeboat demo $(DEMO_ARGS)
 
 test: system-deps venv lint
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -15,8 +20,13 @@ test: system-deps venv lint
 test-fast: venv
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
+# Benchmarks: each prints Lifeboat against the bare tool doing the same work, measured in the same run.
+bench: system-deps venv
+	@for script in tests/bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 venv: $(VENV)/.installed
