@@ -317,13 +317,42 @@ class KubernetesImages(Frozen):
     minio: str = "minio/minio:RELEASE.2024-10-13T13-34-11Z"
 
 
+class KubernetesLimits(Frozen):
+    """The LimitRange of a drill namespace: what a container gets when it asks for nothing."""
+
+    default_cpu: str = "2"
+    default_memory: str = "4Gi"
+    default_request_cpu: str = "250m"
+    default_request_memory: str = "512Mi"
+
+
 class KubernetesScratch(Frozen):
     namespace_prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}-$")] = "lifeboat-drill-"
     images: KubernetesImages = KubernetesImages()
+    lifeboat_image: str = "ghcr.io/lifeboat/lifeboat:latest"  # the etcd restore init container's image
     ttl: Duration = timedelta(hours=6)
     kubeconfig: Path | None = None
     context: str | None = None
+    in_cluster: bool = False  # use the pod's service account instead of a kubeconfig
     access: Literal["port-forward", "service-dns"] = "port-forward"
+    # ResourceQuota ``spec.hard`` of a drill namespace, and its LimitRange defaults.
+    quota: dict[str, str] = {
+        "requests.cpu": "4",
+        "requests.memory": "16Gi",
+        "limits.cpu": "8",
+        "limits.memory": "32Gi",
+        "requests.storage": "200Gi",
+        "persistentvolumeclaims": "10",
+        "pods": "20",
+    }
+    limits: KubernetesLimits = KubernetesLimits()
+    storage: str = "20Gi"  # each restored copy's PVC
+    storage_class: str | None = None
+    ready_timeout: Duration = timedelta(minutes=10)
+    teardown_timeout: Duration = timedelta(minutes=5)
+    # The janitor: namespaces where it deletes finished pods and Jobs older than ``finished_max_age``.
+    janitor_namespaces: list[Name] = []
+    finished_max_age: Duration = timedelta(hours=24)
 
 
 class Scratch(Frozen):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drills.scratch.base import ScratchEnvironment, Slot
+from drills.scratch.kubernetes import KubernetesScratchEnvironment
 from drills.scratch.local import LocalScratchEnvironment
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import Scratch
 
 SCRATCH: dict[str, Callable[[Scratch, str], ScratchEnvironment]] = {
     "local": lambda settings, run_id: LocalScratchEnvironment(settings.local, run_id),
+    # The drill name is not passed to factories yet: the namespace's lifeboat.io/drill label is the run id.
+    "kubernetes": lambda settings, run_id: KubernetesScratchEnvironment(settings.kubernetes, run_id),
 }
 
 

@@ -1,0 +1,341 @@
+"""A small HTTP-level fake of the Kubernetes API server, for tests that drive the real ``kubernetes``
+client (no kube-apiserver, kind or k3s can run on these machines: ENVIRONMENT.md).
+
+What it does: an ``http.server`` in a thread on a free 127.0.0.1 port; objects in memory, keyed by
+(group/version, resource, namespace, name); create (POST), get, list with an equality-based
+``labelSelector`` and ``fieldSelector``, delete (the ``propagationPolicy`` is recorded with the
+request), merge patch, and a pod's log. Every request is recorded (method, path, query, body).
+
+What it does not do: controllers, watches, admission, validation, resourceVersion conflicts. A
+test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod of
+a StatefulSet) and ``namespace_linger``: how many reads a deleted namespace stays Terminating.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import kubernetes.client
+
+Object = dict[str, Any]
+Key = tuple[str, str, str, str]  # (group/version, resource, namespace or "", name)
+Hook = Callable[["FakeKubernetes", Key, Object], None]
+
+KINDS = {
+    "namespaces": "Namespace",
+    "pods": "Pod",
+    "services": "Service",
+    "events": "Event",
+    "secrets": "Secret",
+    "configmaps": "ConfigMap",
+    "resourcequotas": "ResourceQuota",
+    "limitranges": "LimitRange",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "statefulsets": "StatefulSet",
+    "jobs": "Job",
+    "networkpolicies": "NetworkPolicy",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+    @property
+    def access(self) -> tuple[str, str, str, str | None]:
+        """(verb, API group, resource or resource/subresource, namespace) as RBAC sees this request."""
+        route = parse_path(self.path)
+        verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch"}.get(self.method, "get")
+        if self.method == "GET" and not route.name:
+            verb = "list"
+        group = route.group_version.rpartition("/")[0]
+        resource = f"{route.resource}/{route.sub}" if route.sub else route.resource
+        return verb, group, resource, route.namespace or None
+
+
+@dataclass(frozen=True)
+class Route:
+    group_version: str
+    resource: str
+    namespace: str
+    name: str
+    sub: str
+
+
+def parse_path(path: str) -> Route:
+    """``/api/v1/namespaces/x/pods/p/log`` -> Route("v1", "pods", "x", "p", "log")."""
+    parts = [part for part in path.split("/") if part]
+    if parts[0] == "api":
+        group_version, rest = parts[1], parts[2:]
+    else:
+        group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    namespace = ""
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    elif len(rest) == 2 and rest[0] == "namespaces":
+        return Route(group_version, "namespaces", "", rest[1], "")
+    resource = rest[0]
+    name = rest[1] if len(rest) > 1 else ""
+    sub = rest[2] if len(rest) > 2 else ""
+    return Route(group_version, resource, namespace, name, sub)
+
+
+def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _field(obj: Object, dotted: str) -> Any:
+    node: Any = obj
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _merge(target: Object, patch: Object) -> Object:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class FakeKubernetes:
+    """The in-memory API server; ``url`` once started."""
+
+    objects: dict[Key, Object] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, pod) -> log text
+    on_create: list[Hook] = field(default_factory=list)
+    namespace_linger: int = 0  # reads a deleted namespace stays Terminating before it is gone
+    url: str = ""
+    _lingering: dict[str, int] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    # ---- the store ------------------------------------------------------------------------
+
+    def put(self, group_version: str, resource: str, obj: Object, namespace: str = "") -> Object:
+        """Store ``obj`` as the API server would after a create: uid, resourceVersion, timestamp."""
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
+        meta["resourceVersion"] = str(next(self._versions))
+        if namespace:
+            meta["namespace"] = namespace
+        obj.setdefault("apiVersion", group_version)
+        obj.setdefault("kind", KINDS.get(resource, resource))
+        if resource == "namespaces":
+            obj.setdefault("status", {"phase": "Active"})
+        self.objects[(group_version, resource, namespace, meta["name"])] = obj
+        return obj
+
+    def get(self, group_version: str, resource: str, name: str, namespace: str = "") -> Object | None:
+        return self.objects.get((group_version, resource, namespace, name))
+
+    def of(self, resource: str) -> list[Object]:
+        return [obj for key, obj in self.objects.items() if key[1] == resource]
+
+    def sent(self, method: str | None = None) -> list[Request]:
+        return [request for request in self.requests if method is None or request.method == method]
+
+    # ---- the verbs ------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            self.requests.append(Request(method, path, query, body))
+            route = parse_path(path)
+            if route.sub == "log":
+                return 200, self.logs.get((route.namespace, route.name), "")
+            key = (route.group_version, route.resource, route.namespace, route.name)
+            verbs: dict[str, Callable[[], tuple[int, Any]]] = {
+                "POST": lambda: self._create(route, body),
+                "GET": lambda: self._read(key) if route.name else self._list(route, query),
+                "DELETE": lambda: self._delete(key, route),
+                "PATCH": lambda: self._patch(key, body),
+            }
+            return verbs[method]()
+
+    def _create(self, route: Route, body: Object) -> tuple[int, Any]:
+        name = body.get("metadata", {}).get("name", "")
+        key = (route.group_version, route.resource, route.namespace, name)
+        if key in self.objects:
+            return 409, _status(409, "AlreadyExists", f'{route.resource} "{name}" already exists')
+        if route.namespace and not self.get("v1", "namespaces", route.namespace):
+            return 404, _status(404, "NotFound", f'namespaces "{route.namespace}" not found')
+        stored = self.put(route.group_version, route.resource, copy.deepcopy(body), route.namespace)
+        for hook in list(self.on_create):
+            hook(self, key, stored)
+        return 201, stored
+
+    def _read(self, key: Key) -> tuple[int, Any]:
+        obj = self.objects.get(key)
+        if obj is None:
+            return 404, _status(404, "NotFound", f'{key[1]} "{key[3]}" not found')
+        if key[1] == "namespaces" and key[3] in self._lingering:
+            self._lingering[key[3]] -= 1
+            if self._lingering[key[3]] < 0:
+                self._drop_namespace(key[3])
+                return 404, _status(404, "NotFound", f'namespaces "{key[3]}" not found')
+        return 200, obj
+
+    def _list(self, route: Route, query: dict[str, str]) -> tuple[int, Any]:
+        items = [
+            obj
+            for (gv, resource, namespace, _), obj in sorted(self.objects.items())
+            if gv == route.group_version
+            and resource == route.resource
+            and (not route.namespace or namespace == route.namespace)
+            and _selector_matches(query.get("labelSelector", ""), obj["metadata"].get("labels") or {})
+            and all(
+                str(_field(obj, term.split("=", 1)[0])) == term.split("=", 1)[1]
+                for term in filter(None, query.get("fieldSelector", "").split(","))
+            )
+        ]
+        kind = f"{KINDS.get(route.resource, route.resource)}List"
+        return 200, {"apiVersion": route.group_version, "kind": kind, "metadata": {}, "items": items}
+
+    def _delete(self, key: Key, route: Route) -> tuple[int, Any]:
+        obj = self.objects.get(key)
+        if obj is None:
+            return 404, _status(404, "NotFound", f'{key[1]} "{key[3]}" not found')
+        if route.resource == "namespaces" and self.namespace_linger > 0:
+            obj["metadata"]["deletionTimestamp"] = _now()
+            obj["status"] = {"phase": "Terminating"}
+            self._lingering[route.name] = self.namespace_linger
+            return 200, obj
+        if route.resource == "namespaces":
+            self._drop_namespace(route.name)
+        else:
+            del self.objects[key]
+        return 200, obj  # as the API server does: the object, as it was when deletion began
+
+    def _drop_namespace(self, name: str) -> None:
+        for key in [key for key in self.objects if key[2] == name or key == ("v1", "namespaces", "", name)]:
+            del self.objects[key]
+        self._lingering.pop(name, None)
+
+    def _patch(self, key: Key, body: Object) -> tuple[int, Any]:
+        obj = self.objects.get(key)
+        if obj is None:
+            return 404, _status(404, "NotFound", f'{key[1]} "{key[3]}" not found')
+        return 200, _merge(obj, body)
+
+
+def _status(code: int, reason: str, message: str) -> Object:
+    return {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "message": message, "code": code}
+
+
+# ---- controllers a test may add --------------------------------------------------------------
+
+
+def statefulset_pods(*, ready: bool = True, events: tuple[str, ...] = ()) -> Hook:
+    """A StatefulSet gets its pod ``<name>-0``, Ready or not; an unready one gets ``events``."""
+
+    def hook(fake: FakeKubernetes, key: Key, obj: Object) -> None:
+        if key[1] != "statefulsets":
+            return
+        pod_name = f"{key[3]}-0"
+        labels = obj["spec"]["template"]["metadata"].get("labels", {})
+        condition = {"type": "Ready", "status": "True" if ready else "False"}
+        pod = {
+            "metadata": {"name": pod_name, "labels": labels},
+            "spec": obj["spec"]["template"]["spec"],
+            "status": {"phase": "Running" if ready else "Pending", "conditions": [condition]},
+        }
+        fake.put("v1", "pods", pod, key[2])
+        for number, message in enumerate(events):
+            event = {
+                "metadata": {"name": f"{pod_name}.{number}"},
+                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": key[2]},
+                "reason": "Failed",
+                "message": message,
+                "type": "Warning",
+            }
+            fake.put("v1", "events", event, key[2])
+
+    return hook
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+def _handler(fake: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            parsed = urlparse(self.path)
+            query = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            code, answer = fake.handle(self.command, parsed.path, query, body)
+            data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain" if isinstance(answer, str) else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: requests are recorded instead
+            return
+
+    return Handler
+
+
+@contextmanager
+def serve(fake: FakeKubernetes | None = None) -> Iterator[FakeKubernetes]:
+    """Run ``fake`` (a new one by default) on a free loopback port until the block ends."""
+    fake = fake or FakeKubernetes()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def api_client(fake: FakeKubernetes) -> kubernetes.client.ApiClient:
+    """The real client, speaking HTTP to ``fake``."""
+    configuration = kubernetes.client.Configuration(host=fake.url)
+    return kubernetes.client.ApiClient(configuration)
