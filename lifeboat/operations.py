@@ -17,6 +17,7 @@ every run, as the drill's ``notify`` list says.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ from drills.model import DrillRun
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import make_scratch
+from lifeboat.executor import NOTIFICATIONS_ENV, KubernetesBackupExecutor
 from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
 from lifeboat.state import REPOSITORY_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
 from policies.errors import LifeboatError
@@ -73,6 +75,7 @@ class Operations:
     redact: Callable[[str], str] = str
     origin: str = "cli"
     aborting: threading.Event = field(default_factory=threading.Event)
+    backup_executor: KubernetesBackupExecutor | None = None  # built from the policy when needed; tests pass one
 
     @property
     def lock_wait(self) -> float:
@@ -87,7 +90,8 @@ class Operations:
     # ---- backup ----------------------------------------------------------------------------------
 
     def backup(self, name: str, *, repository: RepositoryOpener, progress: Progress | None = None) -> BackupResult:
-        """Snapshot source ``name`` under its source lock; return the result.
+        """Snapshot source ``name`` under its source lock; return the result. In the service with
+        ``executor.kind: kubernetes`` a Job takes the snapshot (``lifeboat.executor``), recorded alike.
 
         Raises what ``run_backup`` raises (SourceError, StoreError...), SourceBusy, JobAborted:
         recorded before they propagate, and a failure notified as a ``backup-failure`` incident.
@@ -96,7 +100,7 @@ class Operations:
         try:
             with self.locks.hold([name], purpose=f"backup {name}", wait=self.lock_wait):
                 repo = repository()
-                result = run_backup(repo, name, self.policy.sources[name], stale_after=self.stale_after, progress=progress)
+                result = self._snapshot(repo, name, run_id=run_id, progress=progress)
         except BaseException as exc:
             error = self._record_failure(run_id, exc, started)
             if error is not None:
@@ -111,6 +115,16 @@ class Operations:
         else:
             self._close_incident("suspicious", name, run_id, f"snapshots of {name} look normal again")
         return result
+
+    def _snapshot(self, repo: Repository, name: str, *, run_id: int, progress: Progress | None) -> BackupResult:
+        """Snapshot ``name`` here, or, for the service with ``executor.kind: kubernetes``, in a Job.
+
+        Only the service submits Jobs: the Job's pod runs ``lifeboat backup run`` (origin ``cli``)
+        with the same policy, and must back up in its own process rather than submit another Job."""
+        if self.policy.executor.kind == "kubernetes" and self.origin == "service":
+            executor = self.backup_executor or KubernetesBackupExecutor(self.policy)
+            return executor.backup(name, run_id=run_id, progress=progress)
+        return run_backup(repo, name, self.policy.sources[name], stale_after=self.stale_after, progress=progress)
 
     # ---- prune and check -------------------------------------------------------------------------
 
@@ -178,7 +192,7 @@ class Operations:
         try:
             with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
                 repo = repository()
-                scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()))
+                scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()), drill=name)
                 run = run_drill(self.policy, name, repository=repo, scratch=scratch)
             history = load_history(repo, name, limit=HISTORY_FOR_CHARTS)
             directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id
@@ -231,7 +245,11 @@ class Operations:
             self._send(event, recovery_message(event, name, what, incident.occurrences, incident.opened.isoformat()))
 
     def _send(self, event: str, message: Notification) -> list[Any]:
-        """Send to every notifier subscribed to ``event``; never raises (a notifier only warns)."""
+        """Send to every notifier subscribed to ``event``; never raises (a notifier only warns).
+        A backup running as a Kubernetes Job (``LIFEBOAT_NOTIFICATIONS=off``) leaves it to the service."""
+        if os.environ.get(NOTIFICATIONS_ENV) == "off":
+            log.info("notify.left_to_the_service", trigger=event)
+            return []
         try:
             return notify(build_notifiers(self.policy.notify), event, message)
         except LifeboatError as exc:

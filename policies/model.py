@@ -361,6 +361,52 @@ class Scratch(Frozen):
     kubernetes: KubernetesScratch = KubernetesScratch()
 
 
+# ---- executor ---------------------------------------------------------------------------------
+
+_DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL)]
+
+
+class ExecutorResources(Frozen):
+    """A backup Job container's ``resources``: like the scheduler's in deploy/kubernetes."""
+
+    requests: dict[str, str] = {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"}
+    limits: dict[str, str] = {"memory": "2Gi", "ephemeral-storage": "12Gi"}
+
+
+class KubernetesExecutor(Frozen):
+    """Where and how ``lifeboat serve`` runs a backup as a ``batch/v1`` Job (lifeboat.executor)."""
+
+    namespace: DnsLabel = "lifeboat"
+    image: str = "lifeboat:0.1.0"
+    service_account: DnsLabel = "lifeboat-runner"  # no API rights, no token: it only moves data
+    policy_configmap: DnsLabel = "lifeboat-policy"  # key lifeboat.yaml, mounted at /etc/lifeboat/lifeboat.yaml
+    secret: DnsLabel = "lifeboat-secrets"  # every key mounted as /etc/lifeboat/secrets/<key>
+    run_as_user: Annotated[int, Field(ge=1)] = 10001  # the image's `lifeboat` user (deploy/docker/Dockerfile)
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 86400
+    backoff_limit: Annotated[int, Field(ge=0, le=10)] = 0  # a failed run is recorded; the next schedule retries
+    active_deadline: Duration = timedelta(hours=6)
+    poll_interval: Duration = timedelta(seconds=10)
+    tmp_size: str = "10Gi"  # the emptyDir at /tmp where snapshots are staged
+    resources: ExecutorResources = ExecutorResources()
+    kubeconfig: Path | None = None
+    context: str | None = None
+    in_cluster: bool = False  # use the pod's service account instead of a kubeconfig
+
+    @model_validator(mode="after")
+    def _positive_times(self) -> KubernetesExecutor:
+        if self.active_deadline.total_seconds() < 1 or self.poll_interval.total_seconds() <= 0:
+            raise ValueError("active_deadline and poll_interval must be positive durations")
+        return self
+
+
+class Executor(Frozen):
+    """Where a scheduled backup runs: in the service's process (``local``) or as a Kubernetes Job."""
+
+    kind: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesExecutor = KubernetesExecutor()
+
+
 # ---- drills -----------------------------------------------------------------------------------
 
 
@@ -486,6 +532,7 @@ class Policy(Frozen):
     service: Service = Service()
     sources: dict[Name, SourceSettings] = Field(min_length=1)
     scratch: Scratch = Scratch()
+    executor: Executor = Executor()
     drills: dict[Name, Drill] = {}
     notify: dict[Name, Notifier] = {}
 

@@ -8,7 +8,8 @@ request), merge patch, and a pod's log. Every request is recorded (method, path,
 
 What it does not do: controllers, watches, admission, validation, resourceVersion conflicts. A
 test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod of
-a StatefulSet) and ``namespace_linger``: how many reads a deleted namespace stays Terminating.
+a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends) and ``namespace_linger``:
+how many reads a deleted namespace stays Terminating.
 """
 
 from __future__ import annotations
@@ -290,6 +291,48 @@ def statefulset_pods(*, ready: bool = True, events: tuple[str, ...] = ()) -> Hoo
             fake.put("v1", "events", event, key[2])
 
     return hook
+
+
+def job_pods() -> Hook:
+    """A Job gets its pod ``<job>-<5 chars>``, labelled ``job-name`` as the Job controller does, in
+    phase Pending; a test then finishes the Job with ``finish_job``."""
+
+    def hook(fake: FakeKubernetes, key: Key, obj: Object) -> None:
+        if key[1] != "jobs":
+            return
+        labels = {**obj["spec"]["template"]["metadata"].get("labels", {}), "job-name": key[3]}
+        pod = {
+            "metadata": {"name": f"{key[3]}-{uuid.uuid4().hex[:5]}", "labels": labels},
+            "spec": obj["spec"]["template"]["spec"],
+            "status": {"phase": "Pending"},
+        }
+        fake.put("v1", "pods", pod, key[2])
+        obj["status"] = {"active": 1, "startTime": _now()}
+
+    return hook
+
+
+def finish_job(fake: FakeKubernetes, namespace: str, name: str, *, succeeded: bool, log: str = "") -> None:
+    """What the Job controller and kubelet would do at the end: the pod's phase and log, the Job's
+    counts and its Complete or Failed condition (reason BackoffLimitExceeded)."""
+    with fake._lock:
+        job = fake.get("batch/v1", "jobs", name, namespace)
+        assert job is not None, f"no Job {namespace}/{name}"
+        for pod in fake.of("pods"):
+            if pod["metadata"]["namespace"] == namespace and pod["metadata"]["labels"].get("job-name") == name:
+                pod["status"] = {"phase": "Succeeded" if succeeded else "Failed"}
+                fake.logs[(namespace, pod["metadata"]["name"])] = log
+        if succeeded:
+            condition = {"type": "Complete", "status": "True"}
+            job["status"] = {"succeeded": 1, "completionTime": _now(), "conditions": [condition]}
+        else:
+            condition = {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }
+            job["status"] = {"failed": 1, "conditions": [condition]}
 
 
 # ---- serving ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from drills.scratch.base import ScratchEnvironment, Slot
 from drills.scratch.kubernetes import KubernetesScratchEnvironment
@@ -10,14 +10,25 @@ from drills.scratch.local import LocalScratchEnvironment
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import Scratch
 
-SCRATCH: dict[str, Callable[[Scratch, str], ScratchEnvironment]] = {
-    "local": lambda settings, run_id: LocalScratchEnvironment(settings.local, run_id),
-    # The drill name is not passed to factories yet: the namespace's lifeboat.io/drill label is the run id.
-    "kubernetes": lambda settings, run_id: KubernetesScratchEnvironment(settings.kubernetes, run_id),
-}
+
+class ScratchFactory(Protocol):
+    def __call__(self, settings: Scratch, run_id: str, *, drill: str | None) -> ScratchEnvironment: ...
 
 
-def make_scratch(settings: Scratch, run_id: str) -> ScratchEnvironment:
+def _local(settings: Scratch, run_id: str, *, drill: str | None) -> ScratchEnvironment:
+    return LocalScratchEnvironment(settings.local, run_id)  # names carry the run id only
+
+
+def _kubernetes(settings: Scratch, run_id: str, *, drill: str | None) -> ScratchEnvironment:
+    return KubernetesScratchEnvironment(settings.kubernetes, run_id, drill=drill)
+
+
+SCRATCH: dict[str, ScratchFactory] = {"local": _local, "kubernetes": _kubernetes}
+
+
+def make_scratch(settings: Scratch, run_id: str, *, drill: str | None = None) -> ScratchEnvironment:
+    """The scratch environment of ``settings.kind`` for drill run ``run_id`` of drill ``drill``
+    (labels and reports name it; without it, the run id). Raises ConfigError on an unknown kind."""
     try:
         factory = SCRATCH[settings.kind]
     except KeyError:
@@ -25,7 +36,7 @@ def make_scratch(settings: Scratch, run_id: str) -> ScratchEnvironment:
         raise ConfigError(
             "", [ConfigIssue("scratch.kind", f"scratch kind '{settings.kind}' is not available yet; known: {known}")]
         ) from None
-    return factory(settings, run_id)
+    return factory(settings, run_id, drill=drill)
 
 
-__all__ = ["SCRATCH", "ScratchEnvironment", "Slot", "make_scratch"]
+__all__ = ["SCRATCH", "ScratchEnvironment", "ScratchFactory", "Slot", "make_scratch"]

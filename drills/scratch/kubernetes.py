@@ -5,6 +5,9 @@ waits until it is gone. Everything goes through the official ``kubernetes`` clie
 
 Targets are reached by service DNS (``<svc>.<namespace>.svc``): Lifeboat must run inside the
 cluster. ``access: port-forward`` is not implemented yet and is refused when a slot is made.
+The ClickHouse and MinIO servers get a user and password made for the run, kept in a Secret of the
+drill namespace (create-only RBAC: Lifeboat never reads it back, it keeps what it generated); the
+restore, the verification and the faults reach the servers with them.
 The etcd copy is restored inside the cluster by init containers (``lifeboat restore --to-file``, then
 ``etcdutl snapshot restore``); that path has never run against a real cluster.
 """
@@ -12,6 +15,7 @@ The etcd copy is restored inside the cluster by init containers (``lifeboat rest
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +24,22 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 import structlog
+from clickhouse_driver import Client
 from kubernetes.client.exceptions import ApiException
 
 from backup.repository.manifest import SnapshotHeader
+from backup.repository.s3store import make_client
 from backup.sources.base import RestoreOptions
 from backup.sources.etcd import EtcdEndpointTarget
 from drills.scratch.base import Slot
-from drills.scratch.local import ScratchError
+from drills.scratch.common import (
+    ScratchError,
+    SqlClient,
+    drop_largest_table,
+    duplicate_one_row,
+    overwrite_one_object,
+    wipe_bucket,
+)
 from policies.model import KubernetesScratch
 
 log = structlog.get_logger(__name__)
@@ -39,17 +52,42 @@ POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 20
 POLICY_CONFIGMAP = "lifeboat-policy"  # in the drill namespace: what the restore init container reads
 CREDENTIALS_SECRET = "lifeboat-credentials"
+SCRATCH_REGION = "us-east-1"  # MinIO's default; the scratch bucket is created in it
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The user and password of one scratch server, made for this run."""
+
+    user: str
+    password: str
+
+
+def minio_env(credentials: Credentials) -> dict[str, str]:
+    return {"MINIO_ROOT_USER": credentials.user, "MINIO_ROOT_PASSWORD": credentials.password}
+
+
+def clickhouse_env(credentials: Credentials) -> dict[str, str]:
+    """The official image's entrypoint replaces the ``default`` user (which recent images only
+    let in from localhost) with this one, reachable from the network and allowed to create databases."""
+    return {
+        "CLICKHOUSE_USER": credentials.user,
+        "CLICKHOUSE_PASSWORD": credentials.password,
+        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT": "1",
+    }
 
 
 @dataclass(frozen=True)
 class Server:
-    """How one kind's scratch server runs: image key, ports, data path, command, environment."""
+    """How one kind's scratch server runs: image key, ports, data path, command, and the
+    environment its credentials become (None: the server takes no credentials)."""
 
     image: str
     port: int
     data_path: str
     command: list[str]
     ports: dict[str, int] = field(default_factory=dict)
+    credentials_env: Callable[[Credentials], dict[str, str]] | None = None
 
 
 def _servers(settings: KubernetesScratch) -> dict[str, Server]:
@@ -68,8 +106,10 @@ def _servers(settings: KubernetesScratch) -> dict[str, Server]:
             ],
             {"client": 2379},
         ),
-        "clickhouse": Server(images.clickhouse, 9000, "/var/lib/clickhouse", [], {"native": 9000, "http": 8123}),
-        "s3": Server(images.minio, 9000, "/data", ["minio", "server", "/data"], {"s3": 9000}),
+        "clickhouse": Server(
+            images.clickhouse, 9000, "/var/lib/clickhouse", [], {"native": 9000, "http": 8123}, clickhouse_env
+        ),
+        "s3": Server(images.minio, 9000, "/data", ["minio", "server", "/data"], {"s3": 9000}, minio_env),
     }
 
 
@@ -126,6 +166,17 @@ def network_policy_manifest(namespace: str) -> Manifest:
     }
 
 
+def secret_manifest(namespace: str, name: str, data: dict[str, str]) -> Manifest:
+    """An Opaque Secret of the drill namespace (deleted with it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
 def service_manifest(namespace: str, name: str, server: Server) -> Manifest:
     ports = [{"name": port_name, "port": port, "targetPort": port} for port_name, port in server.ports.items()]
     return {
@@ -137,9 +188,16 @@ def service_manifest(namespace: str, name: str, server: Server) -> Manifest:
 
 
 def statefulset_manifest(
-    namespace: str, name: str, server: Server, settings: KubernetesScratch, *, init_containers: list[Manifest] | None = None
+    namespace: str,
+    name: str,
+    server: Server,
+    settings: KubernetesScratch,
+    *,
+    init_containers: list[Manifest] | None = None,
+    credentials_secret: str | None = None,
 ) -> Manifest:
-    """One replica of ``server`` with its data on a PVC from the template ``data``."""
+    """One replica of ``server`` with its data on a PVC from the template ``data``, and its
+    environment from ``credentials_secret`` when given."""
     container: Manifest = {
         "name": "server",
         "image": server.image,
@@ -149,6 +207,8 @@ def statefulset_manifest(
     }
     if server.command:
         container["command"] = server.command
+    if credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     pod_spec: Manifest = {"containers": [container], "automountServiceAccountToken": False}
     if init_containers:
         pod_spec["initContainers"] = init_containers
@@ -203,6 +263,10 @@ def etcd_restore_init_containers(source: str, snapshot: str, settings: Kubernete
     return [fetch, restore]
 
 
+def credentials_secret_name(kind: str) -> str:
+    return f"lifeboat-scratch-{kind}"
+
+
 # ---- the API -----------------------------------------------------------------------------------
 
 
@@ -243,6 +307,7 @@ class KubernetesApi:
             "NetworkPolicy": lambda: self.networking.create_namespaced_network_policy(namespace, body=body),
             "Service": lambda: self.core.create_namespaced_service(namespace, body=body),
             "StatefulSet": lambda: self.apps.create_namespaced_stateful_set(namespace, body=body),
+            "Secret": lambda: self.core.create_namespaced_secret(namespace, body=body),
         }
         try:
             creators[kind]()
@@ -267,17 +332,64 @@ def pod_ready(pod: Any) -> bool:
     return any(condition.type == "Ready" and condition.status == "True" for condition in conditions)
 
 
+# ---- clients of the scratch servers -------------------------------------------------------------
+
+
+def clickhouse_client(host: str, port: int, credentials: Credentials) -> SqlClient:
+    return Client(
+        host,
+        port=port,
+        user=credentials.user,
+        password=credentials.password,
+        connect_timeout=10,
+        send_receive_timeout=120,
+    )
+
+
+def minio_client(endpoint: str, credentials: Credentials) -> Any:
+    return make_client(
+        endpoint_url=endpoint,
+        region=SCRATCH_REGION,
+        access_key_id=credentials.user,
+        secret_access_key=credentials.password,
+        addressing_style="path",
+    )
+
+
+@dataclass(frozen=True)
+class TargetClients:
+    """How the faults reach a slot's server: the same network path as the restore (service DNS)."""
+
+    clickhouse: Callable[[str, int, Credentials], SqlClient] = clickhouse_client
+    s3: Callable[[str, Credentials], Any] = minio_client
+
+
 # ---- slots -------------------------------------------------------------------------------------
+
+ETCD_NOT_WIRED = (
+    "not implemented on kubernetes scratch: etcd is restored by the StatefulSet's init containers, and "
+    "running them as the drill's timed restore (with the policy ConfigMap and credentials Secret they "
+    "mount) is not wired yet"
+)
 
 
 class KubernetesSlot:
     """One restored copy: a StatefulSet ``<kind>-<n>`` + Service of the same name."""
 
-    def __init__(self, env: KubernetesScratchEnvironment, *, kind: str, name: str, database: str) -> None:
+    def __init__(
+        self,
+        env: KubernetesScratchEnvironment,
+        *,
+        kind: str,
+        name: str,
+        database: str,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.env = env
         self.kind = kind
         self.name = name
         self.database = database  # ClickHouse database / S3 bucket the restore writes
+        self.credentials = credentials
         self.host = f"{name}.{env.namespace}.svc"
         self.label = f"scratch {kind} {name} in namespace {env.namespace}"
         self._released = False
@@ -286,15 +398,37 @@ class KubernetesSlot:
     def pod(self) -> str:
         return f"{self.name}-0"
 
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:9000"
+
+    def _credentials(self) -> Credentials:
+        if self.credentials is None:
+            raise ScratchError(f"{self.label} has no credentials")
+        return self.credentials
+
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         if self.kind == "clickhouse":
-            return RestoreOptions(to_host=self.host, to_port=9000, to_http_port=8123, to_database=self.database, yes=yes)
+            credentials = self._credentials()
+            return RestoreOptions(
+                to_host=self.host,
+                to_port=9000,
+                to_http_port=8123,
+                to_database=self.database,
+                to_user=credentials.user,
+                to_password=credentials.password,
+                yes=yes,
+            )
         if self.kind == "s3":
-            return RestoreOptions(to_endpoint=f"http://{self.host}:9000", to_bucket=self.database, yes=yes)
-        raise ScratchError(
-            "etcd in a kubernetes scratch is restored by the StatefulSet's init containers, not by the drill "
-            "runner's restore; wiring that into the drill's timed restore is not implemented yet"
-        )
+            credentials = self._credentials()
+            return RestoreOptions(
+                to_endpoint=self.endpoint,
+                to_bucket=self.database,
+                to_access_key_id=credentials.user,
+                to_secret_access_key=credentials.password,
+                yes=yes,
+            )
+        raise ScratchError(f"restore into {self.label}: {ETCD_NOT_WIRED}")
 
     def after_restore(self) -> None:
         self.env.wait_ready(self.pod)
@@ -310,10 +444,26 @@ class KubernetesSlot:
         return f"deleted pod {self.pod} in namespace {self.env.namespace}"
 
     def stage_disaster(self) -> str:
-        raise ScratchError("the disaster fault is not implemented for kubernetes scratch yet")
+        """ClickHouse: DROP the largest table; S3: delete every object. Raises ScratchError (etcd)."""
+        if self.kind == "clickhouse":
+            return drop_largest_table(self._sql(), self.database)
+        if self.kind == "s3":
+            return wipe_bucket(self._s3(), self.database)
+        raise ScratchError(f"the disaster fault on {self.label}: {ETCD_NOT_WIRED}")
 
     def tamper(self) -> str:
-        raise ScratchError("the verifier-canary fault is not implemented for kubernetes scratch yet")
+        """ClickHouse: INSERT one duplicate row; S3: overwrite one object. Raises ScratchError (etcd)."""
+        if self.kind == "clickhouse":
+            return duplicate_one_row(self._sql(), self.database)
+        if self.kind == "s3":
+            return overwrite_one_object(self._s3(), self.database)
+        raise ScratchError(f"the verifier-canary fault on {self.label}: {ETCD_NOT_WIRED}")
+
+    def _sql(self) -> SqlClient:
+        return self.env.clients.clickhouse(self.host, 9000, self._credentials())
+
+    def _s3(self) -> Any:
+        return self.env.clients.s3(self.endpoint, self._credentials())
 
     def release(self) -> None:
         """Delete this copy's StatefulSet, Service and PVC; the namespace's deletion catches the rest."""
@@ -342,16 +492,21 @@ class KubernetesScratchEnvironment:
         api_client: kubernetes.client.ApiClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        token: Callable[[int], str] = secrets.token_hex,
+        clients: TargetClients | None = None,
     ) -> None:
         self.settings = settings
         self.run_id = run_id
-        self.drill = drill or run_id  # the factory does not pass the drill name yet: then the run id
+        self.drill = drill or run_id  # a scratch made without a drill name (tests, tools) is labelled by run id
         self.namespace = f"{settings.namespace_prefix}{run_id.lower()}"
         self.api = KubernetesApi(api_client or make_api_client(settings))
         self.clock = clock
         self.sleep = sleep
+        self.token = token
+        self.clients = clients or TargetClients()
         self._servers = _servers(settings)
         self._slots: list[KubernetesSlot] = []
+        self._credentials: dict[str, Credentials] = {}  # kind -> the credentials in its Secret
         self._provisioned = False
 
     def provision(self) -> None:
@@ -376,13 +531,35 @@ class KubernetesScratchEnvironment:
         name = f"{kind}-{len(self._slots) + 1}"
         server = self._servers[kind]
         init = etcd_restore_init_containers(source, header.id, self.settings) if kind == "etcd" else None
-        made = KubernetesSlot(self, kind=kind, name=name, database="restored")
+        credentials = self.server_credentials(kind, server)
+        made = KubernetesSlot(self, kind=kind, name=name, database="restored", credentials=credentials)
         self._slots.append(made)
         self.api.create(service_manifest(self.namespace, name, server))
-        self.api.create(statefulset_manifest(self.namespace, name, server, self.settings, init_containers=init))
+        self.api.create(
+            statefulset_manifest(
+                self.namespace,
+                name,
+                server,
+                self.settings,
+                init_containers=init,
+                credentials_secret=credentials_secret_name(kind) if credentials else None,
+            )
+        )
         if kind != "etcd":
             self.wait_ready(made.pod)
         return made
+
+    def server_credentials(self, kind: str, server: Server) -> Credentials | None:
+        """The credentials of this run's ``kind`` servers, made and put in their Secret on first use
+        (every slot of a kind shares them); None for a server that takes none."""
+        if server.credentials_env is None:
+            return None
+        if kind not in self._credentials:
+            made = Credentials(user=f"lifeboat-{self.token(4)}", password=self.token(24))
+            secret = secret_manifest(self.namespace, credentials_secret_name(kind), server.credentials_env(made))
+            self.api.create(secret)
+            self._credentials[kind] = made
+        return self._credentials[kind]
 
     def wait_ready(self, pod: str) -> None:
         """Wait for ``pod``'s Ready condition; past ``ready_timeout`` raise ScratchError with its

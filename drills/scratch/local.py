@@ -29,16 +29,20 @@ from backup.servers import EtcdProcess, start_etcd
 from backup.sources.base import RestoreOptions
 from backup.sources.etcd import EtcdEndpointTarget
 from drills.scratch.base import Slot
+from drills.scratch.common import (
+    ScratchError,
+    delete_bucket,
+    drop_largest_table,
+    duplicate_one_row,
+    overwrite_one_object,
+    wipe_bucket,
+)
 from drills.scratch.proxy import CuttableRelay
 from policies.errors import LifeboatError
 from policies.model import ClickHouseEndpoint, LocalScratch, ScratchS3, reveal
 
 log = structlog.get_logger(__name__)
 RUNS = "runs"  # <workdir>/runs/<run id>.json: the markers
-
-
-class ScratchError(LifeboatError):
-    """A scratch target could not be provisioned or reached."""
 
 
 def _name_part(run_id: str) -> str:
@@ -179,29 +183,11 @@ class ClickHouseSlot:
         cut = sum(relay.cut() for relay in self.relays)
         return f"cut {cut} open connection(s) to the scratch ClickHouse server mid-restore"
 
-    def _tables(self) -> list[tuple[str, int]]:
-        rows = self._client().execute(
-            "SELECT table, total_rows FROM (SELECT table, toUInt64(sum(rows)) AS total_rows FROM system.parts "
-            "WHERE database = %(db)s AND active GROUP BY table) ORDER BY total_rows DESC, table",
-            {"db": self.database},
-        )
-        return [(name, rows) for name, rows in rows if rows > 0]
-
     def stage_disaster(self) -> str:
-        tables = self._tables()
-        if not tables:
-            raise ScratchError(f"{self.database} holds no table with rows to drop")
-        table = tables[0][0]
-        self._client().execute(f"DROP TABLE `{self.database}`.`{table}`")
-        return f"dropped table {self.database}.{table} ({tables[0][1]} rows)"
+        return drop_largest_table(self._client(), self.database)
 
     def tamper(self) -> str:
-        tables = self._tables()
-        if not tables:
-            raise ScratchError(f"{self.database} holds no table with rows to tamper with")
-        table = f"`{self.database}`.`{tables[0][0]}`"
-        self._client().execute(f"INSERT INTO {table} SELECT * FROM {table} LIMIT 1")
-        return f"inserted one duplicate row into {self.database}.{tables[0][0]}"
+        return duplicate_one_row(self._client(), self.database)
 
     def release(self) -> None:
         for relay in self.relays:
@@ -250,22 +236,15 @@ class S3Slot:
         return f"cut {cut} open connection(s) to the scratch S3 endpoint mid-restore"
 
     def stage_disaster(self) -> str:
-        removed = _empty_bucket(self.client, self.bucket)
-        return f"emptied scratch bucket {self.bucket} ({removed} objects deleted)"
+        return wipe_bucket(self.client, self.bucket)
 
     def tamper(self) -> str:
-        listed = self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1).get("Contents", [])
-        if not listed:
-            raise ScratchError(f"scratch bucket {self.bucket} holds no object to tamper with")
-        key = listed[0]["Key"]
-        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body + b"tampered")
-        return f"appended bytes to object {key!r} in the scratch bucket"
+        return overwrite_one_object(self.client, self.bucket)
 
     def release(self) -> None:
         if self.relay:
             self.relay.close()
-        _delete_bucket(self.client, self.bucket)
+        delete_bucket(self.client, self.bucket)
 
 
 def _s3_client(settings: ScratchS3) -> Any:
@@ -283,22 +262,6 @@ def _host_port(url: str) -> tuple[str, int]:
 
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80)
-
-
-def _empty_bucket(client: Any, bucket: str) -> int:
-    removed = 0
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        items = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-        for item in items:
-            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-        removed += len(items)
-    return removed
-
-
-def _delete_bucket(client: Any, bucket: str) -> None:
-    with contextlib.suppress(Exception):  # already gone, or the endpoint is down: the janitor retries
-        _empty_bucket(client, bucket)
-        client.delete_bucket(Bucket=bucket)
 
 
 # ---- the environment --------------------------------------------------------------------------
@@ -483,6 +446,6 @@ def _leftover_buckets(settings: LocalScratch, live: set[str], dry_run: bool) -> 
     for name in names:
         if name.startswith(scratch.bucket_prefix) and _run_of(name, scratch.bucket_prefix) not in live:
             if not dry_run:
-                _delete_bucket(client, name)
+                delete_bucket(client, name)
             removed.append(f"bucket {name}")
     return removed

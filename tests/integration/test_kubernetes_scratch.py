@@ -12,14 +12,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import boto3
 import pytest
 from click.testing import CliRunner
 from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pods
+from moto import mock_aws
 from unit.deploy.test_manifests import Access, rbac_allows
 
 from drills.janitor_k8s import run_janitor
 from drills.scratch import make_scratch
-from drills.scratch.kubernetes import KubernetesApi, KubernetesScratchEnvironment
+from drills.scratch.kubernetes import Credentials, KubernetesApi, KubernetesScratchEnvironment, TargetClients
 from drills.scratch.local import ScratchError
 from lifeboat.cli import cli
 from policies.model import KubernetesScratch, Scratch
@@ -61,9 +63,18 @@ def settings(**overrides: Any) -> KubernetesScratch:
     return KubernetesScratch.model_validate(values)
 
 
-def environment(fake: FakeKubernetes, clock: FakeClock, **overrides: Any) -> KubernetesScratchEnvironment:
+def environment(
+    fake: FakeKubernetes, clock: FakeClock, *, clients: TargetClients | None = None, **overrides: Any
+) -> KubernetesScratchEnvironment:
     return KubernetesScratchEnvironment(
-        settings(**overrides), RUN_ID, drill="nightly", api_client=api_client(fake), clock=clock, sleep=clock.sleep
+        settings(**overrides),
+        RUN_ID,
+        drill="nightly",
+        api_client=api_client(fake),
+        clock=clock,
+        sleep=clock.sleep,
+        token=Tokens(),
+        clients=clients,
     )
 
 
@@ -71,14 +82,26 @@ def calls(fake: FakeKubernetes) -> list[tuple[str, str]]:
     return [(request.method, request.path) for request in fake.requests]
 
 
-PROVISION = [
+FENCES = [
     ("POST", "/api/v1/namespaces"),
     ("POST", f"{CORE}/resourcequotas"),
     ("POST", f"{CORE}/limitranges"),
     ("POST", f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"),
-    ("POST", f"{CORE}/services"),
-    ("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets"),
 ]
+SECRET = ("POST", f"{CORE}/secrets")  # the first ClickHouse / MinIO slot's credentials
+COPY = [("POST", f"{CORE}/services"), ("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets")]
+PROVISION = [*FENCES, SECRET, *COPY]
+
+
+class Tokens:
+    """Deterministic stand-in for ``secrets.token_hex``: t1, t2, ... padded to the asked length."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self, size: int) -> str:
+        self.made += 1
+        return f"t{self.made}".ljust(2 * size, "0")
 
 
 def release(name: str) -> list[tuple[str, str]]:
@@ -119,7 +142,7 @@ def test_provision_wait_kill_teardown_sends_exactly_these_requests(fake: FakeKub
     }
     assert fake.requests[1].body["spec"]["hard"]["requests.cpu"] == "4"
     assert fake.requests[2].body["spec"]["limits"][0]["default"] == {"cpu": "2", "memory": "4Gi"}
-    statefulset = fake.requests[5].body
+    statefulset = fake.requests[6].body
     assert statefulset["spec"]["template"]["spec"]["containers"][0]["image"] == "clickhouse/clickhouse-server:24.8"
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"] == {"requests": {"storage": "20Gi"}}
     delete_namespace = fake.requests[-4]
@@ -129,7 +152,7 @@ def test_provision_wait_kill_teardown_sends_exactly_these_requests(fake: FakeKub
     assert removed == [f"scratch clickhouse clickhouse-1 in namespace {NS}", f"namespace {NS}"]
     assert fake.objects == {}
     assert scratch.teardown() == []  # twice is safe: nothing left, no request
-    assert len(fake.requests) == 15
+    assert len(fake.requests) == 16
 
 
 def test_a_pod_that_never_gets_ready_is_an_error_with_its_events_and_log_and_teardown_still_runs(
@@ -158,8 +181,8 @@ def test_a_pod_that_never_gets_ready_is_an_error_with_its_events_and_log_and_tea
         ("DELETE", f"/api/v1/namespaces/{NS}"),
         ("GET", f"/api/v1/namespaces/{NS}"),
     ]
-    assert fake.requests[12].query == {"fieldSelector": "involvedObject.name=s3-1-0"}
-    assert fake.requests[13].query == {"tailLines": "20"}
+    assert fake.requests[13].query == {"fieldSelector": "involvedObject.name=s3-1-0"}
+    assert fake.requests[14].query == {"tailLines": "20"}
     assert clock.sleeps == [2.0] * 5
     assert removed[-1] == f"namespace {NS}" and fake.objects == {}
 
@@ -179,16 +202,146 @@ def test_etcd_slot_restores_in_init_containers_and_waits_after_restore(fake: Fak
     clock = FakeClock()
     scratch = environment(fake, clock)
     slot = scratch.slot("etcd-main", "etcd", HEADER)
-    assert ("GET", f"{CORE}/pods/etcd-1-0") not in calls(fake)  # not before the restore
+    assert calls(fake) == [*FENCES, *COPY]  # no readiness wait before the restore; no credentials Secret
     slot.after_restore()
     assert calls(fake)[-1] == ("GET", f"{CORE}/pods/etcd-1-0")
     pod = fake.requests[5].body["spec"]["template"]["spec"]
+    assert "envFrom" not in pod["containers"][0]
     fetch, restore = pod["initContainers"]
     assert fetch["args"] == ["--snapshot", HEADER.id, "--to-file", "/restore/snapshot.db", "--yes"]
     assert "etcdutl snapshot restore /restore/snapshot.db" in restore["command"][-1]
     assert slot.verify_target().endpoint == f"http://etcd-1.{NS}.svc:2379"
-    with pytest.raises(ScratchError, match="init containers"):
-        slot.restore_options()
+    for fault in (slot.restore_options, slot.stage_disaster, slot.tamper):
+        with pytest.raises(ScratchError, match="not implemented on kubernetes scratch: etcd is restored by"):
+            fault()
+    scratch.teardown()
+
+
+USER, PASSWORD = "lifeboat-t1000000", "t2".ljust(48, "0")  # what Tokens makes for the first kind's Secret
+
+
+def test_clickhouse_and_minio_get_per_run_credentials_from_a_secret_and_restores_carry_them(
+    fake: FakeKubernetes,
+) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock())
+
+    warehouse = scratch.slot("warehouse", "clickhouse", HEADER)
+    objects = scratch.slot("objects", "s3", HEADER)
+    again = scratch.slot("warehouse", "clickhouse", HEADER)  # a fault's fresh slot: same Secret, no new one
+
+    posts = [(request.path, request.body) for request in fake.sent("POST")]
+    assert [path for path, _ in posts] == [
+        *[path for _, path in FENCES],
+        *[f"{CORE}/secrets", f"{CORE}/services", f"/apis/apps/v1/namespaces/{NS}/statefulsets"] * 2,
+        f"{CORE}/services",
+        f"/apis/apps/v1/namespaces/{NS}/statefulsets",
+    ]
+    clickhouse_secret, minio_secret = posts[4][1], posts[7][1]
+    assert clickhouse_secret == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "lifeboat-scratch-clickhouse",
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "lifeboat"},
+        },
+        "type": "Opaque",
+        "stringData": {
+            "CLICKHOUSE_USER": USER,
+            "CLICKHOUSE_PASSWORD": PASSWORD,
+            "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT": "1",
+        },
+    }
+    assert minio_secret["metadata"]["name"] == "lifeboat-scratch-s3"
+    assert minio_secret["stringData"] == {"MINIO_ROOT_USER": "lifeboat-t3000000", "MINIO_ROOT_PASSWORD": "t4".ljust(48, "0")}
+    for statefulset, secret in (
+        (posts[6][1], clickhouse_secret),
+        (posts[9][1], minio_secret),
+        (posts[11][1], clickhouse_secret),
+    ):
+        container = statefulset["spec"]["template"]["spec"]["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+
+    clickhouse = warehouse.restore_options(yes=True)
+    assert (clickhouse.to_host, clickhouse.to_port, clickhouse.to_http_port) == (f"clickhouse-1.{NS}.svc", 9000, 8123)
+    assert (clickhouse.to_user, clickhouse.to_password, clickhouse.yes) == (USER, PASSWORD, True)
+    assert again.restore_options().to_password == PASSWORD
+    s3 = objects.restore_options()
+    assert (s3.to_endpoint, s3.to_bucket) == (f"http://s3-2.{NS}.svc:9000", "restored")
+    assert (s3.to_access_key_id, s3.to_secret_access_key) == ("lifeboat-t3000000", "t4".ljust(48, "0"))
+    scratch.teardown()
+
+
+class RecordingSql:
+    """A ClickHouse client that answers the table census and records every statement."""
+
+    def __init__(self, tables: list[tuple[str, int]]) -> None:
+        self.tables = tables
+        self.statements: list[str] = []
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        self.statements.append(query)
+        return self.tables if query.startswith("SELECT table, total_rows") else []
+
+
+def test_clickhouse_disaster_and_canary_go_to_the_service_with_the_run_credentials(fake: FakeKubernetes) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    sql = RecordingSql([("events", 1000), ("users", 10)])
+    reached: list[tuple[str, int, Credentials]] = []
+
+    def connect(host: str, port: int, credentials: Credentials) -> RecordingSql:
+        reached.append((host, port, credentials))
+        return sql
+
+    scratch = environment(fake, FakeClock(), clients=TargetClients(clickhouse=connect))
+    slot = scratch.slot("warehouse", "clickhouse", HEADER)
+
+    assert slot.stage_disaster() == "dropped table restored.events (1000 rows)"
+    assert slot.tamper() == "inserted one duplicate row into restored.events"
+    assert sql.statements[1] == "DROP TABLE `restored`.`events`"
+    assert sql.statements[3] == "INSERT INTO `restored`.`events` SELECT * FROM `restored`.`events` LIMIT 1"
+    assert reached == [(f"clickhouse-1.{NS}.svc", 9000, Credentials(USER, PASSWORD))] * 2
+    sql.tables = []
+    with pytest.raises(ScratchError, match="restored holds no table with rows to drop"):
+        slot.stage_disaster()
+    scratch.teardown()
+
+
+def test_s3_disaster_and_canary_go_to_the_minio_service_with_the_run_credentials(fake: FakeKubernetes) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    reached: list[tuple[str, Credentials]] = []
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="restored")
+        for key in ("a/1", "a/2", "b/3"):
+            client.put_object(Bucket="restored", Key=key, Body=b"data of " + key.encode())
+
+        def connect(endpoint: str, credentials: Credentials) -> Any:
+            reached.append((endpoint, credentials))
+            return client
+
+        scratch = environment(fake, FakeClock(), clients=TargetClients(s3=connect))
+        slot = scratch.slot("objects", "s3", HEADER)
+
+        assert slot.tamper() == "appended bytes to object 'a/1' in the scratch bucket"
+        assert client.get_object(Bucket="restored", Key="a/1")["Body"].read() == b"data of a/1tampered"
+        assert slot.stage_disaster() == "emptied scratch bucket restored (3 objects deleted)"
+        assert client.list_objects_v2(Bucket="restored").get("KeyCount") == 0
+        with pytest.raises(ScratchError, match="holds no object to tamper with"):
+            slot.tamper()
+        scratch.teardown()
+    assert reached == [(f"http://s3-1.{NS}.svc:9000", Credentials(USER, PASSWORD))] * 3
+
+
+def test_a_scratch_made_without_a_drill_name_is_labelled_by_its_run_id(fake: FakeKubernetes, tmp_path: Path) -> None:
+    policy = Scratch.model_validate(
+        {"kind": "kubernetes", "kubernetes": {"kubeconfig": str(write_kubeconfig(fake, tmp_path)), "access": "service-dns"}}
+    )
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = make_scratch(policy, RUN_ID)
+    scratch.slot("objects", "s3", HEADER)
+    assert fake.requests[0].body["metadata"]["labels"]["lifeboat.io/drill"] == RUN_ID
     scratch.teardown()
 
 
@@ -216,10 +369,10 @@ def test_the_registry_builds_the_kubernetes_scratch_from_a_kubeconfig(fake: Fake
     policy = Scratch.model_validate(
         {"kind": "kubernetes", "kubernetes": {"kubeconfig": str(kubeconfig), "access": "service-dns"}}
     )
-    scratch = make_scratch(policy, RUN_ID)
+    scratch = make_scratch(policy, RUN_ID, drill="weekly-objects")
     assert isinstance(scratch, KubernetesScratchEnvironment)
     scratch.slot("objects", "s3", HEADER)
-    assert fake.requests[0].body["metadata"]["labels"]["lifeboat.io/drill"] == RUN_ID  # no drill name passed yet
+    assert fake.requests[0].body["metadata"]["labels"]["lifeboat.io/drill"] == "weekly-objects"
     scratch.teardown()
     assert fake.objects == {}
 

@@ -10,12 +10,15 @@ import pytest
 from unit.deploy.test_manifests import manifest_problems
 
 from drills.scratch.kubernetes import (
+    Credentials,
     _servers,
+    credentials_secret_name,
     etcd_restore_init_containers,
     limit_range_manifest,
     namespace_manifest,
     network_policy_manifest,
     quota_manifest,
+    secret_manifest,
     service_manifest,
     statefulset_manifest,
 )
@@ -37,8 +40,14 @@ def generated() -> dict[str, dict[str, Any]]:
     }
     for kind, server in servers.items():
         found[f"{kind}-service"] = service_manifest(NS, f"{kind}-1", server)
-        found[f"{kind}-statefulset"] = statefulset_manifest(NS, f"{kind}-1", server, SETTINGS)
+        secret = credentials_secret_name(kind) if server.credentials_env else None
+        found[f"{kind}-statefulset"] = statefulset_manifest(NS, f"{kind}-1", server, SETTINGS, credentials_secret=secret)
+        if server.credentials_env:
+            found[f"{kind}-secret"] = secret_manifest(NS, credentials_secret_name(kind), server.credentials_env(CREDENTIALS))
     return found
+
+
+CREDENTIALS = Credentials("lifeboat-0a1b2c3d", "p" * 48)
 
 
 @pytest.mark.parametrize("name", sorted(generated()))
@@ -79,3 +88,18 @@ def test_etcd_restore_reads_the_policy_and_secrets_and_restores_once() -> None:
     assert {volume["name"] for volume in pod["volumes"]} == {"restore", "policy", "credentials"}
     assert restore["command"][-1].startswith("test -d /var/lib/etcd/data/member || etcdutl snapshot restore")
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_clickhouse_and_minio_take_their_users_from_the_run_secret_and_etcd_takes_none() -> None:
+    found = generated()
+    assert found["clickhouse-secret"]["stringData"] == {
+        "CLICKHOUSE_USER": "lifeboat-0a1b2c3d",
+        "CLICKHOUSE_PASSWORD": "p" * 48,
+        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT": "1",  # the network user may create the restore's database
+    }
+    assert found["s3-secret"]["stringData"] == {"MINIO_ROOT_USER": "lifeboat-0a1b2c3d", "MINIO_ROOT_PASSWORD": "p" * 48}
+    for kind in ("clickhouse", "s3"):
+        container = found[f"{kind}-statefulset"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": f"lifeboat-scratch-{kind}"}}]
+    assert "etcd-secret" not in found
+    assert "envFrom" not in found["etcd-statefulset"]["spec"]["template"]["spec"]["containers"][0]

@@ -1,0 +1,95 @@
+"""What every scratch environment's slots share: the error they raise, and the damage the
+``disaster`` and ``verifier-canary`` faults do to a restored ClickHouse database or S3 bucket,
+through the same network path the restore used (a clickhouse-driver client, a boto3 client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Protocol
+
+from policies.errors import LifeboatError
+
+
+class ScratchError(LifeboatError):
+    """A scratch target could not be provisioned or reached."""
+
+
+class SqlClient(Protocol):
+    """The part of ``clickhouse_driver.Client`` used here."""
+
+    def execute(self, query: str, params: Any = None) -> Any: ...
+
+
+# ---- ClickHouse -------------------------------------------------------------------------------
+
+
+def clickhouse_tables(client: SqlClient, database: str) -> list[tuple[str, int]]:
+    """The tables of ``database`` holding rows, largest first: (name, rows)."""
+    rows = client.execute(
+        "SELECT table, total_rows FROM (SELECT table, toUInt64(sum(rows)) AS total_rows FROM system.parts "
+        "WHERE database = %(db)s AND active GROUP BY table) ORDER BY total_rows DESC, table",
+        {"db": database},
+    )
+    return [(name, count) for name, count in rows if count > 0]
+
+
+def drop_largest_table(client: SqlClient, database: str) -> str:
+    """The ClickHouse disaster: DROP the largest table of ``database``; says which. Raises
+    ScratchError when no table holds rows."""
+    tables = clickhouse_tables(client, database)
+    if not tables:
+        raise ScratchError(f"{database} holds no table with rows to drop")
+    table, count = tables[0]
+    client.execute(f"DROP TABLE `{database}`.`{table}`")
+    return f"dropped table {database}.{table} ({count} rows)"
+
+
+def duplicate_one_row(client: SqlClient, database: str) -> str:
+    """The ClickHouse canary: INSERT one duplicate row into the largest table; says where. Raises
+    ScratchError when no table holds rows."""
+    tables = clickhouse_tables(client, database)
+    if not tables:
+        raise ScratchError(f"{database} holds no table with rows to tamper with")
+    table = f"`{database}`.`{tables[0][0]}`"
+    client.execute(f"INSERT INTO {table} SELECT * FROM {table} LIMIT 1")
+    return f"inserted one duplicate row into {database}.{tables[0][0]}"
+
+
+# ---- S3 ---------------------------------------------------------------------------------------
+
+
+def empty_bucket(client: Any, bucket: str) -> int:
+    """Delete every object version and delete marker of ``bucket``; returns how many went."""
+    removed = 0
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        items = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        for item in items:
+            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+        removed += len(items)
+    return removed
+
+
+def delete_bucket(client: Any, bucket: str) -> None:
+    """Empty and delete ``bucket``, quietly: already gone, or the endpoint is down (the janitor retries)."""
+    with contextlib.suppress(Exception):
+        empty_bucket(client, bucket)
+        client.delete_bucket(Bucket=bucket)
+
+
+def wipe_bucket(client: Any, bucket: str) -> str:
+    """The S3 disaster: delete every object of ``bucket``; says how many."""
+    removed = empty_bucket(client, bucket)
+    return f"emptied scratch bucket {bucket} ({removed} objects deleted)"
+
+
+def overwrite_one_object(client: Any, bucket: str) -> str:
+    """The S3 canary: overwrite the first object of ``bucket`` with changed bytes; says which.
+    Raises ScratchError on an empty bucket."""
+    listed = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+    if not listed:
+        raise ScratchError(f"scratch bucket {bucket} holds no object to tamper with")
+    key = listed[0]["Key"]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body + b"tampered")
+    return f"appended bytes to object {key!r} in the scratch bucket"
