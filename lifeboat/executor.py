@@ -35,6 +35,7 @@ from backup.jobs import BackupResult
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import WriteStats
 from backup.sources.base import Progress
+from drills.scratch.kubernetes import make_api_client
 from policies.errors import SourceError
 from policies.model import KubernetesExecutor, Policy, SecretFile
 
@@ -224,16 +225,6 @@ def job_outcome(job: Any, backoff_limit: int) -> tuple[bool, str] | None:
 
 
 # ---- the API ---------------------------------------------------------------------------------------
-
-
-def make_api_client(settings: KubernetesExecutor) -> kubernetes.client.ApiClient:
-    """The client for the configured cluster: in-cluster service account, or kubeconfig + context."""
-    if settings.in_cluster:
-        configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-        return kubernetes.client.ApiClient(configuration)
-    path = str(settings.kubeconfig) if settings.kubeconfig else None
-    return kubernetes.config.new_client_from_config(config_file=path, context=settings.context)
 
 
 @dataclass

@@ -19,7 +19,8 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import kubernetes.client
 import kubernetes.config
@@ -270,7 +271,18 @@ def credentials_secret_name(kind: str) -> str:
 # ---- the API -----------------------------------------------------------------------------------
 
 
-def make_api_client(settings: KubernetesScratch) -> kubernetes.client.ApiClient:
+class ClusterAccess(Protocol):
+    """How to reach a cluster (scratch and executor settings both say it)."""
+
+    @property
+    def in_cluster(self) -> bool: ...
+    @property
+    def kubeconfig(self) -> Path | None: ...
+    @property
+    def context(self) -> str | None: ...
+
+
+def make_api_client(settings: ClusterAccess) -> kubernetes.client.ApiClient:
     """The client for the configured cluster: in-cluster service account, or kubeconfig + context."""
     if settings.in_cluster:
         configuration = kubernetes.client.Configuration()

@@ -225,6 +225,7 @@ def test_a_stale_snapshot_fails_the_rpo_step(
     rpo = next(step for step in report["sources"][0]["steps"] if step["name"] == "rpo")
     assert rpo["verdict"] == "FAIL" and "over the RPO objective 1.0s" in rpo["message"]
     assert result.exit_code == 1 and report["verdict"] == "FAIL"
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
 
 
 def test_a_scratch_server_that_cannot_start_is_an_error_not_a_pass(
