@@ -12,11 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner
 from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pods
-from moto import mock_aws
 from unit.deploy.test_manifests import Access, rbac_allows
 
 from drills.janitor_k8s import run_janitor
@@ -308,12 +306,15 @@ def test_clickhouse_disaster_and_canary_go_to_the_service_with_the_run_credentia
     scratch.teardown()
 
 
-def test_s3_disaster_and_canary_go_to_the_minio_service_with_the_run_credentials(fake: FakeKubernetes) -> None:
+def test_s3_disaster_and_canary_go_to_the_minio_service_with_the_run_credentials(
+    fake: FakeKubernetes, s3_server: Any
+) -> None:
+    """The slot's S3 calls go to the real S3 server fixture standing in for the in-cluster MinIO."""
     fake.on_create.append(statefulset_pods(ready=True))
     reached: list[tuple[str, Credentials]] = []
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="restored")
+    client = s3_server.client()
+    client.create_bucket(Bucket="restored")
+    try:
         for key in ("a/1", "a/2", "b/3"):
             client.put_object(Bucket="restored", Key=key, Body=b"data of " + key.encode())
 
@@ -331,6 +332,10 @@ def test_s3_disaster_and_canary_go_to_the_minio_service_with_the_run_credentials
         with pytest.raises(ScratchError, match="holds no object to tamper with"):
             slot.tamper()
         scratch.teardown()
+    finally:
+        for item in client.list_objects_v2(Bucket="restored").get("Contents", []):
+            client.delete_object(Bucket="restored", Key=item["Key"])
+        client.delete_bucket(Bucket="restored")
     assert reached == [(f"http://s3-1.{NS}.svc:9000", Credentials(USER, PASSWORD))] * 3
 
 
