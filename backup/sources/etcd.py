@@ -5,23 +5,29 @@ Taking the snapshot: ``etcdctl snapshot save`` into a temporary file, not the JS
 ``/v3/maintenance/snapshot`` stream. etcdctl speaks gRPC with the TLS client certificates and the
 user/password auth operators already use for etcd, writes atomically (``.part``, fsync, rename) and
 is the same tool the file is later restored with; the gateway stream would cost a base64 + JSON
-decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file first is also what
-lets the snapshot be verified *before* a single byte is uploaded: etcd's sha256 trailer (the last
-32 bytes are the sha256 of everything before them) and ``etcdctl snapshot status`` (hash, revision,
-total keys, total size = file size - 32). A snapshot failing either is never committed. The save
+decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file
+first is also what lets the whole snapshot be verified before it becomes a snapshot: etcd's sha256
+trailer (the last 32 bytes are the sha256 of everything before them) and ``etcdctl snapshot
+status`` (hash, revision, total keys, total size = file size - 32). These checks run while the
+file's chunks are stored (side by side, they cost no wall time); the manifest that makes those
+chunks a snapshot is committed only after both passed, so a snapshot failing either is never
+uploaded as good: its chunks stay unreferenced, invisible to restore, and prune removes them. The save
 is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see etcd_bolt.py for why status alone can understate it).
 
-Counting keys: the JSON gateway's ``POST /v3/kv/range`` with ``keys_only`` at the snapshot's
-revision, paged by key. etcdctl 3.4 has no ``--count-only``; its ``-w json`` output of a whole key
-space is one document (memory grows with the cluster); paging with etcdctl would start a process per
-page and put raw key bytes in argv. The gateway pages over one kept-alive connection with keys in
-base64, so memory stays at one page of keys whatever the cluster size. Reading at the snapshot's
-revision (not "now") makes the census describe exactly what the snapshot holds, even while the
-cluster keeps writing. The cost: etcd 3.4 reads every value even for ``keys_only``, and a compaction
-past the snapshot's revision in the moment between save and census fails the backup (it is retried
-by the next run, and says so).
+Counting keys: the census of a snapshot is read from the snapshot file itself (etcd_bolt.py: the
+newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
+status`` and the trailer check run beside it. That describes exactly what the snapshot holds, costs
+the cluster nothing (counting through the API made etcd read every value again at a past revision)
+and cannot race a compaction. Our bbolt reader and etcd's must agree on the newest revision, or the
+snapshot is refused.
+
+Verifying a restore counts the keys of the restored member through its JSON gateway (``POST
+/v3/kv/range`` with ``keys_only``, paged by key over one kept-alive connection, so memory stays at
+one page of keys whatever the cluster size): an independent reading, compared with the census taken
+from the file. etcdctl 3.4 has no ``--count-only``, and its ``-w json`` output of a whole key space
+is one document.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ import structlog
 
 from backup.execute import STDERR_TAIL_LINES, CommandError, ManagedProcess, mask_secrets, run, start
 from backup.repository.manifest import Entry, SnapshotHeader
-from backup.repository.repository import Repository, SnapshotWriter
+from backup.repository.repository import Repository, SnapshotWriter, StoredStream
 from backup.servers import start_etcd
 from backup.sources.base import (
     Progress,
@@ -62,7 +68,7 @@ from backup.sources.base import (
     Verdict,
     Verification,
 )
-from backup.sources.etcd_bolt import BoltFormatError, finished_compact_revision
+from backup.sources.etcd_bolt import BoltFormatError, finished_compact_revision, snapshot_keys
 from policies.errors import IntegrityError, LifeboatError, RestoreError, SourceError
 from policies.model import EtcdSettings, EtcdTls, reveal
 
@@ -687,27 +693,53 @@ def verify_data_dir(fingerprint: Mapping[str, Any], data_dir: Path, *, name: str
 
 @dataclass(frozen=True)
 class CheckedSnapshot:
-    """A snapshot file that passed etcd's checks."""
+    """A snapshot file that passed etcd's checks, and its census."""
 
     status: SnapshotStatus
     revision: int  # the snapshot's real revision, which ``status.revision`` can understate (etcd_bolt.py)
     trailer: str  # hex sha256 of the db
+    census: dict[str, Any]
 
 
 def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
-    """etcd's sha256 trailer and ``snapshot status`` (which also runs bbolt's consistency check),
-    side by side (one hashes in this thread, the other is a child process), then the compaction
-    revision from the file. Raises CorruptSnapshotError / SourceError."""
-    with ThreadPoolExecutor(1, thread_name_prefix="etcd-status") as helper:
-        pending_status = helper.submit(etcdctl.snapshot_status, path)
-        trailer = verify_trailer(path)
-        status = pending_status.result()
-    try:
-        compacted = finished_compact_revision(path)
-    except BoltFormatError as exc:
-        raise CorruptSnapshotError(f"{path}: {exc}") from None
+    """etcd's sha256 trailer, ``snapshot status`` (which also runs bbolt's consistency check) and the
+    key census read from the file, side by side (a hashing thread, a child process, this thread).
+    Our bbolt reader and etcd's must agree on the newest revision. Raises CorruptSnapshotError /
+    SourceError."""
+    with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
+        pending_status = helpers.submit(etcdctl.snapshot_status, path)
+        pending_trailer = helpers.submit(verify_trailer, path)
+        try:
+            compacted = finished_compact_revision(path)
+            newest, keys = snapshot_keys(path)
+        except BoltFormatError as exc:
+            pending_status.result()  # etcd's own verdict on a damaged file comes first
+            raise CorruptSnapshotError(f"{path}: {exc}") from None
+        status, trailer = pending_status.result(), pending_trailer.result()
+    if newest != status.revision:
+        raise CorruptSnapshotError(
+            f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {newest}"
+        )
     # etcd's store starts at revision 1: an empty snapshot's key bucket says 0, its member says 1.
-    return CheckedSnapshot(status, max(status.revision, compacted, 1), trailer)
+    revision = max(status.revision, compacted, 1)
+    census = KeyCensus()
+    for key in keys:
+        census.add(key)
+    return CheckedSnapshot(status, revision, trailer, census.as_dict(revision))
+
+
+def _check_while_storing(
+    etcdctl: Etcdctl, path: Path, writer: SnapshotWriter, progress: Progress | None
+) -> tuple[CheckedSnapshot, StoredStream]:
+    """etcd's checks of a saved snapshot file, run while its chunks are stored. A chunk stored is not
+    a snapshot: nothing refers to it until the manifest is committed, which happens only after these
+    checks passed; the chunks of a refused file stay unreferenced until prune removes them. Raises
+    CorruptSnapshotError / SourceError (the checks) or StoreError (the repository)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="etcd-check") as helper:
+        pending = helper.submit(check_snapshot_file, etcdctl, path)
+        with path.open("rb") as stream:
+            stored = writer.write_stream(stream, progress=progress)
+        return pending.result(), stored
 
 
 @dataclass(frozen=True)
@@ -734,23 +766,18 @@ class EtcdSource:
     def snapshot(
         self, writer: SnapshotWriter, previous: SnapshotHeader | None, *, progress: Progress | None = None
     ) -> SnapshotOutcome:
-        """Save, verify, count, then upload one snapshot db; see the module docstring for why this way.
+        """Save one snapshot db, then verify and count it while it is uploaded; see the module
+        docstring for why this way.
 
         ``previous`` is not needed: a bbolt file changes in place, page by page, so the chunks of
         unchanged pages are found in the repository and not stored again (fixed 1 MiB chunks).
 
-        Raises SourceError when no endpoint gives a snapshot that passes verification, or its
-        census cannot be read at its revision; nothing is committed then."""
+        Raises SourceError when no endpoint gives a snapshot that passes verification; nothing is
+        committed then."""
         ssl_context = ssl_context_for(self.settings.tls, f"sources.{self.name}")
         with tempfile.TemporaryDirectory(prefix=f"lifeboat-{self.name}-") as workdir:
-            taken = self._take(Path(workdir) / SNAPSHOT_ENTRY, ssl_context)
-            # The census is mostly etcd's own work (ranges at a past revision): it overlaps the upload.
-            # Should it fail, the uploaded chunks stay uncommitted, as after any failed backup.
-            with ThreadPoolExecutor(1, thread_name_prefix="etcd-census") as helper:
-                pending_census = helper.submit(self._census, taken, ssl_context)
-                with taken.path.open("rb") as stream:
-                    stored = writer.write_stream(stream, progress=progress)
-                census = pending_census.result()
+            taken, stored = self._take(Path(workdir) / SNAPSHOT_ENTRY, ssl_context, writer, progress)
+        census = taken.checked.census
         revision = taken.checked.revision
         meta = {
             "revision": revision,
@@ -766,8 +793,11 @@ class EtcdSource:
         figures = {"revision": revision, "keys": keys, "endpoint": taken.endpoint}
         return SnapshotOutcome(fingerprint=fingerprint, census=census, meta=meta, figures=figures)
 
-    def _take(self, path: Path, ssl_context: ssl.SSLContext | None) -> _Taken:
-        """Try each endpoint in turn until one gives a snapshot that passes verification."""
+    def _take(
+        self, path: Path, ssl_context: ssl.SSLContext | None, writer: SnapshotWriter, progress: Progress | None
+    ) -> tuple[_Taken, StoredStream]:
+        """Try each endpoint in turn until one gives a snapshot that passes verification; its bytes
+        are stored by then, and become a snapshot only when the caller's manifest is committed."""
         etcdctl = self._etcdctl()
         failures = []
         for endpoint in self.settings.endpoints:
@@ -776,7 +806,10 @@ class EtcdSource:
                 with self._gateway(endpoint, ssl_context) as gateway:
                     version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
                 etcdctl.snapshot_save(endpoint, path)
-                checked = check_snapshot_file(etcdctl, path)
+                log.info(
+                    "etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=round(time.monotonic() - started, 3)
+                )
+                checked, stored = _check_while_storing(etcdctl, path, writer, progress)
             except (SourceError, CommandError) as exc:
                 log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
                 failures.append(f"{endpoint}: {exc}")
@@ -790,17 +823,8 @@ class EtcdSource:
                 revision=checked.revision,
                 seconds=round(seconds, 3),
             )
-            return _Taken(path, endpoint, version, checked)
+            return _Taken(path, endpoint, version, checked), stored
         raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
-
-    def _census(self, taken: _Taken, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
-        revision = taken.checked.revision
-        try:
-            with self._gateway(taken.endpoint, ssl_context) as gateway:
-                return read_census(gateway, revision)
-        except SourceError as exc:
-            hint = "; etcd compacted past it since the snapshot: run the backup again" if "compacted" in str(exc) else ""
-            raise SourceError(f"cannot count the keys of the snapshot at revision {revision}: {exc}{hint}") from exc
 
     def _etcdctl(self) -> Etcdctl:
         return Etcdctl(

@@ -1,6 +1,12 @@
-"""Just enough of the bbolt file format to read one value etcd keeps in a snapshot's ``meta`` bucket.
+"""Just enough of the bbolt file format to read an etcd snapshot's ``meta`` and ``key`` buckets.
 
-Why: ``etcdctl snapshot status`` reports as "revision" the newest revision still present in the
+The ``key`` bucket gives the census of a snapshot straight from the file (``snapshot_keys``): every
+revision of every key not yet compacted, keyed by revision, the value an ``mvccpb.KeyValue`` whose
+first field is the user key; a deletion is a tombstone revision (a ``t`` after the 17 bytes). The
+newest revision of each key says whether it is live. This reads exactly what the snapshot holds,
+costs the cluster nothing, and cannot race a compaction.
+
+Why the ``meta`` bucket: ``etcdctl snapshot status`` reports as "revision" the newest revision still present in the
 ``key`` bucket. When the newest writes were deletions and a compaction reached them (an idle
 cluster under periodic auto-compaction, an operator's ``etcdctl compact``), their tombstones are
 gone and that number is *older* than the snapshot's real revision, which etcd itself (on restore)
@@ -14,7 +20,7 @@ page size, flags, root bucket {root pgid, sequence}, freelist, high-water pgid, 
 checksum); the valid one with the higher txid wins. Branch pages hold (pos, ksize, child pgid)
 elements, leaf pages (flags, pos, ksize, vsize); ``pos`` counts from the element itself. A bucket's
 value is {root pgid, sequence}; root 0 means the bucket's single page follows inline in the value.
-Memory stays at the pages visited: a handful, whatever the file size.
+Memory stays at the pages visited, plus (for the census) one entry per distinct key.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ _LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, ksize, vsize
 _BUCKET = struct.Struct("<QQ")  # root pgid, sequence
 _BRANCH_PAGE, _LEAF_PAGE = 0x01, 0x02
 _BUCKET_LEAF = 0x01
-_MAX_OVERFLOW = 1024  # the pages read here (bucket roots, meta) are small; more means a damaged header
+_KEY_FIELD = 0x0A  # mvccpb.KeyValue: field 1 (key), length-delimited
+_REVISION_SIZE = 17  # 8-byte main, '_', 8-byte sub; a tombstone adds b"t"
 _MAX_DEPTH = 64  # a B+tree of a multi-TiB db is far shallower; deeper means a loop in a broken file
 
 
@@ -53,6 +60,7 @@ class BoltFile:
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
+        self._size = handle.seek(0, 2)
         first = self._meta(0)
         # Page 1 sits one page in; if page 0 is damaged, assume the usual 4 KiB page.
         second = self._meta(first[0] if first else 4096)
@@ -79,37 +87,60 @@ class BoltFile:
         if len(head) < _PAGE_HEADER.size:
             raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
         overflow = _PAGE_HEADER.unpack(head)[3]
-        if overflow > _MAX_OVERFLOW:
-            raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages: the file is damaged")
+        if (pgid + overflow + 1) * self.page_size > self._size:
+            raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
         return head + self._handle.read((overflow + 1) * self.page_size - _PAGE_HEADER.size)
 
-    def _items(self, page: bytes, depth: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
-        """(flags, key, value) of every leaf element under ``page``, in key order."""
-        if depth > _MAX_DEPTH:
-            raise BoltFormatError("the B+tree is deeper than any real one: the file is damaged")
-        _id, flags, count, _overflow = _PAGE_HEADER.unpack_from(page)
-        if not flags & (_LEAF_PAGE | _BRANCH_PAGE):
-            raise BoltFormatError(f"page of type {flags:#x} inside a B+tree: the file is damaged")
-        for index in range(count):
-            at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
+    def _leaves(self, page: bytes) -> Iterator[bytes]:
+        """Every leaf page under ``page``, in key order, one read at a time (iterative: no generator
+        chain per level, and only page ids wait on the stack)."""
+        pending: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        depth = 0
+        while True:
+            _id, flags, count, _overflow = _PAGE_HEADER.unpack_from(page)
             if flags & _LEAF_PAGE:
-                element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(page, at)
-                start = at + pos
-                yield element_flags, page[start : start + ksize], page[start + ksize : start + ksize + vsize]
+                yield page
+            elif flags & _BRANCH_PAGE:
+                elements = (
+                    _BRANCH_ELEMENT.unpack_from(page, _PAGE_HEADER.size + i * _BRANCH_ELEMENT.size) for i in range(count)
+                )
+                pending.extend(reversed([(element[2], depth + 1) for element in elements]))
             else:
-                child = _BRANCH_ELEMENT.unpack_from(page, at)[2]
-                yield from self._items(self._page(child), depth + 1)
+                raise BoltFormatError(f"page of type {flags:#x} inside a B+tree: the file is damaged")
+            if not pending:
+                return
+            pgid, depth = pending.pop()
+            if depth > _MAX_DEPTH or pgid in seen:
+                raise BoltFormatError(f"page {pgid} makes the B+tree loop: the file is damaged")
+            seen.add(pgid)
+            page = self._page(pgid)
 
-    def bucket(self, name: bytes) -> dict[bytes, bytes]:
-        """Every key and value of top-level bucket ``name`` (meant for small buckets like ``meta``).
+    def _items(self, page: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
+        """(flags, key, value) of every leaf element under ``page``, in key order; views into the page."""
+        for leaf in self._leaves(page):
+            view = memoryview(leaf)
+            for index in range(_PAGE_HEADER.unpack_from(leaf)[2]):
+                at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
+                element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(leaf, at)
+                start = at + pos
+                yield element_flags, view[start : start + ksize], view[start + ksize : start + ksize + vsize]
+
+    def items(self, name: bytes) -> Iterator[tuple[memoryview, memoryview]]:
+        """(key, value) of every item of top-level bucket ``name``, in key order, one page in memory
+        at a time; the views are valid until the next item.
 
         Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
         for flags, key, value in self._items(self._page(self.root)):
             if key == name and flags & _BUCKET_LEAF:
                 root, _sequence = _BUCKET.unpack_from(value)
-                page = value[_BUCKET.size :] if root == 0 else self._page(root)
-                return {item_key: item_value for _flags, item_key, item_value in self._items(page)}
+                page = bytes(value[_BUCKET.size :]) if root == 0 else self._page(root)
+                return ((item_key, item_value) for _flags, item_key, item_value in self._items(page))
         raise KeyError(name.decode(errors="replace"))
+
+    def bucket(self, name: bytes) -> dict[bytes, bytes]:
+        """Every key and value of top-level bucket ``name`` (meant for small buckets like ``meta``)."""
+        return {bytes(key): bytes(value) for key, value in self.items(name)}
 
 
 def revision_main(raw: bytes) -> int:
@@ -117,6 +148,44 @@ def revision_main(raw: bytes) -> int:
     if len(raw) < 8:
         raise BoltFormatError(f"{raw.hex()} is not an etcd revision")
     return int.from_bytes(raw[:8], "big")
+
+
+def snapshot_keys(path: Path) -> tuple[int, list[bytes]]:
+    """(newest revision in the ``key`` bucket, every key live at it) of an etcd snapshot or db.
+
+    Raises BoltFormatError when the file is not a readable etcd db."""
+    live: dict[bytes, bool] = {}
+    newest = 0
+    try:
+        with path.open("rb") as handle:
+            for revision, value in BoltFile(handle).items(b"key"):  # in revision order: the last word wins
+                if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
+                    raise BoltFormatError(f"{path}: an entry of the 'key' bucket is not an etcd key revision")
+                live[_user_key(value)] = len(revision) == _REVISION_SIZE
+                newest = revision_main(bytes(revision[:8]))
+    except KeyError:
+        raise BoltFormatError(f"{path} has no 'key' bucket: not an etcd snapshot") from None
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+    return newest, [key for key, alive in live.items() if alive]
+
+
+def _user_key(value: memoryview) -> bytes:
+    """The key field of an ``mvccpb.KeyValue`` (tag 0x0a, varint length, bytes)."""
+    length = shift = 0
+    at = 1
+    while True:
+        byte = value[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift > 35:
+            raise ValueError("a key length that no etcd key has")
+    if at + length > len(value):
+        raise ValueError("a key longer than its entry")
+    return bytes(value[at : at + length])
 
 
 def finished_compact_revision(path: Path) -> int:

@@ -144,19 +144,19 @@ class Lifeboat:
 
 
 def backup_phases(log: str, started: float, finished: float) -> dict[str, float]:
-    """Seconds spent starting up, saving + verifying, uploading + counting, committing and exiting,
+    """Seconds spent starting up, saving, verifying + counting + uploading, committing and exiting,
     from the JSON log events of one ``backup run``."""
     events = {}
     for line in log.splitlines():
         with contextlib.suppress(ValueError, KeyError):
             doc = json.loads(line)
             events[doc["event"]] = (datetime.fromisoformat(doc["timestamp"]).timestamp(), doc)
-    verified_at, verified = events["etcd.snapshot.verified"]
+    saved_at, saved = events["etcd.snapshot.saved"]
     stored_at, _ = events["etcd.snapshot.stored"]
     return {
-        "startup": verified_at - verified["seconds"] - started,
-        "save + verify": verified["seconds"],
-        "upload + census": stored_at - verified_at,
+        "startup": saved_at - saved["seconds"] - started,
+        "save": saved["seconds"],
+        "verify + census + upload": stored_at - saved_at,
         "commit + exit": finished - stored_at,
     }
 

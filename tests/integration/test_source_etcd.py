@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -434,6 +435,49 @@ def test_endpoints_are_tried_in_turn(cluster: EtcdProcess, tmp_path: Path) -> No
     config = write_policy(tmp_path, [closed, cluster.endpoint])
     snapshot = backup_json(config)
     assert snapshot["endpoint"] == cluster.endpoint and snapshot["status"] == "good"
+
+
+def damaging_etcdctl(directory: Path, bad_endpoint: str) -> Path:
+    """An etcdctl that runs the real one, then flips a byte in the middle of the snapshot it saved
+    when that came from ``bad_endpoint``: a transfer damaged on its way, as etcd's trailer sees it."""
+    script = directory / "etcdctl"
+    script.write_text(
+        f"""#!{sys.executable}
+import os, subprocess, sys
+code = subprocess.call(["{shutil.which("etcdctl")}", *sys.argv[1:]])
+if code == 0 and sys.argv[1:3] == ["snapshot", "save"] and os.environ.get("ETCDCTL_ENDPOINTS") == "{bad_endpoint}":
+    with open(sys.argv[3], "r+b") as db:
+        db.seek(os.path.getsize(sys.argv[3]) // 2)
+        byte = db.read(1)
+        db.seek(-1, 1)
+        db.write(bytes([byte[0] ^ 0xFF]))
+sys.exit(code)
+"""
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdProcess, tmp_path: Path) -> None:
+    damaging = damaging_etcdctl(tmp_path, cluster.endpoint)
+    config = write_policy(tmp_path / "one", [cluster.endpoint], extra=f"    etcdctl: {damaging}\n")
+    result = lifeboat(config, "backup", "run", "--source", SOURCE)
+    assert_failed_without_snapshot(config, result, cluster.endpoint, "sha256 trailer does not match")
+    # Its chunks were stored while it was checked: nothing refers to them, prune sees them as garbage
+    # (kept through the grace period, then deleted).
+    pruned = lifeboat(config, "prune", "--json")
+    assert pruned.exit_code == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["chunks_in_grace"] >= 1
+    assert lifeboat(config, "check", "--read-data").exit_code == 0
+
+    # The same damage from the first endpoint only: the second one's snapshot is taken, and it is whole.
+    other = cluster.endpoint.replace("127.0.0.1", "localhost")
+    config = write_policy(tmp_path / "two", [cluster.endpoint, other], extra=f"    etcdctl: {damaging}\n")
+    snapshot = backup_json(config)
+    assert snapshot["endpoint"] == other and snapshot["status"] == "good"
+    restored = tmp_path / "restored.db"
+    assert lifeboat(config, "restore", SOURCE, "--to-file", str(restored)).exit_code == 0
+    verify_trailer(restored)
 
 
 @pytest.mark.parametrize(

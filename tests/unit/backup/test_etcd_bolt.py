@@ -1,4 +1,5 @@
-"""Reading ``finishedCompactRev`` from a snapshot's bbolt ``meta`` bucket, on files built page by page.
+"""Reading ``finishedCompactRev`` (``meta`` bucket) and the live keys (``key`` bucket) of an etcd
+snapshot's bbolt file, on files built page by page.
 
 The integration tests read real etcd snapshots; these pin the format details: which meta page
 wins, checksums, inline and paged buckets, branch pages, and damaged files.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.sources.etcd_bolt import MAGIC, BoltFormatError, finished_compact_revision
+from backup.sources.etcd_bolt import MAGIC, BoltFormatError, finished_compact_revision, snapshot_keys
 
 PAGE = 4096
 LEAF, BRANCH, META = 0x02, 0x01, 0x04
@@ -129,5 +130,49 @@ def test_damaged_files_are_refused(tmp_path: Path, pages: list[bytes], message: 
 
 def test_a_branch_that_loops_is_refused(tmp_path: Path) -> None:
     pages = [meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), branch_page(2, [(b"a", 2)])]
-    with pytest.raises(BoltFormatError, match="deeper than any real one"):
+    with pytest.raises(BoltFormatError, match="makes the B\\+tree loop"):
         finished_compact_revision(write(tmp_path / "s.db", *pages))
+
+
+def key_value(key: bytes, value: bytes = b"") -> bytes:
+    """An ``mvccpb.KeyValue`` with its key (field 1) and value (field 5), as etcd stores a revision."""
+    return b"\x0a" + varint(len(key)) + key + (b"\x2a" + varint(len(value)) + value if value else b"")
+
+
+def varint(number: int) -> bytes:
+    out = b""
+    while number >= 0x80:
+        out += bytes([number & 0x7F | 0x80])
+        number >>= 7
+    return out + bytes([number])
+
+
+def test_the_live_keys_are_the_newest_revision_of_each_key(tmp_path: Path) -> None:
+    long_key = b"/registry/configmaps/big/" + b"k" * 300  # a two-byte key length
+    revisions = [
+        (0, revision(2), key_value(b"/registry/pods/a/p1", b"v1")),
+        (0, revision(3), key_value(b"/registry/pods/a/p2", b"v1")),
+        (0, revision(4), key_value(long_key, b"x" * 5000)),  # spills into an overflow page
+        (0, revision(5), key_value(b"/registry/pods/a/p1", b"v2")),  # overwritten: still one key
+        (0, revision(6) + b"t", key_value(b"/registry/pods/a/p2")),  # deleted
+        (0, revision(7), key_value(b"/registry/pods/a/p3", b"v1")),
+    ]
+    first = leaf_page(4, revisions[:3], pad=False)
+    first = first[:8] + struct.pack("<HHI", LEAF, 3, 1) + first[16:]  # one overflow page
+    pages = [
+        meta_page(0, root=2, txid=3),
+        meta_page(1, root=2, txid=2),
+        leaf_page(2, [(BUCKET, b"key", struct.pack("<QQ", 3, 0)), (BUCKET, b"meta", inline_bucket(META_ITEMS))]),
+        branch_page(3, [(revision(2), 4), (revision(5), 6)]),
+        first.ljust(2 * PAGE, b"\0"),
+        leaf_page(6, revisions[3:]),
+    ]
+    newest, keys = snapshot_keys(write(tmp_path / "s.db", *pages))
+    assert newest == 7
+    assert sorted(keys) == [long_key, b"/registry/pods/a/p1", b"/registry/pods/a/p3"]
+
+
+def test_a_key_bucket_entry_that_is_no_revision_is_refused(tmp_path: Path) -> None:
+    root = leaf_page(2, [(BUCKET, b"key", inline_bucket([(0, revision(2), b"not a KeyValue")]))])
+    with pytest.raises(BoltFormatError, match="not an etcd key revision"):
+        snapshot_keys(write(tmp_path / "s.db", meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), root))
