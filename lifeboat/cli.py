@@ -7,25 +7,49 @@ and nothing else there; messages and logs go to stderr.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 
 from lifeboat import __version__
-from lifeboat.commands.backup import backup, restore
-from lifeboat.commands.drill import drill, janitor
-from lifeboat.commands.policy import policy
-from lifeboat.commands.repository import check, prune, repo, snapshots
-from lifeboat.commands.service import serve, status
 from lifeboat.context import EXIT_FAILED, EXIT_USAGE, Session
-from lifeboat.demo import demo
 from lifeboat.logs import LogFormat, configure
 from policies.errors import ConfigError, LifeboatError
 
+# Each command's module is imported when that command runs: a cron job's `backup run` of etcd
+# does not load the Kubernetes client, the drills or the scheduler.
+COMMANDS = {
+    "policy": "lifeboat.commands.policy:policy",
+    "repo": "lifeboat.commands.repository:repo",
+    "backup": "lifeboat.commands.backup:backup",
+    "restore": "lifeboat.commands.backup:restore",
+    "snapshots": "lifeboat.commands.repository:snapshots",
+    "check": "lifeboat.commands.repository:check",
+    "prune": "lifeboat.commands.repository:prune",
+    "drill": "lifeboat.commands.drill:drill",
+    "janitor": "lifeboat.commands.drill:janitor",
+    "demo": "lifeboat.demo:demo",
+    "status": "lifeboat.commands.service:status",
+    "serve": "lifeboat.commands.service:serve",
+}
+
 
 class LifeboatGroup(click.Group):
-    """Turns Lifeboat's errors into a message on stderr and an exit code; never a traceback for them."""
+    """Loads commands when used; turns Lifeboat's errors into a message on stderr and an exit
+    code, never a traceback for them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,10 +89,6 @@ class LifeboatGroup(click.Group):
 def cli(ctx: click.Context, config_path: Path, log_format: LogFormat | None) -> None:
     """Lifeboat: backups of etcd, ClickHouse and S3 buckets, and drills that prove they restore."""
     ctx.obj = Session(config_path=config_path, redactor=configure(log_format))
-
-
-for command in (policy, repo, backup, restore, snapshots, check, prune, drill, janitor, demo, status, serve):
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import structlog
 
 from backup.repository.codec import new_key_file, read_key_file
 from backup.repository.repository import Repository, RepositoryNotFound
-from backup.repository.s3store import S3Store
 from backup.repository.store import LocalStore, Store
 from policies.model import Repository as RepositorySettings
 
@@ -18,8 +17,14 @@ log = structlog.get_logger(__name__)
 # One store class per URL scheme of `repository.url`.
 STORES: dict[str, Callable[[RepositorySettings], Store]] = {
     "file": lambda settings: LocalStore(Path(settings.prefix)),
-    "s3": S3Store.from_settings,
+    "s3": lambda settings: _s3_store(settings),
 }
+
+
+def _s3_store(settings: RepositorySettings) -> Store:
+    from backup.repository.s3store import S3Store  # boto3 costs every start 0.1 s: only when used
+
+    return S3Store.from_settings(settings)
 
 
 def open_store(settings: RepositorySettings) -> Store:

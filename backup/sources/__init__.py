@@ -1,18 +1,20 @@
-"""Sources: one module per kind, all of the ``Source`` shape (base.py), registered here by kind."""
+"""Sources: one module per kind, all of the ``Source`` shape (base.py), registered here by kind.
+
+A kind's module is imported when a source of that kind is made: a backup of etcd does not pay for
+boto3 and clickhouse-driver at start-up."""
 
 from __future__ import annotations
 
+import importlib
+
 from backup.sources.base import Source
-from backup.sources.clickhouse import ClickHouseSource
-from backup.sources.etcd import EtcdSource
-from backup.sources.s3 import S3Source
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
 
-SOURCES: dict[str, type[EtcdSource] | type[ClickHouseSource] | type[S3Source]] = {
-    "etcd": EtcdSource,
-    "clickhouse": ClickHouseSource,
-    "s3": S3Source,
+SOURCES: dict[str, str] = {
+    "etcd": "backup.sources.etcd:EtcdSource",
+    "clickhouse": "backup.sources.clickhouse:ClickHouseSource",
+    "s3": "backup.sources.s3:S3Source",
 }
 
 
@@ -25,4 +27,6 @@ def make_source(name: str, settings: SourceSettings) -> Source:
         raise ConfigError(
             "", [ConfigIssue(f"sources.{name}.kind", f"unknown kind '{settings.kind}'; known: {known}")]
         ) from None
-    return factory(name, settings)  # type: ignore[arg-type]
+    module, _, attribute = factory.partition(":")
+    source: Source = getattr(importlib.import_module(module), attribute)(name, settings)
+    return source
