@@ -6,17 +6,30 @@ What it does: an ``http.server`` in a thread on a free 127.0.0.1 port; objects i
 ``labelSelector`` and ``fieldSelector``, delete (the ``propagationPolicy`` is recorded with the
 request), merge patch, and a pod's log. Every request is recorded (method, path, query, body).
 
+Port-forward: ``GET .../pods/{pod}/portforward?ports=N`` with a websocket upgrade, as the client's
+``kubernetes.stream.portforward`` sends it, is answered in the ``v4.channel.k8s.io`` protocol the API
+server speaks: per port a data channel 2*i and an error channel 2*i+1, each opened by a frame holding
+the port (2 bytes, little-endian), then binary frames ``channel byte + data``. One port per request.
+The bytes go to a real TCP server: ``port_targets[(namespace, pod, port)] = (host, port)``. A pod
+that does not exist gets a 404 instead of the upgrade; a target that refuses gets the message on
+the error channel, as the kubelet sends it.
+
 What it does not do: controllers, watches, admission, validation, resourceVersion conflicts. A
-test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod of
-a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends) and ``namespace_linger``:
-how many reads a deleted namespace stays Terminating.
+test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod and
+PVC of a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends) and
+``namespace_linger``: how many reads a deleted namespace stays Terminating. Pod logs are kept per
+pod, or per container: ``logs[(namespace, pod, container)]``.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
+import hashlib
 import itertools
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,7 +154,8 @@ class FakeKubernetes:
 
     objects: dict[Key, Object] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
-    logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, pod) -> log text
+    logs: dict[tuple[str, ...], str] = field(default_factory=dict)  # (namespace, pod[, container]) -> log text
+    port_targets: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     on_create: list[Hook] = field(default_factory=list)
     namespace_linger: int = 0  # reads a deleted namespace stays Terminating before it is gone
     url: str = ""
@@ -182,7 +196,8 @@ class FakeKubernetes:
             self.requests.append(Request(method, path, query, body))
             route = parse_path(path)
             if route.sub == "log":
-                return 200, self.logs.get((route.namespace, route.name), "")
+                container = (route.namespace, route.name, query.get("container", ""))
+                return 200, self.logs.get(container, self.logs.get((route.namespace, route.name), ""))
             key = (route.group_version, route.resource, route.namespace, route.name)
             verbs: dict[str, Callable[[], tuple[int, Any]]] = {
                 "POST": lambda: self._create(route, body),
@@ -265,8 +280,9 @@ def _status(code: int, reason: str, message: str) -> Object:
 # ---- controllers a test may add --------------------------------------------------------------
 
 
-def statefulset_pods(*, ready: bool = True, events: tuple[str, ...] = ()) -> Hook:
-    """A StatefulSet gets its pod ``<name>-0``, Ready or not; an unready one gets ``events``."""
+def statefulset_pods(*, ready: bool = True, events: tuple[str, ...] = (), init_statuses: list[Object] | None = None) -> Hook:
+    """A StatefulSet gets its pod ``<name>-0``, Ready or not, and the PVC ``data-<name>-0`` of its claim
+    template; an unready one gets ``events``; ``init_statuses``: the pod's ``initContainerStatuses``."""
 
     def hook(fake: FakeKubernetes, key: Key, obj: Object) -> None:
         if key[1] != "statefulsets":
@@ -279,7 +295,13 @@ def statefulset_pods(*, ready: bool = True, events: tuple[str, ...] = ()) -> Hoo
             "spec": obj["spec"]["template"]["spec"],
             "status": {"phase": "Running" if ready else "Pending", "conditions": [condition]},
         }
+        if init_statuses is not None:
+            pod["status"]["initContainerStatuses"] = init_statuses
         fake.put("v1", "pods", pod, key[2])
+        for template in obj["spec"].get("volumeClaimTemplates", []):
+            claim = {"metadata": {"name": f"{template['metadata']['name']}-{pod_name}"}, "spec": template["spec"]}
+            if not fake.get("v1", "persistentvolumeclaims", claim["metadata"]["name"], key[2]):
+                fake.put("v1", "persistentvolumeclaims", claim, key[2])
         for number, message in enumerate(events):
             event = {
                 "metadata": {"name": f"{pod_name}.{number}"},
@@ -338,11 +360,136 @@ def finish_job(fake: FakeKubernetes, namespace: str, name: str, *, succeeded: bo
 # ---- serving ---------------------------------------------------------------------------------
 
 
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x2, 0x8, 0x9, 0xA
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final frame (server to client)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, size))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
+def read_ws_frame(stream: Any) -> tuple[int, bytes] | None:
+    """(opcode, payload) of the next frame from the client (masked), None at the end of the stream."""
+    head = stream.read(2)
+    if len(head) < 2:
+        return None
+    opcode, size = head[0] & 0x0F, head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(stream.read(2), "big")
+    elif size == 127:
+        size = int.from_bytes(stream.read(8), "big")
+    mask = stream.read(4) if head[1] & 0x80 else b""
+    payload = stream.read(size)
+    if mask and payload:
+        keystream = (mask * (size // 4 + 1))[:size]
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(size, "big")
+    return opcode, payload
+
+
+class PortForwardSession:
+    """One upgraded port-forward request: relays channel 0 to a TCP connection to ``target``."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler, port: int, target: tuple[str, int] | None) -> None:
+        self.handler = handler
+        self.port = port
+        self.target = target
+        self._send_lock = threading.Lock()
+        self.closed = threading.Event()
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        with self._send_lock:
+            if self.closed.is_set() and opcode != OP_CLOSE:
+                return
+            try:
+                self.handler.wfile.write(ws_frame(opcode, payload))
+                self.handler.wfile.flush()
+            except OSError:
+                self.closed.set()
+
+    def run(self) -> None:
+        port_bytes = self.port.to_bytes(2, "little")
+        self.send(OP_BINARY, b"\x00" + port_bytes)  # the data channel
+        self.send(OP_BINARY, b"\x01" + port_bytes)  # the error channel
+        upstream, error = None, f"error forwarding port {self.port}: nothing listens there"
+        if self.target is not None:
+            with contextlib.suppress(OSError):
+                upstream = socket.create_connection(self.target, timeout=10)
+        if upstream is None:
+            self.send(OP_BINARY, b"\x01" + error.encode())
+            self.send(OP_CLOSE, b"")
+            return
+        upstream.settimeout(None)
+        back = threading.Thread(target=self._from_upstream, args=(upstream,), daemon=True)
+        back.start()
+        try:
+            while (frame := read_ws_frame(self.handler.rfile)) is not None:
+                opcode, payload = frame
+                if opcode == OP_CLOSE:
+                    break
+                if opcode == OP_PING:
+                    self.send(OP_PONG, payload)
+                elif opcode == OP_BINARY and payload[:1] == b"\x00" and len(payload) > 1:
+                    upstream.sendall(payload[1:])
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_RDWR)
+        upstream.close()
+        back.join(timeout=5)
+        self.send(OP_CLOSE, b"")
+        self.closed.set()
+
+    def _from_upstream(self, upstream: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(256 * 1024):
+                self.send(OP_BINARY, b"\x00" + data)
+        self.send(OP_CLOSE, b"")  # the pod's port closed: the client's socket ends
+        self.closed.set()
+
+
 def _handler(fake: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def _port_forward(self, path: str, query: dict[str, str]) -> None:
+            route = parse_path(path)
+            with fake._lock:
+                fake.requests.append(Request("GET", path, query, None))
+                pod = fake.get("v1", "pods", route.name, route.namespace)
+            if pod is None or not query.get("ports", "").isdigit():
+                answer = json.dumps(_status(404, "NotFound", f'pods "{route.name}" not found')).encode()
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
+            port = int(query["ports"])
+            accept = base64.b64encode(
+                hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WEBSOCKET_GUID).encode()).digest()
+            ).decode()
+            self.wfile.write(
+                (
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+                ).encode()
+            )
+            self.wfile.flush()
+            self.close_connection = True
+            PortForwardSession(self, port, fake.port_targets.get((route.namespace, route.name, port))).run()
+
         def _serve(self) -> None:
             parsed = urlparse(self.path)
             query = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+            if self.headers.get("Upgrade", "").lower() == "websocket" and parsed.path.endswith("/portforward"):
+                self._port_forward(parsed.path, query)
+                return
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None

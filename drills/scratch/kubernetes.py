@@ -3,30 +3,63 @@ a ResourceQuota, a LimitRange and a NetworkPolicy that lets nothing out but the 
 DNS; a StatefulSet + Service per restored copy; teardown deletes the namespace (foreground) and
 waits until it is gone. Everything goes through the official ``kubernetes`` client.
 
-Targets are reached by service DNS (``<svc>.<namespace>.svc``): Lifeboat must run inside the
-cluster. ``access: port-forward`` is not implemented yet and is refused when a slot is made.
+Reaching the targets (``access``): ``service-dns`` (``<svc>.<namespace>.svc``, Lifeboat runs inside
+the cluster) or ``port-forward`` (Lifeboat outside the cluster): a ``PortForwardRelay`` per server
+port listens on 127.0.0.1 and carries each connection over its own port-forward websocket of the
+API server (``kubernetes.stream.portforward``) to the slot's pod; the slots then name 127.0.0.1 and
+the relay's port. The restore, the verification and the faults all take the same path.
 The ClickHouse and MinIO servers get a user and password made for the run, kept in a Secret of the
 drill namespace (create-only RBAC: Lifeboat never reads it back, it keeps what it generated); the
 restore, the verification and the faults reach the servers with them.
-The etcd copy is restored inside the cluster by init containers (``lifeboat restore --to-file``, then
-``etcdutl snapshot restore``); that path has never run against a real cluster.
+
+etcd is restored inside the cluster, by the StatefulSet pod's init containers: ``lifeboat restore
+<source> --snapshot <id> --to-file`` in ``lifeboat_image`` (policy from the ConfigMap
+``POLICY_CONFIGMAP``, repository secrets from the Secret ``CREDENTIALS_SECRET``, both generated from
+the running policy into the drill namespace), then ``etcdutl snapshot restore`` (``etcdctl`` for
+3.4) in the etcd image, which must have a ``/bin/sh``; then etcd starts on the restored data dir.
+The drill's timed restore of such a slot is a dry run in this process (it proves the snapshot's
+manifest is readable and says the plan); ``after_restore`` creates the StatefulSet and waits for
+readiness, so the in-cluster restore is inside the RTO. A failing init container ends the wait at
+once with its exit code and last log lines.
+Choices and limits of that path:
+- the repository must be ``s3://``: a local-path repository cannot be read from a pod (refused);
+- the generated pod policy holds the repository and the etcd sources' names only, every repository
+  secret as a file of the Secret (never in the ConfigMap); the credentials are the policy's own;
+- egress: a second NetworkPolicy lets the etcd restore pods (label ``RESTORE_LABEL``) reach the
+  repository endpoint's addresses, as resolved by Lifeboat when the namespace is provisioned, on
+  its TCP port only; an endpoint whose addresses rotate (AWS S3) may be resolved differently in the
+  pod and is then blocked: the restore fails closed, with its log in the drill report;
+- one copy per etcd source and drill run: the fault scenarios that need a fresh copy restored
+  through this process's store reads (corrupt-chunk, missing-chunk, flaky-storage) or timed by its
+  progress (kill-target) cannot reach an init container; their slot is refused ("could not
+  verify"), so they are ERROR, never PASS. disaster deletes the StatefulSet, its pod and PVC (the
+  data dir) and recovers by recreating it; verifier-canary deletes one key through the endpoint.
+None of this has run against a real cluster: tests drive the real client against tests/k8s_fake.py.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import secrets
+import socket
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import kubernetes.client
 import kubernetes.config
 import structlog
+import yaml
 from clickhouse_driver import Client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import portforward
 
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.s3store import make_client
@@ -41,7 +74,7 @@ from drills.scratch.common import (
     overwrite_one_object,
     wipe_bucket,
 )
-from policies.model import KubernetesScratch
+from policies.model import KubernetesScratch, Policy, reveal
 
 log = structlog.get_logger(__name__)
 Manifest = dict[str, Any]
@@ -53,6 +86,13 @@ POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 20
 POLICY_CONFIGMAP = "lifeboat-policy"  # in the drill namespace: what the restore init container reads
 CREDENTIALS_SECRET = "lifeboat-credentials"
+RESTORE_LABEL = "lifeboat.io/restores-from"  # pods that may reach the repository endpoint
+CONFIG_DIR = PurePosixPath("/etc/lifeboat")  # as the backup Jobs of lifeboat/executor.py mount it
+SECRETS_DIR = CONFIG_DIR / "secrets"
+POLICY_KEY = "policy.yaml"
+LIFEBOAT_UID = 10001  # the image's `lifeboat` user (deploy/docker/Dockerfile)
+SNAPSHOT_FILE = "/restore/snapshot.db"
+ETCD_DATA = "/var/lib/etcd/data"
 SCRATCH_REGION = "us-east-1"  # MinIO's default; the scratch bucket is created in it
 
 
@@ -167,6 +207,23 @@ def network_policy_manifest(namespace: str) -> Manifest:
     }
 
 
+def repository_egress_manifest(namespace: str, addresses: list[str], port: int) -> Manifest:
+    """Let the pods that restore from the repository (label ``RESTORE_LABEL``) reach its endpoint:
+    those ``addresses`` (one /32 or /128 each) on TCP ``port``, nothing else. NetworkPolicies add up,
+    so these pods keep the namespace and DNS of ``network_policy_manifest`` as well."""
+    blocks = [{"ipBlock": {"cidr": f"{address}/{128 if ':' in address else 32}"}} for address in addresses]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "lifeboat-drill-repository-egress", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {RESTORE_LABEL: "repository"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": blocks, "ports": [{"protocol": "TCP", "port": port}]}],
+        },
+    }
+
+
 def secret_manifest(namespace: str, name: str, data: dict[str, str]) -> Manifest:
     """An Opaque Secret of the drill namespace (deleted with it)."""
     return {
@@ -175,6 +232,27 @@ def secret_manifest(namespace: str, name: str, data: dict[str, str]) -> Manifest
         "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
         "type": "Opaque",
         "stringData": data,
+    }
+
+
+def secret_files_manifest(namespace: str, name: str, files: dict[str, bytes]) -> Manifest:
+    """An Opaque Secret of the drill namespace whose keys are files (any bytes, e.g. a key file)."""
+    encoded = {key: base64.b64encode(content).decode() for key, content in files.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
+        "type": "Opaque",
+        "data": encoded,
+    }
+
+
+def config_map_manifest(namespace: str, name: str, data: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
+        "data": data,
     }
 
 
@@ -196,9 +274,13 @@ def statefulset_manifest(
     *,
     init_containers: list[Manifest] | None = None,
     credentials_secret: str | None = None,
+    secret_keys: list[str] | None = None,
 ) -> Manifest:
     """One replica of ``server`` with its data on a PVC from the template ``data``, and its
-    environment from ``credentials_secret`` when given."""
+    environment from ``credentials_secret`` when given. With ``init_containers`` (the etcd restore)
+    the pod also gets their volumes: ``restore`` (scratch), ``policy`` (the policy ConfigMap) and
+    ``credentials`` (``secret_keys`` of the repository credentials Secret, mode 0440, read through
+    the pod's fsGroup), and the label that opens egress to the repository."""
     container: Manifest = {
         "name": "server",
         "image": server.image,
@@ -211,13 +293,17 @@ def statefulset_manifest(
     if credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     pod_spec: Manifest = {"containers": [container], "automountServiceAccountToken": False}
+    pod_labels = {SLOT_LABEL: name}
     if init_containers:
         pod_spec["initContainers"] = init_containers
+        pod_spec["securityContext"] = {"fsGroup": LIFEBOAT_UID}
+        items = [{"key": key, "path": key} for key in secret_keys or []]
         pod_spec["volumes"] = [
             {"name": "restore", "emptyDir": {}},
-            {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP}},
-            {"name": "credentials", "secret": {"secretName": CREDENTIALS_SECRET}},
+            {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP, "items": [{"key": POLICY_KEY, "path": POLICY_KEY}]}},
+            {"name": "credentials", "secret": {"secretName": CREDENTIALS_SECRET, "defaultMode": 0o440, "items": items}},
         ]
+        pod_labels[RESTORE_LABEL] = "repository"
     claim_spec: Manifest = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": settings.storage}}}
     if settings.storage_class:
         claim_spec["storageClassName"] = settings.storage_class
@@ -229,7 +315,7 @@ def statefulset_manifest(
             "serviceName": name,
             "replicas": 1,
             "selector": {"matchLabels": {SLOT_LABEL: name}},
-            "template": {"metadata": {"labels": {SLOT_LABEL: name}}, "spec": pod_spec},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": claim_spec}],
         },
     }
@@ -237,23 +323,34 @@ def statefulset_manifest(
 
 def etcd_restore_init_containers(source: str, snapshot: str, settings: KubernetesScratch) -> list[Manifest]:
     """The in-cluster etcd restore: Lifeboat fetches and verifies the snapshot db from the repository
-    (policy from the ConfigMap, credentials from the Secret), then ``etcdutl snapshot restore`` writes
-    the data dir on the PVC unless a previous start of this pod already did (a kill-target restart)."""
+    (policy from the ConfigMap, secrets from the Secret, as the backup Jobs mount them under
+    /etc/lifeboat), then ``etcdutl snapshot restore`` (``etcdctl`` where there is no etcdutl: etcd
+    3.4) writes the data dir on the PVC unless a previous start of this pod already did."""
     fetch = {
         "name": "fetch-snapshot",
         "image": settings.lifeboat_image,
-        "command": ["lifeboat", "--config", "/etc/lifeboat/policy.yaml", "restore", source],
-        "args": ["--snapshot", snapshot, "--to-file", "/restore/snapshot.db", "--yes"],
+        "command": ["lifeboat", "--config", str(CONFIG_DIR / POLICY_KEY), "restore", source],
+        "args": ["--snapshot", snapshot, "--to-file", SNAPSHOT_FILE, "--yes"],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": LIFEBOAT_UID,
+            "runAsGroup": LIFEBOAT_UID,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": [
             {"name": "restore", "mountPath": "/restore"},
-            {"name": "policy", "mountPath": "/etc/lifeboat", "readOnly": True},
-            {"name": "credentials", "mountPath": "/etc/lifeboat/secrets", "readOnly": True},
+            {"name": "policy", "mountPath": str(CONFIG_DIR / POLICY_KEY), "subPath": POLICY_KEY, "readOnly": True},
+            {"name": "credentials", "mountPath": str(SECRETS_DIR), "readOnly": True},
         ],
     }
-    restore_script = (
-        "test -d /var/lib/etcd/data/member || etcdutl snapshot restore /restore/snapshot.db "
-        "--data-dir /var/lib/etcd/data --name drill --initial-cluster drill=http://127.0.0.1:2380 "
+    member = (
+        f"{SNAPSHOT_FILE} --data-dir {ETCD_DATA} --name drill --initial-cluster drill=http://127.0.0.1:2380 "
         "--initial-advertise-peer-urls http://127.0.0.1:2380"
+    )
+    restore_script = (
+        f"test -d {ETCD_DATA}/member || etcdutl snapshot restore {member} || "
+        f"{{ ! command -v etcdutl >/dev/null && ETCDCTL_API=3 etcdctl snapshot restore {member}; }}"
     )
     restore = {
         "name": "etcd-snapshot-restore",
@@ -262,6 +359,62 @@ def etcd_restore_init_containers(source: str, snapshot: str, settings: Kubernete
         "volumeMounts": [{"name": "restore", "mountPath": "/restore"}, {"name": "data", "mountPath": "/var/lib/etcd"}],
     }
     return [fetch, restore]
+
+
+@dataclass(frozen=True)
+class RestoreFeed:
+    """What the etcd restore init containers are given: the policy file (ConfigMap), the secret files
+    it names (Secret), and the repository endpoint they must reach (host, TCP port)."""
+
+    policy_yaml: str
+    secret_files: dict[str, bytes]
+    endpoint: tuple[str, int]
+
+
+def restore_feed(policy: Policy) -> RestoreFeed:
+    """The pod's policy: ``policy``'s repository, every secret of it as a file under /etc/lifeboat/secrets,
+    and the etcd sources by name (``restore --to-file`` needs nothing else of them); state in the
+    pod's scratch volume. Raises ScratchError for a repository a pod cannot read (not ``s3://``)."""
+    repository = policy.repository
+    scheme = urlparse(repository.url).scheme
+    if scheme != "s3":
+        raise ScratchError(
+            f"an etcd copy on kubernetes scratch is restored inside the cluster, which cannot read the "
+            f"{scheme} repository {repository.url}: use an s3:// repository reachable from the "
+            "cluster, or scratch.kind: local"
+        )
+    files: dict[str, bytes] = {}
+    dumped: dict[str, Any] = repository.model_dump(mode="json", exclude_none=True, exclude={"encryption"})
+    for name in ("access_key_id", "secret_access_key"):
+        value = reveal(getattr(repository.s3, name))
+        if value is not None:
+            key = f"repository-{name.replace('_', '-')}"
+            files[key] = value.encode()
+            dumped["s3"][name] = {"file": str(SECRETS_DIR / key)}
+    if repository.encryption is not None:
+        try:
+            files["repository.key"] = repository.encryption.key_file.read_bytes()
+        except OSError as exc:
+            raise ScratchError(f"cannot read repository.encryption.key_file for the restore pod: {exc}") from exc
+        dumped["encryption"] = {"key_file": str(SECRETS_DIR / "repository.key")}
+    etcd = {
+        name: {"kind": "etcd", "endpoints": ["http://127.0.0.1:2379"]}
+        for name, settings in policy.sources.items()
+        if settings.kind == "etcd"
+    }
+    document = {"repository": dumped, "state": "/restore/lifeboat-state.db", "sources": etcd}
+    text = "# made by a Lifeboat drill for its etcd restore init containers\n" + yaml.safe_dump(document, sort_keys=False)
+    return RestoreFeed(text, files, _endpoint(repository.s3.endpoint_url, repository.s3.region))
+
+
+def _endpoint(url: str | None, region: str) -> tuple[str, int]:
+    parsed = urlparse(url or f"https://s3.{region}.amazonaws.com")
+    return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def resolve_addresses(host: str, port: int) -> list[str]:
+    """The IP addresses ``host`` resolves to here, sorted."""
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
 
 
 def credentials_secret_name(kind: str) -> str:
@@ -320,6 +473,7 @@ class KubernetesApi:
             "Service": lambda: self.core.create_namespaced_service(namespace, body=body),
             "StatefulSet": lambda: self.apps.create_namespaced_stateful_set(namespace, body=body),
             "Secret": lambda: self.core.create_namespaced_secret(namespace, body=body),
+            "ConfigMap": lambda: self.core.create_namespaced_config_map(namespace, body=body),
         }
         try:
             creators[kind]()
@@ -376,12 +530,133 @@ class TargetClients:
     s3: Callable[[str, Credentials], Any] = minio_client
 
 
+# ---- port-forward ------------------------------------------------------------------------------
+
+BUFFER = 256 * 1024
+
+
+class StreamSocket(Protocol):
+    """The part of a socket a relay uses (``PortForward.socket`` returns a wrapped socketpair end)."""
+
+    def recv(self, size: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
+StreamOpener = Callable[[], tuple[StreamSocket, Callable[[], None]]]
+
+
+def pod_port_opener(api: KubernetesApi, namespace: str, pod: str, port: int) -> StreamOpener:
+    """Opens a new port-forward websocket to ``pod``:``port``: (its socket, what closes it).
+    Raises ApiException when the API server refuses (pod gone, RBAC)."""
+
+    def open_stream() -> tuple[StreamSocket, Callable[[], None]]:
+        forward = portforward(api.core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+        return forward.socket(port), forward.close
+
+    return open_stream
+
+
+class PortForwardRelay:
+    """Listens on 127.0.0.1:<free port>; each connection accepted gets its own stream from ``open_stream``
+    (a port-forward to the pod) and bytes are pumped both ways until either side closes."""
+
+    def __init__(self, open_stream: StreamOpener, *, label: str) -> None:
+        self.open_stream = open_stream
+        self.label = label
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._open: set[Callable[[], None]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"port-forward-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream, close_upstream = self.open_stream()
+        except Exception as exc:  # noqa: BLE001 - the client sees a closed connection; the reason is logged
+            log.warning("kubernetes.port_forward_failed", target=self.label, error=f"{type(exc).__name__}: {exc}")
+            client.close()
+            return
+
+        def close_both() -> None:
+            with contextlib.suppress(OSError):
+                client.close()
+            with contextlib.suppress(OSError):
+                close_upstream()
+
+        with self._lock:
+            if self._closed:
+                close_both()
+                return
+            self._open.add(close_both)
+        reply = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        reply.start()
+        _pump(client, upstream)
+        reply.join()
+        with self._lock:
+            self._open.discard(close_both)
+        close_both()
+
+    def close(self) -> None:
+        """Stop listening and close every relayed connection; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            closers = list(self._open)
+            self._open.clear()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it; close() alone does not
+        self._listener.close()
+        for close_both in closers:
+            close_both()
+
+
+def _pump(source: Any, sink: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        while data := source.recv(BUFFER):
+            sink.sendall(data)
+    with contextlib.suppress(OSError, ValueError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+# ---- etcd through its endpoint ------------------------------------------------------------------
+
+
+def _etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(f"{endpoint}/v3/kv/{method}", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # a scratch server of this drill
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def delete_first_etcd_key(endpoint: str) -> str:
+    """The etcd canary: delete the first key of the etcd at ``endpoint`` (its JSON gateway); says which.
+    Raises ScratchError when it holds none."""
+    everything = base64.b64encode(b"\0").decode()
+    found = _etcd_call(endpoint, "range", {"key": everything, "range_end": everything, "limit": 1, "keys_only": True})
+    keys = found.get("kvs") or []
+    if not keys:
+        raise ScratchError("the scratch etcd holds no key to tamper with")
+    key = keys[0]["key"]
+    _etcd_call(endpoint, "deleterange", {"key": key})
+    return f"deleted key {base64.b64decode(key).decode(errors='replace')} from the scratch etcd"
+
+
 # ---- slots -------------------------------------------------------------------------------------
 
-ETCD_NOT_WIRED = (
-    "not implemented on kubernetes scratch: etcd is restored by the StatefulSet's init containers, and "
-    "running them as the drill's timed restore (with the policy ConfigMap and credentials Secret they "
-    "mount) is not wired yet"
+ETCD_FRESH_COPY = (
+    "could not verify: this scenario needs a fresh etcd copy restored through Lifeboat's own store reads "
+    "(corrupt-chunk, missing-chunk, flaky-storage) or timed by their progress (kill-target); on kubernetes "
+    "scratch etcd is restored by the copy's init container, out of their reach"
 )
 
 
@@ -396,23 +671,37 @@ class KubernetesSlot:
         name: str,
         database: str,
         credentials: Credentials | None = None,
+        statefulset: Manifest | None = None,
     ) -> None:
         self.env = env
         self.kind = kind
         self.name = name
         self.database = database  # ClickHouse database / S3 bucket the restore writes
         self.credentials = credentials
+        self.statefulset = statefulset  # etcd: created by after_restore (the restore runs in its init containers)
         self.host = f"{name}.{env.namespace}.svc"
         self.label = f"scratch {kind} {name} in namespace {env.namespace}"
+        self._statefulset_created = statefulset is None
+        self.relays: dict[int, PortForwardRelay] = {}
+        if env.settings.access == "port-forward":
+            for port in env.server(kind).ports.values():
+                opener = pod_port_opener(env.api, env.namespace, self.pod, port)
+                self.relays[port] = PortForwardRelay(opener, label=f"{env.namespace}/{self.pod}:{port}")
         self._released = False
 
     @property
     def pod(self) -> str:
         return f"{self.name}-0"
 
+    def address(self, port: int) -> tuple[str, int]:
+        """Where this process reaches the pod's ``port``: the service, or the local end of its port-forward."""
+        relay = self.relays.get(port)
+        return ("127.0.0.1", relay.port) if relay else (self.host, port)
+
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:9000"
+        host, port = self.address(9000)
+        return f"http://{host}:{port}"
 
     def _credentials(self) -> Credentials:
         if self.credentials is None:
@@ -420,12 +709,15 @@ class KubernetesSlot:
         return self.credentials
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
+        """ClickHouse and S3: the service (or port-forward) and the run's credentials. etcd: a dry run of
+        the init container's ``--to-file`` restore (the snapshot is read there, in ``after_restore``)."""
         if self.kind == "clickhouse":
             credentials = self._credentials()
+            host, port = self.address(9000)
             return RestoreOptions(
-                to_host=self.host,
-                to_port=9000,
-                to_http_port=8123,
+                to_host=host,
+                to_port=port,
+                to_http_port=self.address(8123)[1],
                 to_database=self.database,
                 to_user=credentials.user,
                 to_password=credentials.password,
@@ -440,13 +732,22 @@ class KubernetesSlot:
                 to_secret_access_key=credentials.password,
                 yes=yes,
             )
-        raise ScratchError(f"restore into {self.label}: {ETCD_NOT_WIRED}")
+        return RestoreOptions(to_file=SNAPSHOT_FILE, dry_run=True, yes=yes)
 
     def after_restore(self) -> None:
+        """Wait for the pod; etcd: create the StatefulSet first, if it is not there, whose init
+        containers restore the snapshot (part of the RTO). Raises ScratchError."""
+        if self.statefulset is not None and not self._statefulset_created:
+            self.env.api.create(self.statefulset)
+            self._statefulset_created = True
+            self.label = f"scratch etcd {self.name} in namespace {self.env.namespace}, restored by its init containers"
         self.env.wait_ready(self.pod)
 
     def verify_target(self) -> Any:
-        return EtcdEndpointTarget(f"http://{self.host}:2379") if self.kind == "etcd" else None
+        if self.kind != "etcd":
+            return None
+        host, port = self.address(2379)
+        return EtcdEndpointTarget(f"http://{host}:{port}")
 
     def interrupt(self) -> str:
         try:
@@ -456,23 +757,38 @@ class KubernetesSlot:
         return f"deleted pod {self.pod} in namespace {self.env.namespace}"
 
     def stage_disaster(self) -> str:
-        """ClickHouse: DROP the largest table; S3: delete every object. Raises ScratchError (etcd)."""
+        """ClickHouse: DROP the largest table; S3: delete every object; etcd: delete the StatefulSet, its
+        pod and its PVC (the data dir) and wait until they are gone."""
         if self.kind == "clickhouse":
             return drop_largest_table(self._sql(), self.database)
         if self.kind == "s3":
             return wipe_bucket(self._s3(), self.database)
-        raise ScratchError(f"the disaster fault on {self.label}: {ETCD_NOT_WIRED}")
+        return self._wipe_etcd()
+
+    def _wipe_etcd(self) -> str:
+        namespace, core, claim = self.env.namespace, self.env.api.core, f"data-{self.pod}"
+        try:
+            absent(lambda: self.env.api.apps.delete_namespaced_stateful_set(self.name, namespace))
+            absent(lambda: core.delete_namespaced_pod(self.pod, namespace))
+            absent(lambda: core.delete_namespaced_persistent_volume_claim(claim, namespace))
+        except ApiException as exc:
+            raise _api_error(f"delete the etcd copy {self.name}", exc) from exc
+        self._statefulset_created = False  # the recovery's after_restore creates it again
+        self.env.wait_gone(f"pod {self.pod}", lambda: core.read_namespaced_pod(self.pod, namespace))
+        self.env.wait_gone(f"PVC {claim}", lambda: core.read_namespaced_persistent_volume_claim(claim, namespace))
+        return f"deleted StatefulSet {self.name}, pod {self.pod} and its data dir (PVC {claim}) in namespace {namespace}"
 
     def tamper(self) -> str:
-        """ClickHouse: INSERT one duplicate row; S3: overwrite one object. Raises ScratchError (etcd)."""
+        """ClickHouse: INSERT one duplicate row; S3: overwrite one object; etcd: delete one key."""
         if self.kind == "clickhouse":
             return duplicate_one_row(self._sql(), self.database)
         if self.kind == "s3":
             return overwrite_one_object(self._s3(), self.database)
-        raise ScratchError(f"the verifier-canary fault on {self.label}: {ETCD_NOT_WIRED}")
+        return delete_first_etcd_key(self.verify_target().endpoint)
 
     def _sql(self) -> SqlClient:
-        return self.env.clients.clickhouse(self.host, 9000, self._credentials())
+        host, port = self.address(9000)
+        return self.env.clients.clickhouse(host, port, self._credentials())
 
     def _s3(self) -> Any:
         return self.env.clients.s3(self.endpoint, self._credentials())
@@ -482,6 +798,8 @@ class KubernetesSlot:
         if self._released:
             return
         self._released = True
+        for relay in self.relays.values():
+            relay.close()
         namespace, core = self.env.namespace, self.env.api.core
         with contextlib.suppress(ApiException):
             absent(lambda: self.env.api.apps.delete_namespaced_stateful_set(self.name, namespace))
@@ -493,7 +811,9 @@ class KubernetesSlot:
 
 
 class KubernetesScratchEnvironment:
-    """Scratch targets in namespace ``<prefix><run id>`` of the configured cluster, for one drill run."""
+    """Scratch targets in namespace ``<prefix><run id>`` of the configured cluster, for one drill run.
+    ``policy``: the running policy, which the etcd restore pods get a part of (without it, etcd
+    slots are refused)."""
 
     def __init__(
         self,
@@ -501,25 +821,34 @@ class KubernetesScratchEnvironment:
         run_id: str,
         *,
         drill: str | None = None,
+        policy: Policy | None = None,
         api_client: kubernetes.client.ApiClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         token: Callable[[int], str] = secrets.token_hex,
         clients: TargetClients | None = None,
+        resolve: Callable[[str, int], list[str]] = resolve_addresses,
     ) -> None:
         self.settings = settings
         self.run_id = run_id
         self.drill = drill or run_id  # a scratch made without a drill name (tests, tools) is labelled by run id
+        self.policy = policy
         self.namespace = f"{settings.namespace_prefix}{run_id.lower()}"
         self.api = KubernetesApi(api_client or make_api_client(settings))
         self.clock = clock
         self.sleep = sleep
         self.token = token
         self.clients = clients or TargetClients()
+        self.resolve = resolve
         self._servers = _servers(settings)
         self._slots: list[KubernetesSlot] = []
         self._credentials: dict[str, Credentials] = {}  # kind -> the credentials in its Secret
+        self._feed_keys: list[str] | None = None  # the restore Secret's keys, once it is made
+        self._etcd_sources: set[str] = set()
         self._provisioned = False
+
+    def server(self, kind: str) -> Server:
+        return self._servers[kind]
 
     def provision(self) -> None:
         """Create the namespace and its fences, once (on the first slot)."""
@@ -533,33 +862,76 @@ class KubernetesScratchEnvironment:
         self.api.create(network_policy_manifest(self.namespace))
 
     def slot(self, source: str, kind: str, header: SnapshotHeader, *, killable: bool = False) -> Slot:
-        """A new StatefulSet + Service for one restore of ``source``, ready (clickhouse, s3) or
-        with its restore init containers (etcd: ready after the restore). Raises ScratchError."""
-        if self.settings.access != "service-dns":
-            raise ScratchError("scratch.kubernetes.access: port-forward is not implemented yet; use service-dns")
+        """A new Service + StatefulSet for one restore of ``source``: ClickHouse and S3 ready now; etcd
+        (one copy per source: see the module docstring) created by its ``after_restore``. Raises
+        ScratchError."""
         if kind not in self._servers:
             raise ScratchError(f"no kubernetes scratch server for kind '{kind}'")
+        if kind == "etcd" and (killable or source in self._etcd_sources):
+            raise ScratchError(ETCD_FRESH_COPY)
+        feed = self._restore_feed() if kind == "etcd" else None  # refused before anything is created
         self.provision()
         name = f"{kind}-{len(self._slots) + 1}"
         server = self._servers[kind]
-        init = etcd_restore_init_containers(source, header.id, self.settings) if kind == "etcd" else None
+        if kind == "etcd":
+            self._etcd_sources.add(source)
+            self._make_feed(feed)
         credentials = self.server_credentials(kind, server)
-        made = KubernetesSlot(self, kind=kind, name=name, database="restored", credentials=credentials)
-        self._slots.append(made)
-        self.api.create(service_manifest(self.namespace, name, server))
-        self.api.create(
-            statefulset_manifest(
-                self.namespace,
-                name,
-                server,
-                self.settings,
-                init_containers=init,
-                credentials_secret=credentials_secret_name(kind) if credentials else None,
-            )
+        statefulset = statefulset_manifest(
+            self.namespace,
+            name,
+            server,
+            self.settings,
+            init_containers=etcd_restore_init_containers(source, header.id, self.settings) if kind == "etcd" else None,
+            credentials_secret=credentials_secret_name(kind) if credentials else None,
+            secret_keys=self._feed_keys if kind == "etcd" else None,
         )
+        self.api.create(service_manifest(self.namespace, name, server))
+        made = KubernetesSlot(
+            self,
+            kind=kind,
+            name=name,
+            database="restored",
+            credentials=credentials,
+            statefulset=statefulset if kind == "etcd" else None,
+        )
+        self._slots.append(made)
         if kind != "etcd":
+            self.api.create(statefulset)
             self.wait_ready(made.pod)
         return made
+
+    def _restore_feed(self) -> tuple[RestoreFeed, list[str]] | None:
+        """The etcd restore pods' feed and the repository endpoint's addresses, unless this run already
+        made them. Raises ScratchError: no policy, a repository a pod cannot read, an unresolvable endpoint."""
+        if self._feed_keys is not None:
+            return None
+        if self.policy is None:
+            raise ScratchError(
+                "an etcd copy on kubernetes scratch is restored by init containers that need the policy's "
+                "repository settings, and this scratch environment was made without the policy"
+            )
+        feed = restore_feed(self.policy)
+        host, port = feed.endpoint
+        try:
+            addresses = self.resolve(host, port)
+        except OSError as exc:
+            raise ScratchError(
+                f"cannot resolve the repository endpoint {host} to let the restore pods reach it: {exc}"
+            ) from exc
+        if not addresses:
+            raise ScratchError(f"the repository endpoint {host} resolves to no address")
+        return feed, addresses
+
+    def _make_feed(self, made: tuple[RestoreFeed, list[str]] | None) -> None:
+        """The policy ConfigMap, the repository credentials Secret and the egress to the repository."""
+        if made is None:
+            return
+        feed, addresses = made
+        self.api.create(config_map_manifest(self.namespace, POLICY_CONFIGMAP, {POLICY_KEY: feed.policy_yaml}))
+        self.api.create(secret_files_manifest(self.namespace, CREDENTIALS_SECRET, feed.secret_files))
+        self.api.create(repository_egress_manifest(self.namespace, addresses, feed.endpoint[1]))
+        self._feed_keys = sorted(feed.secret_files)
 
     def server_credentials(self, kind: str, server: Server) -> Credentials | None:
         """The credentials of this run's ``kind`` servers, made and put in their Secret on first use
@@ -574,20 +946,43 @@ class KubernetesScratchEnvironment:
         return self._credentials[kind]
 
     def wait_ready(self, pod: str) -> None:
-        """Wait for ``pod``'s Ready condition; past ``ready_timeout`` raise ScratchError with its
-        events and last log lines."""
+        """Wait for ``pod``'s Ready condition; raise ScratchError with its events and last log lines
+        past ``ready_timeout``, or at once when one of its init containers failed (a failed restore)."""
         deadline = self.clock() + self.settings.ready_timeout.total_seconds()
         while True:
             try:
-                if pod_ready(self.api.core.read_namespaced_pod(pod, self.namespace)):
-                    log.info("kubernetes.pod_ready", namespace=self.namespace, pod=pod)
-                    return
+                found = self.api.core.read_namespaced_pod(pod, self.namespace)
             except ApiException as exc:
                 if exc.status != 404:  # not created yet by the StatefulSet controller: keep waiting
                     raise _api_error(f"read pod {pod}", exc) from exc
+            else:
+                if pod_ready(found):
+                    log.info("kubernetes.pod_ready", namespace=self.namespace, pod=pod)
+                    return
+                failed = failed_init_containers(found)
+                if failed:
+                    raise ScratchError(self._init_failed_message(pod, failed))
             if self.clock() >= deadline:
                 raise ScratchError(self._not_ready_message(pod))
             self.sleep(POLL_SECONDS)
+
+    def wait_gone(self, what: str, read: Callable[[], Any]) -> None:
+        """Poll ``read`` until it answers 404; ScratchError past ``ready_timeout``."""
+        deadline = self.clock() + self.settings.ready_timeout.total_seconds()
+        try:
+            while not absent(read):
+                if self.clock() >= deadline:
+                    raise ScratchError(f"{what} in namespace {self.namespace} still there after deletion")
+                self.sleep(POLL_SECONDS)
+        except ApiException as exc:
+            raise _api_error(f"read {what}", exc) from exc
+
+    def _init_failed_message(self, pod: str, failed: list[tuple[str, str]]) -> str:
+        lines = [f"pod {pod} in namespace {self.namespace}: the restore failed in its init containers"]
+        for container, state in failed:
+            lines.append(f"init container {container}: {state}")
+            lines += self._log_lines(pod, container)
+        return "\n".join(lines)
 
     def _not_ready_message(self, pod: str) -> str:
         timeout = int(self.settings.ready_timeout.total_seconds())
@@ -595,10 +990,17 @@ class KubernetesScratchEnvironment:
         with contextlib.suppress(ApiException):
             events = self.api.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}")
             lines += [f"event {event.type} {event.reason}: {event.message}" for event in events.items]
-        with contextlib.suppress(ApiException):
-            text = self.api.core.read_namespaced_pod_log(pod, self.namespace, tail_lines=LOG_TAIL_LINES)
-            lines += [f"log: {line}" for line in str(text or "").splitlines()[-LOG_TAIL_LINES:]]
+        lines += self._log_lines(pod, None)
         return "\n".join(lines)
+
+    def _log_lines(self, pod: str, container: str | None) -> list[str]:
+        """The last log lines of ``pod`` (of its ``container``: required once a pod has init containers)."""
+        prefix = f"log {container}: " if container else "log: "
+        try:
+            text = self.api.core.read_namespaced_pod_log(pod, self.namespace, container=container, tail_lines=LOG_TAIL_LINES)
+        except ApiException:
+            return []
+        return [prefix + line for line in str(text or "").splitlines()[-LOG_TAIL_LINES:]]
 
     def teardown(self) -> list[str]:
         """Release every slot, delete the namespace with foreground propagation and wait until it is
@@ -630,3 +1032,16 @@ class KubernetesScratchEnvironment:
                     f"{int(self.settings.teardown_timeout.total_seconds())}s; the janitor removes it once expired"
                 )
             self.sleep(POLL_SECONDS)
+
+
+def failed_init_containers(pod: Any) -> list[tuple[str, str]]:
+    """(name, what happened) of each init container of ``pod`` that exited non-zero, now or last time."""
+    failed = []
+    for status in (pod.status.init_container_statuses if pod.status else None) or []:
+        for state in (status.state, status.last_state):
+            terminated = state.terminated if state else None
+            if terminated is not None and terminated.exit_code:
+                reason = terminated.reason or "terminated"
+                failed.append((status.name, f"{reason}, exit code {terminated.exit_code}, restarts {status.restart_count}"))
+                break
+    return failed

@@ -4,6 +4,8 @@ what a real API server would be asked to do, and that RBAC in deploy/ allows eve
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -11,18 +13,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
 from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pods
-from unit.deploy.test_manifests import Access, rbac_allows
+from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
 
+from drills.faults import FAULTS, DrillContext
 from drills.janitor_k8s import run_janitor
+from drills.model import Status
 from drills.scratch import make_scratch
 from drills.scratch.kubernetes import Credentials, KubernetesApi, KubernetesScratchEnvironment, TargetClients
 from drills.scratch.local import ScratchError
+from drills.steps import StepOutcome, step
 from lifeboat.cli import cli
-from policies.model import KubernetesScratch, Scratch
+from policies.loader import load_policy
+from policies.model import KubernetesScratch, Policy, Scratch, SecretFile
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +68,46 @@ def settings(**overrides: Any) -> KubernetesScratch:
     return KubernetesScratch.model_validate(values)
 
 
+KEY_FILE_BYTES = b"0123456789abcdef" * 4 + b"\n"
+
+
+def production_policy(directory: Path, url: str = "s3://backups/prod") -> Policy:
+    """A policy with an S3 repository whose secrets are a file, an inline value and a key file."""
+    (directory / "repo-secret").write_text("repository-secret-key\n")
+    (directory / "repo.key").write_bytes(KEY_FILE_BYTES)
+    return Policy.model_validate(
+        {
+            "repository": {
+                "url": url,
+                "s3": {
+                    "endpoint_url": "https://backup-minio.dc2:9000",
+                    "access_key_id": "AKIA-REPO-ACCESS",
+                    "secret_access_key": {"file": str(directory / "repo-secret")},
+                },
+                "encryption": {"key_file": str(directory / "repo.key")},
+            },
+            "sources": {
+                "etcd-main": {"kind": "etcd", "endpoints": ["https://10.0.0.11:2379"], "password": "etcd-password"},
+                "objects": {"kind": "s3", "buckets": ["models"]},
+            },
+        }
+    )
+
+
 def environment(
-    fake: FakeKubernetes, clock: FakeClock, *, clients: TargetClients | None = None, **overrides: Any
+    fake: FakeKubernetes,
+    clock: FakeClock,
+    *,
+    clients: TargetClients | None = None,
+    policy: Policy | None = None,
+    **overrides: Any,
 ) -> KubernetesScratchEnvironment:
     return KubernetesScratchEnvironment(
         settings(**overrides),
         RUN_ID,
         drill="nightly",
+        policy=policy,
+        resolve=lambda host, port: ["10.20.30.40", "10.20.30.41"],
         api_client=api_client(fake),
         clock=clock,
         sleep=clock.sleep,
@@ -195,23 +235,234 @@ def test_teardown_that_outlasts_its_timeout_says_so(fake: FakeKubernetes) -> Non
         scratch.teardown()
 
 
-def test_etcd_slot_restores_in_init_containers_and_waits_after_restore(fake: FakeKubernetes) -> None:
+ETCD_FEED = [
+    ("POST", f"{CORE}/configmaps"),
+    ("POST", f"{CORE}/secrets"),
+    ("POST", f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"),
+]
+
+
+def test_etcd_slot_feeds_its_restore_pod_and_the_statefulset_comes_with_the_timed_restore(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
     fake.on_create.append(statefulset_pods(ready=True))
-    clock = FakeClock()
-    scratch = environment(fake, clock)
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path))
+
     slot = scratch.slot("etcd-main", "etcd", HEADER)
-    assert calls(fake) == [*FENCES, *COPY]  # no readiness wait before the restore; no credentials Secret
+    assert calls(fake) == [*FENCES, *ETCD_FEED, ("POST", f"{CORE}/services")]  # no StatefulSet before the restore
+    options = slot.restore_options(yes=True)
+    assert (options.to_file, options.dry_run, options.yes) == ("/restore/snapshot.db", True, True)
     slot.after_restore()
-    assert calls(fake)[-1] == ("GET", f"{CORE}/pods/etcd-1-0")
-    pod = fake.requests[5].body["spec"]["template"]["spec"]
-    assert "envFrom" not in pod["containers"][0]
-    fetch, restore = pod["initContainers"]
-    assert fetch["args"] == ["--snapshot", HEADER.id, "--to-file", "/restore/snapshot.db", "--yes"]
-    assert "etcdutl snapshot restore /restore/snapshot.db" in restore["command"][-1]
+    assert calls(fake)[-2:] == [("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets"), ("GET", f"{CORE}/pods/etcd-1-0")]
     assert slot.verify_target().endpoint == f"http://etcd-1.{NS}.svc:2379"
-    for fault in (slot.restore_options, slot.stage_disaster, slot.tamper):
-        with pytest.raises(ScratchError, match="not implemented on kubernetes scratch: etcd is restored by"):
-            fault()
+
+    config_map, secret, egress = (request.body for request in fake.requests[4:7])
+    for body in (config_map, secret, egress, fake.requests[8].body):  # valid objects by the client's models
+        assert manifest_problems(body) == []
+    pod_policy = tmp_path / "pod-policy.yaml"
+    pod_policy.write_text(config_map["data"]["policy.yaml"])
+    loaded = load_policy(pod_policy)  # Lifeboat's own loader accepts what the init container reads
+    assert loaded.repository.url == "s3://backups/prod"
+    assert loaded.repository.s3.endpoint_url == "https://backup-minio.dc2:9000"
+    assert loaded.repository.s3.access_key_id == SecretFile(file=Path("/etc/lifeboat/secrets/repository-access-key-id"))
+    assert loaded.repository.s3.secret_access_key == SecretFile(
+        file=Path("/etc/lifeboat/secrets/repository-secret-access-key")
+    )
+    assert loaded.repository.encryption is not None
+    assert loaded.repository.encryption.key_file == Path("/etc/lifeboat/secrets/repository.key")
+    assert list(loaded.sources) == ["etcd-main"]  # the S3 source, and every source secret, stay out
+    for secret_value in ("AKIA-REPO-ACCESS", "repository-secret-key", "etcd-password", "0123456789abcdef"):
+        assert secret_value not in config_map["data"]["policy.yaml"]
+    assert secret["metadata"]["name"] == "lifeboat-credentials"
+    assert {key: base64.b64decode(value) for key, value in secret["data"].items()} == {
+        "repository-access-key-id": b"AKIA-REPO-ACCESS",
+        "repository-secret-access-key": b"repository-secret-key",
+        "repository.key": KEY_FILE_BYTES,
+    }
+    assert egress["spec"] == {
+        "podSelector": {"matchLabels": {"lifeboat.io/restores-from": "repository"}},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {
+                "to": [{"ipBlock": {"cidr": "10.20.30.40/32"}}, {"ipBlock": {"cidr": "10.20.30.41/32"}}],
+                "ports": [{"protocol": "TCP", "port": 9000}],
+            }
+        ],
+    }
+    template = fake.requests[8].body["spec"]["template"]
+    assert template["metadata"]["labels"] == {"lifeboat.io/slot": "etcd-1", "lifeboat.io/restores-from": "repository"}
+    fetch, restore = template["spec"]["initContainers"]
+    assert fetch["command"] == ["lifeboat", "--config", "/etc/lifeboat/policy.yaml", "restore", "etcd-main"]
+    assert fetch["args"] == ["--snapshot", HEADER.id, "--to-file", "/restore/snapshot.db", "--yes"]
+    assert {mount["mountPath"] for mount in fetch["volumeMounts"]} == {
+        "/restore",
+        "/etc/lifeboat/policy.yaml",
+        "/etc/lifeboat/secrets",
+    }
+    credentials = next(volume for volume in template["spec"]["volumes"] if volume["name"] == "credentials")
+    assert [item["key"] for item in credentials["secret"]["items"]] == sorted(secret["data"])
+    assert "etcdutl snapshot restore /restore/snapshot.db --data-dir /var/lib/etcd/data" in restore["command"][-1]
+    assert "ETCDCTL_API=3 etcdctl snapshot restore" in restore["command"][-1]  # etcd 3.4 images
+    assert "envFrom" not in template["spec"]["containers"][0]
+    scratch.teardown()
+
+
+def test_a_second_etcd_source_reuses_the_feed_of_the_run(fake: FakeKubernetes, tmp_path: Path) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path))
+    scratch.slot("etcd-main", "etcd", HEADER)
+    scratch.slot("etcd-events", "etcd", HEADER)
+    assert [path for _, path in calls(fake)].count(f"{CORE}/configmaps") == 1
+    scratch.teardown()
+
+
+def test_etcd_on_kubernetes_refuses_a_local_repository_before_creating_anything(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    url = "file:///var/lib/lifeboat/repo"
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path, url=url))
+    with pytest.raises(ScratchError) as raised:
+        scratch.slot("etcd-main", "etcd", HEADER)
+    assert str(raised.value) == (
+        "an etcd copy on kubernetes scratch is restored inside the cluster, which cannot read the file "
+        f"repository {url}: use an s3:// repository reachable from the cluster, or scratch.kind: local"
+    )
+    assert scratch.teardown() == [] and fake.requests == []
+
+
+def test_etcd_on_kubernetes_without_the_policy_is_refused(fake: FakeKubernetes) -> None:
+    scratch = environment(fake, FakeClock())
+    with pytest.raises(ScratchError, match="this scratch environment was made without the policy"):
+        scratch.slot("etcd-main", "etcd", HEADER)
+    assert fake.requests == []
+
+
+FAILED_FETCH = [
+    {
+        "name": "fetch-snapshot",
+        "ready": False,
+        "restartCount": 2,
+        "image": "ghcr.io/lifeboat/lifeboat:latest",
+        "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
+    },
+    {
+        "name": "etcd-snapshot-restore",
+        "ready": False,
+        "restartCount": 0,
+        "image": "registry.k8s.io/etcd:3.5.15-0",
+        "imageID": "",
+        "state": {"waiting": {"reason": "PodInitializing"}},
+    },
+]
+
+
+def test_a_restore_failing_in_the_init_container_is_an_error_with_its_log_at_once(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    fake.on_create.append(statefulset_pods(ready=False, init_statuses=FAILED_FETCH))
+    fake.logs[(NS, "etcd-1-0", "fetch-snapshot")] = "\n".join(
+        [*(f"noise {n}" for n in range(25)), "Error: chunk 3f2a... failed its integrity check"]
+    )
+    clock = FakeClock()
+    scratch = environment(fake, clock, policy=production_policy(tmp_path))
+    slot = scratch.slot("etcd-main", "etcd", HEADER)
+
+    with pytest.raises(ScratchError) as raised:
+        slot.after_restore()
+
+    lines = str(raised.value).splitlines()
+    assert lines[:2] == [
+        f"pod etcd-1-0 in namespace {NS}: the restore failed in its init containers",
+        "init container fetch-snapshot: Error, exit code 3, restarts 2",
+    ]
+    assert lines[-1] == "log fetch-snapshot: Error: chunk 3f2a... failed its integrity check"
+    assert len(lines) == 2 + 20 and lines[2] == "log fetch-snapshot: noise 6"
+    assert clock.sleeps == []  # no wait for ready_timeout: a failed restore does not heal
+    assert fake.requests[-1].path == f"{CORE}/pods/etcd-1-0/log"
+    assert fake.requests[-1].query == {"container": "fetch-snapshot", "tailLines": "20"}
+    scratch.teardown()
+
+
+def test_etcd_disaster_deletes_the_copy_and_its_data_dir_and_the_recovery_restores_it_again(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path))
+    slot = scratch.slot("etcd-main", "etcd", HEADER)
+    slot.after_restore()
+    assert fake.get("v1", "persistentvolumeclaims", "data-etcd-1-0", NS) is not None
+    before = len(fake.requests)
+
+    said = slot.stage_disaster()
+    slot.after_restore()  # what the disaster scenario's recovery restore ends with
+
+    assert said == (f"deleted StatefulSet etcd-1, pod etcd-1-0 and its data dir (PVC data-etcd-1-0) in namespace {NS}")
+    assert calls(fake)[before:] == [
+        ("DELETE", f"/apis/apps/v1/namespaces/{NS}/statefulsets/etcd-1"),
+        ("DELETE", f"{CORE}/pods/etcd-1-0"),
+        ("DELETE", f"{CORE}/persistentvolumeclaims/data-etcd-1-0"),
+        ("GET", f"{CORE}/pods/etcd-1-0"),
+        ("GET", f"{CORE}/persistentvolumeclaims/data-etcd-1-0"),
+        ("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets"),
+        ("GET", f"{CORE}/pods/etcd-1-0"),
+    ]
+    recreated = fake.requests[-2].body
+    assert recreated["spec"]["template"]["spec"]["initContainers"][0]["args"][1] == HEADER.id
+    assert fake.get("v1", "persistentvolumeclaims", "data-etcd-1-0", NS) is not None  # a new, empty one
+    scratch.teardown()
+
+
+class SnapshotRepository:
+    """The part of a repository the store-fault scenarios touch before they ask for a slot."""
+
+    def entries(self, header: Any) -> list[Any]:
+        return [SimpleNamespace(size=100, chunks=[("c0ffee", 100)])]
+
+
+@pytest.mark.parametrize("fault", ["corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target"])
+def test_faults_that_need_a_fresh_etcd_copy_are_an_error_never_a_pass(
+    fake: FakeKubernetes, tmp_path: Path, fault: str
+) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path))
+    main = scratch.slot("etcd-main", "etcd", HEADER)
+    source: Any = SimpleNamespace(name="etcd-main", kind="etcd")
+    repository: Any = SnapshotRepository()
+    context = DrillContext(source=source, repository=repository, header=HEADER, scratch=scratch, main=main)
+    made = len(fake.requests)
+
+    steps: list[Any] = []
+    with step(steps, f"fault:{fault}"):
+        FAULTS[fault]().run(context, StepOutcome())
+
+    assert steps[0].verdict is Status.ERROR
+    assert steps[0].message.startswith("ScratchError: could not verify: this scenario needs a fresh etcd copy")
+    assert "restored by the copy's init container, out of their reach" in steps[0].message
+    assert len(fake.requests) == made  # nothing was created for it
+    scratch.teardown()
+
+
+def test_etcd_canary_deletes_one_key_through_the_service_endpoint(fake: FakeKubernetes, tmp_path: Path) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock(), policy=production_policy(tmp_path))
+    slot = scratch.slot("etcd-main", "etcd", HEADER)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def answer(request: Any, timeout: float) -> Any:
+        sent.append((request.full_url, json.loads(request.data)))
+        body = {"kvs": [{"key": base64.b64encode(b"/registry/pods/a").decode()}]} if "range" in request.full_url else {}
+        return io.BytesIO(json.dumps(body).encode())
+
+    with mock.patch("urllib.request.urlopen", answer):
+        said = slot.tamper()
+    assert said == "deleted key /registry/pods/a from the scratch etcd"
+    assert [url for url, _ in sent] == [
+        f"http://etcd-1.{NS}.svc:2379/v3/kv/range",
+        f"http://etcd-1.{NS}.svc:2379/v3/kv/deleterange",
+    ]
+    assert sent[1][1] == {"key": base64.b64encode(b"/registry/pods/a").decode()}
     scratch.teardown()
 
 
@@ -350,13 +601,6 @@ def test_a_scratch_made_without_a_drill_name_is_labelled_by_its_run_id(fake: Fak
     scratch.teardown()
 
 
-def test_port_forward_access_is_refused_until_implemented(fake: FakeKubernetes) -> None:
-    scratch = environment(fake, FakeClock(), access="port-forward")
-    with pytest.raises(ScratchError, match="port-forward is not implemented"):
-        scratch.slot("warehouse", "clickhouse", HEADER)
-    assert scratch.teardown() == [] and fake.requests == []
-
-
 def write_kubeconfig(fake: FakeKubernetes, directory: Path) -> Path:
     kubeconfig = directory / "kubeconfig"
     kubeconfig.write_text(
@@ -374,8 +618,16 @@ def test_the_registry_builds_the_kubernetes_scratch_from_a_kubeconfig(fake: Fake
     policy = Scratch.model_validate(
         {"kind": "kubernetes", "kubernetes": {"kubeconfig": str(kubeconfig), "access": "service-dns"}}
     )
-    scratch = make_scratch(policy, RUN_ID, drill="weekly-objects")
+    full = Policy.model_validate(
+        {
+            "repository": {"url": "s3://lifeboat/repo"},
+            "sources": {"objects": {"kind": "s3", "endpoint_url": "http://minio:9000", "buckets": ["models"]}},
+            "scratch": policy.model_dump(),
+        }
+    )
+    scratch = make_scratch(policy, RUN_ID, drill="weekly-objects", policy=full)
     assert isinstance(scratch, KubernetesScratchEnvironment)
+    assert scratch.policy is full  # what the etcd restore pods get their policy from
     scratch.slot("objects", "s3", HEADER)
     assert fake.requests[0].body["metadata"]["labels"]["lifeboat.io/drill"] == "weekly-objects"
     scratch.teardown()
