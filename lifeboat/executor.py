@@ -9,8 +9,15 @@ Security "restricted", reads the policy from the ConfigMap and every secret file
 from the Secret, as deploy/kubernetes/base/deployment.yaml mounts them. Its own state DB is an
 emptyDir: the service's state DB is the run history.
 
-Not done: one Job per S3 bucket or ClickHouse table shard (one Job per source run only). Never run
-against a real cluster: tests drive the real client against tests/k8s_fake.py.
+Shards (``executor.kubernetes.shards: {SOURCE: N}``, S3 by bucket, ClickHouse logical by table): the
+run is N Jobs ``lifeboat-backup-<source>-<run id>-<i>of<N>`` side by side, each running ``backup run
+--source NAME --shard I/N --part-of RUN --json`` into a part manifest (backup/repository/parts.py),
+followed together. When every one has succeeded, the service merges the parts into ONE snapshot
+(``backup.jobs.merge_parts``, no data moves), guarded and recorded like any run. The first failure
+ends the run: the Jobs still running are deleted, the run's parts discarded, nothing is committed,
+and the error names the failed shard with its reason and last log lines.
+
+Never run against a real cluster: tests drive the real client against tests/k8s_fake.py.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,21 +39,23 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 
-from backup.jobs import BackupResult
+from backup.jobs import BackupResult, discard_parts, merge_parts
 from backup.repository.manifest import SnapshotHeader
-from backup.repository.repository import WriteStats
+from backup.repository.parts import PartOf, Shard
+from backup.repository.repository import Repository, WriteStats
 from backup.sources.base import Progress
 from drills.scratch.kubernetes import make_api_client
+from lifeboat.notify.base import NOTIFICATIONS_ENV
 from policies.errors import SourceError
 from policies.model import KubernetesExecutor, Policy, SecretFile
 
-NOTIFICATIONS_ENV = "LIFEBOAT_NOTIFICATIONS"  # "off" in a Job's pod: the submitting service notifies
 log = structlog.get_logger(__name__)
 Manifest = dict[str, Any]
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SOURCE_LABEL = "lifeboat.io/source"
 RUN_LABEL = "lifeboat.io/run"
+SHARD_LABEL = "lifeboat.io/shard"  # "2of3" on the Jobs of a sharded run
 CONTAINER = "backup"
 CONFIG_DIR = PurePosixPath("/etc/lifeboat")
 SECRETS_DIR = CONFIG_DIR / "secrets"
@@ -62,10 +72,10 @@ _RESULT_KEYS = frozenset(
 # ---- the Job (pure) --------------------------------------------------------------------------------
 
 
-def job_name(source: str, run_id: int) -> str:
-    """``lifeboat-backup-<source>-<run id>`` as a DNS-1123 label: ``_`` becomes ``-``, the source part
-    is cut so that the whole fits in 63 characters."""
-    suffix = f"-{run_id}"
+def job_name(source: str, run_id: int, shard: Shard | None = None) -> str:
+    """``lifeboat-backup-<source>-<run id>[-<i>of<n>]`` as a DNS-1123 label: ``_`` becomes ``-``, the
+    source part is cut so that the whole fits in 63 characters."""
+    suffix = f"-{run_id}" + (f"-{shard.index}of{shard.count}" if shard else "")
     room = MAX_NAME - len("lifeboat-backup-") - len(suffix)
     stem = re.sub(r"[^a-z0-9-]", "-", source.lower())[:room].strip("-") or "source"
     return f"lifeboat-backup-{stem}{suffix}"
@@ -102,12 +112,17 @@ def secret_keys(policy: Policy) -> list[str]:
     return sorted(found)
 
 
-def backup_job_manifest(policy: Policy, source: str, run_id: int) -> Manifest:
-    """The ``batch/v1`` Job that backs up ``source`` for run ``run_id`` of the service's state DB."""
+def backup_job_manifest(policy: Policy, source: str, run_id: int, *, part: PartOf | None = None) -> Manifest:
+    """The ``batch/v1`` Job that backs up ``source`` for run ``run_id`` of the service's state DB
+    (with ``part``: that shard's part of the sharded run ``part.run``)."""
     settings = policy.executor.kubernetes
-    name = job_name(source, run_id)
+    name = job_name(source, run_id, part.shard if part else None)
     labels = {MANAGED_BY: "lifeboat", SOURCE_LABEL: _label_value(source), RUN_LABEL: str(run_id)}
-    argv = ["--config", str(POLICY_FILE), "--log-format", "json", "backup", "run", "--source", source, "--json"]
+    argv = ["--config", str(POLICY_FILE), "--log-format", "json", "backup", "run", "--source", source]
+    if part is not None:
+        labels[SHARD_LABEL] = f"{part.shard.index}of{part.shard.count}"
+        argv += ["--shard", str(part.shard), "--part-of", part.run]
+    argv.append("--json")
     container: Manifest = {
         "name": CONTAINER,
         "image": settings.image,
@@ -242,22 +257,23 @@ class KubernetesBackupExecutor:
         self.batch = kubernetes.client.BatchV1Api(client)
         self.core = kubernetes.client.CoreV1Api(client)
 
-    def backup(self, name: str, *, run_id: int, progress: Progress | None = None) -> BackupResult:
-        """Submit the Job for ``name``, wait for it, return the pod's result.
+    def backup(
+        self, name: str, *, run_id: int, progress: Progress | None = None, repository: Repository | None = None
+    ) -> BackupResult:
+        """Submit the Job for ``name``, wait for it, return the pod's result; a source with shards
+        (``executor.kubernetes.shards``) runs as shard Jobs merged into ``repository`` (required then).
 
         Raises SourceError when the Job fails, does not finish within its active deadline (plus
         slack), or succeeds without a result; the message holds the reason and the last log lines.
         An interruption (JobAborted) or a deadline overrun deletes the Job before propagating."""
-        manifest = backup_job_manifest(self.policy, name, run_id)
-        job = manifest["metadata"]["name"]
-        body: Any = manifest  # plain JSON: the client sends a dict as it is (tests validate it as the models)
+        count = self.settings.shards.get(name, 1)
+        if count > 1:
+            if repository is None:
+                raise ValueError(f"source '{name}' is sharded: its parts are merged into the repository, which is needed")
+            return self._backup_sharded(name, count, run_id=run_id, progress=progress, repository=repository)
+        job = self._submit(name, backup_job_manifest(self.policy, name, run_id))
         try:
-            self.batch.create_namespaced_job(self.settings.namespace, body=body)
-        except ApiException as exc:
-            raise SourceError(f"kubernetes: cannot create Job {job}: {exc.status} {exc.reason}") from exc
-        log.info("executor.job_submitted", source=name, job=job, namespace=self.settings.namespace)
-        try:
-            succeeded, reason = self._follow(job, progress)
+            succeeded, reason = self._follow_all([job], progress)[job]
         except BaseException:
             self._delete(job)
             raise
@@ -269,21 +285,82 @@ class KubernetesBackupExecutor:
         reason = "the Job completed, but without a committed snapshot" if succeeded else reason
         raise SourceError(self._failure_message(job, reason, document, log_text))
 
-    def _follow(self, job: str, progress: Progress | None) -> tuple[bool, str]:
+    def _backup_sharded(
+        self, name: str, count: int, *, run_id: int, progress: Progress | None, repository: Repository
+    ) -> BackupResult:
+        """The shard Jobs of ``name``, followed together, then their parts merged (module docstring)."""
+        run = f"{run_id}-{secrets.token_hex(3)}"  # unique even if the state DB (and its run ids) starts over
+        shards = {job_name(name, run_id, shard): shard for shard in (Shard(i, count) for i in range(1, count + 1))}
+        submitted: list[str] = []
+        try:
+            for shard in shards.values():
+                manifest = backup_job_manifest(self.policy, name, run_id, part=PartOf(run, shard))
+                submitted.append(self._submit(name, manifest))
+            outcomes = self._follow_all(submitted, progress)
+        except BaseException:
+            for job in submitted:
+                self._delete(job)
+            discard_parts(repository, name, run)
+            raise
+        failures = self._shard_failures(shards, outcomes)
+        if failures:
+            for job in submitted:
+                if job not in outcomes:  # still running: its part would be discarded anyway
+                    self._delete(job)
+            discard_parts(repository, name, run)
+            raise SourceError(f"sharded backup of '{name}' failed; nothing committed\n" + "\n".join(failures))
+        log.info("executor.shards_succeeded", source=name, run=run, shards=count)
+        stale_after = self.policy.repository.lock_stale_after.total_seconds()
+        return merge_parts(repository, name, self.policy.sources[name], run, stale_after=stale_after)
+
+    def _shard_failures(self, shards: dict[str, Shard], outcomes: dict[str, tuple[bool, str]]) -> list[str]:
+        """Per failed shard: its reason and last log lines. Once all have succeeded, a shard whose pod
+        printed no part is a failure too."""
+        any_failed = not all(succeeded for succeeded, _ in outcomes.values())
+        failures = []
+        for job, (succeeded, reason) in sorted(outcomes.items(), key=lambda item: shards[item[0]]):
+            if succeeded and any_failed:
+                continue
+            log_text = self._pod_log(job)
+            document = backup_document(log_text)
+            if succeeded and document and document["snapshots"] and not document["errors"]:
+                continue
+            reason = "the Job completed, but without a committed part" if succeeded else reason
+            failures.append(f"shard {shards[job]}: {self._failure_message(job, reason, document, log_text)}")
+        return failures
+
+    def _submit(self, name: str, manifest: Manifest) -> str:
+        job = str(manifest["metadata"]["name"])
+        body: Any = manifest  # plain JSON: the client sends a dict as it is (tests validate it as the models)
+        try:
+            self.batch.create_namespaced_job(self.settings.namespace, body=body)
+        except ApiException as exc:
+            raise SourceError(f"kubernetes: cannot create Job {job}: {exc.status} {exc.reason}") from exc
+        log.info("executor.job_submitted", source=name, job=job, namespace=self.settings.namespace)
+        return job
+
+    def _follow_all(self, jobs: list[str], progress: Progress | None) -> dict[str, tuple[bool, str]]:
+        """Poll ``jobs`` until all have finished or one has failed: (succeeded, reason) of the finished
+        ones. Raises SourceError past the active deadline (plus slack), or when a Job cannot be read."""
         deadline = self.clock() + self.settings.active_deadline.total_seconds() + FOLLOW_SLACK_SECONDS
+        finished: dict[str, tuple[bool, str]] = {}
         while True:
             if progress is not None:
                 progress(0)  # the service's abort point
-            try:
-                found = self.batch.read_namespaced_job(job, self.settings.namespace)
-                outcome = job_outcome(found, self.settings.backoff_limit)
-            except ApiException as exc:
-                raise SourceError(f"kubernetes: cannot read Job {job}: {exc.status} {exc.reason}") from exc
-            if outcome is not None:
-                return outcome
+            for job in (job for job in jobs if job not in finished):
+                try:
+                    found = self.batch.read_namespaced_job(job, self.settings.namespace)
+                    outcome = job_outcome(found, self.settings.backoff_limit)
+                except ApiException as exc:
+                    raise SourceError(f"kubernetes: cannot read Job {job}: {exc.status} {exc.reason}") from exc
+                if outcome is not None:
+                    finished[job] = outcome
+            if len(finished) == len(jobs) or not all(succeeded for succeeded, _ in finished.values()):
+                return finished
             if self.clock() >= deadline:
+                running = ", ".join(f"{self.settings.namespace}/{job}" for job in jobs if job not in finished)
                 raise SourceError(
-                    f"backup Job {self.settings.namespace}/{job} did not finish within its active deadline "
+                    f"backup Job {running} did not finish within its active deadline "
                     f"({int(self.settings.active_deadline.total_seconds())}s); deleted"
                 )
             self.sleep(self.settings.poll_interval.total_seconds())

@@ -24,14 +24,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from backup.jobs import BackupResult, run_backup
+from backup.jobs import BackupResult, merge_parts, run_backup, run_part_backup
 from backup.repository.maintenance import CheckReport, PruneReport
 from backup.repository.maintenance import check as check_repository
 from backup.repository.maintenance import prune as prune_repository
+from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
 from backup.sources.base import Progress
 from drills.history import load_history, store_report
@@ -39,11 +40,14 @@ from drills.model import DrillRun
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import make_scratch
-from lifeboat.executor import NOTIFICATIONS_ENV, KubernetesBackupExecutor
 from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
+from lifeboat.notify.base import NOTIFICATIONS_ENV
 from lifeboat.state import REPOSITORY_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
+
+if TYPE_CHECKING:
+    from lifeboat.executor import KubernetesBackupExecutor
 
 log = structlog.get_logger(__name__)
 
@@ -96,11 +100,38 @@ class Operations:
         Raises what ``run_backup`` raises (SourceError, StoreError...), SourceBusy, JobAborted:
         recorded before they propagate, and a failure notified as a ``backup-failure`` incident.
         """
+        return self._recorded_backup(
+            name, repository, lambda repo, run_id: self._snapshot(repo, name, run_id=run_id, progress=progress)
+        )
+
+    def merge_parts(self, name: str, run: str, *, repository: RepositoryOpener) -> BackupResult:
+        """Complete sharded run ``run`` of ``name`` whose parts were taken apart (``backup run --shard``):
+        merge them into one snapshot (``backup.jobs.merge_parts``), recorded and notified as ONE backup
+        run of the source, as ``backup`` records one. Raises what ``backup`` raises."""
+        settings = self.policy.sources[name]
+        return self._recorded_backup(
+            name, repository, lambda repo, _: merge_parts(repo, name, settings, run, stale_after=self.stale_after)
+        )
+
+    def backup_part(
+        self, name: str, part: PartOf, *, repository: RepositoryOpener, progress: Progress | None = None
+    ) -> BackupResult:
+        """Take one shard's part of a sharded run (``backup.jobs.run_part_backup``). Neither recorded nor
+        notified, and not under the source lock (the shards of a run may run side by side here): a part
+        is no snapshot; the merge that completes the run is the run that is recorded and notified."""
+        settings = self.policy.sources[name]
+        return run_part_backup(repository(), name, settings, part, stale_after=self.stale_after, progress=progress)
+
+    def _recorded_backup(
+        self, name: str, repository: RepositoryOpener, take: Callable[[Repository, int], BackupResult]
+    ) -> BackupResult:
+        """``take(repository, run id)`` under the source lock, recorded as a backup run of ``name``,
+        with the incidents of ``backup-failure`` and ``suspicious`` opened or closed."""
         run_id, started = self.history.start_run(RunKind.BACKUP, name, origin=self.origin), time.monotonic()
         try:
             with self.locks.hold([name], purpose=f"backup {name}", wait=self.lock_wait):
                 repo = repository()
-                result = self._snapshot(repo, name, run_id=run_id, progress=progress)
+                result = take(repo, run_id)
         except BaseException as exc:
             error = self._record_failure(run_id, exc, started)
             if error is not None:
@@ -117,13 +148,16 @@ class Operations:
         return result
 
     def _snapshot(self, repo: Repository, name: str, *, run_id: int, progress: Progress | None) -> BackupResult:
-        """Snapshot ``name`` here, or, for the service with ``executor.kind: kubernetes``, in a Job.
+        """Snapshot ``name`` here, or, for the service with ``executor.kind: kubernetes``, in a Job (or
+        in the shard Jobs of ``executor.kubernetes.shards``, whose parts are merged here).
 
         Only the service submits Jobs: the Job's pod runs ``lifeboat backup run`` (origin ``cli``)
         with the same policy, and must back up in its own process rather than submit another Job."""
         if self.policy.executor.kind == "kubernetes" and self.origin == "service":
+            from lifeboat.executor import KubernetesBackupExecutor  # loads the Kubernetes client: only here
+
             executor = self.backup_executor or KubernetesBackupExecutor(self.policy)
-            return executor.backup(name, run_id=run_id, progress=progress)
+            return executor.backup(name, run_id=run_id, progress=progress, repository=repo)
         return run_backup(repo, name, self.policy.sources[name], stale_after=self.stale_after, progress=progress)
 
     # ---- prune and check -------------------------------------------------------------------------
@@ -192,7 +226,7 @@ class Operations:
         try:
             with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
                 repo = repository()
-                scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()), drill=name)
+                scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()), drill=name, policy=self.policy)
                 run = run_drill(self.policy, name, repository=repo, scratch=scratch)
             history = load_history(repo, name, limit=HISTORY_FOR_CHARTS)
             directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id

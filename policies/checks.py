@@ -2,7 +2,8 @@
 
 ``reference_issues`` works on the raw (interpolated) data, so a drill naming an undefined source is
 reported even when some other part of the file does not validate. ``semantic_issues`` needs the
-validated ``Policy``: it refuses scratch targets and repository locations that overlap production.
+validated ``Policy``: it refuses scratch targets and repository locations that overlap production,
+and backup shards (``executor.kubernetes.shards``) that cannot work.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlparse
 
-from policies.model import ClickHouseSettings, Policy, S3Settings
+from policies.durations import format_duration
+from policies.model import SHARDABLE_KINDS, ClickHouseSettings, Policy, S3Settings
 
 Loc = tuple[str | int, ...]
 Issue = tuple[Loc, str]
@@ -39,8 +41,8 @@ def reference_issues(data: dict[str, Any]) -> list[Issue]:
 
 
 def semantic_issues(policy: Policy) -> list[Issue]:
-    """Overlaps between scratch targets, the repository and production sources."""
-    return [*_scratch_overlaps(policy), *_repository_overlaps(policy), *_missing_scratch(policy)]
+    """Overlaps between scratch targets, the repository and production sources; impossible shards."""
+    return [*_scratch_overlaps(policy), *_repository_overlaps(policy), *_missing_scratch(policy), *_shard_issues(policy)]
 
 
 def _scratch_overlaps(policy: Policy) -> Iterator[Issue]:
@@ -102,6 +104,35 @@ def _missing_scratch(policy: Policy) -> Iterator[Issue]:
                     ("drills", drill_name, "sources", i),
                     f"source '{source_name}' is restored into scratch.local.{missing}, which is not set",
                 )
+
+
+def _shard_issues(policy: Policy) -> Iterator[Issue]:
+    """Shards need a source that splits (S3 by bucket, ClickHouse logical by table), no more shards
+    than an S3 source has buckets, and a prune grace that outlives a run (prune deletes older parts)."""
+    executor = policy.executor.kubernetes
+    for name, count in executor.shards.items():
+        where: Loc = ("executor", "kubernetes", "shards", name)
+        source = policy.sources.get(name)
+        if source is None:
+            yield where, f"undefined source '{name}'; defined: {', '.join(sorted(policy.sources))}"
+        elif source.kind not in SHARDABLE_KINDS:
+            yield where, f"source '{name}' is {source.kind}: only s3 (by bucket) and clickhouse (by table) sources shard"
+        elif isinstance(source, ClickHouseSettings) and source.strategy != "logical":
+            yield (
+                where,
+                f"source '{name}' has strategy {source.strategy}: only logical backups shard (a native backup is one "
+                f"server-side BACKUP); set sources.{name}.strategy: logical",
+            )
+        elif isinstance(source, S3Settings) and count > len(set(source.buckets)):
+            yield where, f"{count} shards for {len(set(source.buckets))} bucket(s): a shard takes whole buckets"
+    grace = policy.repository.prune.grace
+    if any(count > 1 for count in executor.shards.values()) and grace < executor.active_deadline:
+        yield (
+            ("repository", "prune", "grace"),
+            f"{format_duration(grace)} is shorter than executor.kubernetes.active_deadline "
+            f"({format_duration(executor.active_deadline)}): prune deletes the parts of a sharded run older than "
+            "the grace period as abandoned, and a run may take that long",
+        )
 
 
 def _names(section: Any) -> set[str]:

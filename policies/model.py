@@ -365,6 +365,9 @@ class Scratch(Frozen):
 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL)]
+SHARDABLE_KINDS = ("s3", "clickhouse")  # by bucket, by table (backup/repository/parts.py)
+MAX_SHARDS = 64
+ShardCount = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 
 
 class ExecutorResources(Frozen):
@@ -392,6 +395,9 @@ class KubernetesExecutor(Frozen):
     kubeconfig: Path | None = None
     context: str | None = None
     in_cluster: bool = False  # use the pod's service account instead of a kubeconfig
+    # {source: N}: the source's run is N Jobs in parallel (S3 by bucket, ClickHouse by table), merged
+    # into one snapshot; 1 (or absent) is one Job. Rules across the file: policies.checks.
+    shards: dict[Name, ShardCount] = {}
 
     @model_validator(mode="after")
     def _positive_times(self) -> KubernetesExecutor:

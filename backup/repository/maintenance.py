@@ -4,10 +4,16 @@
 with ``read_data`` it also reads and re-hashes chunks (all of them, or a random share that differs
 from run to run). ``prune`` applies each source's retention under an exclusive lock, then deletes
 chunks that no manifest references and that are older than the grace period.
+
+Part manifests of sharded runs (parts.py) are not snapshots, but their chunks are someone's: a
+merge may still be pending. ``check`` proves their chunks exist like a snapshot's; ``prune``
+deletes parts older than the grace period (abandoned: a run lasts at most the executor's active
+deadline, and a completed run deletes its parts) and counts the chunks of the others as referenced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,7 +24,8 @@ import structlog
 
 from backup.repository.locks import list_locks
 from backup.repository.manifest import SnapshotHeader
-from backup.repository.repository import Repository, chunk_key
+from backup.repository.parts import StoredPart
+from backup.repository.repository import Repository, SnapshotNotFound, chunk_key
 from backup.repository.store import ObjectLockedError
 from backup.sources.clickhouse_chain import NATIVE_PREFIX, deletable_native_backups, native_backup_locations
 from policies.errors import IntegrityError, LifeboatError, StoreError
@@ -44,6 +51,7 @@ class Problem:
 class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     snapshots: int = 0
+    parts: int = 0  # part manifests of sharded runs awaiting their merge
     chunks_referenced: int = 0
     chunks_stored: int = 0
     chunks_read: int = 0
@@ -58,6 +66,7 @@ class CheckReport:
             "ok": self.ok,
             "problems": [problem.as_dict() for problem in self.problems],
             "snapshots": self.snapshots,
+            "parts": self.parts,
             "chunks_referenced": self.chunks_referenced,
             "chunks_stored": self.chunks_stored,
             "chunks_read": self.chunks_read,
@@ -71,7 +80,6 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
     report = CheckReport()
     users: dict[str, list[str]] = {}
     for header in _headers(repository, report):
-        report.snapshots += 1
         for chunk_id in _chunk_ids(repository, header, report):
             named = users.setdefault(chunk_id, [])
             if len(named) < _NAMED_SNAPSHOTS and header.id not in named:
@@ -93,11 +101,23 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
 
 
 def _headers(repository: Repository, report: CheckReport) -> Iterator[SnapshotHeader]:
+    """Every snapshot's header, then every part's (counted apart, in ``report.parts``)."""
     for snapshot_id in repository.snapshot_ids():
         try:
-            yield repository.read_header(snapshot_id)
+            header = repository.read_header(snapshot_id)
         except LifeboatError as exc:
             report.problems.append(Problem("manifest", str(exc), snapshot=snapshot_id))
+            continue
+        report.snapshots += 1
+        yield header
+    for stored in repository.list_parts():
+        try:
+            part = repository.read_part(stored)
+        except LifeboatError as exc:
+            report.problems.append(Problem("manifest", str(exc)))
+            continue
+        report.parts += 1
+        yield part
 
 
 def _chunk_ids(repository: Repository, header: SnapshotHeader, report: CheckReport) -> Iterator[str]:
@@ -140,6 +160,7 @@ class PruneReport:
     bytes_deleted: int = 0
     chunks_locked: int = 0  # under Object Lock retention: skipped, deleted by a later prune
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
+    parts_deleted: list[str] = field(default_factory=list)  # abandoned part manifests of sharded runs
     native_deleted: list[str] = field(default_factory=list)  # server-side (ClickHouse BACKUP) backups removed
 
     def as_dict(self) -> dict[str, Any]:
@@ -210,7 +231,27 @@ def _prune(
             elif not report.dry_run:
                 repository.forget(index[decision.snapshot.id])
     _delete_native_backups(repository, survivors, report)
-    _collect_garbage(repository, survivors, grace, now, report)
+    pending = _pending_parts(repository, grace, now, report)
+    _collect_garbage(repository, survivors + pending, grace, now, report)
+
+
+def _pending_parts(repository: Repository, grace: timedelta, now: datetime, report: PruneReport) -> list[SnapshotHeader]:
+    """Delete parts older than ``grace`` (abandoned); return the headers of the others, whose chunks
+    a pending merge will reference. An unreadable young part raises: never delete blind."""
+    pending: list[SnapshotHeader] = []
+    for stored in repository.list_parts():
+        if now - stored.modified < grace:
+            with contextlib.suppress(SnapshotNotFound):  # merged or discarded since the listing
+                pending.append(repository.read_part(stored))
+            continue
+        report.parts_deleted.append(_part_name(stored))
+        if not report.dry_run:
+            repository.delete_part(stored)
+    return pending
+
+
+def _part_name(stored: StoredPart) -> str:
+    return f"{stored.source} run {stored.part.run} shard {stored.part.shard}"
 
 
 def _delete_native_backups(repository: Repository, survivors: list[SnapshotHeader], report: PruneReport) -> None:

@@ -7,6 +7,7 @@ Layout under the store's prefix::
     snapshots/<source>/<snapshot id>.json.zst   a manifest: the commit point of a snapshot
     locks/<uuid>.json                           shared / exclusive locks (locks.py)
     drills/<drill>/<run id>.json                drill reports
+    parts/<source>/<run>/<i>of<n>.json.zst      part manifests of a sharded run, until merged (parts.py)
 
 Chunking is fixed-size (1 MiB). Content-defined chunking only pays where bytes are inserted into
 the middle of a stream, and none of our sources does that: an etcd snapshot is a bbolt file of
@@ -46,6 +47,7 @@ from backup.repository.manifest import (
     snapshot_source,
     snapshot_time,
 )
+from backup.repository.parts import PARTS_PREFIX, PartOf, Shard, StoredPart, parse_part_key, run_prefix
 from backup.repository.retry import RetryingStore, RetryPolicy
 from backup.repository.store import ObjectNotFound, Store, get_bytes, put_bytes
 from policies.errors import IntegrityError, LifeboatError, StoreError
@@ -294,9 +296,42 @@ class Repository:
 
     # ---- snapshots -------------------------------------------------------------------------
 
-    def begin_snapshot(self, source: str, kind: str, *, stale_after: float = 1800.0) -> SnapshotWriter:
-        """A writer for a new snapshot; use it as a context manager (it holds a shared lock)."""
-        return SnapshotWriter(self, source, kind, stale_after=stale_after)
+    def begin_snapshot(
+        self, source: str, kind: str, *, stale_after: float = 1800.0, started: datetime | None = None
+    ) -> SnapshotWriter:
+        """A writer for a new snapshot; use it as a context manager (it holds a shared lock).
+        ``started`` (default: now) is the snapshot's time; a merge of parts passes the earliest part's."""
+        return SnapshotWriter(self, source, kind, stale_after=stale_after, started=started)
+
+    def begin_part(self, source: str, kind: str, part: PartOf, *, stale_after: float = 1800.0) -> SnapshotWriter:
+        """A writer for one shard's part of a sharded run (parts.py): like a snapshot's, but its
+        ``shard`` is set (sources back up only that share) and it commits to the part's key."""
+        return SnapshotWriter(self, source, kind, stale_after=stale_after, part=part)
+
+    def list_parts(self, source: str | None = None, run: str | None = None) -> list[StoredPart]:
+        """Part manifests in the store (of ``source``, of its ``run``), by source, run and shard."""
+        prefix = run_prefix(source, run) if source and run else f"{PARTS_PREFIX}{source}/" if source else PARTS_PREFIX
+        found = []
+        for info in self.store.list(prefix):
+            parsed = parse_part_key(info.key)
+            if parsed is not None:
+                found.append(StoredPart(parsed[0], parsed[1], info.key, info.modified))
+        return sorted(found, key=lambda stored: (stored.source, stored.part.run, stored.part.shard))
+
+    def read_part(self, stored: StoredPart) -> SnapshotHeader:
+        """A part's header; raises SnapshotNotFound (gone) or IntegrityError (unreadable)."""
+        try:
+            sealed = get_bytes(self.store, stored.key)
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no part {stored.part.shard} of run {stored.part.run} of '{stored.source}'") from None
+        try:
+            return SnapshotHeader.from_json(self.codec.decode(sealed, name=stored.key))
+        except (CorruptObject, ValueError, KeyError) as exc:
+            raise IntegrityError(f"manifest of part {stored.key} is unreadable: {exc}") from None
+
+    def delete_part(self, stored: StoredPart) -> None:
+        """Remove a part manifest; its chunks go at a later prune unless a snapshot uses them."""
+        self.store.delete(stored.key)
 
     def snapshot_ids(self, source: str | None = None) -> list[str]:
         """Ids of committed snapshots, oldest first (ids sort by time within a source)."""
@@ -374,14 +409,24 @@ class SnapshotWriter:
     that this snapshot found in the store and chose to reuse instead of uploading again.
     """
 
-    def __init__(self, repository: Repository, source: str, kind: str, *, stale_after: float) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        source: str,
+        kind: str,
+        *,
+        stale_after: float,
+        started: datetime | None = None,
+        part: PartOf | None = None,
+    ) -> None:
         self.repository = repository
         self._stale_after = stale_after
         self._exit = contextlib.ExitStack()
         self._known: set[str] | None = None
         self.source = source
         self.kind = kind
-        self.started = datetime.now(UTC)
+        self.part = part
+        self.started = started or datetime.now(UTC)
         self.id = new_snapshot_id(source, self.started)
         self.stats = WriteStats()
         self._buffer = bytearray()
@@ -390,8 +435,14 @@ class SnapshotWriter:
         self._size = 0
         self._lock = threading.Lock()
 
+    @property
+    def shard(self) -> Shard | None:
+        """The share of the source this writer takes (a part of a sharded run), None for all of it."""
+        return self.part.shard if self.part else None
+
     def __enter__(self) -> SnapshotWriter:
-        self._exit.enter_context(self.repository.lock("shared", f"backup {self.source}", stale_after=self._stale_after))
+        purpose = f"backup {self.source}" + (f" shard {self.part.shard}" if self.part else "")
+        self._exit.enter_context(self.repository.lock("shared", purpose, stale_after=self._stale_after))
         self._known = self.repository.stored_chunk_ids()
         return self
 
@@ -446,11 +497,12 @@ class SnapshotWriter:
                 census=census or {},
                 meta=meta or {},
             )
-            key = manifest_key(self.source, self.id)
+            key = self.part.key(self.source) if self.part else manifest_key(self.source, self.id)
             sealed = self.repository.codec.encode(header.to_json(), name=key)
             put_bytes(self.repository.store, key, sealed)
             self.stats.add(stored=len(sealed))
-        log.info("snapshot.committed", snapshot=self.id, source=self.source, entries=self._count, status=status)
+        event = "part.committed" if self.part else "snapshot.committed"
+        log.info(event, snapshot=self.id, source=self.source, entries=self._count, status=status, key=key)
         return header
 
 

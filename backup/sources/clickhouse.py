@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import structlog
@@ -144,6 +144,12 @@ class ClickHouseSource:
             catalog = discover(connections, self.settings, where=endpoint.describe())
             destination = s3_destination(writer.repository, self.settings.native_endpoint_url)
             choice = choose_strategy(self.settings.strategy, parse_version(catalog.version), destination is not None)
+            if writer.shard is not None:  # one part of a sharded run (backup/repository/parts.py): its tables
+                if choice.strategy != "logical":
+                    raise SourceError(f"source '{self.name}': only strategy logical can be sharded, not {choice.strategy}")
+                shard = writer.shard  # a materialized view's storage table goes with the view
+                tables = tuple(t for t in catalog.tables if shard.owns(f"{t.database}.{t.owner or t.name}"))
+                catalog = replace(catalog, tables=tables)
             log.info(
                 "clickhouse.snapshot", source=self.name, strategy=choice.strategy, why=choice.why, tables=len(catalog.tables)
             )

@@ -963,11 +963,16 @@ class S3Source:
         good); the caller then commits nothing."""
         client = self._client(self.settings.endpoint_url)
         buckets = sorted(set(self.settings.buckets))
+        if writer.shard is not None:  # one part of a sharded run (backup/repository/parts.py): its buckets
+            buckets = writer.shard.pick(buckets)
         for bucket in buckets:  # every bucket answers before any byte moves: errors come early
             self._call(partial(client.list_objects_v2, Bucket=bucket, MaxKeys=1), bucket=bucket, what=f"list '{bucket}'")
         if previous is not None and previous.kind != self.kind:
             previous = None
-        before = PreviousEntries(writer.repository.entries(previous) if previous is not None else None)
+        entries = writer.repository.entries(previous) if previous is not None else None
+        if entries is not None and writer.shard is not None:  # other shards' buckets are not gone
+            entries = (entry for entry in entries if entry.meta.get("bucket") in buckets)
+        before = PreviousEntries(entries)
         tally = SnapshotTally(buckets={bucket: BucketSum() for bucket in buckets})
         self._transfer(client, writer, self._listing(client, buckets), before, tally, progress)
         before.finish()

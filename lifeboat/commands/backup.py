@@ -1,7 +1,9 @@
-"""``lifeboat backup run`` and ``lifeboat restore``."""
+"""``lifeboat backup run`` (``--shard I/N --part-of RUN``: one shard's part), ``backup merge`` and
+``lifeboat restore``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,11 +11,13 @@ import click
 import structlog
 
 from backup.jobs import BackupResult, run_restore
+from backup.repository.parts import PartOf, Shard
 from backup.sources.base import RestoreOptions, RestoreResult
 from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
-from lifeboat.operations import open_operations
+from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
 from policies.errors import LifeboatError
+from policies.model import SHARDABLE_KINDS, ClickHouseSettings, SourceSettings
 
 log = structlog.get_logger(__name__)
 
@@ -25,25 +29,93 @@ def backup() -> None:
 
 @backup.command("run")
 @click.option("--source", "names", multiple=True, metavar="NAME", help="Back up this source (repeatable); default: all.")
+@click.option("--shard", metavar="I/N", help="Only shard I of N of the source (S3: buckets, ClickHouse: tables).")
+@click.option("--part-of", "part_of", metavar="RUN", help="With --shard: the sharded run this part belongs to.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...], "errors": [...]} on stdout.')
 @pass_session
-def backup_run(session: Session, names: tuple[str, ...], as_json: bool) -> None:
+def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part_of: str | None, as_json: bool) -> None:
     """Snapshot sources into the repository (created on first use). Exit 1 if any source failed.
 
     Each source's run is recorded in the state DB under that source's lock (which `lifeboat serve`
-    takes too); a failure is notified once per incident to the notifiers listening to backup-failure."""
+    takes too); a failure is notified once per incident to the notifiers listening to backup-failure.
+
+    With --shard I/N --part-of RUN (one --source): take only that shard's share as a part of run RUN,
+    which is no snapshot until `lifeboat backup merge --source NAME --part-of RUN` merges the parts of
+    all N shards; parts are neither recorded nor notified, the merge is."""
     policy = session.policy()
     unknown = sorted(set(names) - policy.sources.keys())
     if unknown:
         raise click.UsageError(f"unknown source {', '.join(unknown)}; defined: {', '.join(sorted(policy.sources))}")
+    part = _part(policy.sources, names, shard, part_of)
     repository = session.repository(create=True)
+
+    def take(operations: Operations, name: str) -> BackupResult:
+        with terminal_progress(f"backup {name}") as progress:
+            if part is not None:
+                return operations.backup_part(name, part, repository=lambda: repository, progress=progress)
+            return operations.backup(name, repository=lambda: repository, progress=progress)
+
+    _run_and_report(session, names or tuple(policy.sources), take, as_json=as_json)
+
+
+@backup.command("merge")
+@click.option("--source", "name", required=True, metavar="NAME", help="The sharded source.")
+@click.option("--part-of", "part_of", required=True, metavar="RUN", help="The run whose parts to merge.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...], "errors": [...]} on stdout.')
+@pass_session
+def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> None:
+    """Merge the parts of sharded run RUN (`backup run --shard I/N --part-of RUN`, one per shard) into
+    one snapshot of the source, recorded and notified as one backup run. Exit 1 when a shard left no
+    part: nothing is committed. The run's parts are deleted either way."""
+    policy = session.policy()
+    if name not in policy.sources:
+        raise click.UsageError(f"unknown source '{name}'; defined: {', '.join(sorted(policy.sources))}")
+    repository = session.repository()
+
+    def take(operations: Operations, source: str) -> BackupResult:
+        return operations.merge_parts(source, part_of, repository=lambda: repository)
+
+    _run_and_report(session, (name,), take, as_json=as_json)
+
+
+def _part(
+    sources: Mapping[str, SourceSettings], names: tuple[str, ...], shard: str | None, part_of: str | None
+) -> PartOf | None:
+    """The part that --shard and --part-of name, or None; UsageError for a combination that cannot work."""
+    if shard is None and part_of is None:
+        return None
+    if shard is None or part_of is None:
+        raise click.UsageError("--shard and --part-of go together")
+    if len(names) != 1:
+        raise click.UsageError("--shard takes exactly one --source")
+    settings = sources[names[0]]
+    if settings.kind not in SHARDABLE_KINDS:
+        raise click.UsageError(f"source '{names[0]}' is {settings.kind}: only s3 and clickhouse sources can be sharded")
+    if isinstance(settings, ClickHouseSettings) and settings.strategy == "native":
+        raise click.UsageError(
+            f"source '{names[0]}' has strategy native, one server-side BACKUP: only logical backups can be sharded"
+        )
+    try:
+        return PartOf(part_of, Shard.parse(shard))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _run_and_report(
+    session: Session,
+    names: tuple[str, ...],
+    take: Callable[[Operations, str], BackupResult],
+    *,
+    as_json: bool,
+) -> None:
+    """``take`` each source, then print the results (``--json``: the CLI contract's document); exit 1
+    if any failed."""
     results: list[BackupResult] = []
     errors: list[dict[str, str]] = []
-    with open_operations(policy, redact=session.redactor.text) as operations:
-        for name in names or tuple(policy.sources):
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        for name in names:
             try:
-                with terminal_progress(f"backup {name}") as progress:
-                    results.append(operations.backup(name, repository=lambda: repository, progress=progress))
+                results.append(take(operations, name))
             except LifeboatError as exc:
                 message = session.redactor.text(str(exc))
                 log.error("backup.failed", source=name, error=message)
@@ -64,8 +136,9 @@ def _backup_line(result: BackupResult) -> str:
     figures = ", ".join(
         f"{key.replace('_', ' ')} {value}" for key, value in result.figures.items() if not isinstance(value, dict | list)
     )
+    what = f"{item['id']} (part {item['shard']} of run {item['part_of']})" if "shard" in item else item["id"]
     line = (
-        f"{item['id']}: {item['status']}, read {human_bytes(item['bytes_read'])}, "
+        f"{what}: {item['status']}, read {human_bytes(item['bytes_read'])}, "
         f"stored {human_bytes(item['bytes_stored'])} new, {item['seconds']:.1f}s" + (f"; {figures}" if figures else "")
     )
     if result.anomalies:

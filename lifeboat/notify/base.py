@@ -20,6 +20,8 @@ from backup.repository.retry import RetryPolicy
 from policies.errors import ConfigError
 from policies.model import Secret, reveal
 
+NOTIFICATIONS_ENV = "LIFEBOAT_NOTIFICATIONS"  # "off" in a backup Job's pod: the submitting service notifies
+
 log = structlog.get_logger("lifeboat.notify")
 
 # Declared once for every notifier: 4 attempts with full-jitter waits of at most 2, 4, 8 s, so a

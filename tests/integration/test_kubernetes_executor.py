@@ -1,24 +1,35 @@
 """The ``kubernetes`` backup executor: ``Operations.backup`` in the service submits a Job, follows it
 and records the outcome in the state DB as a local run would. The real ``kubernetes`` client speaks
 HTTP to the fake API server of tests/k8s_fake.py; the test plays the Job controller and kubelet
-(``finish_job``: the Job's status and the pod's log). RBAC in deploy/ must allow every request."""
+(``finish_job``: the Job's status and the pod's log). RBAC in deploy/ must allow every request.
+
+A sharded source (``executor.kubernetes.shards``) is N Jobs whose pods the test plays by running the
+Job's own ``lifeboat backup run --shard I/N --part-of RUN`` against the real S3 server; the service
+merges their parts into one snapshot, or fails the run naming the failed shard."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from conftest import S3Endpoint
 from k8s_fake import FakeKubernetes, Request, api_client, finish_job, job_pods, serve
-from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
+from unit.deploy.test_manifests import Access, manifest_problems, parse_invocation, rbac_allows
 
 from backup.repository import Repository, open_repository
+from backup.repository.maintenance import check as check_repository
+from lifeboat.cli import cli
 from lifeboat.executor import KubernetesBackupExecutor
 from lifeboat.operations import JobAborted, Operations
 from lifeboat.state import RunHistory, RunKind, RunStatus, SourceLocks
 from policies.errors import LifeboatError, SourceError
+from policies.loader import load_policy
 from policies.model import Policy
 
 pytestmark = pytest.mark.integration
@@ -245,6 +256,137 @@ def test_the_cli_origin_backs_up_locally_even_with_the_kubernetes_executor(
     with pytest.raises(LifeboatError):  # a local snapshot: here the policy's secret file is missing
         cli.backup(SOURCE, repository=lambda: repository)
     assert fake.requests == []
+
+
+# ---- shards: N Jobs, one merged snapshot ---------------------------------------------------------
+
+SHARDED = "models"
+
+
+@pytest.fixture
+def sharded_config(tmp_path: Path, s3_server: S3Endpoint) -> Path:
+    """A policy whose S3 source of three buckets runs as three shard Jobs (the Jobs' pods, played by
+    the test, run the CLI with this same file)."""
+    client = s3_server.client()
+    buckets = [f"sharded-{number}-{uuid.uuid4().hex[:8]}" for number in range(3)]
+    for number, bucket in enumerate(buckets):
+        client.create_bucket(Bucket=bucket)
+        for index in range(number + 2):
+            client.put_object(Bucket=bucket, Key=f"object-{index}", Body=f"{bucket}/{index}".encode() * 100)
+    config = tmp_path / "lifeboat.yaml"
+    config.write_text(
+        f"repository: {{url: 'file://{tmp_path / 'repo'}'}}\n"
+        f"state: {tmp_path / 'state' / 'state.db'}\n"
+        "sources:\n"
+        f"  {SHARDED}:\n"
+        "    kind: s3\n"
+        f"    endpoint_url: {s3_server.endpoint_url}\n"
+        "    access_key_id: testing\n"
+        "    secret_access_key: testing\n"
+        f"    buckets: {json.dumps(buckets)}\n"
+        "executor:\n"
+        "  kind: kubernetes\n"
+        f"  kubernetes: {{poll_interval: 5s, active_deadline: 1m, shards: {{{SHARDED}: 3}}}}\n"
+    )
+    return config
+
+
+def run_pod(config: Path, job: dict[str, Any]) -> str:
+    """What the Job's pod prints: its `lifeboat` command run here, with the test's policy file."""
+    args = list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    args[args.index("--config") + 1] = str(config)
+    aws: dict[str, str | None] = {name: None for name in os.environ if name.startswith("AWS_")}
+    result = CliRunner().invoke(cli, args, env={**aws, "LIFEBOAT_NOTIFICATIONS": "off"}, catch_exceptions=False)
+    return result.stdout
+
+
+def shard_jobs(fake: FakeKubernetes) -> list[dict[str, Any]]:
+    return [request.body for request in fake.sent("POST") if request.path == JOBS]
+
+
+def test_a_sharded_source_runs_one_job_per_shard_and_records_one_merged_snapshot(
+    fake: FakeKubernetes, sharded_config: Path
+) -> None:
+    policy = load_policy(sharded_config)
+
+    def cluster(sleeps: int) -> None:  # the pods run one after the other, the Jobs finish together
+        if sleeps == 2:
+            for job in fake.of("jobs"):
+                finish_job(fake, NS, job["metadata"]["name"], succeeded=True, log=run_pod(sharded_config, job))
+
+    clock = FakeClock(cluster)
+    with RunHistory.open(policy.state) as history, open_repository(policy.repository, create=True) as repository:
+        result = operations(policy, history, fake, clock).backup(SHARDED, repository=lambda: repository)
+        runs = history.runs(RunKind.BACKUP, SHARDED)
+        listed = repository.list_snapshots(SHARDED)
+        parts = repository.list_parts()
+        check = check_repository(repository, read_data=1.0)
+
+    jobs = shard_jobs(fake)
+    assert [job["metadata"]["name"] for job in jobs] == [f"lifeboat-backup-models-{runs[0].id}-{i}of3" for i in (1, 2, 3)]
+    runs_of_parts = set()
+    for index, job in enumerate(jobs, start=1):
+        assert manifest_problems(job) == []
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        invocation = parse_invocation([*container["command"], *container["args"]])  # the CLI contract's words
+        assert invocation.command == ("backup", "run")
+        assert invocation.options["--shard"] == f"{index}/3" and "--json" in invocation.options
+        runs_of_parts.add(invocation.options["--part-of"])
+        assert job["metadata"]["labels"]["lifeboat.io/shard"] == f"{index}of3"
+    assert len(runs_of_parts) == 1 and runs_of_parts.pop().startswith(f"{runs[0].id}-")
+    assert [run.status for run in runs] == [RunStatus.OK]  # one run, not one per shard
+    assert runs[0].snapshot_id == result.header.id == listed[0].id and len(listed) == 1
+    assert result.figures["shards"] == 3 and result.figures["objects_listed"] == 2 + 3 + 4
+    assert runs[0].figures["objects_downloaded"] == 9
+    assert parts == [] and check.ok and check.snapshots == 1
+    assert clock.sleeps == [5.0, 5.0]
+
+
+def test_a_failed_shard_fails_the_run_names_the_shard_and_leaves_nothing(fake: FakeKubernetes, sharded_config: Path) -> None:
+    policy = load_policy(sharded_config)
+    error = "source 'models': cannot read s3://bucket/object-1: SlowDown"
+    lines = [json.dumps({"event": "s3.retry", "attempt": n}) for n in range(30)]
+    failed_log = "\n".join([*lines, json.dumps({"snapshots": [], "errors": [{"source": SHARDED, "message": error}]})])
+
+    def cluster(sleeps: int) -> None:  # shard 1 commits its part and shard 2 fails; shard 3 still runs
+        jobs = {job["metadata"]["name"][-4:]: job for job in fake.of("jobs")}
+        finish_job(fake, NS, jobs["1of3"]["metadata"]["name"], succeeded=True, log=run_pod(sharded_config, jobs["1of3"]))
+        finish_job(fake, NS, jobs["2of3"]["metadata"]["name"], succeeded=False, log=failed_log)
+
+    with RunHistory.open(policy.state) as history, open_repository(policy.repository, create=True) as repository:
+        with pytest.raises(SourceError) as raised:
+            operations(policy, history, fake, FakeClock(cluster)).backup(SHARDED, repository=lambda: repository)
+        runs = history.runs(RunKind.BACKUP, SHARDED)
+        listed = repository.list_snapshots(SHARDED)
+        parts = repository.list_parts()
+        incidents = [incident.event for incident in history.open_incidents()]
+
+    message = str(raised.value)
+    assert message.startswith("sharded backup of 'models' failed; nothing committed")
+    assert "shard 2/3: backup Job lifeboat/lifeboat-backup-models-" in message and "BackoffLimitExceeded" in message
+    assert f"{SHARDED}: {error}" in message and lines[-1] in message and lines[0] not in message
+    assert "shard 1/3" not in message and "shard 3/3" not in message
+    assert [run.status for run in runs] == [RunStatus.FAILED] and runs[0].error == message
+    assert incidents == ["backup-failure"]
+    assert listed == [] and parts == [], "the part of shard 1 is discarded with the run"
+    deleted = [request.path.rsplit("/", 1)[-1] for request in fake.sent("DELETE")]
+    assert [name[-4:] for name in deleted] == ["3of3"], "only the shard still running is deleted"
+    assert {job["metadata"]["name"][-4:] for job in fake.of("jobs")} == {"1of3", "2of3"}
+
+
+def test_an_aborted_sharded_run_deletes_every_shard_job(fake: FakeKubernetes, sharded_config: Path) -> None:
+    policy = load_policy(sharded_config)
+
+    def progress(moved: int) -> None:
+        if len(fake.of("jobs")) == 3:
+            raise JobAborted("backup:models: the service is stopping")
+
+    with RunHistory.open(policy.state) as history, open_repository(policy.repository, create=True) as repository:
+        with pytest.raises(JobAborted):
+            operations(policy, history, fake, FakeClock()).backup(SHARDED, repository=lambda: repository, progress=progress)
+        assert history.runs(RunKind.BACKUP, SHARDED)[0].status is RunStatus.INTERRUPTED
+        assert repository.list_parts() == [] and repository.list_snapshots() == []
+    assert not fake.of("jobs") and len(fake.sent("DELETE")) == 3
 
 
 def test_every_request_the_executor_made_is_allowed_by_rbac() -> None:

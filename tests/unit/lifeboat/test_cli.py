@@ -120,3 +120,18 @@ def test_installed_console_script_prints_no_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert "Traceback" not in done.stderr and "5 errors" in done.stderr
+
+
+def test_a_backup_command_starts_without_the_heavy_clients() -> None:
+    """A cron job's ``backup run`` of one source pays only for what it uses: the Kubernetes client,
+    boto3 and clickhouse-driver (0.5 s of imports together) load with the source kind or the
+    executor that needs them."""
+    probe = (
+        "import sys; from lifeboat.cli import cli; "
+        "cli.get_command(None, 'backup'); cli.get_command(None, 'restore'); "
+        "from backup.sources import make_source; from policies.model import EtcdSettings; "
+        "make_source('e', EtcdSettings(kind='etcd', endpoints=['http://127.0.0.1:2379'])); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'boto3', 'botocore', 'clickhouse_driver'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
