@@ -5,7 +5,10 @@ through the same network path the restore used (a clickhouse-driver client, a bo
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import urllib.request
 from typing import Any, Protocol
 
 from policies.errors import LifeboatError
@@ -93,3 +96,23 @@ def overwrite_one_object(client: Any, bucket: str) -> str:
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=body + b"tampered")
     return f"appended bytes to object {key!r} in the scratch bucket"
+
+
+def delete_first_etcd_key(endpoint: str) -> str:
+    """The etcd canary: delete the first key of the etcd at ``endpoint`` (its JSON gateway, a scratch
+    server of this drill); says which. Raises ScratchError when it holds none."""
+    everything = base64.b64encode(b"\0").decode()
+    found = _etcd_call(endpoint, "range", {"key": everything, "range_end": everything, "limit": 1, "keys_only": True})
+    keys = found.get("kvs") or []
+    if not keys:
+        raise ScratchError("the scratch etcd holds no key to tamper with")
+    key = keys[0]["key"]
+    _etcd_call(endpoint, "deleterange", {"key": key})
+    return f"deleted key {base64.b64decode(key).decode(errors='replace')} from the scratch etcd"
+
+
+def _etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(f"{endpoint}/v3/kv/{method}", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result

@@ -12,15 +12,21 @@ The ClickHouse and MinIO servers get a user and password made for the run, kept 
 drill namespace (create-only RBAC: Lifeboat never reads it back, it keeps what it generated); the
 restore, the verification and the faults reach the servers with them.
 
-etcd is restored inside the cluster, by the StatefulSet pod's init containers: ``lifeboat restore
-<source> --snapshot <id> --to-file`` in ``lifeboat_image`` (policy from the ConfigMap
-``POLICY_CONFIGMAP``, repository secrets from the Secret ``CREDENTIALS_SECRET``, both generated from
-the running policy into the drill namespace), then ``etcdutl snapshot restore`` (``etcdctl`` for
-3.4) in the etcd image, which must have a ``/bin/sh``; then etcd starts on the restored data dir.
+etcd is restored inside the cluster, by the StatefulSet pod's one init container in
+``lifeboat_image``: ``lifeboat restore <source> --snapshot <id> --to-data-dir`` (policy from the
+ConfigMap ``POLICY_CONFIGMAP``, repository secrets from the Secret ``CREDENTIALS_SECRET``, both
+generated from the running policy into the drill namespace), Lifeboat's own data-dir restore
+(backup/sources/etcd.py): it writes the snapshot db next to the data dir on the PVC, proves it (the
+repository's sha256, then etcd's trailer) and runs ``etcdctl snapshot restore`` (3.4) or ``etcdutl``
+(3.5+, detected) from the Lifeboat image, which therefore carries them (deploy/docker/Dockerfile); the
+etcd image only runs ``etcd`` (the default one is distroless: no shell, nothing else is asked of it).
+With ``--yes`` a data dir already there (a restarted pod) is moved aside on the PVC and restored
+afresh, never reused nor refused; the PVC holds the snapshot and the restored copy at once, and every
+such moved-aside copy. Then etcd starts on the restored data dir, as the init container's uid.
 The drill's timed restore of such a slot is a dry run in this process (it proves the snapshot's
-manifest is readable and says the plan); ``after_restore`` creates the StatefulSet and waits for
-readiness, so the in-cluster restore is inside the RTO. A failing init container ends the wait at
-once with its exit code and last log lines.
+manifest is readable; its plan is a ``--to-file`` one: ``DRY_RUN_FILE``); ``after_restore`` creates
+the StatefulSet and waits for readiness, so the in-cluster restore is inside the RTO. A failing
+init container ends the wait at once with its exit code and last log lines.
 Choices and limits of that path:
 - the repository must be ``s3://``: a local-path repository cannot be read from a pod (refused);
 - the generated pod policy holds the repository and the etcd sources' names only, every repository
@@ -41,12 +47,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import secrets
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -69,6 +73,7 @@ from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,
     SqlClient,
+    delete_first_etcd_key,
     drop_largest_table,
     duplicate_one_row,
     overwrite_one_object,
@@ -91,8 +96,14 @@ CONFIG_DIR = PurePosixPath("/etc/lifeboat")  # as the backup Jobs of lifeboat/ex
 SECRETS_DIR = CONFIG_DIR / "secrets"
 POLICY_KEY = "policy.yaml"
 LIFEBOAT_UID = 10001  # the image's `lifeboat` user (deploy/docker/Dockerfile)
-SNAPSHOT_FILE = "/restore/snapshot.db"
-ETCD_DATA = "/var/lib/etcd/data"
+RESTORE_CONTAINER = "etcd-restore"  # the init container of an etcd copy
+# The etcd slot's restore in this process is a --to-file dry run: a --to-data-dir one would look at
+# ETCD_DATA on this machine, not in the pod (and fail where /var/lib/etcd is a 0700 etcd host's).
+DRY_RUN_FILE = "/restore/snapshot.db"
+ETCD_VOLUME = "/var/lib/etcd"  # where the etcd pod mounts its PVC
+ETCD_DATA = f"{ETCD_VOLUME}/data"  # the data dir on it: restored by the init container, served by etcd
+ETCD_MEMBER = "drill"  # the one member of a scratch etcd: restored under this name, etcd runs with it
+ETCD_PEER_URL = "http://127.0.0.1:2380"  # its peer URL in the restored membership (etcd reads it from the data dir)
 SCRATCH_REGION = "us-east-1"  # MinIO's default; the scratch bucket is created in it
 
 
@@ -137,11 +148,11 @@ def _servers(settings: KubernetesScratch) -> dict[str, Server]:
         "etcd": Server(
             images.etcd,
             2379,
-            "/var/lib/etcd",
+            ETCD_VOLUME,
             [
                 "etcd",
-                "--name=drill",
-                "--data-dir=/var/lib/etcd/data",
+                f"--name={ETCD_MEMBER}",
+                f"--data-dir={ETCD_DATA}",
                 "--listen-client-urls=http://0.0.0.0:2379",
                 "--advertise-client-urls=http://127.0.0.1:2379",
             ],
@@ -266,6 +277,18 @@ def service_manifest(namespace: str, name: str, server: Server) -> Manifest:
     }
 
 
+def run_as_lifeboat() -> Manifest:
+    """The restricted container securityContext of the etcd restore and of the etcd it restored: the
+    Lifeboat image's uid and gid, no privilege escalation, no capabilities."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": LIFEBOAT_UID,
+        "runAsGroup": LIFEBOAT_UID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def statefulset_manifest(
     namespace: str,
     name: str,
@@ -278,9 +301,10 @@ def statefulset_manifest(
 ) -> Manifest:
     """One replica of ``server`` with its data on a PVC from the template ``data``, and its
     environment from ``credentials_secret`` when given. With ``init_containers`` (the etcd restore)
-    the pod also gets their volumes: ``restore`` (scratch), ``policy`` (the policy ConfigMap) and
-    ``credentials`` (``secret_keys`` of the repository credentials Secret, mode 0440, read through
-    the pod's fsGroup), and the label that opens egress to the repository."""
+    the pod also gets their volumes: ``policy`` (the policy ConfigMap) and ``credentials``
+    (``secret_keys`` of the repository credentials Secret, mode 0440, read through the pod's
+    fsGroup), the label that opens egress to the repository, and the server runs as the restore's
+    uid (``run_as_lifeboat``)."""
     container: Manifest = {
         "name": "server",
         "image": server.image,
@@ -296,10 +320,17 @@ def statefulset_manifest(
     pod_labels = {SLOT_LABEL: name}
     if init_containers:
         pod_spec["initContainers"] = init_containers
+        # fsGroup: the kubelet makes the PVC's root group LIFEBOAT_UID and group-writable, so that the
+        # init container (not root) can create the data dir's sibling work dir in it and rename it into
+        # place, and the Secret's 0440 files are readable through the group.
         pod_spec["securityContext"] = {"fsGroup": LIFEBOAT_UID}
+        # Not enough for etcd: snapshot restore writes the data dir 0700 and its files 0600, owned by
+        # LIFEBOAT_UID, so the group gives another uid nothing. The default etcd image would run as root
+        # and read them anyway, but another image's own user (bitnami's 1001, say) could not: etcd runs
+        # as the uid that wrote its data dir, whatever the image's default.
+        container["securityContext"] = run_as_lifeboat()
         items = [{"key": key, "path": key} for key in secret_keys or []]
         pod_spec["volumes"] = [
-            {"name": "restore", "emptyDir": {}},
             {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP, "items": [{"key": POLICY_KEY, "path": POLICY_KEY}]}},
             {"name": "credentials", "secret": {"secretName": CREDENTIALS_SECRET, "defaultMode": 0o440, "items": items}},
         ]
@@ -322,48 +353,41 @@ def statefulset_manifest(
 
 
 def etcd_restore_init_containers(source: str, snapshot: str, settings: KubernetesScratch) -> list[Manifest]:
-    """The in-cluster etcd restore: Lifeboat fetches and verifies the snapshot db from the repository
-    (policy from the ConfigMap, secrets from the Secret, as the backup Jobs mount them under
-    /etc/lifeboat), then ``etcdutl snapshot restore`` (``etcdctl`` where there is no etcdutl: etcd
-    3.4) writes the data dir on the PVC unless a previous start of this pod already did."""
-    fetch = {
-        "name": "fetch-snapshot",
+    """The in-cluster etcd restore of ``snapshot`` of ``source``: one init container in
+    ``settings.lifeboat_image`` running ``lifeboat restore --to-data-dir`` onto the data PVC (policy
+    from the ConfigMap, secrets from the Secret, mounted under /etc/lifeboat as the backup Jobs mount
+    them). Lifeboat writes and proves the snapshot db (repository sha256, etcd's trailer), runs
+    ``etcdctl`` (3.4) or ``etcdutl`` (3.5+) ``snapshot restore`` into a work dir beside the data dir
+    and renames it into place; ``--yes`` moves a data dir already there (a restarted pod: init
+    containers run on every start) aside on the PVC, so each start restores the snapshot afresh.
+    No shell and nothing of the etcd image is used. Returns the pod's ``initContainers``."""
+    argv = [
+        *("lifeboat", "--config", str(CONFIG_DIR / POLICY_KEY), "restore", source),
+        *("--snapshot", snapshot),
+        *("--to-data-dir", ETCD_DATA),
+        *("--name", ETCD_MEMBER),
+        *("--initial-cluster", f"{ETCD_MEMBER}={ETCD_PEER_URL}"),
+        *("--initial-advertise-peer-urls", ETCD_PEER_URL),
+        "--yes",
+    ]
+    restore = {
+        "name": RESTORE_CONTAINER,
         "image": settings.lifeboat_image,
-        "command": ["lifeboat", "--config", str(CONFIG_DIR / POLICY_KEY), "restore", source],
-        "args": ["--snapshot", snapshot, "--to-file", SNAPSHOT_FILE, "--yes"],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": LIFEBOAT_UID,
-            "runAsGroup": LIFEBOAT_UID,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "command": argv[:5],
+        "args": argv[5:],
+        "securityContext": run_as_lifeboat(),
         "volumeMounts": [
-            {"name": "restore", "mountPath": "/restore"},
+            {"name": "data", "mountPath": ETCD_VOLUME},  # the data dir's parent: the work dir goes beside it
             {"name": "policy", "mountPath": str(CONFIG_DIR / POLICY_KEY), "subPath": POLICY_KEY, "readOnly": True},
             {"name": "credentials", "mountPath": str(SECRETS_DIR), "readOnly": True},
         ],
     }
-    member = (
-        f"{SNAPSHOT_FILE} --data-dir {ETCD_DATA} --name drill --initial-cluster drill=http://127.0.0.1:2380 "
-        "--initial-advertise-peer-urls http://127.0.0.1:2380"
-    )
-    restore_script = (
-        f"test -d {ETCD_DATA}/member || etcdutl snapshot restore {member} || "
-        f"{{ ! command -v etcdutl >/dev/null && ETCDCTL_API=3 etcdctl snapshot restore {member}; }}"
-    )
-    restore = {
-        "name": "etcd-snapshot-restore",
-        "image": settings.images.etcd,
-        "command": ["/bin/sh", "-c", restore_script],
-        "volumeMounts": [{"name": "restore", "mountPath": "/restore"}, {"name": "data", "mountPath": "/var/lib/etcd"}],
-    }
-    return [fetch, restore]
+    return [restore]
 
 
 @dataclass(frozen=True)
 class RestoreFeed:
-    """What the etcd restore init containers are given: the policy file (ConfigMap), the secret files
+    """What the etcd restore init container is given: the policy file (ConfigMap), the secret files
     it names (Secret), and the repository endpoint they must reach (host, TCP port)."""
 
     policy_yaml: str
@@ -373,8 +397,9 @@ class RestoreFeed:
 
 def restore_feed(policy: Policy) -> RestoreFeed:
     """The pod's policy: ``policy``'s repository, every secret of it as a file under /etc/lifeboat/secrets,
-    and the etcd sources by name (``restore --to-file`` needs nothing else of them); state in the
-    pod's scratch volume. Raises ScratchError for a repository a pod cannot read (not ``s3://``)."""
+    and the etcd sources by name (``restore --to-data-dir`` needs nothing else of them: it reaches no
+    etcd, and takes the etcdctl on the image's PATH). ``state`` stays the image's default: restore
+    records nothing in the state DB. Raises ScratchError for a repository a pod cannot read (not ``s3://``)."""
     repository = policy.repository
     scheme = urlparse(repository.url).scheme
     if scheme != "s3":
@@ -402,8 +427,8 @@ def restore_feed(policy: Policy) -> RestoreFeed:
         for name, settings in policy.sources.items()
         if settings.kind == "etcd"
     }
-    document = {"repository": dumped, "state": "/restore/lifeboat-state.db", "sources": etcd}
-    text = "# made by a Lifeboat drill for its etcd restore init containers\n" + yaml.safe_dump(document, sort_keys=False)
+    document = {"repository": dumped, "sources": etcd}
+    text = "# made by a Lifeboat drill for its etcd restore init container\n" + yaml.safe_dump(document, sort_keys=False)
     return RestoreFeed(text, files, _endpoint(repository.s3.endpoint_url, repository.s3.region))
 
 
@@ -631,26 +656,6 @@ def _pump(source: Any, sink: Any) -> None:
 # ---- etcd through its endpoint ------------------------------------------------------------------
 
 
-def _etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(f"{endpoint}/v3/kv/{method}", data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:  # a scratch server of this drill
-        result: dict[str, Any] = json.loads(response.read())
-        return result
-
-
-def delete_first_etcd_key(endpoint: str) -> str:
-    """The etcd canary: delete the first key of the etcd at ``endpoint`` (its JSON gateway); says which.
-    Raises ScratchError when it holds none."""
-    everything = base64.b64encode(b"\0").decode()
-    found = _etcd_call(endpoint, "range", {"key": everything, "range_end": everything, "limit": 1, "keys_only": True})
-    keys = found.get("kvs") or []
-    if not keys:
-        raise ScratchError("the scratch etcd holds no key to tamper with")
-    key = keys[0]["key"]
-    _etcd_call(endpoint, "deleterange", {"key": key})
-    return f"deleted key {base64.b64decode(key).decode(errors='replace')} from the scratch etcd"
-
-
 # ---- slots -------------------------------------------------------------------------------------
 
 ETCD_FRESH_COPY = (
@@ -678,7 +683,7 @@ class KubernetesSlot:
         self.name = name
         self.database = database  # ClickHouse database / S3 bucket the restore writes
         self.credentials = credentials
-        self.statefulset = statefulset  # etcd: created by after_restore (the restore runs in its init containers)
+        self.statefulset = statefulset  # etcd: created by after_restore (the restore runs in its init container)
         self.host = f"{name}.{env.namespace}.svc"
         self.label = f"scratch {kind} {name} in namespace {env.namespace}"
         self._statefulset_created = statefulset is None
@@ -709,8 +714,9 @@ class KubernetesSlot:
         return self.credentials
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
-        """ClickHouse and S3: the service (or port-forward) and the run's credentials. etcd: a dry run of
-        the init container's ``--to-file`` restore (the snapshot is read there, in ``after_restore``)."""
+        """ClickHouse and S3: the service (or port-forward) and the run's credentials. etcd: a dry run
+        (``DRY_RUN_FILE``) that proves the snapshot's manifest readable; the init container restores
+        it, in ``after_restore``."""
         if self.kind == "clickhouse":
             credentials = self._credentials()
             host, port = self.address(9000)
@@ -732,15 +738,15 @@ class KubernetesSlot:
                 to_secret_access_key=credentials.password,
                 yes=yes,
             )
-        return RestoreOptions(to_file=SNAPSHOT_FILE, dry_run=True, yes=yes)
+        return RestoreOptions(to_file=DRY_RUN_FILE, dry_run=True, yes=yes)
 
     def after_restore(self) -> None:
         """Wait for the pod; etcd: create the StatefulSet first, if it is not there, whose init
-        containers restore the snapshot (part of the RTO). Raises ScratchError."""
+        container restores the snapshot (part of the RTO). Raises ScratchError."""
         if self.statefulset is not None and not self._statefulset_created:
             self.env.api.create(self.statefulset)
             self._statefulset_created = True
-            self.label = f"scratch etcd {self.name} in namespace {self.env.namespace}, restored by its init containers"
+            self.label = f"scratch etcd {self.name} in namespace {self.env.namespace}, restored by its init container"
         self.env.wait_ready(self.pod)
 
     def verify_target(self) -> Any:
@@ -908,7 +914,7 @@ class KubernetesScratchEnvironment:
             return None
         if self.policy is None:
             raise ScratchError(
-                "an etcd copy on kubernetes scratch is restored by init containers that need the policy's "
+                "an etcd copy on kubernetes scratch is restored by an init container that needs the policy's "
                 "repository settings, and this scratch environment was made without the policy"
             )
         feed = restore_feed(self.policy)

@@ -6,14 +6,12 @@ started, so a leftover from a killed run is found and removed by the next run an
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +30,7 @@ from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,
     delete_bucket,
+    delete_first_etcd_key,
     drop_largest_table,
     duplicate_one_row,
     overwrite_one_object,
@@ -105,31 +104,13 @@ class EtcdSlot:
         return "stopped the scratch etcd and wiped its data dir"
 
     def tamper(self) -> str:
-        endpoint = self.verify_target().endpoint
-        found = _etcd_call(endpoint, "range", {"key": _b64(b"\0"), "range_end": _b64(b"\0"), "limit": 1, "keys_only": True})
-        keys = found.get("kvs") or []
-        if not keys:
-            raise ScratchError("the scratch etcd holds no key to tamper with")
-        key = keys[0]["key"]
-        _etcd_call(endpoint, "deleterange", {"key": key})
-        return f"deleted key {base64.b64decode(key).decode(errors='replace')} from the scratch etcd"
+        return delete_first_etcd_key(self.verify_target().endpoint)
 
     def release(self) -> None:
         if self.process is not None:
             self.process.stop()
             self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(f"{endpoint}/v3/kv/{method}", data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:  # a loopback scratch server
-        result: dict[str, Any] = json.loads(response.read())
-        return result
 
 
 # ---- ClickHouse -------------------------------------------------------------------------------

@@ -291,18 +291,23 @@ def test_etcd_slot_feeds_its_restore_pod_and_the_statefulset_comes_with_the_time
     }
     template = fake.requests[8].body["spec"]["template"]
     assert template["metadata"]["labels"] == {"lifeboat.io/slot": "etcd-1", "lifeboat.io/restores-from": "repository"}
-    fetch, restore = template["spec"]["initContainers"]
-    assert fetch["command"] == ["lifeboat", "--config", "/etc/lifeboat/policy.yaml", "restore", "etcd-main"]
-    assert fetch["args"] == ["--snapshot", HEADER.id, "--to-file", "/restore/snapshot.db", "--yes"]
-    assert {mount["mountPath"] for mount in fetch["volumeMounts"]} == {
-        "/restore",
+    (restore,) = template["spec"]["initContainers"]  # Lifeboat's own data-dir restore; no shell in the etcd image
+    assert restore["command"] == ["lifeboat", "--config", "/etc/lifeboat/policy.yaml", "restore", "etcd-main"]
+    assert restore["args"] == [
+        *("--snapshot", HEADER.id),
+        *("--to-data-dir", "/var/lib/etcd/data"),
+        *("--name", "drill"),
+        *("--initial-cluster", "drill=http://127.0.0.1:2380"),
+        *("--initial-advertise-peer-urls", "http://127.0.0.1:2380"),
+        "--yes",
+    ]
+    assert {mount["mountPath"] for mount in restore["volumeMounts"]} == {
+        "/var/lib/etcd",
         "/etc/lifeboat/policy.yaml",
         "/etc/lifeboat/secrets",
     }
     credentials = next(volume for volume in template["spec"]["volumes"] if volume["name"] == "credentials")
     assert [item["key"] for item in credentials["secret"]["items"]] == sorted(secret["data"])
-    assert "etcdutl snapshot restore /restore/snapshot.db --data-dir /var/lib/etcd/data" in restore["command"][-1]
-    assert "ETCDCTL_API=3 etcdctl snapshot restore" in restore["command"][-1]  # etcd 3.4 images
     assert "envFrom" not in template["spec"]["containers"][0]
     scratch.teardown()
 
@@ -337,9 +342,9 @@ def test_etcd_on_kubernetes_without_the_policy_is_refused(fake: FakeKubernetes) 
     assert fake.requests == []
 
 
-FAILED_FETCH = [
+FAILED_RESTORE = [
     {
-        "name": "fetch-snapshot",
+        "name": "etcd-restore",
         "ready": False,
         "restartCount": 2,
         "image": "ghcr.io/lifeboat/lifeboat:latest",
@@ -347,22 +352,14 @@ FAILED_FETCH = [
         "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
     },
-    {
-        "name": "etcd-snapshot-restore",
-        "ready": False,
-        "restartCount": 0,
-        "image": "registry.k8s.io/etcd:3.5.15-0",
-        "imageID": "",
-        "state": {"waiting": {"reason": "PodInitializing"}},
-    },
 ]
 
 
 def test_a_restore_failing_in_the_init_container_is_an_error_with_its_log_at_once(
     fake: FakeKubernetes, tmp_path: Path
 ) -> None:
-    fake.on_create.append(statefulset_pods(ready=False, init_statuses=FAILED_FETCH))
-    fake.logs[(NS, "etcd-1-0", "fetch-snapshot")] = "\n".join(
+    fake.on_create.append(statefulset_pods(ready=False, init_statuses=FAILED_RESTORE))
+    fake.logs[(NS, "etcd-1-0", "etcd-restore")] = "\n".join(
         [*(f"noise {n}" for n in range(25)), "Error: chunk 3f2a... failed its integrity check"]
     )
     clock = FakeClock()
@@ -375,13 +372,13 @@ def test_a_restore_failing_in_the_init_container_is_an_error_with_its_log_at_onc
     lines = str(raised.value).splitlines()
     assert lines[:2] == [
         f"pod etcd-1-0 in namespace {NS}: the restore failed in its init containers",
-        "init container fetch-snapshot: Error, exit code 3, restarts 2",
+        "init container etcd-restore: Error, exit code 3, restarts 2",
     ]
-    assert lines[-1] == "log fetch-snapshot: Error: chunk 3f2a... failed its integrity check"
-    assert len(lines) == 2 + 20 and lines[2] == "log fetch-snapshot: noise 6"
+    assert lines[-1] == "log etcd-restore: Error: chunk 3f2a... failed its integrity check"
+    assert len(lines) == 2 + 20 and lines[2] == "log etcd-restore: noise 6"
     assert clock.sleeps == []  # no wait for ready_timeout: a failed restore does not heal
     assert fake.requests[-1].path == f"{CORE}/pods/etcd-1-0/log"
-    assert fake.requests[-1].query == {"container": "fetch-snapshot", "tailLines": "20"}
+    assert fake.requests[-1].query == {"container": "etcd-restore", "tailLines": "20"}
     scratch.teardown()
 
 

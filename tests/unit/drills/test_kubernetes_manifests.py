@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 import pytest
-from unit.deploy.test_manifests import manifest_problems
+from unit.deploy.test_manifests import dockerfile_uid, manifest_problems, parse_invocation
 
 from drills.scratch.kubernetes import (
     Credentials,
@@ -22,6 +23,7 @@ from drills.scratch.kubernetes import (
     service_manifest,
     statefulset_manifest,
 )
+from lifeboat.cli import cli
 from policies.model import KubernetesScratch
 
 NS = "lifeboat-drill-20270115t020000z-0a1b"
@@ -80,14 +82,45 @@ def test_quota_limits_and_storage_come_from_the_policy() -> None:
     }
 
 
-def test_etcd_restore_reads_the_policy_and_secrets_and_restores_once() -> None:
+def test_etcd_is_restored_by_one_shell_free_lifeboat_init_container_into_the_data_dir_etcd_serves() -> None:
     pod = generated()["etcd-statefulset-with-restore"]["spec"]["template"]["spec"]
-    fetch, restore = pod["initContainers"]
-    assert fetch["image"] == SETTINGS.lifeboat_image
-    assert fetch["command"][:4] == ["lifeboat", "--config", "/etc/lifeboat/policy.yaml", "restore"]
-    assert {volume["name"] for volume in pod["volumes"]} == {"restore", "policy", "credentials"}
-    assert restore["command"][-1].startswith("test -d /var/lib/etcd/data/member || etcdutl snapshot restore")
+    (restore,) = pod["initContainers"]  # nothing runs in the etcd image but etcd: it may have no shell
+    assert restore["image"] == SETTINGS.lifeboat_image
+    invocation = parse_invocation([*restore["command"], *restore["args"]])  # the CLI contract's words
+    assert invocation.config == "/etc/lifeboat/policy.yaml"
+    assert (invocation.command, invocation.arguments) == (("restore",), ("etcd-main",))
+    assert invocation.options == {
+        "--snapshot": "etcd-main-20270115T010000Z-abcd",
+        "--to-data-dir": "/var/lib/etcd/data",
+        "--name": "drill",
+        "--initial-cluster": "drill=http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls": "http://127.0.0.1:2380",
+        "--yes": None,  # a restarted pod moves the data dir aside and restores afresh
+    }
+    command = cli.get_command(click.Context(cli), "restore")
+    assert command is not None
+    assert set(invocation.options) <= {option for param in command.params for option in getattr(param, "opts", [])}
+    server = pod["containers"][0]
+    assert "--data-dir=/var/lib/etcd/data" in server["command"] and "--name=drill" in server["command"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in restore["volumeMounts"]}
+    assert mounts == {"data": "/var/lib/etcd", "policy": "/etc/lifeboat/policy.yaml", "credentials": "/etc/lifeboat/secrets"}
+    assert server["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/etcd"}]  # the same PVC
+    assert {volume["name"] for volume in pod["volumes"]} == {"policy", "credentials"}
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_etcd_runs_as_the_uid_that_restored_its_data_dir() -> None:
+    """snapshot restore writes 0700/0600: etcd must be that uid (fsGroup only opens the PVC's root)."""
+    pod = generated()["etcd-statefulset-with-restore"]["spec"]["template"]["spec"]
+    (restore,) = pod["initContainers"]
+    server = pod["containers"][0]
+    uid = dockerfile_uid()
+    assert pod["securityContext"] == {"fsGroup": uid}
+    for container in (restore, server):
+        context = container["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (uid, uid, True)
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+    assert "securityContext" not in generated()["clickhouse-statefulset"]["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_clickhouse_and_minio_take_their_users_from_the_run_secret_and_etcd_takes_none() -> None:
