@@ -9,7 +9,11 @@ half random) and ~1 KiB Kubernetes-shaped objects. Then, medians of RUNS:
   ``etcdctl snapshot save`` alone; and a repeat backup into the same repository (dedup);
 * ``lifeboat restore --to-data-dir`` vs ``etcdctl snapshot restore`` of the same snapshot file;
 * peak RSS of the Lifeboat process itself (RUSAGE_SELF, reported from inside it) and of its
-  process tree (wait4: includes etcdctl).
+  process tree (wait4: includes etcdctl);
+* CPU seconds of both sides (the client's process tree, the etcd server from /proc), against all the
+  CPU the machine has within the target ratio (cores x floor time x 1.3); and the least a verified,
+  compressed backup must add to the floor's work (zstd, sha256 of chunk ids and of the stream,
+  etcd's trailer check, ``snapshot status``, the census), measured alone on the floor's file.
 
 Not collected by pytest (bench_*.py); prints a table and the ratios.
 """
@@ -19,9 +23,11 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,11 +43,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import zstandard  # noqa: E402
+
 from backup.servers import start_etcd  # noqa: E402
+from backup.sources.etcd import KeyCensus, verify_trailer  # noqa: E402
+from backup.sources.etcd_bolt import snapshot_keys  # noqa: E402
 
 MiB = 1024 * 1024
 SOURCE = "k8s-etcd"
 SMALL_OBJECT = 1024
+BACKUP_TARGET = 1.3  # issue 4: ratio to the floor
 MEMBER = [
     "--name",
     "m1",
@@ -120,6 +131,7 @@ class Lifeboat:
         self.rss_tree_kib = 0
         self.phases: list[dict[str, float]] = []  # per backup run: where the time went, from its log events
         self.first_backups = 0  # how many of them went into an empty repository
+        self.cpu: list[float] = []  # CPU seconds of each run's process tree
 
     def __call__(self, config: Path, *args: str) -> str:
         rss_file = self.workdir / "rss"
@@ -138,6 +150,7 @@ class Lifeboat:
             raise SystemExit(f"lifeboat {' '.join(args)} failed ({child.returncode}):\n{stderr.decode()[-3000:]}")
         self.rss_self_kib = max(self.rss_self_kib, int(rss_file.read_text()))
         self.rss_tree_kib = max(self.rss_tree_kib, usage.ru_maxrss)
+        self.cpu.append(usage.ru_utime + usage.ru_stime)
         if args[:2] == ("backup", "run"):
             self.phases.append(backup_phases(stderr.decode(), started, time.time()))
         return stdout.decode()
@@ -182,20 +195,65 @@ def main() -> None:
             started = time.perf_counter()
             keys = fill(etcd.endpoint, args.size_mib)
             print(f"filled etcd with {keys} keys in {time.perf_counter() - started:.1f}s", flush=True)
-            rows, lifeboat = measure(work, etcd.endpoint, args.runs)
+            rows, lifeboat = measure(work, etcd.endpoint, args.runs, etcd.process.pid)
         report(rows, lifeboat)
 
 
-def measure(work: Path, endpoint: str, runs: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def least_extra_cpu(snapshot: Path) -> float:
+    """CPU seconds the checks, census and storing of a verified, compressed backup add to the floor's
+    ``snapshot save``, measured alone on its file: zstd at the repository's level and two sha256
+    passes per 1 MiB chunk, etcd's trailer (one more sha256), ``snapshot status`` and the census."""
+    started, children = time.process_time(), children_cpu()
+    compressor = zstandard.ZstdCompressor(level=3)
+    with snapshot.open("rb") as stream:
+        while block := stream.read(MiB):
+            compressor.compress(block)
+            hashlib.sha256(block).digest()
+            hashlib.sha256(block).digest()
+    verify_trailer(snapshot)
+    etcdctl("snapshot", "status", str(snapshot))
+    census = KeyCensus()
+    for key in snapshot_keys(snapshot)[1]:
+        census.add(key)
+    return time.process_time() - started + children_cpu() - children
+
+
+def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:
     lifeboat = Lifeboat(work)
-    floor_save = statistics.median(
-        timed(lambda n=n: etcdctl("snapshot", "save", str(work / f"floor-{n}.db"), endpoint=endpoint)) for n in range(runs)
-    )
+    saves = []
+    for n in range(runs):
+        server, client = process_cpu(server_pid), children_cpu()
+        seconds = timed(lambda n=n: etcdctl("snapshot", "save", str(work / f"floor-{n}.db"), endpoint=endpoint))
+        saves.append((seconds, children_cpu() - client, process_cpu(server_pid) - server))
+    floor_save = statistics.median(seconds for seconds, _, _ in saves)
     db_size = (work / "floor-0.db").stat().st_size
     print(f"snapshot file: {db_size / MiB:.0f} MiB", flush=True)
     configs = [policy(work / f"lifeboat-{n}", endpoint) for n in range(runs)]
-    backups = [timed(lambda c=config: lifeboat(c, "backup", "run", "--source", SOURCE, "--json")) for config in configs]
+    backups, server_cpu = [], []
+    for config in configs:
+        before = process_cpu(server_pid)
+        backups.append(timed(lambda c=config: lifeboat(c, "backup", "run", "--source", SOURCE, "--json")))
+        server_cpu.append(process_cpu(server_pid) - before)
     lifeboat.first_backups = len(backups)
+    cpu_report(
+        floor_save,
+        statistics.median(client for _, client, _ in saves),
+        statistics.median(server for _, _, server in saves),
+        statistics.median(lifeboat.cpu),
+        statistics.median(server_cpu),
+        least_extra_cpu(work / "floor-0.db"),
+    )
     repeat = statistics.median(
         timed(lambda: lifeboat(configs[0], "backup", "run", "--source", SOURCE, "--json")) for _ in range(runs)
     )
@@ -238,6 +296,20 @@ def measure(work: Path, endpoint: str, runs: int) -> tuple[list[tuple[str, float
         ("(lifeboat --help: interpreter + imports)", help_time, 0.0),
     ]
     return rows, lifeboat
+
+
+def cpu_report(floor: float, floor_client: float, floor_server: float, client: float, server: float, extra: float) -> None:
+    cores = os.cpu_count() or 1
+    budget = cores * floor * BACKUP_TARGET
+    least = floor_client + floor_server + extra
+    print(f"CPU seconds, client + server ({cores} cores), first backup:", flush=True)
+    print(f"  floor {floor_client:.2f} + {floor_server:.2f}   lifeboat {client:.2f} + {server:.2f} = {client + server:.2f}")
+    print(
+        f"  the least a verified, compressed backup costs: floor {floor_client + floor_server:.2f} + checks, census, "
+        f"zstd and sha256 {extra:.2f} = {least:.2f}, {'more than' if least > budget else 'within'} the {budget:.2f} this "
+        f"machine has in {BACKUP_TARGET}x the floor (before any start-up or I/O)",
+        flush=True,
+    )
 
 
 def report(rows: list[tuple[str, float, float]], lifeboat: Lifeboat) -> None:
