@@ -39,10 +39,10 @@ from drills.history import load_history, store_report
 from drills.model import DrillRun
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
-from drills.scratch import make_scratch
+from drills.scratch import clean_leftovers, make_scratch
 from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
 from lifeboat.notify.base import NOTIFICATIONS_ENV
-from lifeboat.state import REPOSITORY_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
+from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -246,6 +246,21 @@ class Operations:
         return run
 
     # ---- recording and incidents -----------------------------------------------------------------
+
+    def janitor(self, *, dry_run: bool = False) -> list[str]:
+        """Clean up after dead drill runs (``drills.scratch.clean_leftovers``); returns what went.
+        A dry run changes nothing and is not recorded. Raises what the cleanup raises (recorded)."""
+        if dry_run:
+            return clean_leftovers(self.policy.scratch, dry_run=True)
+        run_id, started = self.history.start_run(RunKind.JANITOR, SCRATCH_NAME, origin=self.origin), time.monotonic()
+        try:
+            removed = clean_leftovers(self.policy.scratch)
+        except BaseException as exc:
+            self._record_failure(run_id, exc, started)
+            raise
+        figures = {"removed": len(removed), "seconds": round(time.monotonic() - started, 3)}
+        self.history.finish_run(run_id, RunStatus.OK, figures=figures)
+        return removed
 
     def _record_failure(
         self, run_id: int, exc: BaseException, started: float, *, failed: RunStatus = RunStatus.FAILED

@@ -2,7 +2,8 @@
 
 Jobs, built from the policy, all in UTC: ``backup:<source>`` for every source with a ``schedule``,
 ``prune`` and ``check`` when ``repository.prune.schedule`` / ``repository.check.schedule`` are set,
-``drill:<name>`` for every drill with a ``schedule``. Each is a cron job with ``max_instances=1``,
+``drill:<name>`` for every drill with a ``schedule``, ``janitor`` when ``scratch.janitor.schedule`` is
+set. Each is a cron job with ``max_instances=1``,
 ``coalesce=True`` and ``misfire_grace_time`` = ``service.misfire_grace``, and runs one operation of
 ``lifeboat.operations`` (the same code as the CLI command), recorded in the state DB. A job that
 raises is logged and recorded as failed; the scheduler goes on.
@@ -69,7 +70,7 @@ from backup.repository import Repository, open_repository
 from lifeboat.logs import Redactor
 from lifeboat.metrics import MetricsServer, metrics_registry
 from lifeboat.operations import JobAborted, Operations, refresh_inventory
-from lifeboat.state import REPOSITORY_NAME, RunHistory, RunKind, SourceLocks, StateError
+from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, SourceLocks, StateError
 from policies.errors import ConfigError, LifeboatError
 from policies.loader import load_policy
 from policies.model import Policy
@@ -169,6 +170,8 @@ def job_specs(policy: Policy) -> list[JobSpec]:
         for name, drill in policy.drills.items()
         if drill.schedule
     ]
+    if policy.scratch.janitor.schedule:
+        specs.append(JobSpec(RunKind.JANITOR.value, RunKind.JANITOR, SCRATCH_NAME, policy.scratch.janitor.schedule))
     return specs
 
 
@@ -195,11 +198,16 @@ def _run_drill(operations: Operations, spec: JobSpec, repository: RepositoryFor,
     operations.drill(spec.name, repository=lambda: repository(False))
 
 
+def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    operations.janitor()
+
+
 JOB_RUNNERS: dict[RunKind, JobRunner] = {
     RunKind.BACKUP: _run_backup,
     RunKind.PRUNE: _run_prune,
     RunKind.CHECK: _run_check,
     RunKind.DRILL: _run_drill,
+    RunKind.JANITOR: _run_janitor,
 }
 
 

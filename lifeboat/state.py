@@ -2,13 +2,15 @@
 file locks kept next to it.
 
 The database lives at the policy's ``state`` path, in WAL mode so that ``lifeboat status`` and a
-CLI run read and write while ``lifeboat serve`` does. Schema (``PRAGMA user_version`` = 1):
+CLI run read and write while ``lifeboat serve`` does. Schema (``PRAGMA user_version`` = 2; version 1
+had no ``janitor`` runs, and is migrated when opened):
 
-``runs``        one row per run: ``kind`` (backup | prune | check | drill), ``name`` (the source,
-                the drill, or ``repository`` for prune and check), ``started``/``finished`` (ISO 8601
-                UTC), ``status`` (running | ok | failed | suspicious | interrupted, and for drills
-                PASS | FAIL | ERROR), ``figures`` (JSON), ``snapshot_id``, ``error`` (secrets
-                masked by the caller), ``origin`` (service | cli), ``host``, ``pid`` and ``owner``.
+``runs``        one row per run: ``kind`` (backup | prune | check | drill | janitor), ``name`` (the
+                source, the drill, ``repository`` for prune and check, ``scratch`` for the janitor),
+                ``started``/``finished`` (ISO 8601 UTC), ``status`` (running | ok | failed |
+                suspicious | interrupted, and for drills PASS | FAIL | ERROR), ``figures`` (JSON),
+                ``snapshot_id``, ``error`` (secrets masked by the caller), ``origin`` (service |
+                cli), ``host``, ``pid`` and ``owner``.
 ``incidents``   one row per incident (``key`` like ``backup-failure:k8s-etcd``): opened by the first
                 failure, counted by repeats, ``closed`` by the next success; ``notified`` once a
                 notifier took the news, so repeats stay quiet.
@@ -47,15 +49,16 @@ from policies.errors import LifeboatError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10.0  # another process writing: wait this long for the database lock
 LOCK_POLL_SECONDS = 0.2  # how often a waiter looks at a busy source lock again
 REPOSITORY_NAME = "repository"  # the run name of prune and check, which work on the whole repository
+SCRATCH_NAME = "scratch"  # the run name of the janitor, which cleans up after drills
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill')),
+    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill', 'janitor')),
     name        TEXT NOT NULL,
     started     TEXT NOT NULL,
     finished    TEXT,
@@ -97,6 +100,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _runs_may_be_janitor_runs(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2, first half: SQLite cannot change a CHECK constraint in place, so the old
+    ``runs`` table steps aside (``runs_v1``, its indexes dropped so that the schema makes them anew);
+    the schema then creates the new table, and ``_prepare`` copies every row back, ids included (the
+    incidents refer to them)."""
+    db.execute("DROP INDEX IF EXISTS runs_by_name")
+    db.execute("DROP INDEX IF EXISTS runs_running")
+    db.execute("ALTER TABLE runs RENAME TO runs_v1")
+
+
 class StateError(LifeboatError):
     """The state DB (or the lock directory next to it) cannot be used."""
 
@@ -110,6 +123,7 @@ class RunKind(StrEnum):
     PRUNE = "prune"
     CHECK = "check"
     DRILL = "drill"
+    JANITOR = "janitor"
 
 
 class RunStatus(StrEnum):
@@ -259,12 +273,17 @@ class RunHistory:
         if str(mode).lower() != "wal":
             log.warning("state.no_wal", path=str(self.path), journal_mode=mode)
         self._db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses no committed run
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {version} is newer than this Lifeboat's ({SCHEMA_VERSION})")
-        with self._transaction() as db:
+        with self._transaction() as db:  # read the version inside: two processes may open an old DB at once
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version} is newer than this Lifeboat's ({SCHEMA_VERSION})")
+            if version == 1:
+                _runs_may_be_janitor_runs(db)
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+            if version == 1:
+                db.execute("INSERT INTO runs SELECT * FROM runs_v1")
+                db.execute("DROP TABLE runs_v1")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:

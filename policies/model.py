@@ -355,10 +355,18 @@ class KubernetesScratch(Frozen):
     finished_max_age: Duration = timedelta(hours=24)
 
 
+class ScratchJanitor(Frozen):
+    """When ``lifeboat serve`` runs the janitor (``lifeboat janitor``): leftovers of dead drill runs,
+    expired drill namespaces, old finished pods and Jobs of ``kubernetes.janitor_namespaces``."""
+
+    schedule: Cron | None = None
+
+
 class Scratch(Frozen):
     kind: Literal["local", "kubernetes"] = "local"
     local: LocalScratch = LocalScratch()
     kubernetes: KubernetesScratch = KubernetesScratch()
+    janitor: ScratchJanitor = ScratchJanitor()
 
 
 # ---- executor ---------------------------------------------------------------------------------

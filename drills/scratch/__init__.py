@@ -47,4 +47,21 @@ def make_scratch(
     return factory(settings, run_id, drill=drill, policy=policy)
 
 
-__all__ = ["SCRATCH", "ScratchEnvironment", "ScratchFactory", "Slot", "make_scratch"]
+def clean_leftovers(settings: Scratch, *, dry_run: bool = False) -> list[str]:
+    """The janitor (``lifeboat janitor``, and ``scratch.janitor.schedule`` in the service): what dead
+    drill runs left behind on the local scratch servers; on Kubernetes (when that is the scratch kind,
+    or namespaces to clean are configured), expired drill namespaces and old finished pods and Jobs.
+    Returns what went (or would go, in a dry run)."""
+    from drills.scratch.local import cleanup_leftovers
+
+    removed = cleanup_leftovers(settings.local, dry_run=dry_run)
+    if settings.kind == "kubernetes" or settings.kubernetes.janitor_namespaces:
+        from drills.janitor_k8s import run_janitor
+        from drills.scratch.kubernetes import KubernetesApi, make_api_client
+
+        api = KubernetesApi(make_api_client(settings.kubernetes))
+        removed += run_janitor(api, settings.kubernetes, dry_run=dry_run).items()
+    return removed
+
+
+__all__ = ["SCRATCH", "ScratchEnvironment", "ScratchFactory", "Slot", "clean_leftovers", "make_scratch"]

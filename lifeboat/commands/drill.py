@@ -9,11 +9,8 @@ import click
 import structlog
 
 from drills.history import load_history
-from drills.janitor_k8s import run_janitor
 from drills.model import DrillRun, Status
 from drills.report.text import render_text
-from drills.scratch.kubernetes import KubernetesApi, make_api_client
-from drills.scratch.local import cleanup_leftovers
 from lifeboat.context import EXIT_FAILED, EXIT_OK, EXIT_UNVERIFIED, Session, pass_session, print_json
 from lifeboat.operations import open_operations
 from policies.durations import human_duration
@@ -82,11 +79,8 @@ def _history_item(run: DrillRun) -> dict[str, Any]:
 def janitor(session: Session, dry_run: bool, as_json: bool) -> None:
     """Remove what dead drill runs left behind: scratch processes, directories, databases, buckets;
     on Kubernetes, expired drill namespaces and old finished pods and Jobs of configured namespaces."""
-    scratch = session.policy().scratch
-    removed = cleanup_leftovers(scratch.local, dry_run=dry_run)
-    if scratch.kind == "kubernetes" or scratch.kubernetes.janitor_namespaces:
-        api = KubernetesApi(make_api_client(scratch.kubernetes))
-        removed += run_janitor(api, scratch.kubernetes, dry_run=dry_run).items()
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        removed = operations.janitor(dry_run=dry_run)
     if as_json:
         print_json({"dry_run": dry_run, "removed": removed})
         return

@@ -16,6 +16,7 @@ from lifeboat.service import LifeboatService, ServiceError, job_specs, next_fire
 from lifeboat.state import (
     DRILL_VERDICTS,
     REPOSITORY_NAME,
+    SCRATCH_NAME,
     RunHistory,
     RunKind,
     RunRecord,
@@ -27,6 +28,9 @@ from policies.model import Policy
 
 NEXT_RUNS = 3  # fire times listed per job in ``status --json``
 EXIT_ABORT_INCOMPLETE = 1
+
+# Jobs of the whole repository or scratch, by run kind and the run name they are recorded under.
+MAINTENANCE = ((RunKind.PRUNE, REPOSITORY_NAME), (RunKind.CHECK, REPOSITORY_NAME), (RunKind.JANITOR, SCRATCH_NAME))
 
 
 @click.command()
@@ -143,11 +147,11 @@ def status_document(
         kind.value: {
             "schedule": schedules.get(kind.value),
             "next_runs": upcoming(kind.value),
-            "last_success": run(history.last_run(kind, REPOSITORY_NAME, [RunStatus.OK])),
-            "last_failure": run(history.last_run(kind, REPOSITORY_NAME, [RunStatus.FAILED])),
-            "last_run": run(history.last_run(kind, REPOSITORY_NAME)),
+            "last_success": run(history.last_run(kind, name, [RunStatus.OK])),
+            "last_failure": run(history.last_run(kind, name, [RunStatus.FAILED])),
+            "last_run": run(history.last_run(kind, name)),
         }
-        for kind in (RunKind.PRUNE, RunKind.CHECK)
+        for kind, name in MAINTENANCE
     }
     drills = []
     for name, drill in policy.drills.items():
@@ -207,7 +211,7 @@ def _print_status(document: dict[str, Any]) -> None:
             )
         )
     _table(rows)
-    for kind in ("prune", "check"):
+    for kind in ("prune", "check", "janitor"):
         item = document[kind]
         click.echo(
             f"{kind}: last success {_when(item['last_success'])}, last failure {_when(item['last_failure'])}, "

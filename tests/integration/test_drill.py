@@ -308,3 +308,6 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_janitor(setup: Setup, clic
     assert any(dead.replace("-", "_") in item and item.startswith("database") for item in removed)
     assert any(item.startswith("bucket") for item in removed) and any(item.startswith("workdir") for item in removed)
     assert_no_leftovers(setup, clickhouse_server, s3_server)
+    status = json.loads(lifeboat(setup.config, "status", "--json").stdout)  # the dry run is not recorded
+    assert status["janitor"]["last_success"]["figures"]["removed"] == 3
+    assert status["janitor"]["last_run"]["origin"] == "cli"

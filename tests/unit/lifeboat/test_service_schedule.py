@@ -51,6 +51,7 @@ def test_a_policy_makes_one_job_per_schedule() -> None:
           unscheduled: {kind: etcd, endpoints: ["http://127.0.0.1:2379"]}
         drills:
           nightly: {schedule: "0 4 * * *", sources: [k8s-etcd], objectives: {rto: 30m, rpo: 26h}}
+        scratch: {janitor: {schedule: "15 * * * *"}}
         """,
         label="test.yaml",
         env={},
@@ -59,6 +60,7 @@ def test_a_policy_makes_one_job_per_schedule() -> None:
         ("backup:k8s-etcd", RunKind.BACKUP, "k8s-etcd", "*/30 * * * *"),
         ("prune", RunKind.PRUNE, "repository", "30 5 * * *"),
         ("drill:nightly", RunKind.DRILL, "nightly", "0 4 * * *"),
+        ("janitor", RunKind.JANITOR, "scratch", "15 * * * *"),
     ]
 
 
@@ -72,6 +74,7 @@ sources:
   k8s-etcd: {{kind: etcd, endpoints: ["http://127.0.0.1:1"], schedule: "*/30 * * * *"}}
 drills:
   nightly: {{schedule: "0 4 * * *", sources: [k8s-etcd], objectives: {{rto: 30m, rpo: 26h}}}}
+scratch: {{janitor: {{schedule: "15 * * * *"}}}}
 """
     )
     with RunHistory.open(tmp_path / "state.db") as history:
@@ -80,6 +83,8 @@ drills:
         drill = history.start_run(RunKind.DRILL, "nightly", origin="service")
         history.finish_run(drill, RunStatus.ERROR, figures={"rto_seconds": None})
         history.open_incident("backup-failure", "k8s-etcd", run_id=failed, message="refused")
+        swept = history.start_run(RunKind.JANITOR, "scratch", origin="service")
+        history.finish_run(swept, RunStatus.OK, figures={"removed": 2})
 
     result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -90,7 +95,10 @@ drills:
     assert len(source["next_runs"]) == 3 and source["next_runs"][0].endswith((":00:00+00:00", ":30:00+00:00"))
     assert document["check"]["next_runs"][0].endswith("T06:00:00+00:00") and document["prune"]["next_runs"] == []
     assert document["drills"][0]["last_verdict"] == "ERROR" and document["service"] == {"running": False, "pid": None}
+    assert document["janitor"]["last_success"]["figures"] == {"removed": 2}
+    assert document["janitor"]["next_runs"][0].endswith(":15:00+00:00")
     assert [incident["event"] for incident in document["incidents"]] == ["backup-failure"]
 
     text = CliRunner().invoke(cli, ["--config", str(config), "status"], catch_exceptions=False)
     assert text.exit_code == 0 and "k8s-etcd" in text.stdout and "OPEN INCIDENT backup-failure k8s-etcd" in text.stdout
+    assert "janitor: last success 20" in text.stdout

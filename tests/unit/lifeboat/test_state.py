@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeboat.state import RunHistory, RunKind, RunStatus, SourceBusy, SourceLocks
+from lifeboat.state import RunHistory, RunKind, RunStatus, SourceBusy, SourceLocks, StateError
 
 
 @pytest.fixture
@@ -223,3 +223,58 @@ def test_a_source_lock_held_by_another_process_is_freed_when_it_dies(tmp_path: P
         child.wait()
     with locks.hold(["k8s-etcd"], purpose="drill nightly", wait=5):
         pass
+
+
+VERSION_1_RUNS = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill')),
+    name TEXT NOT NULL, started TEXT NOT NULL, finished TEXT, status TEXT NOT NULL,
+    figures TEXT NOT NULL DEFAULT '{}', snapshot_id TEXT, error TEXT, origin TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, owner TEXT NOT NULL
+);
+CREATE INDEX runs_by_name ON runs (kind, name, id);
+CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
+INSERT INTO runs VALUES (41, 'backup', 'k8s-etcd', '2026-11-01T00:00:00+00:00', '2026-11-01T00:01:00+00:00',
+    'ok', '{"keys": 12}', 'k8s-etcd-20261101T000000Z-ab12', NULL, 'service', 'h', 1, 'gone');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
+    """Lifeboat 0.1's state DB (no janitor runs allowed) opens: every run kept with its id, janitor
+    runs recorded after, new runs numbered after the old ones."""
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(VERSION_1_RUNS)
+    old.close()
+    with pytest.raises(sqlite3.IntegrityError):  # what version 1 refused
+        with sqlite3.connect(path) as old:
+            old.execute(
+                "INSERT INTO runs (kind, name, started, status, origin, host, pid, owner) "
+                "VALUES ('janitor', 'scratch', 'x', 'ok', 'cli', 'h', 1, 'o')"
+            )
+    with RunHistory.open(path) as history:
+        kept = history.last_run(RunKind.BACKUP, "k8s-etcd")
+        assert kept is not None and kept.id == 41 and kept.figures == {"keys": 12}
+        swept = history.start_run(RunKind.JANITOR, "scratch", origin="cli")
+        history.finish_run(swept, RunStatus.OK, figures={"removed": 3})
+        assert swept > 41
+        assert history.last_run(RunKind.JANITOR, "scratch").figures == {"removed": 3}  # type: ignore[union-attr]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
+        assert {"runs_by_name", "runs_running"} <= indexes
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs_v1'").fetchone()[0] == 0
+    db.close()
+
+
+def test_a_database_of_a_newer_lifeboat_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with RunHistory.open(path):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 9")
+    db.close()
+    with pytest.raises(StateError, match="schema version 9 is newer"):
+        RunHistory.open(path)
