@@ -15,6 +15,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Collection, Iterator
+from datetime import datetime
 from typing import BinaryIO, Literal
 
 from backup.repository.store import ObjectInfo, ObjectNotFound, Store, TransientStoreError
@@ -116,6 +117,9 @@ class FaultyStore:
     def delete(self, key: str) -> None:
         self._enter("delete", key)
         self.inner.delete(key)
+
+    def remove_incomplete(self, before: datetime) -> int:
+        return self.inner.remove_incomplete(before)
 
 
 def flip_one_byte(data: bytes) -> bytes:

@@ -160,6 +160,7 @@ class PruneReport:
     bytes_deleted: int = 0
     chunks_locked: int = 0  # under Object Lock retention: skipped, deleted by a later prune
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
+    incomplete_removed: int = 0  # leftovers of writes that never finished (.tmp- files, multipart uploads)
     parts_deleted: list[str] = field(default_factory=list)  # abandoned part manifests of sharded runs
     native_deleted: list[str] = field(default_factory=list)  # server-side (ClickHouse BACKUP) backups removed
 
@@ -233,6 +234,8 @@ def _prune(
     _delete_native_backups(repository, survivors, report)
     pending = _pending_parts(repository, grace, now, report)
     _collect_garbage(repository, survivors + pending, grace, now, report)
+    if not report.dry_run:  # a write older than the grace period that never finished never will
+        report.incomplete_removed = repository.store.remove_incomplete(now - grace)
 
 
 def _pending_parts(repository: Repository, grace: timedelta, now: datetime, report: PruneReport) -> list[SnapshotHeader]:

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, TypeVar
 
 import structlog
@@ -85,3 +86,6 @@ class RetryingStore:
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))
+
+    def remove_incomplete(self, before: datetime) -> int:
+        return self._call("remove incomplete writes", "", lambda: self.inner.remove_incomplete(before))

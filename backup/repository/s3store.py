@@ -198,6 +198,23 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             self._fail(exc, "delete", key)
 
+    def remove_incomplete(self, before: datetime) -> int:
+        """Abort the multipart uploads under the prefix initiated before ``before`` (a writer killed
+        between create and complete): S3 keeps, and bills, their parts until they are aborted."""
+        removed = 0
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].astimezone(UTC) < before:
+                        key, upload_id = upload["Key"], upload["UploadId"]
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                        removed += 1
+        except (ClientError, BotoCoreError) as exc:
+            self._fail(exc, "abort the unfinished uploads of", "")
+        return removed
+
     def _bucket_is_versioned(self) -> bool:
         """Whether a delete must remove versions (a plain delete there only adds a delete marker)."""
         if self.object_lock is not None:

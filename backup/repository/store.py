@@ -74,6 +74,11 @@ class Store(Protocol):
         """Remove ``key`` (every version, where the store keeps versions); a missing key is fine."""
         ...
 
+    def remove_incomplete(self, before: datetime) -> int:
+        """Remove what writes started before ``before`` and never finished left behind (a process
+        killed mid-put): nothing a reader can see, but it takes space. Returns how many went."""
+        ...
+
 
 def put_bytes(store: Store, key: str, data: bytes) -> None:
     """Write ``data`` as ``key``."""
@@ -166,6 +171,24 @@ class LocalStore:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
+    def remove_incomplete(self, before: datetime) -> int:
+        """The ``.tmp-`` files of writes that never reached their rename, last touched before ``before``."""
+        removed = 0
+        pending = _scan(self.root)
+        while pending:
+            entry = pending.pop()
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.extend(_scan(Path(entry.path)))
+                elif entry.name.startswith(TEMP_PREFIX) and entry.stat().st_mtime < before.timestamp():
+                    Path(entry.path).unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+            except OSError as exc:
+                raise StoreError(f"cannot remove the unfinished write {entry.path}: {exc.strerror or exc}") from exc
+        return removed
 
 
 def _scan(directory: Path) -> list[os.DirEntry[str]]:

@@ -10,6 +10,7 @@ shape these tests:
   missing permission gets, so S3Store asks the version for its lock state before saying "locked".
 * GetObjectRetention is not implemented by moto's server (it answers with the object's bytes), so
   retention is checked through HEAD's ``x-amz-object-lock-*`` headers.
+* ListMultipartUploads gives every upload the same ``Initiated`` time, 2010-11-10T20:48:33Z.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -261,6 +263,22 @@ def test_local_list_hides_temp_files_a_crash_left_behind(tmp_path: Path) -> None
     assert listing(store) == {"chunks/ab/real": 1}
 
 
+def test_local_removes_only_the_old_temp_files_of_unfinished_writes(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    put_bytes(store, "chunks/ab/real", b"1")
+    old = tmp_path / "repo" / "chunks" / "ab" / ".tmp-crashed"
+    old.write_bytes(b"half a chunk")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    young = tmp_path / "repo" / "snapshots" / ".tmp-writing"
+    young.parent.mkdir(parents=True)
+    young.write_bytes(b"a write in progress")
+
+    assert store.remove_incomplete(datetime.now(UTC) - timedelta(hours=1)) == 1
+
+    assert not old.exists() and young.exists()
+    assert listing(store) == {"chunks/ab/real": 1}
+
+
 def test_local_list_skips_a_file_deleted_while_listing(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "repo")
     keys = {f"chunks/ab/{n}" for n in range(5)}
@@ -309,6 +327,20 @@ def test_s3_failed_multipart_put_aborts_the_upload_and_keeps_the_old_object(s3_s
     assert get_bytes(store, "chunks/ab/big") == b"old"
     # An upload left open would be invisible storage that costs money until a lifecycle rule runs.
     assert store.client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_aborts_only_the_old_multipart_uploads_under_its_prefix(s3_server: Any, s3_bucket: str) -> None:
+    store = s3_store(s3_server.endpoint_url, s3_bucket)
+    killed = store.client.create_multipart_upload(Bucket=s3_bucket, Key=f"{PREFIX}/chunks/ab/big")["UploadId"]
+    elsewhere = store.client.create_multipart_upload(Bucket=s3_bucket, Key="someone-else/big")["UploadId"]
+
+    # moto dates every upload 2010-11-10 (see the module docstring): before 2000 it is a young one.
+    assert store.remove_incomplete(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+    assert store.remove_incomplete(datetime.now(UTC) - timedelta(hours=1)) == 1
+
+    left = store.client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [upload["UploadId"] for upload in left] == [elsewhere] and killed != elsewhere
+    store.client.abort_multipart_upload(Bucket=s3_bucket, Key="someone-else/big", UploadId=elsewhere)
 
 
 # --- S3Store: permanent and transient errors -------------------------------------------------------------

@@ -314,6 +314,18 @@ def test_prune_applies_retention_and_waits_for_the_grace_period(repo: Repository
     assert restore_bytes(repo, headers[2]) == mixed_data(2 * MiB, seed=2)
 
 
+def test_prune_removes_what_a_writer_killed_mid_write_left_behind(repo: Repository, tmp_path: Path) -> None:
+    backup_bytes(repo, mixed_data(MiB))
+    leftover = tmp_path / "repo" / "chunks" / ".tmp-killed-writer"
+    leftover.write_bytes(b"half a chunk")
+    now = datetime.now(UTC)
+    assert prune(repo, {}, grace=timedelta(hours=24), dry_run=False, now=now).incomplete_removed == 0
+    assert leftover.exists()  # it may be a write in progress
+    report = prune(repo, {}, grace=timedelta(hours=24), dry_run=False, now=now + timedelta(hours=25))
+    assert report.incomplete_removed == 1 and not leftover.exists()
+    assert check(repo, read_data=1.0).ok
+
+
 def test_prune_keeps_sources_without_retention_and_refuses_to_lose_data(repo: Repository) -> None:
     backup_bytes(repo, b"a", source="unmanaged")
     report = prune(repo, {}, grace=timedelta(0), dry_run=False)
