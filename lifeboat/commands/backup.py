@@ -12,6 +12,7 @@ import structlog
 
 from backup.jobs import BackupResult, run_restore
 from backup.repository.parts import PartOf, Shard
+from backup.repository.repository import Repository
 from backup.sources.base import RestoreOptions, RestoreResult
 from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
 from lifeboat.operations import Operations, open_operations
@@ -47,15 +48,14 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
     if unknown:
         raise click.UsageError(f"unknown source {', '.join(unknown)}; defined: {', '.join(sorted(policy.sources))}")
     part = _part(policy.sources, names, shard, part_of)
-    repository = session.repository(create=True)
 
-    def take(operations: Operations, name: str) -> BackupResult:
+    def take(operations: Operations, name: str, repository: Repository) -> BackupResult:
         with terminal_progress(f"backup {name}") as progress:
             if part is not None:
                 return operations.backup_part(name, part, repository=lambda: repository, progress=progress)
             return operations.backup(name, repository=lambda: repository, progress=progress)
 
-    _run_and_report(session, names or tuple(policy.sources), take, as_json=as_json)
+    _run_and_report(session, names or tuple(policy.sources), take, as_json=as_json, create=True)
 
 
 @backup.command("merge")
@@ -70,9 +70,7 @@ def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> No
     policy = session.policy()
     if name not in policy.sources:
         raise click.UsageError(f"unknown source '{name}'; defined: {', '.join(sorted(policy.sources))}")
-    repository = session.repository()
-
-    def take(operations: Operations, source: str) -> BackupResult:
+    def take(operations: Operations, source: str, repository: Repository) -> BackupResult:
         return operations.merge_parts(source, part_of, repository=lambda: repository)
 
     _run_and_report(session, (name,), take, as_json=as_json)
@@ -104,18 +102,21 @@ def _part(
 def _run_and_report(
     session: Session,
     names: tuple[str, ...],
-    take: Callable[[Operations, str], BackupResult],
+    take: Callable[[Operations, str, Repository], BackupResult],
     *,
     as_json: bool,
+    create: bool = False,
 ) -> None:
     """``take`` each source, then print the results (``--json``: the CLI contract's document); exit 1
-    if any failed."""
+    if any failed. The state DB is opened before the repository (made here when ``create``), so a
+    state directory that cannot be written leaves no new repository behind."""
     results: list[BackupResult] = []
     errors: list[dict[str, str]] = []
     with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        repository = session.repository(create=create)
         for name in names:
             try:
-                results.append(take(operations, name))
+                results.append(take(operations, name, repository))
             except LifeboatError as exc:
                 message = session.redactor.text(str(exc))
                 log.error("backup.failed", source=name, error=message)

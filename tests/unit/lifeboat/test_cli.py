@@ -135,3 +135,17 @@ def test_a_backup_command_starts_without_the_heavy_clients() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_a_backup_with_an_unusable_state_db_creates_no_repository(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the state directory should be")
+    config = tmp_path / "lifeboat.yaml"
+    config.write_text(
+        f"repository: {{url: 'file://{tmp_path / 'repo'}'}}\n"
+        f"state: {tmp_path / 'not-a-dir' / 'state.db'}\n"
+        "sources:\n  k8s-etcd: {kind: etcd, endpoints: ['http://127.0.0.1:1']}\n"
+    )
+    result = run("--config", str(config), "backup", "run")
+    assert result.exit_code == 1
+    assert "state" in result.stderr and "not-a-dir" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "repo").exists()
