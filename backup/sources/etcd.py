@@ -8,10 +8,12 @@ is the same tool the file is later restored with; the gateway stream would cost 
 decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file
 first is also what lets the whole snapshot be verified before it becomes a snapshot: etcd's sha256
 trailer (the last 32 bytes are the sha256 of everything before them) and ``etcdctl snapshot
-status`` (hash, revision, total keys, total size = file size - 32). These checks run while the
-file's chunks are stored (side by side, they cost no wall time); the manifest that makes those
-chunks a snapshot is committed only after both passed, so a snapshot failing either is never
-uploaded as good: its chunks stay unreferenced, invisible to restore, and prune removes them. The save
+status`` (hash, revision, total keys, total size = file size - 32). The file's bytes are stored
+while etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
+appends to), so storing costs little wall time beyond the save; the checks run once the file is
+whole, and the manifest that makes those chunks a snapshot is committed only after they passed. A
+snapshot failing them is never uploaded as good: its chunks stay unreferenced, invisible to
+restore, and prune removes them. The save
 is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see etcd_bolt.py for why status alone can understate it).
@@ -33,6 +35,7 @@ is one document.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
@@ -45,13 +48,13 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, BinaryIO, ClassVar, Self, cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -392,26 +395,27 @@ class Etcdctl:
         )
         return completed.stdout
 
-    def snapshot_save(self, endpoint: str, path: Path) -> None:
-        """``etcdctl snapshot save`` from ``endpoint`` into ``path``, supervised.
+    @contextlib.contextmanager
+    def snapshot_save(self, endpoint: str, path: Path) -> Iterator[SnapshotDownload]:
+        """``etcdctl snapshot save`` from ``endpoint`` into ``path``, supervised, and the snapshot's
+        bytes as etcdctl writes them (``SnapshotDownload``): the caller stores them meanwhile.
 
         etcdctl's gRPC client keeps retrying a member that died mid-transfer until its command
         timeout (minutes by default), so the save is watched: it is stopped as soon as the member
-        refuses connections, or no byte arrived for STALL_TIMEOUT seconds. Raises SourceError
-        (stopped) or CommandError (etcdctl failed; secrets masked)."""
+        refuses connections, or no byte arrived for STALL_TIMEOUT seconds. Reading raises SourceError
+        (stopped) or CommandError (etcdctl failed; secrets masked); leaving the block stops etcdctl."""
         log_path = path.with_name(f"{path.name}.etcdctl.log")
-        argv = [self.binary, "snapshot", "save", str(path)]
+        part = path.with_name(f"{path.name}.part")
+        for leftover in (path, part):  # of an attempt that was stopped: never read as this one's bytes
+            leftover.unlink(missing_ok=True)
         try:
-            process = start(argv, log_path=log_path, env=self.env(endpoint))
+            process = start([self.binary, "snapshot", "save", str(path)], log_path=log_path, env=self.env(endpoint))
         except CommandError as exc:
             raise SourceError(str(exc)) from exc
-        with process:  # leaving the block stops etcdctl if it is still running
-            problem = _SaveWatch(endpoint, path.with_name(f"{path.name}.part"), self.timeout).wait(process)
-        if problem:
-            raise SourceError(f"{problem}; the snapshot was abandoned")
-        if process.returncode != 0:
-            tail = mask_secrets(process.log_tail(STDERR_TAIL_LINES), [self.password or ""])
-            raise CommandError(Path(self.binary).name, process.returncode, tail)
+        with process:
+            watch = _SaveWatch(endpoint, part, self.timeout)
+            with SnapshotDownload(process, watch, self) as download:
+                yield download
 
     def snapshot_status(self, path: Path) -> SnapshotStatus:
         """Raises CorruptSnapshotError when etcd cannot read the file as a snapshot."""
@@ -461,27 +465,75 @@ class _SaveWatch:
     endpoint: str
     part: Path  # where etcdctl downloads to before renaming
     timeout: float
+    started: float = field(default_factory=time.monotonic)
+    _last_size: int = -1
+    _last_change: float = field(default_factory=time.monotonic)
+    _next_probe: float = 0.0
+    _misses: int = 0
 
-    def wait(self, process: ManagedProcess) -> str | None:
-        """Wait for ``process`` to exit; what went wrong if it has to be stopped first, else None."""
-        started = last_change = next_probe = time.monotonic()
-        last_size, misses = -1, 0
-        while process.alive():
-            now = time.monotonic()
-            if now - started > self.timeout:
-                return f"the snapshot from {self.endpoint} took longer than the source's timeout ({self.timeout:g}s)"
-            size = self.part.stat().st_size if self.part.exists() else -1
-            if size != last_size:
-                last_size, last_change = size, now
-            elif now - last_change > STALL_TIMEOUT:
-                return f"no snapshot bytes arrived from {self.endpoint} for {STALL_TIMEOUT:g}s"
-            if now >= next_probe:
-                misses = 0 if _accepts_connections(self.endpoint) else misses + 1
-                next_probe = now + LIVENESS_INTERVAL
-                if misses >= LIVENESS_MISSES:
-                    return f"etcd at {self.endpoint} stopped accepting connections during the snapshot"
-            time.sleep(SAVE_POLL)
+    def poll(self) -> str | None:
+        """What went wrong so far, if the save has to be stopped; None while it may go on."""
+        now = time.monotonic()
+        if now - self.started > self.timeout:
+            return f"the snapshot from {self.endpoint} took longer than the source's timeout ({self.timeout:g}s)"
+        size = self.part.stat().st_size if self.part.exists() else -1
+        if size != self._last_size:
+            self._last_size, self._last_change = size, now
+        elif now - self._last_change > STALL_TIMEOUT:
+            return f"no snapshot bytes arrived from {self.endpoint} for {STALL_TIMEOUT:g}s"
+        if now >= self._next_probe:
+            self._misses = 0 if _accepts_connections(self.endpoint) else self._misses + 1
+            self._next_probe = now + LIVENESS_INTERVAL
+            if self._misses >= LIVENESS_MISSES:
+                return f"etcd at {self.endpoint} stopped accepting connections during the snapshot"
         return None
+
+
+class SnapshotDownload(io.RawIOBase):
+    """The snapshot file while etcdctl writes it (``<path>.part``, append only, renamed when done):
+    a read gives the bytes written so far, waits for more while the save goes on, and ends once
+    etcdctl exited well and every byte was read. The open file stays valid across the rename."""
+
+    def __init__(self, process: ManagedProcess, watch: _SaveWatch, etcdctl: Etcdctl) -> None:
+        super().__init__()
+        self._process = process
+        self._watch = watch
+        self._etcdctl = etcdctl
+        self._file: io.FileIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            done = not self._process.alive()  # before reading: what was written by then is all there is
+            if self._file is None:
+                self._file = self._open(done)
+            got = self._file.readinto(buffer) if self._file is not None else 0
+            if done and not got:
+                if self._process.returncode != 0:
+                    tail = mask_secrets(self._process.log_tail(STDERR_TAIL_LINES), [self._etcdctl.password or ""])
+                    raise CommandError(Path(self._etcdctl.binary).name, self._process.returncode or -1, tail)
+                return 0
+            problem = None if done else self._watch.poll()  # the deadline and the member, even while bytes flow
+            if problem:
+                raise SourceError(f"{problem}; the snapshot was abandoned")
+            if got:
+                return got
+            time.sleep(SAVE_POLL)
+
+    def _open(self, done: bool) -> io.FileIO | None:
+        """The download, once etcdctl has created it; after a successful exit, the renamed file."""
+        final = self._watch.part.with_name(self._watch.part.name.removesuffix(".part"))
+        for candidate in (self._watch.part, final) if done and self._process.returncode == 0 else (self._watch.part,):
+            with contextlib.suppress(FileNotFoundError):
+                return io.FileIO(candidate, "r")
+        return None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
 
 
 def _accepts_connections(endpoint: str) -> bool:
@@ -728,20 +780,6 @@ def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
     return CheckedSnapshot(status, revision, trailer, census.as_dict(revision))
 
 
-def _check_while_storing(
-    etcdctl: Etcdctl, path: Path, writer: SnapshotWriter, progress: Progress | None
-) -> tuple[CheckedSnapshot, StoredStream]:
-    """etcd's checks of a saved snapshot file, run while its chunks are stored. A chunk stored is not
-    a snapshot: nothing refers to it until the manifest is committed, which happens only after these
-    checks passed; the chunks of a refused file stay unreferenced until prune removes them. Raises
-    CorruptSnapshotError / SourceError (the checks) or StoreError (the repository)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="etcd-check") as helper:
-        pending = helper.submit(check_snapshot_file, etcdctl, path)
-        with path.open("rb") as stream:
-            stored = writer.write_stream(stream, progress=progress)
-        return pending.result(), stored
-
-
 @dataclass(frozen=True)
 class _Taken:
     """A snapshot file that passed verification, and where it came from."""
@@ -766,7 +804,7 @@ class EtcdSource:
     def snapshot(
         self, writer: SnapshotWriter, previous: SnapshotHeader | None, *, progress: Progress | None = None
     ) -> SnapshotOutcome:
-        """Save one snapshot db, then verify and count it while it is uploaded; see the module
+        """Save one snapshot db while storing its bytes, then verify and count it; see the module
         docstring for why this way.
 
         ``previous`` is not needed: a bbolt file changes in place, page by page, so the chunks of
@@ -805,11 +843,11 @@ class EtcdSource:
             try:
                 with self._gateway(endpoint, ssl_context) as gateway:
                     version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
-                etcdctl.snapshot_save(endpoint, path)
-                log.info(
-                    "etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=round(time.monotonic() - started, 3)
-                )
-                checked, stored = _check_while_storing(etcdctl, path, writer, progress)
+                with etcdctl.snapshot_save(endpoint, path) as download:
+                    stored = writer.write_stream(cast(BinaryIO, download), progress=progress)
+                saved = round(time.monotonic() - started, 3)
+                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
+                checked = check_snapshot_file(etcdctl, path)
             except (SourceError, CommandError) as exc:
                 log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
                 failures.append(f"{endpoint}: {exc}")

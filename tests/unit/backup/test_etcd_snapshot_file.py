@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from backup.execute import CommandError
 from backup.sources.base import RestoreOptions
 from backup.sources.etcd import (
     TRAILER_SIZE,
@@ -153,3 +158,71 @@ def test_targets_are_parsed(tmp_path: Path) -> None:
 def test_wrong_target_options_say_what_to_use(options: RestoreOptions, message: str) -> None:
     with pytest.raises(RestoreError, match=message):
         SOURCE.parse_target(options)
+
+
+# ---- reading a snapshot while etcdctl writes it ------------------------------------------------------
+
+
+def fake_etcdctl(directory: Path, *, pieces: int, delay: float, exit_code: int = 0) -> Path:
+    """A stand-in for ``etcdctl snapshot save PATH`` that writes PATH.part the way etcdctl does:
+    created, appended in pieces, then renamed to PATH (on success) before it exits."""
+    script = directory / "etcdctl"
+    script.write_text(
+        f"""#!{sys.executable}
+import os, sys, time
+path = sys.argv[3]
+with open(path + ".part", "wb") as out:
+    for number in range({pieces}):
+        out.write(bytes([number]) * 300_000)
+        out.flush()
+        time.sleep({delay})
+if {exit_code}:
+    print("rpc error: the member went away", file=sys.stderr)
+    sys.exit({exit_code})
+os.rename(path + ".part", path)
+"""
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def member() -> Iterator[str]:
+    """An endpoint that accepts connections (the kernel's backlog answers): the save's liveness
+    probe finds the member up, whatever the fake etcdctl does."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+
+
+def expected_bytes(pieces: int) -> bytes:
+    return b"".join(bytes([number]) * 300_000 for number in range(pieces))
+
+
+@pytest.mark.parametrize(("pieces", "delay"), [(4, 0.15), (3, 0.0)], ids=["while-written", "done-before-first-look"])
+def test_the_download_gives_every_byte_across_the_rename(tmp_path: Path, member: str, pieces: int, delay: float) -> None:
+    etcdctl = Etcdctl(binary=str(fake_etcdctl(tmp_path, pieces=pieces, delay=delay)))
+    path = tmp_path / "snapshot.db"
+    with etcdctl.snapshot_save(member, path) as download:
+        if not delay:
+            time.sleep(0.5)  # etcdctl has written, renamed and exited before the first read
+        read = b""
+        while block := download.read(1 << 20):
+            read += block
+    assert read == expected_bytes(pieces) and path.read_bytes() == read
+    assert not path.with_name("snapshot.db.part").exists()
+
+
+def test_a_save_that_fails_half_way_raises_with_etcdctls_words(tmp_path: Path, member: str) -> None:
+    etcdctl = Etcdctl(binary=str(fake_etcdctl(tmp_path, pieces=2, delay=0.05, exit_code=2)))
+    with pytest.raises(CommandError, match="the member went away"):
+        with etcdctl.snapshot_save(member, tmp_path / "snapshot.db") as download:
+            while download.read(1 << 20):
+                pass
+
+
+def test_a_stale_part_of_a_stopped_attempt_is_never_read(tmp_path: Path, member: str) -> None:
+    (tmp_path / "snapshot.db.part").write_bytes(b"STALE" * 100_000)
+    etcdctl = Etcdctl(binary=str(fake_etcdctl(tmp_path, pieces=2, delay=0.1)))
+    with etcdctl.snapshot_save(member, tmp_path / "snapshot.db") as download:
+        read = b"".join(iter(lambda: download.read(1 << 20), b""))
+    assert read == expected_bytes(2)
