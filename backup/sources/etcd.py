@@ -13,8 +13,8 @@ while etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, whi
 appends to), so storing costs little wall time beyond the save; the checks run once the file is
 whole, and the manifest that makes those chunks a snapshot is committed only after they passed. A
 snapshot failing them is never uploaded as good: its chunks stay unreferenced, invisible to
-restore, and prune removes them. The save
-is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a member that died mid-transfer.
+restore, and prune removes them. The save is supervised (``_SaveWatch``): etcdctl would otherwise
+wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see etcd_bolt.py for why status alone can understate it).
 
