@@ -130,7 +130,11 @@ def _restore_and_verify(ctx: DrillContext, record: SourceRun, drill: Drill, cont
         except IntegrityError as exc:
             raise StepFailed(f"the backup itself is damaged: {exc}") from exc
         record.rto_seconds = time.monotonic() - started
-        outcome.message = f"restored {result.bytes} bytes into {ctx.main.label} in {human_duration(record.rto_seconds)}"
+        took = human_duration(record.rto_seconds)
+        if result.dry_run:  # the slot restores by itself (kubernetes etcd: the pod's init container)
+            outcome.message = f"{ctx.main.label} restored snapshot {result.snapshot} itself in {took}"
+        else:
+            outcome.message = f"restored {result.bytes} bytes into {ctx.main.label} in {took}"
         outcome.details = {
             "bytes": result.bytes,
             **{k: v for k, v in result.figures.items() if isinstance(v, int | float | str)},
