@@ -233,16 +233,24 @@ class KeyCensus:
     prefixes: Counter[str] = field(default_factory=Counter)
     resources: Counter[str] = field(default_factory=Counter)
     namespaces: Counter[str] = field(default_factory=Counter)
+    # A key's groups depend only on its parent path (``/registry/pods/ns``), which thousands of keys
+    # share: worked out once per parent. Bounded: a flat key space would make one per key.
+    _groups: dict[bytes, tuple[str, str | None, str | None]] = field(default_factory=dict, repr=False)
 
     def add(self, key: bytes) -> None:
-        text = key.decode("utf-8", errors="backslashreplace")
         self.keys += 1
-        _count(self.prefixes, first_segment(text))
-        if text.startswith(REGISTRY):
-            resource, namespace = kubernetes_resource(text)
+        parent, slash, _name = key.rpartition(b"/")
+        groups = self._groups.get(parent) if slash else None
+        if groups is None:
+            groups = _groups(key.decode("utf-8", errors="backslashreplace"))
+            if slash and len(self._groups) < MAX_GROUPS:
+                self._groups[parent] = groups
+        prefix, resource, namespace = groups
+        _count(self.prefixes, prefix)
+        if resource is not None:
             _count(self.resources, resource)
-            if namespace is not None:
-                _count(self.namespaces, namespace)
+        if namespace is not None:
+            _count(self.namespaces, namespace)
 
     def as_dict(self, revision: int) -> dict[str, Any]:
         """The census stored in a manifest: ``totals`` is what the anomaly guard compares."""
@@ -253,6 +261,14 @@ class KeyCensus:
             "resources": dict(sorted(self.resources.items())),
             "namespaces": dict(sorted(self.namespaces.items())),
         }
+
+
+def _groups(key: str) -> tuple[str, str | None, str | None]:
+    """(prefix, Kubernetes resource or None, namespace or None) of one key."""
+    if not key.startswith(REGISTRY):
+        return first_segment(key), None, None
+    resource, namespace = kubernetes_resource(key)
+    return first_segment(key), resource, namespace
 
 
 def _count(counter: Counter[str], name: str) -> None:
