@@ -52,7 +52,9 @@ class DrillContext:
         return result
 
     def verify(self, slot: Slot) -> Verification:
-        """Compare the slot's data with the snapshot, reaching the server directly (not via a relay)."""
+        """Compare the slot's data with the snapshot, on the slot's ``verify_target`` (local scratch:
+        the server itself, not the relay that kill-target cuts; kubernetes: what the slot's access
+        mode reaches, a port-forward or the service's DNS name)."""
         target = slot.verify_target()
         if target is None:
             target = self.source.parse_target(slot.restore_options(direct=True))

@@ -17,8 +17,9 @@ the error channel, as the kubelet sends it.
 What it does not do: controllers, watches, admission, validation, resourceVersion conflicts. A
 test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod and
 PVC of a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends) and
-``namespace_linger``: how many reads a deleted namespace stays Terminating. Pod logs are kept per
-pod, or per container: ``logs[(namespace, pod, container)]``.
+``namespace_linger``: how many reads a deleted namespace stays Terminating; ``on_delete`` hooks see
+every object as it goes (deleted itself, or with its namespace), as a kubelet would notice. Pod logs
+are kept per pod, or per container: ``logs[(namespace, pod, container)]``.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class FakeKubernetes:
     logs: dict[tuple[str, ...], str] = field(default_factory=dict)  # (namespace, pod[, container]) -> log text
     port_targets: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     on_create: list[Hook] = field(default_factory=list)
+    on_delete: list[Hook] = field(default_factory=list)
     namespace_linger: int = 0  # reads a deleted namespace stays Terminating before it is gone
     url: str = ""
     _lingering: dict[str, int] = field(default_factory=dict)
@@ -258,13 +260,18 @@ class FakeKubernetes:
         if route.resource == "namespaces":
             self._drop_namespace(route.name)
         else:
-            del self.objects[key]
+            self._remove(key)
         return 200, obj  # as the API server does: the object, as it was when deletion began
 
     def _drop_namespace(self, name: str) -> None:
         for key in [key for key in self.objects if key[2] == name or key == ("v1", "namespaces", "", name)]:
-            del self.objects[key]
+            self._remove(key)
         self._lingering.pop(name, None)
+
+    def _remove(self, key: Key) -> None:
+        removed = self.objects.pop(key)
+        for hook in list(self.on_delete):
+            hook(self, key, removed)
 
     def _patch(self, key: Key, body: Object) -> tuple[int, Any]:
         obj = self.objects.get(key)

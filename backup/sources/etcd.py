@@ -733,9 +733,8 @@ def verify_endpoint(
             differences,
             checked,
         )
-    message = (
-        f"revision {actual['revision']} and {actual['totals']['keys']} keys in {len(actual['prefixes'])} prefixes match"
-    )
+    prefixes = _plural(len(actual["prefixes"]), "prefix")
+    message = f"revision {actual['revision']} and {actual['totals']['keys']} keys in {prefixes} match"
     return Verification(Verdict.MATCH, message, [], checked)
 
 
@@ -1080,6 +1079,10 @@ class EtcdSource:
             except (OSError, LifeboatError) as exc:
                 return Verification(Verdict.UNVERIFIED, f"{path} could not be restored for verification: {exc}")
             return verify_data_dir(fingerprint, Path(scratch) / "data", name=SCRATCH_MEMBER, etcd_bin=self._etcd_bin())
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
 
 
 def _flag(option: str) -> str:

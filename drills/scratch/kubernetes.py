@@ -746,7 +746,6 @@ class KubernetesSlot:
         if self.statefulset is not None and not self._statefulset_created:
             self.env.api.create(self.statefulset)
             self._statefulset_created = True
-            self.label = f"scratch etcd {self.name} in namespace {self.env.namespace}, restored by its init container"
         self.env.wait_ready(self.pod)
 
     def verify_target(self) -> Any:

@@ -70,6 +70,7 @@ def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> No
     policy = session.policy()
     if name not in policy.sources:
         raise click.UsageError(f"unknown source '{name}'; defined: {', '.join(sorted(policy.sources))}")
+
     def take(operations: Operations, source: str, repository: Repository) -> BackupResult:
         return operations.merge_parts(source, part_of, repository=lambda: repository)
 
