@@ -235,26 +235,21 @@ def repository_egress_manifest(namespace: str, addresses: list[str], port: int) 
     }
 
 
-def secret_manifest(namespace: str, name: str, data: dict[str, str]) -> Manifest:
-    """An Opaque Secret of the drill namespace (deleted with it)."""
+def secret_manifest(
+    namespace: str, name: str, data: dict[str, str] | None = None, *, files: dict[str, bytes] | None = None
+) -> Manifest:
+    """An Opaque Secret of the drill namespace (deleted with it): text values (``data``), or files of
+    any bytes (``files``, e.g. a key file)."""
+    if files is not None:
+        content: Manifest = {"data": {key: base64.b64encode(value).decode() for key, value in files.items()}}
+    else:
+        content = {"stringData": data or {}}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
         "type": "Opaque",
-        "stringData": data,
-    }
-
-
-def secret_files_manifest(namespace: str, name: str, files: dict[str, bytes]) -> Manifest:
-    """An Opaque Secret of the drill namespace whose keys are files (any bytes, e.g. a key file)."""
-    encoded = {key: base64.b64encode(content).decode() for key, content in files.items()}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "lifeboat"}},
-        "type": "Opaque",
-        "data": encoded,
+        **content,
     }
 
 
@@ -934,7 +929,7 @@ class KubernetesScratchEnvironment:
             return
         feed, addresses = made
         self.api.create(config_map_manifest(self.namespace, POLICY_CONFIGMAP, {POLICY_KEY: feed.policy_yaml}))
-        self.api.create(secret_files_manifest(self.namespace, CREDENTIALS_SECRET, feed.secret_files))
+        self.api.create(secret_manifest(self.namespace, CREDENTIALS_SECRET, files=feed.secret_files))
         self.api.create(repository_egress_manifest(self.namespace, addresses, feed.endpoint[1]))
         self._feed_keys = sorted(feed.secret_files)
 
