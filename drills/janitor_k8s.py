@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from drills.scratch.kubernetes import EXPIRES_AT, MANAGED_BY, KubernetesApi, absent
+from drills.scratch.kubernetes import KubernetesApi, absent
+from drills.scratch.kubernetes_manifests import EXPIRES_AT, MANAGED_BY
 from drills.scratch.local import ScratchError
 from policies.model import KubernetesScratch
 

@@ -24,7 +24,8 @@ from drills.faults import FAULTS, DrillContext
 from drills.janitor_k8s import run_janitor
 from drills.model import Status
 from drills.scratch import make_scratch
-from drills.scratch.kubernetes import Credentials, KubernetesApi, KubernetesScratchEnvironment, TargetClients
+from drills.scratch.kubernetes import KubernetesApi, KubernetesScratchEnvironment, TargetClients
+from drills.scratch.kubernetes_manifests import Credentials
 from drills.scratch.local import ScratchError
 from drills.steps import StepOutcome, step
 from lifeboat.cli import cli

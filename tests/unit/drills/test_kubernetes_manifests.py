@@ -10,15 +10,15 @@ import click
 import pytest
 from unit.deploy.test_manifests import dockerfile_uid, manifest_problems, parse_invocation
 
-from drills.scratch.kubernetes import (
+from drills.scratch.kubernetes_manifests import (
     Credentials,
-    _servers,
     credentials_secret_name,
     etcd_restore_init_containers,
     limit_range_manifest,
     namespace_manifest,
     network_policy_manifest,
     quota_manifest,
+    scratch_servers,
     secret_manifest,
     service_manifest,
     statefulset_manifest,
@@ -31,7 +31,7 @@ SETTINGS = KubernetesScratch.model_validate({"storage_class": "fast", "quota": {
 
 
 def generated() -> dict[str, dict[str, Any]]:
-    servers = _servers(SETTINGS)
+    servers = scratch_servers(SETTINGS)
     init = etcd_restore_init_containers("etcd-main", "etcd-main-20270115T010000Z-abcd", SETTINGS)
     found = {
         "namespace": namespace_manifest(NS, drill="nightly", expires_at=1_800_000_000),
