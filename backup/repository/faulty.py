@@ -110,9 +110,9 @@ class FaultyStore:
         self._enter("exists", key)
         return not self._hidden(key) and self.inner.exists(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         self._enter("list", prefix)  # at call time, not on the first next(): like a failed LIST request
-        return (info for info in self.inner.list(prefix) if not self._hidden(info.key))
+        return (info for info in self.inner.list(prefix, start_after=start_after) if not self._hidden(info.key))
 
     def delete(self, key: str) -> None:
         self._enter("delete", key)

@@ -81,8 +81,25 @@ class RetryingStore:
     def exists(self, key: str) -> bool:
         return self._call("exists", key, lambda: self.inner.exists(key))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """The inner listing, streamed; a transient failure part-way goes on after the last key
+        given (stores list in key order), so memory stays at one page whatever the repository's
+        size. The attempts are counted since the last key that came through."""
+        last, attempt = start_after, 1
+        while True:
+            try:
+                for info in self.inner.list(prefix, start_after=last):
+                    yield info
+                    last, attempt = info.key, 1
+                return
+            except TransientStoreError as exc:
+                if attempt == self.policy.attempts:
+                    raise TransientStoreError(f"list {prefix}: still failing after {attempt} attempts: {exc}") from exc
+                wait = self.policy.delay(attempt)
+                where = last or prefix
+                log.warning("store.retry", operation="list", key=where, attempt=attempt, wait=round(wait, 3), error=str(exc))
+                self._sleep(wait)
+                attempt += 1
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))

@@ -177,10 +177,13 @@ class S3Store:
             self._fail(exc, "look up", "")
         self._bucket_seen = True
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         start = len(self.prefix) + 1 if self.prefix else 0
+        after = {"StartAfter": self._full(start_after)} if start_after else {}
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._full(prefix))
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._full(prefix), **after
+            )
             for page in pages:
                 for item in page.get("Contents", []):
                     yield ObjectInfo(item["Key"][start:], item["Size"], item["LastModified"].astimezone(UTC))

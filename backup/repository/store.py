@@ -66,8 +66,10 @@ class Store(Protocol):
         """Whether ``key`` exists; errors other than "not found" are raised, never answered False."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in no promised order."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (and sorts after ``start_after``), in
+        ascending key order (UTF-8 bytes, as S3 lists), so that a listing that broke off can go on
+        where it stopped."""
         ...
 
     def delete(self, key: str) -> None:
@@ -141,22 +143,25 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         # Walk only what the prefix can match: 'chunks/ab' scans 'chunks' for names starting with 'ab'
-        # and descends into those, instead of walking the whole repository and filtering.
+        # and descends into those, instead of walking the whole repository and filtering. Siblings
+        # are visited in the order of their keys, a directory sorting as its name + '/' (what its
+        # keys start with): the walk then gives keys in ascending order, as S3 does.
         directory, _, name_start = prefix.rpartition("/")
         base = self._path(directory) if directory else self.root
         key_base = f"{directory}/" if directory else ""
-        pending = [(key_base + entry.name, entry) for entry in _scan(base) if entry.name.startswith(name_start)]
+        pending = _in_key_order(key_base, [entry for entry in _scan(base) if entry.name.startswith(name_start)])
         while pending:
             key, entry = pending.pop()
             if entry.name.startswith(TEMP_PREFIX):
                 continue  # a write in progress, or one a crash left behind
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    pending.extend((f"{key}/{child.name}", child) for child in _scan(Path(entry.path)))
+                    if (key + "/").encode() > start_after.encode() or start_after.startswith(key + "/"):
+                        pending.extend(_in_key_order(f"{key}/", _scan(Path(entry.path))))
                     continue
-                if not entry.is_file():
+                if not entry.is_file() or key.encode() <= start_after.encode():
                     continue
                 stat = entry.stat()
             except FileNotFoundError:
@@ -189,6 +194,19 @@ class LocalStore:
             except OSError as exc:
                 raise StoreError(f"cannot remove the unfinished write {entry.path}: {exc.strerror or exc}") from exc
         return removed
+
+
+def _in_key_order(key_base: str, entries: list[os.DirEntry[str]]) -> list[tuple[str, os.DirEntry[str]]]:
+    """(key, entry) of ``entries`` as a stack: the smallest key last, popped first."""
+
+    def sort_key(entry: os.DirEntry[str]) -> bytes:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        return (entry.name + ("/" if is_dir else "")).encode()
+
+    return [(key_base + entry.name, entry) for entry in sorted(entries, key=sort_key, reverse=True)]
 
 
 def _scan(directory: Path) -> list[os.DirEntry[str]]:
