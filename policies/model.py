@@ -326,10 +326,20 @@ class KubernetesLimits(Frozen):
     default_request_memory: str = "512Mi"
 
 
+class RestoreCredentials(Frozen):
+    """An S3 key pair the etcd restore pods of a drill read the repository with (instead of the
+    repository's own): grant it reads, and writes under ``locks/`` only (a restore holds a shared
+    lock), so a drill namespace can never delete a backup (deploy/README.md has a MinIO policy)."""
+
+    access_key_id: Secret
+    secret_access_key: Secret
+
+
 class KubernetesScratch(Frozen):
     namespace_prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}-$")] = "lifeboat-drill-"
     images: KubernetesImages = KubernetesImages()
     lifeboat_image: str = "ghcr.io/lifeboat/lifeboat:latest"  # the etcd restore init container's image
+    restore_credentials: RestoreCredentials | None = None  # None: the repository's own key pair
     ttl: Duration = timedelta(hours=6)
     kubeconfig: Path | None = None
     context: str | None = None

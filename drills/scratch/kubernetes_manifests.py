@@ -326,7 +326,8 @@ class RestoreFeed:
 
 
 def restore_feed(policy: Policy) -> RestoreFeed:
-    """The pod's policy: ``policy``'s repository, every secret of it as a file under /etc/lifeboat/secrets,
+    """The pod's policy: ``policy``'s repository (read with ``scratch.kubernetes.restore_credentials``
+    when set), every secret of it as a file under /etc/lifeboat/secrets,
     and the etcd sources by name (``restore --to-data-dir`` needs nothing else of them: it reaches no
     etcd, and takes the etcdctl on the image's PATH). ``state`` stays the image's default: restore
     records nothing in the state DB. Raises ScratchError for a repository a pod cannot read (not ``s3://``)."""
@@ -340,8 +341,9 @@ def restore_feed(policy: Policy) -> RestoreFeed:
         )
     files: dict[str, bytes] = {}
     dumped: dict[str, Any] = repository.model_dump(mode="json", exclude_none=True, exclude={"encryption"})
+    keys = policy.scratch.kubernetes.restore_credentials or repository.s3
     for name in ("access_key_id", "secret_access_key"):
-        value = reveal(getattr(repository.s3, name))
+        value = reveal(getattr(keys, name))
         if value is not None:
             key = f"repository-{name.replace('_', '-')}"
             files[key] = value.encode()

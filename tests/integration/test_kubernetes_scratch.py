@@ -243,6 +243,30 @@ ETCD_FEED = [
 ]
 
 
+def test_restore_pods_read_the_repository_with_the_drill_key_pair_when_one_is_given(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    """``scratch.kubernetes.restore_credentials``: a key pair that can read backups but not delete
+    them; the repository's own key pair never enters the drill namespace."""
+    fake.on_create.append(statefulset_pods(ready=True))
+    base = production_policy(tmp_path)
+    restricted = {"access_key_id": "AKIA-DRILL-READER", "secret_access_key": "drill-reader-secret"}
+    scratch_settings = base.scratch.model_dump() | {"kubernetes": {"restore_credentials": restricted}}
+    policy = Policy.model_validate(base.model_dump() | {"scratch": scratch_settings})
+    scratch = environment(fake, FakeClock(), policy=policy)
+
+    scratch.slot("etcd-main", "etcd", HEADER)
+
+    config_map, secret = (request.body for request in fake.requests[4:6])
+    files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    assert files["repository-access-key-id"] == b"AKIA-DRILL-READER"
+    assert files["repository-secret-access-key"] == b"drill-reader-secret"
+    sent = json.dumps([config_map, secret])
+    assert "AKIA-REPO-ACCESS" not in sent and base64.b64encode(b"repository-secret-key").decode() not in sent
+    assert "drill-reader-secret" not in config_map["data"]["policy.yaml"]
+    scratch.teardown()
+
+
 def test_etcd_slot_feeds_its_restore_pod_and_the_statefulset_comes_with_the_timed_restore(
     fake: FakeKubernetes, tmp_path: Path
 ) -> None:
