@@ -158,10 +158,11 @@ def merge_parts(
     repository: Repository, name: str, settings: SourceSettings, run: str, *, stale_after: float = 1800.0
 ) -> BackupResult:
     """ONE snapshot of ``name`` from the parts of sharded run ``run``, timed from the earliest part's
-    start; the run's parts are deleted afterwards, whatever happened.
+    start; the run's parts are deleted afterwards, unless the merge came too early.
 
-    Raises SourceError when a shard left no part (it failed or never ran) or the parts disagree, and
-    what a commit raises (StoreError...): nothing is committed then."""
+    Raises PartsMissing when a shard has no part yet (the others are kept: a later merge may find
+    them all), SourceError when the parts disagree, and what a commit raises (StoreError...):
+    nothing is committed then."""
     merge = PART_MERGES.get(settings.kind)
     if merge is None:
         raise SourceError(f"source '{name}' is {settings.kind}: only s3 and clickhouse sources can be sharded")
@@ -177,8 +178,12 @@ def merge_parts(
                 shards = {"run": run, "count": len(parts), "parts": [part.id for part in parts]}
                 meta = {**outcome.meta, "shards": shards} | ({"anomalies": anomalies} if anomalies else {})
                 header = writer.commit(status=status, fingerprint=outcome.fingerprint, census=outcome.census, meta=meta)
-    finally:
+    except PartsMissing:
+        raise
+    except BaseException:
         discard_parts(repository, name, run)
+        raise
+    discard_parts(repository, name, run)
     stats = WriteStats()
     for document in [*(part.meta[PART_META]["stats"] for part in parts), _stats_document(writer.stats)]:
         stats.add(**document)
@@ -203,6 +208,10 @@ def discard_parts(repository: Repository, name: str, run: str) -> int:
     return deleted
 
 
+class PartsMissing(SourceError):
+    """A merge came before every shard of the run had its part."""
+
+
 def _complete_parts(repository: Repository, name: str, run: str, kind: str) -> list[SnapshotHeader]:
     """The headers of every shard's part, by shard; SourceError naming what is missing or wrong."""
     stored = repository.list_parts(name, run)
@@ -214,8 +223,10 @@ def _complete_parts(repository: Repository, name: str, run: str, kind: str) -> l
     present = {item.part.shard.index for item in stored}
     missing = [f"{index}/{counts[0]}" for index in range(1, counts[0] + 1) if index not in present]
     if missing:
-        raise SourceError(
-            f"shard {', '.join(missing)} of run {run} of '{name}' left no part (it failed or never ran); nothing committed"
+        raise PartsMissing(
+            f"shard {', '.join(missing)} of run {run} of '{name}' left no part (it failed or has not run yet); nothing "
+            "committed, the other parts are kept for a merge once every shard has run (prune removes them after "
+            "repository.prune.grace)"
         )
     parts = [repository.read_part(item) for item in stored]
     if wrong := sorted({part.kind for part in parts} - {kind}):

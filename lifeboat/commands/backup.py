@@ -66,7 +66,9 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
 def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> None:
     """Merge the parts of sharded run RUN (`backup run --shard I/N --part-of RUN`, one per shard) into
     one snapshot of the source, recorded and notified as one backup run. Exit 1 when a shard left no
-    part: nothing is committed. The run's parts are deleted either way."""
+    part yet: nothing is committed, and the parts are kept for a merge once every shard has run (prune
+    removes parts older than its grace period). After a merge, or one that failed otherwise, the run's
+    parts are deleted."""
     policy = session.policy()
     if name not in policy.sources:
         raise click.UsageError(f"unknown source '{name}'; defined: {', '.join(sorted(policy.sources))}")

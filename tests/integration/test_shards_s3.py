@@ -193,7 +193,7 @@ def test_a_second_sharded_run_is_incremental(
     assert lifeboat.json("check", "--read-data")["ok"]
 
 
-def test_a_failed_shard_leaves_no_snapshot_and_no_part(
+def test_a_merge_before_every_shard_has_run_commits_nothing_and_keeps_the_parts(
     s3_server: S3Endpoint, buckets: dict[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
     lifeboat = write_policy(tmp_path, s3_server.endpoint_url, list(buckets))
@@ -211,11 +211,17 @@ def test_a_failed_shard_leaves_no_snapshot_and_no_part(
     assert report["snapshots"] == []
     assert "shard 3/3 of run night-2 of 'models' left no part" in report["errors"][0]["message"]
     assert [item["id"] for item in lifeboat.snapshots()] == [good["id"]]
-    assert lifeboat.parts() == []
+    assert len(lifeboat.parts()) == 2  # kept: shard 3/3 may run again (cron), then a merge takes all three
     with RunHistory.open(tmp_path / "state.db") as history:  # one run per merge; parts are no runs
         runs = history.runs(RunKind.BACKUP, SOURCE)
     assert [run.status for run in runs] == [RunStatus.FAILED, RunStatus.OK]
     assert runs[0].error is not None and "shard 3/3" in runs[0].error
+
+    lifeboat.part("3/3", "night-2")
+    merged = lifeboat.json("backup", "merge", "--source", SOURCE, "--part-of", "night-2")["snapshots"][0]
+    assert [item["id"] for item in lifeboat.snapshots()] == [good["id"], merged["id"]]
+    assert lifeboat.parts() == []
+    assert lifeboat.json("check", "--read-data")["ok"]
     check = lifeboat.json("check", "--read-data")
     assert check["ok"] and check["parts"] == 0
 
