@@ -10,9 +10,9 @@ import contextlib
 import ssl
 import time
 import urllib.error
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -80,6 +80,52 @@ class Notifier(Protocol):
     def send(self, message: Notification) -> DeliveryResult:
         """Deliver ``message`` with retries; never raise."""
         ...
+
+
+class _Subscribed(Protocol):
+    @property
+    def on(self) -> Sequence[str]: ...
+
+
+Settings = TypeVar("Settings", bound=_Subscribed)  # a notifier's policy settings: the events it wants
+
+
+class RetryingNotifier(Generic[Settings]):
+    """How every kind sends: one ``deliver`` of ``attempt`` under the shared retry policy. A kind
+    says where it sends (``target``, for logs), what to mask (``secrets``) and how one try goes."""
+
+    kind: str  # set by each kind
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        retry: RetryPolicy = NOTIFY_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.on = tuple(settings.on)
+        self._retry = retry
+        self._sleep = sleep
+
+    def send(self, message: Notification) -> DeliveryResult:
+        """Deliver ``message``; retried with backoff, never raises (see ``deliver``)."""
+        delivery = Delivery(
+            self.name, self.kind, message.event, self.target(), lambda: self.attempt(message), self.secrets()
+        )
+        return deliver(delivery, retry=self._retry, sleep=self._sleep)
+
+    def target(self) -> str:
+        raise NotImplementedError
+
+    def secrets(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def attempt(self, message: Notification) -> None:
+        """One try; raises OSError (retried) or PermanentDeliveryError."""
+        raise NotImplementedError
 
 
 class PermanentDeliveryError(Exception):

@@ -11,19 +11,13 @@ from __future__ import annotations
 import email.policy
 import smtplib
 import ssl
-import time
-from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from backup.repository.retry import RetryPolicy
 from lifeboat.notify.base import (
-    NOTIFY_RETRY,
-    Delivery,
-    DeliveryResult,
     Notification,
     PermanentDeliveryError,
-    deliver,
+    RetryingNotifier,
     describe,
     read_secret,
     secret_values,
@@ -36,39 +30,18 @@ EVENT_HEADER = "X-Lifeboat-Event"
 MAIL_POLICY = email.policy.default.clone(max_line_length=998)
 
 
-class EmailNotifier:
+class EmailNotifier(RetryingNotifier[EmailSettings]):
     """Sends a Notification as one mail from ``settings.sender`` to every address of ``settings.to``."""
 
     kind = "email"
 
-    def __init__(
-        self,
-        name: str,
-        settings: EmailSettings,
-        *,
-        retry: RetryPolicy = NOTIFY_RETRY,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.on = tuple(settings.on)
-        self._retry = retry
-        self._sleep = sleep
+    def target(self) -> str:
+        return f"{self.settings.smtp.host}:{self.settings.smtp.port}"
 
-    def send(self, message: Notification) -> DeliveryResult:
-        """Deliver ``message``; retried with backoff, never raises (see ``lifeboat.notify.base.deliver``)."""
-        smtp = self.settings.smtp
-        delivery = Delivery(
-            self.name,
-            self.kind,
-            message.event,
-            f"{smtp.host}:{smtp.port}",
-            lambda: self._send_once(message),
-            secret_values(smtp.password),
-        )
-        return deliver(delivery, retry=self._retry, sleep=self._sleep)
+    def secrets(self) -> tuple[str, ...]:
+        return secret_values(self.settings.smtp.password)
 
-    def _send_once(self, message: Notification) -> None:
+    def attempt(self, message: Notification) -> None:
         smtp = self.settings.smtp
         password = read_secret(smtp.password)
         mail = build_email(self.settings, message)

@@ -8,21 +8,15 @@ other 4xx answers are not, since the same request would be refused again.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from backup.repository.retry import RetryPolicy
 from lifeboat import __version__
 from lifeboat.notify.base import (
-    NOTIFY_RETRY,
-    Delivery,
-    DeliveryResult,
     Notification,
     PermanentDeliveryError,
-    deliver,
+    RetryingNotifier,
     read_secret,
     secret_values,
 )
@@ -31,38 +25,18 @@ from policies.model import WebhookNotifier as WebhookSettings
 RETRY_STATUSES = frozenset({408, 425, 429})  # "try again later" answers below 500
 
 
-class WebhookNotifier:
+class WebhookNotifier(RetryingNotifier[WebhookSettings]):
     """POSTs a Notification as JSON to ``settings.url``."""
 
     kind = "webhook"
 
-    def __init__(
-        self,
-        name: str,
-        settings: WebhookSettings,
-        *,
-        retry: RetryPolicy = NOTIFY_RETRY,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.on = tuple(settings.on)
-        self._retry = retry
-        self._sleep = sleep
+    def target(self) -> str:
+        return public_url(self.settings.url)
 
-    def send(self, message: Notification) -> DeliveryResult:
-        """Deliver ``message``; retried with backoff, never raises (see ``lifeboat.notify.base.deliver``)."""
-        delivery = Delivery(
-            self.name,
-            self.kind,
-            message.event,
-            public_url(self.settings.url),
-            lambda: self._post_once(message),
-            secret_values(*self.settings.headers.values()),
-        )
-        return deliver(delivery, retry=self._retry, sleep=self._sleep)
+    def secrets(self) -> tuple[str, ...]:
+        return secret_values(*self.settings.headers.values())
 
-    def _post_once(self, message: Notification) -> None:
+    def attempt(self, message: Notification) -> None:
         request = urllib.request.Request(
             self.settings.url, data=webhook_body(message), headers=self._headers(), method="POST"
         )
