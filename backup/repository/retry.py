@@ -52,12 +52,16 @@ class RetryingStore:
             try:
                 return action()
             except TransientStoreError as exc:
-                if attempt == self.policy.attempts:
-                    raise TransientStoreError(f"{what} {key}: still failing after {attempt} attempts: {exc}") from exc
-                wait = self.policy.delay(attempt)
-                log.warning("store.retry", operation=what, key=key, attempt=attempt, wait=round(wait, 3), error=str(exc))
-                self._sleep(wait)
+                self._wait_or_raise(what, key, attempt, exc)
         raise AssertionError("unreachable")
+
+    def _wait_or_raise(self, what: str, key: str, attempt: int, exc: TransientStoreError) -> None:
+        """After failed ``attempt``: wait out the backoff, or raise once the attempts are spent."""
+        if attempt == self.policy.attempts:
+            raise TransientStoreError(f"{what} {key}: still failing after {attempt} attempts: {exc}") from exc
+        wait = self.policy.delay(attempt)
+        log.warning("store.retry", operation=what, key=key, attempt=attempt, wait=round(wait, 3), error=str(exc))
+        self._sleep(wait)
 
     def put(self, key: str, stream: BinaryIO) -> None:
         start = stream.tell()
@@ -93,12 +97,7 @@ class RetryingStore:
                     last, attempt = info.key, 1
                 return
             except TransientStoreError as exc:
-                if attempt == self.policy.attempts:
-                    raise TransientStoreError(f"list {prefix}: still failing after {attempt} attempts: {exc}") from exc
-                wait = self.policy.delay(attempt)
-                where = last or prefix
-                log.warning("store.retry", operation="list", key=where, attempt=attempt, wait=round(wait, 3), error=str(exc))
-                self._sleep(wait)
+                self._wait_or_raise("list", last or prefix, attempt, exc)
                 attempt += 1
 
     def delete(self, key: str) -> None:

@@ -242,7 +242,7 @@ class KeyCensus:
         parent, slash, _name = key.rpartition(b"/")
         groups = self._groups.get(parent) if slash else None
         if groups is None:
-            groups = _groups(key.decode("utf-8", errors="backslashreplace"))
+            groups = _groups_of(key.decode("utf-8", errors="backslashreplace"))
             if slash and len(self._groups) < MAX_GROUPS:
                 self._groups[parent] = groups
         prefix, resource, namespace = groups
@@ -263,7 +263,7 @@ class KeyCensus:
         }
 
 
-def _groups(key: str) -> tuple[str, str | None, str | None]:
+def _groups_of(key: str) -> tuple[str, str | None, str | None]:
     """(prefix, Kubernetes resource or None, namespace or None) of one key."""
     if not key.startswith(REGISTRY):
         return first_segment(key), None, None
