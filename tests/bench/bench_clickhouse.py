@@ -24,7 +24,6 @@ lives in a temporary directory that is removed at the end, and the server is sto
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zstandard
+from cpu import process_cpu, storing_cpu
 
 from backup.servers import ClickHouseProcess, start_clickhouse
 from backup.sources.clickhouse_sql import row_hash
@@ -56,12 +55,6 @@ class Run:
     stdout: str
     cpu: float = 0.0  # the child's CPU seconds (user + system)
     server_cpu: float = 0.0  # the ClickHouse server's CPU seconds meanwhile
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(
@@ -193,14 +186,7 @@ def least_extra_cpu(server: ClickHouseProcess, native: Path) -> float:
     columns = [(name, kind) for name, kind in json.loads(listed)["data"]]
     http(server, f"SELECT count(), sum({row_hash(columns)}) FROM {TABLE}")
     server_cpu = process_cpu(server.process.pid) - before
-    compressor = zstandard.ZstdCompressor(level=3)
-    started = time.process_time()
-    with native.open("rb") as stream:
-        while block := stream.read(MIB):
-            compressor.compress(block)
-            hashlib.sha256(block).digest()
-            hashlib.sha256(block).digest()
-    return server_cpu + time.process_time() - started
+    return server_cpu + storing_cpu(native)
 
 
 def print_report(results: Results, rows: int) -> None:

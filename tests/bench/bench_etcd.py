@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -43,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import zstandard  # noqa: E402
+
+from cpu import process_cpu, storing_cpu  # noqa: E402
 
 from backup.servers import start_etcd  # noqa: E402
 from backup.sources.etcd import KeyCensus, verify_trailer  # noqa: E402
@@ -199,12 +199,6 @@ def main() -> None:
         report(rows, lifeboat)
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -214,19 +208,14 @@ def least_extra_cpu(snapshot: Path) -> float:
     """CPU seconds the checks, census and storing of a verified, compressed backup add to the floor's
     ``snapshot save``, measured alone on its file: zstd at the repository's level and two sha256
     passes per 1 MiB chunk, etcd's trailer (one more sha256), ``snapshot status`` and the census."""
+    storing = storing_cpu(snapshot)
     started, children = time.process_time(), children_cpu()
-    compressor = zstandard.ZstdCompressor(level=3)
-    with snapshot.open("rb") as stream:
-        while block := stream.read(MiB):
-            compressor.compress(block)
-            hashlib.sha256(block).digest()
-            hashlib.sha256(block).digest()
     verify_trailer(snapshot)
     etcdctl("snapshot", "status", str(snapshot))
     census = KeyCensus()
     for key in snapshot_keys(snapshot)[1]:
         census.add(key)
-    return time.process_time() - started + children_cpu() - children
+    return storing + time.process_time() - started + children_cpu() - children
 
 
 def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:

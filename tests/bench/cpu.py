@@ -1,0 +1,35 @@
+"""CPU accounting the benchmarks share: what a process used, and what storing a file costs at least.
+
+Imported by the bench scripts, which run as ``python tests/bench/bench_*.py`` (this directory is then
+on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import zstandard
+
+MiB = 1024 * 1024
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def storing_cpu(path: Path) -> float:
+    """CPU seconds this process spends on the least a repository does with ``path``'s bytes: zstd at
+    the repository's level and two sha256 passes (chunk ids, the stream's digest) per 1 MiB chunk."""
+    started = time.process_time()
+    compressor = zstandard.ZstdCompressor(level=3)
+    with path.open("rb") as stream:
+        while block := stream.read(MiB):
+            compressor.compress(block)
+            hashlib.sha256(block).digest()
+            hashlib.sha256(block).digest()
+    return time.process_time() - started
