@@ -12,7 +12,7 @@ from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
 
 SOURCES: dict[str, str] = {
-    "etcd": "backup.sources.etcd:EtcdSource",
+    "etcd": "backup.sources.etcd.source:EtcdSource",
     "clickhouse": "backup.sources.clickhouse:ClickHouseSource",
     "s3": "backup.sources.s3:S3Source",
 }

@@ -64,7 +64,7 @@ from kubernetes.stream import portforward
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.s3store import make_client
 from backup.sources.base import RestoreOptions
-from backup.sources.etcd import EtcdEndpointTarget
+from backup.sources.etcd.source import EtcdEndpointTarget
 from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,

@@ -30,7 +30,7 @@ from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from backup.servers import EtcdProcess, start_etcd
 from backup.sources.base import Verdict
-from backup.sources.etcd import (
+from backup.sources.etcd.source import (
     EtcdDataDirTarget,
     EtcdEndpointTarget,
     EtcdFileTarget,

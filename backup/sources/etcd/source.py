@@ -16,9 +16,9 @@ snapshot failing them is never uploaded as good: its chunks stay unreferenced, i
 restore, and prune removes them. The save is supervised (``_SaveWatch``): etcdctl would otherwise
 wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
-restore (see etcd_bolt.py for why status alone can understate it).
+restore (see bolt.py for why status alone can understate it).
 
-Counting keys: the census of a snapshot is read from the snapshot file itself (etcd_bolt.py: the
+Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
 newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
 status`` and the trailer check run beside it. That describes exactly what the snapshot holds, costs
 the cluster nothing (counting through the API made etcd read every value again at a past revision)
@@ -71,7 +71,7 @@ from backup.sources.base import (
     Verdict,
     Verification,
 )
-from backup.sources.etcd_bolt import BoltFormatError, finished_compact_revision, snapshot_keys
+from backup.sources.etcd.bolt import BoltFormatError, finished_compact_revision, snapshot_keys
 from policies.errors import IntegrityError, LifeboatError, RestoreError, SourceError
 from policies.model import EtcdSettings, EtcdTls, reveal
 
@@ -763,7 +763,7 @@ class CheckedSnapshot:
     """A snapshot file that passed etcd's checks, and its census."""
 
     status: SnapshotStatus
-    revision: int  # the snapshot's real revision, which ``status.revision`` can understate (etcd_bolt.py)
+    revision: int  # the snapshot's real revision, which ``status.revision`` can understate (bolt.py)
     trailer: str  # hex sha256 of the db
     census: dict[str, Any]
 

@@ -15,7 +15,7 @@ import pytest
 
 from backup.execute import CommandError
 from backup.sources.base import RestoreOptions
-from backup.sources.etcd import (
+from backup.sources.etcd.source import (
     TRAILER_SIZE,
     CorruptSnapshotError,
     Etcdctl,
