@@ -14,7 +14,7 @@ from policies.model import SourceSettings
 SOURCES: dict[str, str] = {
     "etcd": "backup.sources.etcd:EtcdSource",
     "clickhouse": "backup.sources.clickhouse:ClickHouseSource",
-    "s3": "backup.sources.s3:S3Source",
+    "s3": "backup.sources.s3.source:S3Source",
 }
 
 

@@ -14,7 +14,7 @@ from backup.jobs import anomalies_against
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.repository.retry import RetryPolicy
 from backup.sources.base import RestoreOptions, SnapshotOutcome
-from backup.sources.s3 import (
+from backup.sources.s3.source import (
     MIB,
     PART_SIZE,
     BucketSum,
