@@ -1,20 +1,31 @@
 """Sources: one module per kind, all of the ``Source`` shape (base.py), registered here by kind.
 
-A kind's module is imported when a source of that kind is made: a backup of etcd does not pay for
-boto3 and clickhouse-driver at start-up."""
+A kind's module is imported when a source of that kind is made (or its shard merge is needed): a
+backup of etcd does not pay for boto3 and clickhouse-driver at start-up.
+
+``SOURCES``: the class of each kind. ``PART_MERGES``: the shard merge of each kind that can be
+sharded, ``merge(Merging) -> SnapshotOutcome`` (backup/sources/parts.py), which
+``backup.jobs.merge_parts`` calls without naming a kind."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
-from backup.sources.base import Source
+from backup.sources.base import SnapshotOutcome, Source
+from backup.sources.parts import Merging
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
 
 SOURCES: dict[str, str] = {
     "etcd": "backup.sources.etcd.source:EtcdSource",
     "clickhouse": "backup.sources.clickhouse:ClickHouseSource",
-    "s3": "backup.sources.s3:S3Source",
+    "s3": "backup.sources.s3.source:S3Source",
+}
+PART_MERGES: dict[str, str] = {
+    "s3": "backup.sources.s3.merge:merge_parts",
+    "clickhouse": "backup.jobs:_merge_clickhouse",
 }
 
 
@@ -27,6 +38,17 @@ def make_source(name: str, settings: SourceSettings) -> Source:
         raise ConfigError(
             "", [ConfigIssue(f"sources.{name}.kind", f"unknown kind '{settings.kind}'; known: {known}")]
         ) from None
-    module, _, attribute = factory.partition(":")
-    source: Source = getattr(importlib.import_module(module), attribute)(name, settings)
+    source: Source = _resolve(factory)(name, settings)
     return source
+
+
+def part_merge(kind: str) -> Callable[[Merging], SnapshotOutcome] | None:
+    """The shard merge of ``kind``, or None for a kind that cannot be sharded."""
+    merge = PART_MERGES.get(kind)
+    return None if merge is None else _resolve(merge)
+
+
+def _resolve(name: str) -> Any:
+    """The object ``name`` ('package.module:attribute') names, its module imported now."""
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
