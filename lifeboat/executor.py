@@ -44,7 +44,7 @@ from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository, WriteStats
 from backup.sources.base import Progress
-from drills.scratch.kubernetes import make_api_client
+from drills.scratch.kubernetes.api import make_api_client
 from lifeboat.notify.base import NOTIFICATIONS_ENV
 from policies.errors import SourceError
 from policies.model import KubernetesExecutor, Policy, SecretFile

@@ -1,6 +1,7 @@
-"""What every scratch environment's slots share: the error they raise, and the damage the
-``disaster`` and ``verifier-canary`` faults do to a restored ClickHouse database or S3 bucket,
-through the same network path the restore used (a clickhouse-driver client, a boto3 client).
+"""What every scratch environment's slots share: the error they raise, the byte pump of their
+loopback relays, and the damage the ``disaster`` and ``verifier-canary`` faults do to a restored
+ClickHouse database or S3 bucket, through the same network path the restore used (a
+clickhouse-driver client, a boto3 client).
 """
 
 from __future__ import annotations
@@ -8,14 +9,27 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import urllib.request
 from typing import Any, Protocol
 
 from policies.errors import LifeboatError
 
+RELAY_BUFFER = 256 * 1024
+
 
 class ScratchError(LifeboatError):
     """A scratch target could not be provisioned or reached."""
+
+
+def pump(source: Any, sink: Any) -> None:
+    """Copy bytes from ``source`` to ``sink`` (sockets, or a port-forward's socket wrapper) until
+    ``source`` ends or either side is closed, then half-close ``sink``."""
+    with contextlib.suppress(OSError, ValueError):
+        while data := source.recv(RELAY_BUFFER):
+            sink.sendall(data)
+    with contextlib.suppress(OSError, ValueError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 class SqlClient(Protocol):

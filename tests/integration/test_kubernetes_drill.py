@@ -39,7 +39,7 @@ from backup.repository.codec import new_key_file
 from backup.servers import EtcdProcess, start_etcd
 from drills.model import Status
 from drills.runner import new_run_id, run_drill
-from drills.scratch.kubernetes import KubernetesScratchEnvironment
+from drills.scratch.kubernetes.environment import KubernetesScratchEnvironment
 from lifeboat.cli import cli
 from policies.loader import load_policy
 

@@ -21,8 +21,9 @@ from k8s_fake import FakeKubernetes, api_client, serve, statefulset_pods
 from test_kubernetes_scratch import ALL_REQUESTS, NS, RUN_ID, FakeClock, Tokens, settings
 
 from backup.servers import start_etcd
-from drills.scratch.kubernetes import KubernetesApi, KubernetesScratchEnvironment, pod_port_opener
-from drills.scratch.proxy import PortForwardRelay
+from drills.scratch.kubernetes.api import KubernetesApi
+from drills.scratch.kubernetes.environment import KubernetesScratchEnvironment
+from drills.scratch.kubernetes.port_forward import PortForwardRelay, pod_port_opener
 from policies.model import Policy
 
 pytestmark = pytest.mark.integration

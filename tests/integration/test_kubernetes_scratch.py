@@ -21,12 +21,14 @@ from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pod
 from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
 
 from drills.faults import FAULTS, DrillContext
-from drills.janitor_k8s import run_janitor
 from drills.model import Status
 from drills.scratch import make_scratch
-from drills.scratch.kubernetes import KubernetesApi, KubernetesScratchEnvironment, TargetClients
-from drills.scratch.kubernetes_manifests import Credentials
-from drills.scratch.local import ScratchError
+from drills.scratch.common import ScratchError
+from drills.scratch.kubernetes.api import KubernetesApi
+from drills.scratch.kubernetes.environment import KubernetesScratchEnvironment
+from drills.scratch.kubernetes.janitor import run_janitor
+from drills.scratch.kubernetes.manifests import Credentials
+from drills.scratch.kubernetes.slots import TargetClients
 from drills.steps import StepOutcome, step
 from lifeboat.cli import cli
 from policies.loader import load_policy

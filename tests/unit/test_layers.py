@@ -40,6 +40,28 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert imported_packages(sample) == {"drills", "lifeboat"}
 
 
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports by its absolute name, at the top or inside a function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_scratch_imports_nothing_of_drills_above_it() -> None:
+    """drills/scratch/ sits under the runner, the faults and the reports: none of its arrows run back up."""
+    problems = []
+    for path in sorted((ROOT / "drills" / "scratch").rglob("*.py")):
+        for module in sorted(imported_modules(path)):
+            if module.split(".")[0] == "drills" and module.split(".")[:2] != ["drills", "scratch"]:
+                problems.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert problems == []
+
+
 def test_policies_stay_pure() -> None:
     """No network, no subprocess in the policy layer."""
     forbidden = {"subprocess", "socket", "boto3", "botocore", "clickhouse_driver", "kubernetes", "urllib.request"}

@@ -342,7 +342,7 @@ CLI_CONTRACT: dict[tuple[str, ...], dict[str, int]] = {
     ("prune",): {"--dry-run": 0, "--json": 0},
     ("check",): {"--read-data": 0, "--read-data-subset": 1, "--json": 0},
     ("drill", "run"): {"NAME": 1, "--json": 0, "--report-dir": 1, "--no-email": 0},
-    ("restore",): {  # the etcd restore init container of kubernetes scratch (drills/scratch/kubernetes.py)
+    ("restore",): {  # the etcd restore init container of kubernetes scratch (drills/scratch/kubernetes/)
         "NAME": 1,
         "--snapshot": 1,
         "--to-data-dir": 1,

@@ -12,6 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+from backup.jobs import BackupResult
+from backup.repository.manifest import SnapshotHeader
+from backup.repository.repository import WriteStats
+from lifeboat.executor import backup_document, backup_job_manifest, job_name, result_from_dict
+from policies.loader import parse_policy
+from policies.model import Executor, Policy
 from unit.deploy.test_manifests import (
     ROOT,
     RUNNER_SA,
@@ -25,13 +32,6 @@ from unit.deploy.test_manifests import (
     manifest_problems,
     parse_invocation,
 )
-
-from backup.jobs import BackupResult
-from backup.repository.manifest import SnapshotHeader
-from backup.repository.repository import WriteStats
-from lifeboat.executor import backup_document, backup_job_manifest, job_name, result_from_dict
-from policies.loader import parse_policy
-from policies.model import Executor, Policy
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Pod Security Standards, "restricted" profile (v1.30): the volume types it allows.

@@ -1,4 +1,4 @@
-"""What the ``kubernetes`` scratch environment (kubernetes.py) asks the API server to create: pure
+"""What the ``kubernetes`` scratch environment asks the API server to create: pure
 functions from the settings to manifests (plain dicts that the official client's models validate),
 the credentials and servers they describe, and the names and labels the environment and the janitor
 share. Nothing here talks to a cluster.

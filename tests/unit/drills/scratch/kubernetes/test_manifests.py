@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 import pytest
-from unit.deploy.test_manifests import dockerfile_uid, manifest_problems, parse_invocation
 
-from drills.scratch.kubernetes_manifests import (
+from drills.scratch.kubernetes.manifests import (
     Credentials,
     credentials_secret_name,
     etcd_restore_init_containers,
@@ -25,6 +24,7 @@ from drills.scratch.kubernetes_manifests import (
 )
 from lifeboat.cli import cli
 from policies.model import KubernetesScratch
+from unit.deploy.test_manifests import dockerfile_uid, manifest_problems, parse_invocation
 
 NS = "lifeboat-drill-20270115t020000z-0a1b"
 SETTINGS = KubernetesScratch.model_validate({"storage_class": "fast", "quota": {"requests.cpu": "2", "pods": "5"}})

@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from drills.scratch.kubernetes import KubernetesApi, absent
-from drills.scratch.kubernetes_manifests import EXPIRES_AT, MANAGED_BY
-from drills.scratch.local import ScratchError
+from drills.scratch.common import ScratchError
+from drills.scratch.kubernetes.api import KubernetesApi, absent, make_api_client
+from drills.scratch.kubernetes.manifests import EXPIRES_AT, MANAGED_BY
 from policies.model import KubernetesScratch
 
 log = structlog.get_logger(__name__)
@@ -88,6 +88,11 @@ def job_finished_at(job: Any) -> datetime | None:
         if condition.type in ("Complete", "Failed") and condition.status == "True":
             return condition.last_transition_time or job.metadata.creation_timestamp
     return None
+
+
+def clean_leftovers(settings: KubernetesScratch, *, dry_run: bool = False) -> list[str]:
+    """The janitor on the configured cluster; returns what went (or would go, in a dry run)."""
+    return run_janitor(KubernetesApi(make_api_client(settings)), settings, dry_run=dry_run).items()
 
 
 def run_janitor(
