@@ -36,13 +36,15 @@ from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
 from backup.sources.base import Progress
 from drills.history import load_history, store_report
-from drills.model import DrillRun
+from drills.model import DrillRun, Status
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import clean_leftovers, make_scratch
 from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
 from lifeboat.notify.base import NOTIFICATIONS_ENV
-from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunStatus, utc_now
+from lifeboat.state.source_locks import SourceLocks
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -233,10 +235,10 @@ class Operations:
             run.report_files = {kind: str(path) for kind, path in write_reports(run, directory, history).items()}
             store_report(repo, run)
         except BaseException as exc:
-            self._record_failure(run_id, exc, started, failed=RunStatus.ERROR)
+            self._record_failure(run_id, exc, started, failed=Status.ERROR)
             raise
         single = run.sources[0].snapshot if len(run.sources) == 1 else None
-        self.history.finish_run(run_id, RunStatus(run.verdict.value), figures=drill_figures(run), snapshot_id=single)
+        self.history.finish_run(run_id, run.verdict, figures=drill_figures(run), snapshot_id=single)
         if notify:
             # A failed delivery is logged by the notifier and never changes the verdict.
             notify_all(
@@ -263,7 +265,7 @@ class Operations:
         return removed
 
     def _record_failure(
-        self, run_id: int, exc: BaseException, started: float, *, failed: RunStatus = RunStatus.FAILED
+        self, run_id: int, exc: BaseException, started: float, *, failed: RunStatus | Status = RunStatus.FAILED
     ) -> str | None:
         """Finish the run as failed (or interrupted); return the masked error to notify, None for an abort."""
         figures = {"seconds": round(time.monotonic() - started, 3)}

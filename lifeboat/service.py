@@ -70,7 +70,10 @@ from backup.repository import Repository, open_repository
 from lifeboat.logs import Redactor
 from lifeboat.metrics import MetricsServer, metrics_registry
 from lifeboat.operations import JobAborted, Operations, refresh_inventory
-from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, SourceLocks, StateError
+from lifeboat.state import StateError
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind
+from lifeboat.state.source_locks import SourceLocks
 from policies.errors import ConfigError, LifeboatError
 from policies.loader import load_policy
 from policies.model import Policy

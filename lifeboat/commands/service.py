@@ -13,16 +13,8 @@ import click
 
 from lifeboat.context import Session, human_bytes, pass_session, print_json
 from lifeboat.service import LifeboatService, ServiceError, job_specs, next_fire_times, running_service_pid
-from lifeboat.state import (
-    DRILL_VERDICTS,
-    REPOSITORY_NAME,
-    SCRATCH_NAME,
-    RunHistory,
-    RunKind,
-    RunRecord,
-    RunStatus,
-    utc_now,
-)
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import DRILL_VERDICTS, REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from drills.model import Status
 from lifeboat.cli import cli
 from lifeboat.service import job_specs, next_fire_times
-from lifeboat.state import RunHistory, RunKind, RunStatus
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import RunKind, RunStatus
 from policies.loader import parse_policy
 
 SATURDAY = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # 2026-11-28 is a Saturday
@@ -81,7 +83,7 @@ scratch: {{janitor: {{schedule: "15 * * * *"}}}}
         failed = history.start_run(RunKind.BACKUP, "k8s-etcd", origin="cli")
         history.finish_run(failed, RunStatus.FAILED, error="etcd at http://127.0.0.1:1 refused the connection")
         drill = history.start_run(RunKind.DRILL, "nightly", origin="service")
-        history.finish_run(drill, RunStatus.ERROR, figures={"rto_seconds": None})
+        history.finish_run(drill, Status.ERROR, figures={"rto_seconds": None})
         history.open_incident("backup-failure", "k8s-etcd", run_id=failed, message="refused")
         swept = history.start_run(RunKind.JANITOR, "scratch", origin="service")
         history.finish_run(swept, RunStatus.OK, figures={"removed": 2})
