@@ -43,7 +43,7 @@ from lifeboat.state.records import (
 )
 from lifeboat.state.schema import create_or_migrate
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("lifeboat.state")  # the logger name the logs have always shown
 
 BUSY_TIMEOUT_SECONDS = 10.0  # another process writing: wait this long for the database lock
 

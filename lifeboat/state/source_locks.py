@@ -21,7 +21,7 @@ from lifeboat.state import StateError
 from lifeboat.state.records import timestamp_text, utc_now
 from policies.errors import LifeboatError
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("lifeboat.state")  # the logger name the logs have always shown
 
 LOCK_POLL_SECONDS = 0.2  # how often a waiter looks at a busy source lock again
 

@@ -33,7 +33,7 @@ from backup.servers import EtcdProcess, start_etcd
 from drills.model import Status
 from lifeboat.cli import cli
 from lifeboat.logs import Redactor
-from lifeboat.service import LifeboatService
+from lifeboat.service.serve import LifeboatService
 from lifeboat.state.records import RunKind, RunRecord, RunStatus
 
 pytestmark = pytest.mark.integration
