@@ -124,7 +124,7 @@ class LifeboatService:
 
     def stop(self) -> bool:
         """Stop taking jobs, let the running ones finish up to ``service.stop_timeout``, abort the rest
-        (see the module docstring); True when every job has ended, False when one could not be unwound."""
+        (see ``lifeboat.service.abort``); True when every job has ended, False when one could not be unwound."""
         if self._stopping.is_set():
             return True
         self._stopping.set()
