@@ -17,6 +17,8 @@ REPORT_SCHEMA = "lifeboat.drill-report/v1"
 
 
 class Status(StrEnum):
+    """A verdict, of a step, a source or a run; ``lifeboat``'s run history records a drill run with it too."""
+
     PASS = "PASS"
     FAIL = "FAIL"
     ERROR = "ERROR"

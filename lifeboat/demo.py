@@ -33,6 +33,7 @@ import click
 
 from backup.execute import free_port
 from backup.servers import ClickHouseProcess, EtcdProcess, start_clickhouse, start_etcd
+from drills.model import Status
 from lifeboat.context import human_bytes
 from policies.durations import human_duration
 from policies.errors import LifeboatError
@@ -267,10 +268,10 @@ def _drill_table(report: dict[str, Any], say: Callable[[str], None]) -> None:
     for source in report["sources"]:
         rto = human_duration(source["rto_seconds"]) if source["rto_seconds"] is not None else "-"
         rpo = human_duration(source["rpo_seconds"]) if source["rpo_seconds"] is not None else "-"
-        passed = sum(step["verdict"] == "PASS" for step in source["steps"])
+        passed = sum(Status(step["verdict"]) is Status.PASS for step in source["steps"])
         say(f"  {source['source']:<10} {source['verdict']:<8} {rto:>8} {rpo:>8}  {passed}/{len(source['steps'])} passed")
         for step in source["steps"]:
-            if step["verdict"] != "PASS":
+            if Status(step["verdict"]) is not Status.PASS:
                 say(f"    {step['verdict']} {step['name']}: {step['message']}")
 
 

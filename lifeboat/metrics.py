@@ -47,13 +47,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from lifeboat.state import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunHistory, RunKind, RunRecord, RunStatus
+from drills.model import Status
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus
 from policies.errors import LifeboatError
 from policies.model import Policy
 
 log = structlog.get_logger(__name__)
 
-VERDICT_VALUES = {"PASS": 1.0, "FAIL": 0.0, "ERROR": -1.0}
+VERDICT_VALUES = {Status.PASS: 1.0, Status.FAIL: 0.0, Status.ERROR: -1.0}
 NAN = float("nan")
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -119,7 +121,7 @@ class StateCollector(Collector):
             reached = {item["source"]: item for item in run.figures.get("sources", [])}
             for source in sources:
                 item = reached.get(source, {})
-                verdict.add_metric([drill, source], VERDICT_VALUES.get(item.get("verdict", "ERROR"), -1.0))
+                verdict.add_metric([drill, source], VERDICT_VALUES[_verdict(item.get("verdict"))])
                 seconds = item.get("rto_seconds")
                 rto.add_metric([drill, source], float(seconds) if seconds is not None else NAN)
         yield from (verdict, rto, last)
@@ -143,6 +145,14 @@ class StateCollector(Collector):
 
 def _gauge(name: str, documentation: str, extra_labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"lifeboat_{name}", documentation, labels=["source", *extra_labels])
+
+
+def _verdict(text: Any) -> Status:
+    """A source's verdict as the drill run's figures store it; ERROR for a source the run never reached."""
+    try:
+        return Status(text)
+    except ValueError:
+        return Status.ERROR
 
 
 def _end(run: RunRecord | None) -> float:

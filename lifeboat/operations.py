@@ -1,9 +1,10 @@
 """What Lifeboat runs, written once for the CLI and the service: back up one source, prune, check,
 and a drill with its reports and notifications (DESIGN sections 7, 8).
 
-Every operation is recorded in the state DB (``lifeboat.state``): a row is written as ``running``
-first and finished as ok / failed / suspicious / interrupted (drills: PASS / FAIL / ERROR) with its
-figures, snapshot id and error (secrets masked). A source's backup, prune and drill hold that
+Every operation is recorded in the state DB (``lifeboat.state``), by one context manager
+(``Operations.recorded_run``): a row is written as ``running`` first and finished as ok / failed /
+suspicious / interrupted (drills: their verdict, PASS / FAIL / ERROR) with its figures, snapshot id
+and error (secrets masked). A source's backup, prune and drill hold that
 source's lock (``SourceLocks``: this process and, through a file lock, every other Lifeboat process
 on the machine); across machines the repository's locks do that job.
 
@@ -11,14 +12,13 @@ Failures notify at most once per incident (``backup-failure``, ``check-failure``
 the first failure opens the incident in the state DB and is sent to every notifier whose ``on``
 lists the event; repeats only count; the next success closes it and sends a recovery note to the
 same notifiers. A delivery that failed everywhere is tried again at the next repeat. Drills notify
-every run, as the drill's ``notify`` list says.
+every run, as the drill's ``notify`` list says. What each notification says: ``lifeboat.notify.wording``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,13 +36,24 @@ from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
 from backup.sources.base import Progress
 from drills.history import load_history, store_report
-from drills.model import DrillRun
+from drills.model import DrillRun, Status
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import clean_leftovers, make_scratch
-from lifeboat.notify import Notification, build_notifiers, drill_notification, notify, notify_all
+from lifeboat.notify import Notification, build_notifiers, notify, notify_all
 from lifeboat.notify.base import NOTIFICATIONS_ENV
-from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, RunStatus, SourceLocks, utc_now
+from lifeboat.notify.wording import (
+    PROBLEMS_KEPT,
+    backup_failure_message,
+    check_failure_message,
+    drill_notification,
+    recovery_message,
+    suspicious_message,
+)
+from lifeboat.service.abort import JobAborted
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunStatus, utc_now
+from lifeboat.state.source_locks import SourceLocks
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -52,16 +63,34 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 HISTORY_FOR_CHARTS = 30  # earlier drill runs drawn in a report's trend charts
-PROBLEMS_KEPT = 50  # check problems stored with a run (the CLI prints them all)
 RepositoryOpener = Callable[[], Repository]
+FailureHook = Callable[[int, str], None]  # (run id, masked error) of a failed run: opens its incident
 
 
-class JobAborted(BaseException):
-    """Raised into a job that the service aborts at shutdown.
+@dataclass
+class RecordedRun:
+    """A run being recorded in the state DB (``Operations.recorded_run``): its id, its clock, its end."""
 
-    A BaseException, so that no ``except Exception`` on the way up mistakes it for a failure of
-    the job; every ``finally`` and ``with`` block on the way still runs (locks released, scratch
-    torn down, an uncommitted snapshot left uncommitted)."""
+    history: RunHistory
+    id: int
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def finish(
+        self,
+        status: RunStatus | Status,
+        *,
+        figures: dict[str, Any] | None = None,
+        snapshot_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how the run ended; ``error`` must already have its secrets masked."""
+        self.finished = True  # set first: a failure to record the end is not the run's own failure
+        self.history.finish_run(self.id, status, figures=figures, snapshot_id=snapshot_id, error=error)
 
 
 @dataclass
@@ -127,24 +156,22 @@ class Operations:
     ) -> BackupResult:
         """``take(repository, run id)`` under the source lock, recorded as a backup run of ``name``,
         with the incidents of ``backup-failure`` and ``suspicious`` opened or closed."""
-        run_id, started = self.history.start_run(RunKind.BACKUP, name, origin=self.origin), time.monotonic()
-        try:
+
+        def failed(run_id: int, error: str) -> None:
+            self._open_incident("backup-failure", name, run_id, backup_failure_message(name, error))
+
+        with self.recorded_run(RunKind.BACKUP, name, on_failure=failed) as run:
             with self.locks.hold([name], purpose=f"backup {name}", wait=self.lock_wait):
                 repo = repository()
-                result = take(repo, run_id)
-        except BaseException as exc:
-            error = self._record_failure(run_id, exc, started)
-            if error is not None:
-                self._open_incident("backup-failure", name, run_id, backup_failure_message(name, error))
-            raise
-        status = RunStatus.SUSPICIOUS if result.anomalies else RunStatus.OK
-        self.history.finish_run(run_id, status, figures=result.as_dict(), snapshot_id=result.header.id)
+                result = take(repo, run.id)
+            status = RunStatus.SUSPICIOUS if result.anomalies else RunStatus.OK
+            run.finish(status, figures=result.as_dict(), snapshot_id=result.header.id)
         self._refresh_inventory(repo, [name])
-        self._close_incident("backup-failure", name, run_id, f"backups of {name} succeed again")
+        self._close_incident("backup-failure", name, run.id)
         if result.anomalies:
-            self._open_incident("suspicious", name, run_id, suspicious_message(result))
+            self._open_incident("suspicious", name, run.id, suspicious_message(result))
         else:
-            self._close_incident("suspicious", name, run_id, f"snapshots of {name} look normal again")
+            self._close_incident("suspicious", name, run.id)
         return result
 
     def _snapshot(self, repo: Repository, name: str, *, run_id: int, progress: Progress | None) -> BackupResult:
@@ -171,18 +198,14 @@ class Operations:
         grace, stale_after = self.policy.repository.prune.grace, self.stale_after
         if dry_run:
             return prune_repository(repository(), retention, grace=grace, dry_run=True, stale_after=stale_after)
-        run_id, started = self.history.start_run(RunKind.PRUNE, REPOSITORY_NAME, origin=self.origin), time.monotonic()
-        try:
+        with self.recorded_run(RunKind.PRUNE, REPOSITORY_NAME) as run:
             with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
                 repo = repository()
                 expected = self._sources_with_snapshots(repo)
                 report = prune_repository(
                     repo, retention, grace=grace, dry_run=False, expected_sources=expected, stale_after=stale_after
                 )
-        except BaseException as exc:
-            self._record_failure(run_id, exc, started)
-            raise
-        self.history.finish_run(run_id, RunStatus.OK, figures=prune_figures(report, time.monotonic() - started))
+            run.finish(RunStatus.OK, figures=prune_figures(report, run.seconds))
         self._refresh_inventory(repo)
         return report
 
@@ -191,25 +214,22 @@ class Operations:
 
         Problems found are a failed run and a ``check-failure`` incident; the report is returned
         either way. Raises StoreError, RepositoryLocked, JobAborted (recorded)."""
-        run_id, started = self.history.start_run(RunKind.CHECK, REPOSITORY_NAME, origin=self.origin), time.monotonic()
-        try:
+
+        def failed(run_id: int, error: str) -> None:
+            self._open_incident("check-failure", REPOSITORY_NAME, run_id, check_failure_message([error]))
+
+        with self.recorded_run(RunKind.CHECK, REPOSITORY_NAME, on_failure=failed) as run:
             repo = repository()
             with repo.lock("shared", "check", stale_after=self.stale_after):
                 report = check_repository(repo, read_data=read_data, stale_after=self.stale_after)
-        except BaseException as exc:
-            error = self._record_failure(run_id, exc, started)
-            if error is not None:
-                self._open_incident("check-failure", REPOSITORY_NAME, run_id, check_failure_message([error]))
-            raise
-        figures = check_figures(report, time.monotonic() - started)
+            figures = check_figures(report, run.seconds)
+            problems = [self.redact(problem.message) for problem in report.problems]
+            error = None if report.ok else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
+            run.finish(RunStatus.OK if report.ok else RunStatus.FAILED, figures=figures, error=error)
         if report.ok:
-            self.history.finish_run(run_id, RunStatus.OK, figures=figures)
-            self._close_incident("check-failure", REPOSITORY_NAME, run_id, "the repository check passes again")
-            return report
-        problems = [self.redact(problem.message) for problem in report.problems]
-        error = f"{len(problems)} problem(s): " + "; ".join(problems[:3])
-        self.history.finish_run(run_id, RunStatus.FAILED, figures=figures, error=error)
-        self._open_incident("check-failure", REPOSITORY_NAME, run_id, check_failure_message(problems))
+            self._close_incident("check-failure", REPOSITORY_NAME, run.id)
+        else:
+            self._open_incident("check-failure", REPOSITORY_NAME, run.id, check_failure_message(problems))
         return report
 
     # ---- drill -----------------------------------------------------------------------------------
@@ -222,8 +242,7 @@ class Operations:
         notifiers (unless ``notify`` is false); return the run. Raises ConfigError, StoreError,
         SourceBusy, JobAborted (recorded as ERROR, or interrupted)."""
         drill = self.policy.drills[name]
-        run_id, started = self.history.start_run(RunKind.DRILL, name, origin=self.origin), time.monotonic()
-        try:
+        with self.recorded_run(RunKind.DRILL, name, failed=Status.ERROR) as recorded:
             with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
                 repo = repository()
                 scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()), drill=name, policy=self.policy)
@@ -232,11 +251,8 @@ class Operations:
             directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id
             run.report_files = {kind: str(path) for kind, path in write_reports(run, directory, history).items()}
             store_report(repo, run)
-        except BaseException as exc:
-            self._record_failure(run_id, exc, started, failed=RunStatus.ERROR)
-            raise
-        single = run.sources[0].snapshot if len(run.sources) == 1 else None
-        self.history.finish_run(run_id, RunStatus(run.verdict.value), figures=drill_figures(run), snapshot_id=single)
+            single = run.sources[0].snapshot if len(run.sources) == 1 else None
+            recorded.finish(run.verdict, figures=drill_figures(run), snapshot_id=single)
         if notify:
             # A failed delivery is logged by the notifier and never changes the verdict.
             notify_all(
@@ -245,36 +261,58 @@ class Operations:
             )
         return run
 
-    # ---- recording and incidents -----------------------------------------------------------------
+    # ---- janitor ---------------------------------------------------------------------------------
 
     def janitor(self, *, dry_run: bool = False) -> list[str]:
         """Clean up after dead drill runs (``drills.scratch.clean_leftovers``); returns what went.
         A dry run changes nothing and is not recorded. Raises what the cleanup raises (recorded)."""
         if dry_run:
             return clean_leftovers(self.policy.scratch, dry_run=True)
-        run_id, started = self.history.start_run(RunKind.JANITOR, SCRATCH_NAME, origin=self.origin), time.monotonic()
-        try:
+        with self.recorded_run(RunKind.JANITOR, SCRATCH_NAME) as run:
             removed = clean_leftovers(self.policy.scratch)
-        except BaseException as exc:
-            self._record_failure(run_id, exc, started)
-            raise
-        figures = {"removed": len(removed), "seconds": round(time.monotonic() - started, 3)}
-        self.history.finish_run(run_id, RunStatus.OK, figures=figures)
+            run.finish(RunStatus.OK, figures={"removed": len(removed), "seconds": round(run.seconds, 3)})
         return removed
 
-    def _record_failure(
-        self, run_id: int, exc: BaseException, started: float, *, failed: RunStatus = RunStatus.FAILED
-    ) -> str | None:
+    # ---- recording and incidents -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def recorded_run(
+        self,
+        kind: RunKind,
+        name: str,
+        *,
+        failed: RunStatus | Status = RunStatus.FAILED,
+        on_failure: FailureHook | None = None,
+    ) -> Iterator[RecordedRun]:
+        """Record a run of ``kind`` and ``name`` as running; the block does the work and ends with
+        ``run.finish(status, ...)``. An exception out of the block before that finishes the run as
+        ``failed`` (or ``interrupted``, see ``_record_failure``), calls ``on_failure(run id, masked
+        error)`` unless it was an abort, and propagates. A block that ends without finishing its run
+        is a bug: recorded as a failure (AssertionError)."""
+        run = RecordedRun(self.history, self.history.start_run(kind, name, origin=self.origin))
+        try:
+            yield run
+            if not run.finished:
+                raise AssertionError(f"the {kind.value} run of {name} ended without recording how")
+        except BaseException as exc:
+            if run.finished:  # the run is recorded; what failed after that is not the run's failure
+                raise
+            error = self._record_failure(run, exc, failed=failed)
+            if error is not None and on_failure is not None:
+                on_failure(run.id, error)
+            raise
+
+    def _record_failure(self, run: RecordedRun, exc: BaseException, *, failed: RunStatus | Status) -> str | None:
         """Finish the run as failed (or interrupted); return the masked error to notify, None for an abort."""
-        figures = {"seconds": round(time.monotonic() - started, 3)}
+        figures = {"seconds": round(run.seconds, 3)}
         if isinstance(exc, JobAborted) or self.aborting.is_set():
-            self.history.finish_run(run_id, RunStatus.INTERRUPTED, figures=figures, error="aborted: the service stopped")
+            run.finish(RunStatus.INTERRUPTED, figures=figures, error="aborted: the service stopped")
             return None
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stopped, not failed
-            self.history.finish_run(run_id, RunStatus.INTERRUPTED, figures=figures, error=type(exc).__name__)
+            run.finish(RunStatus.INTERRUPTED, figures=figures, error=type(exc).__name__)
             return None
         error = self.redact(str(exc) if isinstance(exc, LifeboatError) else f"{type(exc).__name__}: {exc}")
-        self.history.finish_run(run_id, failed, figures=figures, error=error)
+        run.finish(failed, figures=figures, error=error)
         return error
 
     def _open_incident(self, event: str, name: str, run_id: int, message: Notification) -> None:
@@ -285,13 +323,13 @@ class Operations:
         if any(result.ok for result in self._send(event, message)):
             self.history.mark_notified(incident.id)
 
-    def _close_incident(self, event: str, name: str, run_id: int, what: str) -> None:
+    def _close_incident(self, event: str, name: str, run_id: int) -> None:
         incident = self.history.close_incident(event, name, run_id=run_id)
         if incident is None:
             return
         log.info("incident.closed", trigger=event, name=name, occurrences=incident.occurrences)
         if incident.notified:
-            self._send(event, recovery_message(event, name, what, incident.occurrences, incident.opened.isoformat()))
+            self._send(event, recovery_message(event, name, incident.occurrences, incident.opened.isoformat()))
 
     def _send(self, event: str, message: Notification) -> list[Any]:
         """Send to every notifier subscribed to ``event``; never raises (a notifier only warns).
@@ -372,57 +410,3 @@ def drill_figures(run: DrillRun) -> dict[str, Any]:
         "sources": [{key: source[key] for key in per_source} for source in document["sources"]],
         "report_files": run.report_files,
     }
-
-
-# ---- messages --------------------------------------------------------------------------------------
-
-
-def _footer(event: str) -> str:
-    return (
-        f"\n\nHost: {socket.gethostname()}. Later failures of this kind are counted, not mailed, until one succeeds "
-        f"again; a recovery note follows then. History: `lifeboat status`. (Lifeboat event: {event})\n"
-    )
-
-
-def backup_failure_message(name: str, error: str) -> Notification:
-    return Notification(
-        event="backup-failure",
-        subject=f"[lifeboat] backup of {name} FAILED",
-        text=f"The backup of source '{name}' failed at {utc_now():%Y-%m-%d %H:%M:%S} UTC; nothing was committed.\n\n"
-        f"{error}" + _footer("backup-failure"),
-        summary={"event": "backup-failure", "source": name, "error": error, "recovered": False},
-    )
-
-
-def suspicious_message(result: BackupResult) -> Notification:
-    header = result.header
-    reasons = "\n".join(f"- {anomaly}" for anomaly in result.anomalies)
-    return Notification(
-        event="suspicious",
-        subject=f"[lifeboat] {header.source}: snapshot {header.id} is SUSPICIOUS",
-        text=f"Snapshot {header.id} of '{header.source}' looks like mass deletion or ransomware:\n{reasons}\n\n"
-        "It is kept, flagged suspicious: it never becomes the newest good snapshot for retention or drills. "
-        "Look at the source now." + _footer("suspicious"),
-        summary={"event": "suspicious", "source": header.source, "snapshot": header.id, "anomalies": result.anomalies},
-    )
-
-
-def check_failure_message(problems: list[str]) -> Notification:
-    listed = "\n".join(f"- {problem}" for problem in problems[:20])
-    more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    return Notification(
-        event="check-failure",
-        subject=f"[lifeboat] repository check FAILED: {len(problems)} problem(s)",
-        text=f"The repository check found:\n{listed}{more}" + _footer("check-failure"),
-        summary={"event": "check-failure", "problems": problems[:PROBLEMS_KEPT], "recovered": False},
-    )
-
-
-def recovery_message(event: str, name: str, what: str, occurrences: int, since: str) -> Notification:
-    return Notification(
-        event=event,
-        subject=f"[lifeboat] recovered: {what}",
-        text=f"Recovered: {what} (at {utc_now():%Y-%m-%d %H:%M:%S} UTC), after {occurrences} failed run(s) "
-        f"since {since}.\n(Lifeboat event: {event})\n",
-        summary={"event": event, "name": name, "recovered": True, "occurrences": occurrences, "since": since},
-    )

@@ -12,17 +12,13 @@ from typing import Any
 import click
 
 from lifeboat.context import Session, human_bytes, pass_session, print_json
-from lifeboat.service import LifeboatService, ServiceError, job_specs, next_fire_times, running_service_pid
-from lifeboat.state import (
-    DRILL_VERDICTS,
-    REPOSITORY_NAME,
-    SCRATCH_NAME,
-    RunHistory,
-    RunKind,
-    RunRecord,
-    RunStatus,
-    utc_now,
-)
+from lifeboat.service import ServiceError
+from lifeboat.service.cron import next_fire_times
+from lifeboat.service.instance_lock import running_service_pid
+from lifeboat.service.jobs import job_specs
+from lifeboat.service.serve import LifeboatService
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import DRILL_VERDICTS, REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -64,7 +60,7 @@ def serve(session: Session, run_now: tuple[str, ...], reload_running: bool) -> N
         raise click.UsageError(f"no job {', '.join(unknown)}; scheduled jobs: {', '.join(service.job_ids()) or 'none'}")
     if not service.serve_forever(run_now=run_now):
         # A job thread is stuck in a C call and cannot be unwound: leave without waiting for it
-        # (what stayed behind is described in lifeboat/service.py). Flush the logs first.
+        # (what stayed behind is described in lifeboat/service/abort.py). Flush the logs first.
         logging.shutdown()
         sys.stderr.flush()
         os._exit(EXIT_ABORT_INCOMPLETE)

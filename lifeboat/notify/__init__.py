@@ -2,17 +2,16 @@
 
 Each notifier kind is a class in ``NOTIFIERS`` built from its policy settings. ``notify`` sends one
 Notification to every notifier subscribed to its event and returns what happened; it never raises
-for a delivery problem, so a notification can never change a drill's verdict.
+for a delivery problem, so a notification can never change a drill's verdict. What a notification
+says is written in ``lifeboat.notify.wording``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from drills.model import DrillRun, Status
-from drills.report import render_html, render_json, render_junit, render_text, report_file_names, subject_line
 from lifeboat.notify.base import NOTIFY_RETRY, Attachment, DeliveryResult, Notification, Notifier
 from lifeboat.notify.email import EmailNotifier
 from lifeboat.notify.webhook import WebhookNotifier
@@ -31,8 +30,6 @@ __all__ = [
     "Notifier",
     "WebhookNotifier",
     "build_notifiers",
-    "drill_event",
-    "drill_notification",
     "notify",
     "notify_all",
     "subscribed",
@@ -91,25 +88,3 @@ def notify_all(settings: Mapping[str, NotifierSettings], notification: Notificat
     Each failure is already logged as ``notify.failed``: callers report the results, they need not log them again.
     """
     return notify(build_notifiers(settings), notification.event, notification)
-
-
-def drill_event(run: DrillRun) -> str:
-    """``drill`` for a PASS run, ``drill-failure`` for FAIL and ERROR (an unverified run is a failure to prove)."""
-    return "drill" if run.verdict is Status.PASS else "drill-failure"
-
-
-def drill_notification(run: DrillRun, *, history: Sequence[DrillRun] = ()) -> Notification:
-    """The notification of a drill run: subject line, text summary, HTML report (with trend charts over
-    ``history``, earlier runs of the drill), JSON + JUnit reports attached; event ``drill`` or ``drill-failure``."""
-    names = report_file_names(run)
-    return Notification(
-        event=drill_event(run),
-        subject=subject_line(run),
-        text=render_text(run),
-        html=render_html(run, history),
-        attachments=(
-            Attachment(names["json"], render_json(run).encode("utf-8"), "application/json"),
-            Attachment(names["junit"], render_junit(run).encode("utf-8"), "application/xml"),
-        ),
-        summary=run.to_dict(),
-    )

@@ -26,8 +26,11 @@ from backup.repository import Repository, open_repository
 from backup.repository.maintenance import check as check_repository
 from lifeboat.cli import cli
 from lifeboat.executor import KubernetesBackupExecutor
-from lifeboat.operations import JobAborted, Operations
-from lifeboat.state import RunHistory, RunKind, RunStatus, SourceLocks
+from lifeboat.operations import Operations
+from lifeboat.service.abort import JobAborted
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import RunKind, RunStatus
+from lifeboat.state.source_locks import SourceLocks
 from policies.errors import LifeboatError, SourceError
 from policies.loader import load_policy
 from policies.model import Policy

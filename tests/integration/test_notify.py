@@ -38,10 +38,10 @@ from lifeboat.notify import (
     Notification,
     WebhookNotifier,
     build_notifiers,
-    drill_notification,
     notify,
     notify_all,
 )
+from lifeboat.notify.wording import drill_notification
 from policies.errors import ConfigError
 from policies.model import EmailNotifier as EmailSettings
 from policies.model import WebhookNotifier as WebhookSettings

@@ -30,10 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backup.execute import free_port
 from backup.servers import EtcdProcess, start_etcd
+from drills.model import Status
 from lifeboat.cli import cli
 from lifeboat.logs import Redactor
-from lifeboat.service import LifeboatService
-from lifeboat.state import RunKind, RunRecord, RunStatus
+from lifeboat.service.serve import LifeboatService
+from lifeboat.state.records import RunKind, RunRecord, RunStatus
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +178,7 @@ def test_the_service_runs_every_kind_of_job_exports_figures_and_mails_a_failure_
         check = run_job(service, "check", RunKind.CHECK, "repository")
         assert check.status is RunStatus.OK and check.figures["snapshots"] == 1
         drill = run_job(service, "drill:nightly", RunKind.DRILL, "nightly")
-        assert drill.status is RunStatus.PASS, drill.figures
+        assert drill.status is Status.PASS, drill.figures
         assert Path(drill.figures["report_files"]["html"]).is_file()
 
         # A job that raises (the source is down) is recorded; the first failure is mailed, the repeat is not.

@@ -22,7 +22,8 @@ from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from backup.sources.s3.keypath import key_to_path
 from lifeboat.cli import cli
-from lifeboat.state import RunHistory, RunKind, RunStatus
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import RunKind, RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,10 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup.execute import free_port
+from drills.model import Status
 from lifeboat.metrics import ListenError, MetricsServer, metrics_registry, render_metrics
-from lifeboat.state import RunHistory, RunKind, RunStatus
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import RunKind, RunStatus
 from policies.loader import parse_policy
 from policies.model import Policy
 
@@ -46,7 +48,7 @@ def history(tmp_path: Path) -> Iterator[RunHistory]:
         yield opened
 
 
-def record(history: RunHistory, kind: RunKind, name: str, status: RunStatus, **figures: Any) -> int:
+def record(history: RunHistory, kind: RunKind, name: str, status: RunStatus | Status, **figures: Any) -> int:
     run_id = history.start_run(kind, name, origin="service")
     history.finish_run(run_id, status, figures=figures)
     return run_id
@@ -86,18 +88,18 @@ def test_backup_figures_come_from_the_newest_runs(history: RunHistory, policy: P
 
 
 def test_drill_verdicts_are_1_pass_0_fail_minus_1_error_per_source(history: RunHistory, policy: Policy) -> None:
-    record(history, RunKind.DRILL, "nightly", RunStatus.PASS, sources=[{"source": "k8s-etcd", "verdict": "PASS"}])
+    record(history, RunKind.DRILL, "nightly", Status.PASS, sources=[{"source": "k8s-etcd", "verdict": "PASS"}])
     record(
         history,
         RunKind.DRILL,
         "nightly",
-        RunStatus.FAIL,
+        Status.FAIL,
         sources=[
             {"source": "k8s-etcd", "verdict": "PASS", "rto_seconds": 12.5},
             {"source": "models", "verdict": "FAIL", "rto_seconds": None},
         ],
     )
-    record(history, RunKind.DRILL, "weekly", RunStatus.ERROR, sources=[])  # stopped before reaching its source
+    record(history, RunKind.DRILL, "weekly", Status.ERROR, sources=[])  # stopped before reaching its source
     record(history, RunKind.DRILL, "weekly", RunStatus.INTERRUPTED)  # no verdict: not counted
     metrics = scrape(history, policy)
 

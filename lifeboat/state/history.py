@@ -1,22 +1,8 @@
-"""The run history (DESIGN section 8): every backup, prune, check and drill run in SQLite, and the
-file locks kept next to it.
+"""The run history (DESIGN section 8): every backup, prune, check and drill run in SQLite.
 
 The database lives at the policy's ``state`` path, in WAL mode so that ``lifeboat status`` and a
-CLI run read and write while ``lifeboat serve`` does. Schema (``PRAGMA user_version`` = 2; version 1
-had no ``janitor`` runs, and is migrated when opened):
-
-``runs``        one row per run: ``kind`` (backup | prune | check | drill | janitor), ``name`` (the
-                source, the drill, ``repository`` for prune and check, ``scratch`` for the janitor),
-                ``started``/``finished`` (ISO 8601 UTC), ``status`` (running | ok | failed |
-                suspicious | interrupted, and for drills PASS | FAIL | ERROR), ``figures`` (JSON),
-                ``snapshot_id``, ``error`` (secrets masked by the caller), ``origin`` (service |
-                cli), ``host``, ``pid`` and ``owner``.
-``incidents``   one row per incident (``key`` like ``backup-failure:k8s-etcd``): opened by the first
-                failure, counted by repeats, ``closed`` by the next success; ``notified`` once a
-                notifier took the news, so repeats stay quiet.
-``inventory``   per source, the snapshot and suspicious-snapshot counts of the last repository
-                listing, and the repository id it came from.
-``meta``        key/value (the health probe writes here).
+CLI run read and write while ``lifeboat serve`` does. Its tables are described, and migrated, in
+``lifeboat.state.schema``; what a row holds is in ``lifeboat.state.records``.
 
 A run left ``running`` by a process that died (SIGKILL, OOM, power loss) becomes ``interrupted``
 the next time any Lifeboat process opens the database. Liveness is not guessed from a pid (a pid
@@ -34,202 +20,32 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from policies.errors import LifeboatError
+from drills.model import Status
+from lifeboat.state import StateError
+from lifeboat.state.records import (
+    Incident,
+    Inventory,
+    RunKind,
+    RunRecord,
+    RunStatus,
+    parse_status,
+    parse_timestamp,
+    timestamp_text,
+    utc_now,
+)
+from lifeboat.state.schema import create_or_migrate
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("lifeboat.state")  # the logger name the logs have always shown
 
-SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10.0  # another process writing: wait this long for the database lock
-LOCK_POLL_SECONDS = 0.2  # how often a waiter looks at a busy source lock again
-REPOSITORY_NAME = "repository"  # the run name of prune and check, which work on the whole repository
-SCRATCH_NAME = "scratch"  # the run name of the janitor, which cleans up after drills
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill', 'janitor')),
-    name        TEXT NOT NULL,
-    started     TEXT NOT NULL,
-    finished    TEXT,
-    status      TEXT NOT NULL,
-    figures     TEXT NOT NULL DEFAULT '{}',
-    snapshot_id TEXT,
-    error       TEXT,
-    origin      TEXT NOT NULL,
-    host        TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    owner       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_by_name ON runs (kind, name, id);
-CREATE INDEX IF NOT EXISTS runs_running ON runs (status) WHERE status = 'running';
-CREATE TABLE IF NOT EXISTS incidents (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    key         TEXT NOT NULL,
-    event       TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    opened      TEXT NOT NULL,
-    last_seen   TEXT NOT NULL,
-    closed      TEXT,
-    occurrences INTEGER NOT NULL DEFAULT 1,
-    notified    INTEGER NOT NULL DEFAULT 0,
-    first_run   INTEGER,
-    last_run    INTEGER,
-    closed_by   INTEGER,
-    message     TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (key) WHERE closed IS NULL;
-CREATE TABLE IF NOT EXISTS inventory (
-    source      TEXT PRIMARY KEY,
-    snapshots   INTEGER NOT NULL,
-    suspicious  INTEGER NOT NULL,
-    repository  TEXT NOT NULL,
-    listed      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-def _runs_may_be_janitor_runs(db: sqlite3.Connection) -> None:
-    """Version 1 -> 2, first half: SQLite cannot change a CHECK constraint in place, so the old
-    ``runs`` table steps aside (``runs_v1``, its indexes dropped so that the schema makes them anew);
-    the schema then creates the new table, and ``_prepare`` copies every row back, ids included (the
-    incidents refer to them)."""
-    db.execute("DROP INDEX IF EXISTS runs_by_name")
-    db.execute("DROP INDEX IF EXISTS runs_running")
-    db.execute("ALTER TABLE runs RENAME TO runs_v1")
-
-
-class StateError(LifeboatError):
-    """The state DB (or the lock directory next to it) cannot be used."""
-
-
-class SourceBusy(LifeboatError):
-    """Another run holds a source's lock and did not let go in time."""
-
-
-class RunKind(StrEnum):
-    BACKUP = "backup"
-    PRUNE = "prune"
-    CHECK = "check"
-    DRILL = "drill"
-    JANITOR = "janitor"
-
-
-class RunStatus(StrEnum):
-    RUNNING = "running"
-    OK = "ok"
-    FAILED = "failed"
-    SUSPICIOUS = "suspicious"  # the backup completed, and its snapshot looks like mass deletion
-    INTERRUPTED = "interrupted"  # aborted at shutdown, or its process died
-    PASS = "PASS"  # drills: the drill's own verdicts
-    FAIL = "FAIL"
-    ERROR = "ERROR"
-
-
-FINISHED_BACKUP = (RunStatus.OK, RunStatus.SUSPICIOUS)  # a backup that committed a snapshot
-DRILL_VERDICTS = (RunStatus.PASS, RunStatus.FAIL, RunStatus.ERROR)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _text(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _moment(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of ``runs``."""
-
-    id: int
-    kind: RunKind
-    name: str
-    started: datetime
-    finished: datetime | None
-    status: RunStatus
-    figures: dict[str, Any]
-    snapshot_id: str | None
-    error: str | None
-    origin: str
-    host: str
-    pid: int
-
-    @property
-    def seconds(self) -> float | None:
-        return None if self.finished is None else (self.finished - self.started).total_seconds()
-
-    def as_dict(self) -> dict[str, Any]:
-        """The run as ``lifeboat status --json`` shows it."""
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "name": self.name,
-            "status": self.status.value,
-            "started": self.started.isoformat(),
-            "finished": self.finished.isoformat() if self.finished else None,
-            "seconds": None if self.seconds is None else round(self.seconds, 3),
-            "snapshot_id": self.snapshot_id,
-            "error": self.error,
-            "origin": self.origin,
-            "host": self.host,
-            "pid": self.pid,
-            "figures": self.figures,
-        }
-
-
-@dataclass(frozen=True)
-class Incident:
-    """One row of ``incidents``: a failure that lasts until the next success."""
-
-    id: int
-    key: str
-    event: str
-    name: str
-    opened: datetime
-    last_seen: datetime
-    closed: datetime | None
-    occurrences: int
-    notified: bool
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "event": self.event,
-            "name": self.name,
-            "opened": self.opened.isoformat(),
-            "last_seen": self.last_seen.isoformat(),
-            "closed": self.closed.isoformat() if self.closed else None,
-            "occurrences": self.occurrences,
-            "notified": self.notified,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """What the last repository listing counted for one source."""
-
-    source: str
-    snapshots: int
-    suspicious: int
-    repository: str  # the repository's id: counts from another repository do not carry over
-    listed: datetime
 
 
 class RunHistory:
@@ -274,17 +90,7 @@ class RunHistory:
             log.warning("state.no_wal", path=str(self.path), journal_mode=mode)
         self._db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses no committed run
         with self._transaction() as db:  # read the version inside: two processes may open an old DB at once
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {version} is newer than this Lifeboat's ({SCHEMA_VERSION})")
-            if version == 1:
-                _runs_may_be_janitor_runs(db)
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            if version == 1:
-                db.execute("INSERT INTO runs SELECT * FROM runs_v1")
-                db.execute("DROP TABLE runs_v1")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            create_or_migrate(db)
 
     def close(self) -> None:
         """Close the database and give up this process's owner lock (and its file)."""
@@ -342,7 +148,7 @@ class RunHistory:
                 (
                     kind.value,
                     name,
-                    _text(started or utc_now()),
+                    timestamp_text(started or utc_now()),
                     RunStatus.RUNNING.value,
                     origin,
                     socket.gethostname(),
@@ -357,7 +163,7 @@ class RunHistory:
     def finish_run(
         self,
         run_id: int,
-        status: RunStatus,
+        status: RunStatus | Status,
         *,
         figures: Mapping[str, Any] | None = None,
         snapshot_id: str | None = None,
@@ -370,7 +176,7 @@ class RunHistory:
                 "UPDATE runs SET status = ?, finished = ?, figures = ?, snapshot_id = ?, error = ? WHERE id = ?",
                 (
                     status.value,
-                    _text(finished or utc_now()),
+                    timestamp_text(finished or utc_now()),
                     json.dumps(dict(figures or {}), default=str, ensure_ascii=False),
                     snapshot_id,
                     error,
@@ -388,13 +194,13 @@ class RunHistory:
         rows = self._query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", [*parameters, limit])
         return [_run(row) for row in rows]
 
-    def last_run(self, kind: RunKind, name: str, statuses: Iterable[RunStatus] | None = None) -> RunRecord | None:
+    def last_run(self, kind: RunKind, name: str, statuses: Iterable[RunStatus | Status] | None = None) -> RunRecord | None:
         """The newest run of ``kind`` and ``name`` (with one of ``statuses``), or None."""
         where, parameters = _filters(kind=kind, name=name, statuses=statuses)
         rows = self._query(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT 1", parameters)
         return _run(rows[0]) if rows else None
 
-    def last_runs(self, kind: RunKind, statuses: Iterable[RunStatus]) -> dict[str, RunRecord]:
+    def last_runs(self, kind: RunKind, statuses: Iterable[RunStatus | Status]) -> dict[str, RunRecord]:
         """Per name, the newest run of ``kind`` with one of ``statuses``."""
         where, parameters = _filters(kind=kind, statuses=statuses)
         rows = self._query(f"SELECT * FROM runs WHERE id IN (SELECT MAX(id) FROM runs {where} GROUP BY name)", parameters)
@@ -411,7 +217,7 @@ class RunHistory:
             with self._transaction() as db:
                 cursor = db.execute(
                     "UPDATE runs SET status = 'interrupted', finished = ?, error = ? WHERE id = ? AND status = 'running'",
-                    (_text(utc_now()), error, row["id"]),
+                    (timestamp_text(utc_now()), error, row["id"]),
                 )
             if cursor.rowcount:
                 reaped.append(row["id"])
@@ -425,7 +231,7 @@ class RunHistory:
             ids = [row[0] for row in db.execute("SELECT id FROM runs WHERE status = 'running' AND owner = ?", (self.owner,))]
             db.execute(
                 "UPDATE runs SET status = 'interrupted', finished = ?, error = ? WHERE status = 'running' AND owner = ?",
-                (_text(utc_now()), reason, self.owner),
+                (timestamp_text(utc_now()), reason, self.owner),
             )
         return ids
 
@@ -437,7 +243,7 @@ class RunHistory:
         The caller notifies when the returned incident is not ``notified`` yet, then calls
         ``mark_notified``: a repeat of an incident already told stays quiet."""
         key = f"{event}:{name}"
-        now = _text(utc_now())
+        now = timestamp_text(utc_now())
         with self._transaction() as db:
             updated = db.execute(
                 "UPDATE incidents SET occurrences = occurrences + 1, last_seen = ?, last_run = ?, message = ? "
@@ -463,7 +269,9 @@ class RunHistory:
             found = db.execute("SELECT id FROM incidents WHERE key = ? AND closed IS NULL", (key,)).fetchone()
             if found is None:
                 return None
-            db.execute("UPDATE incidents SET closed = ?, closed_by = ? WHERE id = ?", (_text(utc_now()), run_id, found[0]))
+            db.execute(
+                "UPDATE incidents SET closed = ?, closed_by = ? WHERE id = ?", (timestamp_text(utc_now()), run_id, found[0])
+            )
         [row] = self._query("SELECT * FROM incidents WHERE id = ?", (found[0],))
         return _incident(row)
 
@@ -478,7 +286,7 @@ class RunHistory:
 
     def set_inventory(self, counts: Mapping[str, tuple[int, int]], *, repository: str) -> None:
         """Store ``{source: (snapshots, suspicious)}`` from a listing of repository ``repository``."""
-        now = _text(utc_now())
+        now = timestamp_text(utc_now())
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO inventory (source, snapshots, suspicious, repository, listed) "
@@ -490,7 +298,11 @@ class RunHistory:
         rows = self._query("SELECT * FROM inventory")
         return {
             row["source"]: Inventory(
-                row["source"], row["snapshots"], row["suspicious"], row["repository"], _moment(row["listed"]) or utc_now()
+                row["source"],
+                row["snapshots"],
+                row["suspicious"],
+                row["repository"],
+                parse_timestamp(row["listed"]) or utc_now(),
             )
             for row in rows
         }
@@ -500,7 +312,7 @@ class RunHistory:
     def probe_write(self) -> None:
         """Write a heartbeat row; raises StateError when the database does not take writes."""
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (_text(utc_now()),))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (timestamp_text(utc_now()),))
 
     # ---- liveness --------------------------------------------------------------------------------
 
@@ -540,7 +352,7 @@ class RunHistory:
 
 
 def _filters(
-    *, kind: RunKind | None = None, name: str | None = None, statuses: Iterable[RunStatus] | None = None
+    *, kind: RunKind | None = None, name: str | None = None, statuses: Iterable[RunStatus | Status] | None = None
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     parameters: list[Any] = []
@@ -562,9 +374,9 @@ def _run(row: sqlite3.Row) -> RunRecord:
         id=row["id"],
         kind=RunKind(row["kind"]),
         name=row["name"],
-        started=_moment(row["started"]) or utc_now(),
-        finished=_moment(row["finished"]),
-        status=RunStatus(row["status"]),
+        started=parse_timestamp(row["started"]) or utc_now(),
+        finished=parse_timestamp(row["finished"]),
+        status=parse_status(row["status"]),
         figures=json.loads(row["figures"] or "{}"),
         snapshot_id=row["snapshot_id"],
         error=row["error"],
@@ -580,97 +392,10 @@ def _incident(row: sqlite3.Row) -> Incident:
         key=row["key"],
         event=row["event"],
         name=row["name"],
-        opened=_moment(row["opened"]) or utc_now(),
-        last_seen=_moment(row["last_seen"]) or utc_now(),
-        closed=_moment(row["closed"]),
+        opened=parse_timestamp(row["opened"]) or utc_now(),
+        last_seen=parse_timestamp(row["last_seen"]) or utc_now(),
+        closed=parse_timestamp(row["closed"]),
         occurrences=row["occurrences"],
         notified=bool(row["notified"]),
         message=row["message"],
     )
-
-
-# ---- source locks ----------------------------------------------------------------------------------
-
-
-class SourceLocks:
-    """Per-source locks, so that a source's backup, prune and drill never overlap on this machine.
-
-    Each lock is a ``threading.Lock`` (runs of this process) plus an exclusive ``flock`` on
-    ``<lock_dir>/source-<name>.lock`` (other Lifeboat processes: the service and CLI runs, cron
-    jobs). The kernel drops a flock when its process dies, so a crash never leaves one behind.
-    Across machines the repository's own locks keep prune away from a running backup or drill.
-    """
-
-    def __init__(self, lock_dir: Path) -> None:
-        self.lock_dir = lock_dir
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._holders: dict[str, str] = {}
-
-    @contextlib.contextmanager
-    def hold(self, names: Iterable[str], *, purpose: str, wait: float) -> Iterator[None]:
-        """Hold the locks of every source in ``names`` (taken in sorted order, so two runs that need
-        overlapping sets cannot deadlock) while the block runs. Waits up to ``wait`` seconds in all,
-        then raises SourceBusy naming who holds the lock."""
-        deadline = time.monotonic() + wait
-        with contextlib.ExitStack() as held:
-            for name in sorted(set(names)):
-                held.enter_context(self._hold_one(name, purpose, deadline))
-            yield
-
-    @contextlib.contextmanager
-    def _hold_one(self, name: str, purpose: str, deadline: float) -> Iterator[None]:
-        with self._guard:
-            in_process = self._locks.setdefault(name, threading.Lock())
-        # Short timeouts in a loop, not one long wait: a job aborted at shutdown must be able to
-        # leave (an exception raised into a thread lands between bytecodes, never inside a C wait).
-        while not in_process.acquire(timeout=LOCK_POLL_SECONDS):
-            if time.monotonic() >= deadline:
-                holder = self._holders.get(name, "another run")
-                raise SourceBusy(f"source '{name}' is busy: {holder} holds it; gave up waiting")
-        try:
-            with self._file_lock(name, purpose, deadline):
-                self._holders[name] = f"{purpose} (this process)"
-                try:
-                    yield
-                finally:
-                    self._holders.pop(name, None)
-        finally:
-            in_process.release()
-
-    @contextlib.contextmanager
-    def _file_lock(self, name: str, purpose: str, deadline: float) -> Iterator[None]:
-        path = self.lock_dir / f"source-{name}.lock"
-        try:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-        except OSError as exc:
-            raise StateError(f"cannot open the source lock {path}: {exc}") from exc
-        try:
-            waited = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SourceBusy(f"source '{name}' is busy: {_holder(fd)} holds it; gave up waiting") from None
-                    if not waited:
-                        log.info("lock.waiting", source=name, purpose=purpose, holder=_holder(fd))
-                        waited = True
-                    time.sleep(LOCK_POLL_SECONDS)
-            holder = {"purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "since": _text(utc_now())}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # releases the flock
-
-
-def _holder(fd: int) -> str:
-    """Who holds a source lock, from what the holder wrote into the file."""
-    try:
-        doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"{doc['purpose']} (host {doc['host']}, pid {doc['pid']}, since {doc['since']})"
-    except (OSError, ValueError, KeyError):
-        return "another Lifeboat process"

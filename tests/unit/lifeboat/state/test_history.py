@@ -1,5 +1,5 @@
 """The run history: SQLite in WAL mode, runs of dead processes marked interrupted, incidents told once,
-and the per-source locks kept next to it."""
+a database of an older Lifeboat migrated."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lifeboat.state import RunHistory, RunKind, RunStatus, SourceBusy, SourceLocks, StateError
+from lifeboat.state import StateError
+from lifeboat.state.history import RunHistory
+from lifeboat.state.records import RunKind, RunStatus
 
 
 @pytest.fixture
@@ -24,14 +25,14 @@ def history(tmp_path: Path) -> Iterator[RunHistory]:
 
 
 def in_another_process(state: Path, body: str, *, wait: bool = True) -> subprocess.Popen[str]:
-    """Run ``body`` in a fresh Python that has ``history`` (the state DB) and ``locks`` open."""
+    """Run ``body`` in a fresh Python that has ``history`` (the state DB) open."""
     code = textwrap.dedent(
         f"""
         import os, sys, time
         from pathlib import Path
-        from lifeboat.state import RunHistory, RunKind, RunStatus, SourceLocks
+        from lifeboat.state.history import RunHistory
+        from lifeboat.state.records import RunKind, RunStatus
         history = RunHistory.open(Path({str(state)!r}))
-        locks = SourceLocks(history.lock_dir)
         """
     ) + textwrap.dedent(body)
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -165,64 +166,6 @@ def test_the_inventory_keeps_the_last_listing_per_source(history: RunHistory) ->
     inventory = history.inventory()
     assert (inventory["k8s-etcd"].snapshots, inventory["k8s-etcd"].suspicious) == (5, 1)
     assert inventory["models"].snapshots == 2 and inventory["models"].repository == "repo-a"
-
-
-# ---- source locks -----------------------------------------------------------------------------------
-
-
-def test_a_source_lock_waits_for_its_holder_in_this_process(tmp_path: Path) -> None:
-    locks = SourceLocks(tmp_path / "locks")
-    order: list[str] = []
-    holding = threading.Event()
-
-    def backup() -> None:
-        with locks.hold(["k8s-etcd"], purpose="backup k8s-etcd", wait=5):
-            holding.set()
-            time.sleep(0.3)
-            order.append("backup done")
-
-    thread = threading.Thread(target=backup)
-    thread.start()
-    holding.wait(5)
-    with locks.hold(["models", "k8s-etcd"], purpose="drill nightly", wait=5):
-        order.append("drill started")
-    thread.join()
-    assert order == ["backup done", "drill started"]
-
-
-def test_a_busy_source_names_its_holder_when_the_wait_runs_out(tmp_path: Path) -> None:
-    locks = SourceLocks(tmp_path / "locks")
-    with locks.hold(["k8s-etcd"], purpose="backup k8s-etcd", wait=1):
-        other = SourceLocks(tmp_path / "locks")  # another SourceLocks: only the file lock is shared
-        with pytest.raises(SourceBusy, match=r"source 'k8s-etcd' is busy: backup k8s-etcd \(host .*, pid \d+"):
-            with other.hold(["k8s-etcd"], purpose="prune", wait=0.3):
-                pass
-        with other.hold(["models"], purpose="backup models", wait=0.3):
-            pass  # other sources are free
-
-
-def test_a_source_lock_held_by_another_process_is_freed_when_it_dies(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
-    child = in_another_process(
-        state,
-        """
-        with locks.hold(["k8s-etcd"], purpose="backup k8s-etcd", wait=5):
-            print("holding", flush=True)
-            time.sleep(60)
-        """,
-        wait=False,
-    )
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "holding"
-        locks = SourceLocks(tmp_path / "locks")
-        with pytest.raises(SourceBusy, match=f"pid {child.pid}"):
-            with locks.hold(["k8s-etcd"], purpose="drill nightly", wait=0.3):
-                pass
-    finally:
-        child.kill()
-        child.wait()
-    with locks.hold(["k8s-etcd"], purpose="drill nightly", wait=5):
-        pass
 
 
 VERSION_1_RUNS = """

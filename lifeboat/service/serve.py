@@ -1,17 +1,5 @@
-"""``lifeboat serve``: the scheduler service (DESIGN section 8). APScheduler 3.x is used here only.
-
-Jobs, built from the policy, all in UTC: ``backup:<source>`` for every source with a ``schedule``,
-``prune`` and ``check`` when ``repository.prune.schedule`` / ``repository.check.schedule`` are set,
-``drill:<name>`` for every drill with a ``schedule``, ``janitor`` when ``scratch.janitor.schedule`` is
-set. Each is a cron job with ``max_instances=1``,
-``coalesce=True`` and ``misfire_grace_time`` = ``service.misfire_grace``, and runs one operation of
-``lifeboat.operations`` (the same code as the CLI command), recorded in the state DB. A job that
-raises is logged and recorded as failed; the scheduler goes on.
-
-Cron expressions mean what they mean in crontab. ``CronTrigger.from_crontab`` is given them after
-two corrections: APScheduler 3.x counts weekdays from Monday = 0 where crontab has Sunday = 0 (and
-7), so weekdays are passed by name; and when both day-of-month and day-of-week are restricted,
-crontab fires on either (an ``OrTrigger`` of the two here), where APScheduler would want both.
+"""``LifeboatService``: the scheduler, its jobs (``lifeboat.service.jobs``), the HTTP endpoints and
+the signal handling of ``lifeboat serve``.
 
 Signals (``serve_forever``):
 
@@ -19,42 +7,19 @@ Signals (``serve_forever``):
   every error) and the old policy and schedule keep running. ``state`` and ``service.listen`` take
   effect at the next start only.
 - SIGTERM / SIGINT: stop taking jobs; running jobs get ``service.stop_timeout`` to finish; then the
-  ones still running are aborted (a second signal aborts at once). ``serve`` then exits 0.
-
-What "abort" does, exactly (``LifeboatService._abort_jobs``):
-
-1. ``aborting`` is set: from then on a job's failure is recorded as ``interrupted`` and notifies
-   nobody; a backup's progress callback raises ``JobAborted`` at its next block of data.
-2. ``JobAborted`` (a BaseException) is raised into each running job's thread with CPython's
-   ``PyThreadState_SetAsyncExc``. It lands at the thread's next Python bytecode, never inside a C
-   call, so:
-3. every child process of ``lifeboat serve`` (etcdctl, scratch etcd servers, ...) gets SIGTERM,
-   which ends the waits on them (not when the service runs in-process: see ``_abort_jobs``).
-4. The exception unwinds the job through its ``finally`` and ``with`` blocks: an uncommitted
-   snapshot stays uncommitted (no manifest; its chunks are garbage for a later prune, so the
-   repository stays consistent), repository lock files are deleted, a drill's scratch environment
-   is torn down, the source locks are released, and the run is recorded ``interrupted``.
-
-The jobs get ``ABORT_GRACE_SECONDS`` to unwind. A thread stuck in a C call that never returns (a
-socket read without a timeout) cannot be unwound: its run is recorded ``interrupted`` anyway, and
-``serve`` exits 1 without waiting for it; the kernel frees the source file locks, and a repository
-lock it held goes stale and is broken after ``repository.lock_stale_after``.
+  ones still running are aborted (a second signal aborts at once; ``lifeboat.service.abort`` says
+  what aborting does). ``serve`` then exits 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import fcntl
-import json
-import os
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,263 +27,28 @@ import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 
 from backup.repository import Repository, open_repository
 from lifeboat.logs import Redactor
 from lifeboat.metrics import MetricsServer, metrics_registry
-from lifeboat.operations import JobAborted, Operations, refresh_inventory
-from lifeboat.state import REPOSITORY_NAME, SCRATCH_NAME, RunHistory, RunKind, SourceLocks, StateError
+from lifeboat.operations import Operations, refresh_inventory
+from lifeboat.service import ServiceError
+from lifeboat.service.abort import ABORT_GRACE_SECONDS, JobAborted, RunningJob, abort_jobs
+from lifeboat.service.cron import cron_trigger
+from lifeboat.service.instance_lock import instance_lock
+from lifeboat.service.jobs import JOB_RUNNERS, JobSpec, job_specs
+from lifeboat.state import StateError
+from lifeboat.state.history import RunHistory
+from lifeboat.state.source_locks import SourceLocks
 from policies.errors import ConfigError, LifeboatError
 from policies.loader import load_policy
 from policies.model import Policy
-from policies.schedule import expand_cron
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("lifeboat.service")  # the logger name the service's logs have always shown
 
 JOB_THREADS = 8  # jobs of different sources run side by side; a source's own jobs wait for its lock
-ABORT_GRACE_SECONDS = 30.0  # after an abort, how long jobs get to unwind through their finally blocks
 SIGNAL_POLL_SECONDS = 0.2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: Sunday is 0 (and 7)
-
-
-class ServiceError(LifeboatError):
-    """The service cannot start or be reached."""
-
-
-# ---- schedules -------------------------------------------------------------------------------------
-
-
-def cron_trigger(expression: str) -> BaseTrigger:
-    """The APScheduler trigger (UTC) firing when crontab would fire ``expression`` (5 fields or an
-    @alias, already validated by the policy). See the module docstring for the two corrections."""
-    minute, hour, day, month, weekday = expand_cron(expression).split(" ")
-    weekdays = _weekday_names(weekday)
-    if not day.startswith("*") and not weekday.startswith("*"):
-        return OrTrigger(
-            [
-                CronTrigger.from_crontab(f"{minute} {hour} {day} {month} *", timezone=UTC),
-                CronTrigger.from_crontab(f"{minute} {hour} * {month} {weekdays}", timezone=UTC),
-            ]
-        )
-    return CronTrigger.from_crontab(f"{minute} {hour} {day} {month} {weekdays}", timezone=UTC)
-
-
-def _weekday_names(field: str) -> str:
-    """A crontab day-of-week field as APScheduler weekday names (``1-5`` -> ``mon,tue,wed,thu,fri``)."""
-    days: set[int] = set()
-    for item in field.split(","):
-        base, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if base == "*":
-            low, high = 0, 7
-        else:
-            first, _, last = base.partition("-")
-            low = _weekday_number(first)
-            high = _weekday_number(last) if last else (7 if step_text else low)
-        days.update(number % 7 for number in range(low, high + 1, step))
-    return "*" if days == set(range(7)) else ",".join(_WEEKDAYS[number] for number in sorted(days))
-
-
-def _weekday_number(text: str) -> int:
-    return _WEEKDAYS.index(text.lower()) if text.lower() in _WEEKDAYS else int(text)
-
-
-def next_fire_times(expression: str, *, now: datetime, count: int = 3) -> list[datetime]:
-    """The next ``count`` times (UTC) at which ``expression`` fires after ``now``."""
-    trigger = cron_trigger(expression)
-    times: list[datetime] = []
-    previous: datetime | None = None
-    moment = now
-    while len(times) < count:
-        fire = trigger.get_next_fire_time(previous, moment)
-        if fire is None:
-            break
-        times.append(fire.astimezone(UTC))
-        previous, moment = fire, fire + timedelta(seconds=1)
-    return times
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One scheduled job: ``backup:<source>``, ``prune``, ``check`` or ``drill:<name>``."""
-
-    id: str
-    kind: RunKind
-    name: str
-    schedule: str
-
-
-def job_specs(policy: Policy) -> list[JobSpec]:
-    """The jobs ``policy`` schedules (sources, repository maintenance and drills without a schedule have none)."""
-    specs = [
-        JobSpec(f"backup:{name}", RunKind.BACKUP, name, source.schedule)
-        for name, source in policy.sources.items()
-        if source.schedule
-    ]
-    for kind, schedule in (
-        (RunKind.PRUNE, policy.repository.prune.schedule),
-        (RunKind.CHECK, policy.repository.check.schedule),
-    ):
-        if schedule:
-            specs.append(JobSpec(kind.value, kind, REPOSITORY_NAME, schedule))
-    specs += [
-        JobSpec(f"drill:{name}", RunKind.DRILL, name, drill.schedule)
-        for name, drill in policy.drills.items()
-        if drill.schedule
-    ]
-    if policy.scratch.janitor.schedule:
-        specs.append(JobSpec(RunKind.JANITOR.value, RunKind.JANITOR, SCRATCH_NAME, policy.scratch.janitor.schedule))
-    return specs
-
-
-# ---- what each kind of job runs --------------------------------------------------------------------
-
-RepositoryFor = Callable[[bool], Repository]  # open the repository (creating it when True), once per job
-JobRunner = Callable[[Operations, JobSpec, RepositoryFor, Callable[[int], None]], None]
-
-
-def _run_backup(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.backup(spec.name, repository=lambda: repository(True), progress=progress)
-
-
-def _run_prune(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.prune(repository=lambda: repository(False))
-
-
-def _run_check(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    share = operations.policy.repository.check.read_data_subset or 0.0
-    operations.check(repository=lambda: repository(False), read_data=share)
-
-
-def _run_drill(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.drill(spec.name, repository=lambda: repository(False))
-
-
-def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.janitor()
-
-
-JOB_RUNNERS: dict[RunKind, JobRunner] = {
-    RunKind.BACKUP: _run_backup,
-    RunKind.PRUNE: _run_prune,
-    RunKind.CHECK: _run_check,
-    RunKind.DRILL: _run_drill,
-    RunKind.JANITOR: _run_janitor,
-}
-
-
-# ---- running jobs and aborting them ----------------------------------------------------------------
-
-
-@dataclass
-class RunningJob:
-    """A job in progress on a worker thread, and the means to abort it."""
-
-    spec: JobSpec
-    thread_id: int
-    started: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
-    _done: bool = False
-
-    def progress(self, moved: int) -> None:
-        """A backup's progress callback: the cooperative abort point."""
-        if self.cancel.is_set():
-            raise JobAborted(f"{self.spec.id}: the service is stopping")
-
-    def abort(self) -> None:
-        """Ask the job to stop, and raise JobAborted into its thread unless it has finished."""
-        self.cancel.set()
-        with self._guard:
-            if not self._done:
-                _raise_in_thread(self.thread_id, JobAborted)
-
-    def finish(self) -> None:
-        """Called by the job's own thread as it ends: no abort may land after this."""
-        with self._guard:
-            self._done = True
-        _raise_in_thread(self.thread_id, None)  # drop an abort raised but not delivered yet
-
-
-def _raise_in_thread(thread_id: int, exception: type[BaseException] | None) -> None:
-    """Raise ``exception`` in thread ``thread_id`` at its next bytecode (None: cancel a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception is not None else None
-    )
-
-
-def stop_child_processes() -> list[int]:
-    """SIGTERM every descendant process of this one (Linux ``/proc``); return their pids."""
-    parents: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # ended meanwhile
-            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-            parents.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], list(parents.get(os.getpid(), []))
-    while queue:
-        pid = queue.pop()
-        found.append(pid)
-        queue += parents.get(pid, [])
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    return found
-
-
-# ---- one service per state DB ----------------------------------------------------------------------
-
-
-def _instance_lock_path(state: Path) -> Path:
-    return state.parent / "locks" / f"serve-{state.name}.lock"
-
-
-def running_service_pid(state: Path) -> int | None:
-    """The pid of the ``lifeboat serve`` using state DB ``state`` on this machine, or None."""
-    path = _instance_lock_path(state)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return int(json.loads(os.pread(fd, 4096, 0))["pid"])
-        return -1
-    finally:
-        os.close(fd)
-    return None
-
-
-@contextlib.contextmanager
-def _instance_lock(state: Path) -> Iterator[None]:
-    path = _instance_lock_path(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = running_service_pid(state)
-            raise ServiceError(f"another `lifeboat serve` (pid {other}) already uses the state DB {state}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid()}).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-# ---- the service -----------------------------------------------------------------------------------
 
 
 class LifeboatService:
@@ -374,7 +104,7 @@ class LifeboatService:
         Raises ServiceError (another service uses this state DB), StateError, ListenError."""
         policy = self.policy
         try:
-            self._resources.enter_context(_instance_lock(policy.state))
+            self._resources.enter_context(instance_lock(policy.state))
             self._history = self._resources.enter_context(RunHistory.open(policy.state))
             self._locks = SourceLocks(self._history.lock_dir)
             self._http = MetricsServer(
@@ -394,7 +124,7 @@ class LifeboatService:
 
     def stop(self) -> bool:
         """Stop taking jobs, let the running ones finish up to ``service.stop_timeout``, abort the rest
-        (see the module docstring); True when every job has ended, False when one could not be unwound."""
+        (see ``lifeboat.service.abort``); True when every job has ended, False when one could not be unwound."""
         if self._stopping.is_set():
             return True
         self._stopping.set()
@@ -585,12 +315,7 @@ class LifeboatService:
         with self._running_lock:
             jobs = list(self._running.values())
         log.warning("service.aborting", jobs=[job.spec.id for job in jobs])
-        self._aborting.set()
-        for job in jobs:
-            job.abort()
-        # Only when this process is `lifeboat serve`: run in-process (tests, an embedding program), the
-        # children may be someone else's servers, and the raised exception has to do on its own.
-        stopped = stop_child_processes() if self._owns_process else []
+        stopped = abort_jobs(jobs, aborting=self._aborting, stop_children=self._owns_process)
         if stopped:
             log.info("service.children_stopped", pids=stopped)
 

@@ -1,0 +1,87 @@
+"""The job table of ``lifeboat serve``: which jobs a policy schedules, and what each kind runs.
+
+Jobs, built from the policy, all in UTC: ``backup:<source>`` for every source with a ``schedule``,
+``prune`` and ``check`` when ``repository.prune.schedule`` / ``repository.check.schedule`` are set,
+``drill:<name>`` for every drill with a ``schedule``, ``janitor`` when ``scratch.janitor.schedule`` is
+set. Each is a cron job with ``max_instances=1``,
+``coalesce=True`` and ``misfire_grace_time`` = ``service.misfire_grace``, and runs one operation of
+``lifeboat.operations`` (the same code as the CLI command), recorded in the state DB. A job that
+raises is logged and recorded as failed; the scheduler goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backup.repository import Repository
+from lifeboat.operations import Operations
+from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind
+from policies.model import Policy
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One scheduled job: ``backup:<source>``, ``prune``, ``check`` or ``drill:<name>``."""
+
+    id: str
+    kind: RunKind
+    name: str
+    schedule: str
+
+
+def job_specs(policy: Policy) -> list[JobSpec]:
+    """The jobs ``policy`` schedules (sources, repository maintenance and drills without a schedule have none)."""
+    specs = [
+        JobSpec(f"backup:{name}", RunKind.BACKUP, name, source.schedule)
+        for name, source in policy.sources.items()
+        if source.schedule
+    ]
+    for kind, schedule in (
+        (RunKind.PRUNE, policy.repository.prune.schedule),
+        (RunKind.CHECK, policy.repository.check.schedule),
+    ):
+        if schedule:
+            specs.append(JobSpec(kind.value, kind, REPOSITORY_NAME, schedule))
+    specs += [
+        JobSpec(f"drill:{name}", RunKind.DRILL, name, drill.schedule)
+        for name, drill in policy.drills.items()
+        if drill.schedule
+    ]
+    if policy.scratch.janitor.schedule:
+        specs.append(JobSpec(RunKind.JANITOR.value, RunKind.JANITOR, SCRATCH_NAME, policy.scratch.janitor.schedule))
+    return specs
+
+
+RepositoryFor = Callable[[bool], Repository]  # open the repository (creating it when True), once per job
+JobRunner = Callable[[Operations, JobSpec, RepositoryFor, Callable[[int], None]], None]
+
+
+def _run_backup(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    operations.backup(spec.name, repository=lambda: repository(True), progress=progress)
+
+
+def _run_prune(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    operations.prune(repository=lambda: repository(False))
+
+
+def _run_check(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    share = operations.policy.repository.check.read_data_subset or 0.0
+    operations.check(repository=lambda: repository(False), read_data=share)
+
+
+def _run_drill(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    operations.drill(spec.name, repository=lambda: repository(False))
+
+
+def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
+    operations.janitor()
+
+
+JOB_RUNNERS: dict[RunKind, JobRunner] = {
+    RunKind.BACKUP: _run_backup,
+    RunKind.PRUNE: _run_prune,
+    RunKind.CHECK: _run_check,
+    RunKind.DRILL: _run_drill,
+    RunKind.JANITOR: _run_janitor,
+}

@@ -1,0 +1,29 @@
+"""The jobs a policy makes."""
+
+from __future__ import annotations
+
+from lifeboat.service.jobs import job_specs
+from lifeboat.state.records import RunKind
+from policies.loader import parse_policy
+
+
+def test_a_policy_makes_one_job_per_schedule() -> None:
+    policy = parse_policy(
+        """
+        repository: {prune: {schedule: "30 5 * * *"}}
+        sources:
+          k8s-etcd: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], schedule: "*/30 * * * *"}
+          unscheduled: {kind: etcd, endpoints: ["http://127.0.0.1:2379"]}
+        drills:
+          nightly: {schedule: "0 4 * * *", sources: [k8s-etcd], objectives: {rto: 30m, rpo: 26h}}
+        scratch: {janitor: {schedule: "15 * * * *"}}
+        """,
+        label="test.yaml",
+        env={},
+    )
+    assert [(spec.id, spec.kind, spec.name, spec.schedule) for spec in job_specs(policy)] == [
+        ("backup:k8s-etcd", RunKind.BACKUP, "k8s-etcd", "*/30 * * * *"),
+        ("prune", RunKind.PRUNE, "repository", "30 5 * * *"),
+        ("drill:nightly", RunKind.DRILL, "nightly", "0 4 * * *"),
+        ("janitor", RunKind.JANITOR, "scratch", "15 * * * *"),
+    ]
