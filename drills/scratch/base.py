@@ -8,6 +8,7 @@ how to kill it, stage a disaster on it or tamper with it, and how to remove it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from backup.repository.manifest import SnapshotHeader
@@ -40,8 +41,11 @@ class Slot(Protocol):
         """disaster: destroy the restored copy the way production would lose it; says what it did."""
         ...
 
-    def tamper(self) -> str:
-        """verifier-canary: change one key, row or object of the restored data; says which."""
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        """verifier-canary: the tamper kinds this slot can apply to its restored copy, by name
+        (``value-without-revision``, ``schema``, ``object-tags``...). Each changes the copy in one
+        way verification must catch and says what it changed; the canary applies each one to its own
+        freshly restored copy."""
         ...
 
     def release(self) -> None:

@@ -360,7 +360,7 @@ def test_etcd_drill_on_kubernetes_restores_in_the_init_container_and_proves_what
     )
     assert recovery.volume != first.volume  # the recovery restored into the new, empty PVC
     assert re.fullmatch(
-        r"deleted key \S+ from the scratch etcd; verification caught it: "
+        r"verification caught every tamper kind: delete-key: deleted key \S+ from the scratch etcd; caught: "
         r"the restored etcd differs from the snapshot in \d+ places",
         steps["fault:verifier-canary"].message,
     )

@@ -198,8 +198,14 @@ class KubernetesSlot(ABC):
     @abstractmethod
     def stage_disaster(self) -> str: ...
 
+    tamper_name: str  # what ``tamper`` does, for the canary's report
+
     @abstractmethod
     def tamper(self) -> str: ...
+
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        """The one tamper kind a Kubernetes copy has so far (the local slots have more)."""
+        return {self.tamper_name: self.tamper}
 
     def release(self) -> None:
         """Delete this copy's StatefulSet, Service and PVC; the namespace's deletion catches the rest."""
@@ -220,6 +226,7 @@ class KubernetesSlot(ABC):
 
 class ClickHouseSlot(KubernetesSlot):
     kind = "clickhouse"
+    tamper_name = "duplicate-row"
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         """The service (or port-forward) and the run's credentials."""
@@ -253,6 +260,7 @@ class ClickHouseSlot(KubernetesSlot):
 
 class S3Slot(KubernetesSlot):
     kind = "s3"
+    tamper_name = "object-bytes"
 
     @property
     def endpoint(self) -> str:
@@ -287,6 +295,7 @@ class S3Slot(KubernetesSlot):
 
 class EtcdSlot(KubernetesSlot):
     kind = "etcd"
+    tamper_name = "delete-key"
 
     @classmethod
     def create(cls, env: KubernetesScratchEnvironment, *, source: str, snapshot: str, killable: bool) -> KubernetesSlot:

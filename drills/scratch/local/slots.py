@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
@@ -115,8 +116,8 @@ class EtcdSlot:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         return "stopped the scratch etcd and wiped its data dir"
 
-    def tamper(self) -> str:
-        return delete_first_etcd_key(self.verify_target().endpoint)
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        return {"delete-key": lambda: delete_first_etcd_key(self.verify_target().endpoint)}
 
     def release(self) -> None:
         if self.process is not None:
@@ -185,8 +186,8 @@ class ClickHouseSlot:
     def stage_disaster(self) -> str:
         return drop_largest_table(self._client(), self.database)
 
-    def tamper(self) -> str:
-        return duplicate_one_row(self._client(), self.database)
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        return {"duplicate-row": lambda: duplicate_one_row(self._client(), self.database)}
 
     def release(self) -> None:
         for relay in self.relays:
@@ -242,8 +243,8 @@ class S3Slot:
     def stage_disaster(self) -> str:
         return wipe_bucket(self.client, self.bucket)
 
-    def tamper(self) -> str:
-        return overwrite_one_object(self.client, self.bucket)
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        return {"object-bytes": lambda: overwrite_one_object(self.client, self.bucket)}
 
     def release(self) -> None:
         if self.relay:

@@ -1,0 +1,106 @@
+"""The verifier canary: every tamper kind of a source runs on its own verified copy, and one that
+verification misses makes the step FAIL as "verifier blind", naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from backup.sources.base import Verdict, Verification
+from drills.faults import VerifierCanary
+from drills.model import Status
+from drills.steps import Step, step
+
+
+class Copy:
+    """A restored copy: ``tampered`` holds what was done to it; ``blind_to`` the tampers the
+    verifier of this test cannot see."""
+
+    copies: ClassVar[list[Copy]] = []
+
+    def __init__(self, blind_to: set[str]) -> None:
+        self.blind_to = blind_to
+        self.tampered: list[str] = []
+        self.released = False
+        Copy.copies.append(self)
+
+    def tampers(self) -> dict[str, Callable[[], str]]:
+        return {name: self._tamper(name) for name in ("value", "schema", "tags")}
+
+    def _tamper(self, name: str) -> Callable[[], str]:
+        def apply() -> str:
+            self.tampered.append(name)
+            return f"changed the {name}"
+
+        return apply
+
+    def release(self) -> None:
+        self.released = True
+
+
+class Context:
+    """The part of DrillContext the canary uses."""
+
+    def __init__(self, blind_to: set[str]) -> None:
+        self.blind_to = blind_to
+        self.main = Copy(blind_to)
+
+    def fresh_slot(self) -> Copy:
+        return Copy(self.blind_to)
+
+    def restore(self, slot: Copy) -> None:
+        slot.tampered.clear()
+
+    def verify(self, slot: Copy) -> Verification:
+        seen = [name for name in slot.tampered if name not in self.blind_to]
+        if seen:
+            return Verification(Verdict.MISMATCH, f"{', '.join(seen)} differs")
+        return Verification(Verdict.MATCH, "match")
+
+
+def run_canary(blind_to: set[str]) -> tuple[Step, Context]:
+    Copy.copies = []
+    ctx = Context(blind_to)
+    steps: list[Step] = []
+    with step(steps, "fault:verifier-canary") as outcome:
+        VerifierCanary().run(ctx, outcome)  # type: ignore[arg-type]
+    return steps[0], ctx
+
+
+def test_every_tamper_kind_runs_on_its_own_copy_and_all_caught_pass() -> None:
+    record, ctx = run_canary(blind_to=set())
+    assert record.verdict is Status.PASS
+    assert record.message == (
+        "verification caught every tamper kind: value: changed the value; caught: value differs"
+        " | schema: changed the schema; caught: schema differs | tags: changed the tags; caught: tags differs"
+    )
+    assert [copy.tampered for copy in Copy.copies] == [["value"], ["schema"], ["tags"]]
+    assert ctx.main.tampered == ["value"] and not ctx.main.released  # the main copy is the drill's to release
+    assert all(copy.released for copy in Copy.copies[1:])
+
+
+@pytest.mark.parametrize("blind", ["value", "tags"])
+def test_a_tamper_verification_misses_fails_the_step_naming_it(blind: str) -> None:
+    record, _ = run_canary(blind_to={blind})
+    assert record.verdict is Status.FAIL
+    assert record.message.startswith("verifier blind: ")
+    assert f"{blind} (changed the {blind}), yet verification matched" in record.message
+    others = {"value", "schema", "tags"} - {blind}
+    assert all(other not in record.message for other in others)
+
+
+def test_a_tamper_that_cannot_be_verified_is_an_error_not_a_pass() -> None:
+    class Unverifiable(Context):
+        def verify(self, slot: Any) -> Verification:
+            if slot.tampered == ["schema"]:
+                return Verification(Verdict.UNVERIFIED, "copy unreachable")
+            return super().verify(slot)
+
+    Copy.copies = []
+    steps: list[Step] = []
+    with step(steps, "fault:verifier-canary") as outcome:
+        VerifierCanary().run(Unverifiable(set()), outcome)  # type: ignore[arg-type]
+    assert steps[0].verdict is Status.ERROR
+    assert "schema (changed the schema): verification could not run: copy unreachable" in steps[0].message
