@@ -6,16 +6,14 @@
 A sharded run (``executor.kubernetes.shards``; backup/repository/parts.py) is N ``run_part_backup``
 calls, each in its own Job, then one ``merge_parts``: the parts' entries are listed again in the
 order the kind's snapshots keep, their fingerprints and censuses merged by the kind's rule
-(``PART_MERGES``), the anomaly guard run on the whole, and ONE snapshot committed; no data moves.
+(``PART_MERGES`` in backup/sources; backup/sources/parts.py), the anomaly guard run on the whole, and ONE
+snapshot committed; no data moves.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
-import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +22,13 @@ import structlog
 from backup.repository.manifest import Entry, SnapshotHeader, SnapshotStatus
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository, SnapshotNotFound, WriteStats
-from backup.sources import make_source
+from backup.sources import make_source, part_merge
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome
+from backup.sources.parts import PART_META, Merging, add_up, combine, own_meta, side_by_side
 from policies.errors import LifeboatError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
 
 log = structlog.get_logger(__name__)
-PART_META = "part"  # a part manifest's meta: its run, shard, base snapshot, figures and write stats
-_LISTED_EXPORTS = 100  # as clickhouse.py lists them
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ def merge_parts(
     Raises PartsMissing when a shard has no part yet (the others are kept: a later merge may find
     them all), SourceError when the parts disagree, and what a commit raises (StoreError...):
     nothing is committed then."""
-    merge = PART_MERGES.get(settings.kind)
+    merge = part_merge(settings.kind)
     if merge is None:
         raise SourceError(f"source '{name}' is {settings.kind}: only s3 and clickhouse sources can be sharded")
     try:
@@ -238,18 +235,6 @@ def _stats_document(stats: WriteStats) -> dict[str, int]:
     return {"read": stats.bytes_read, "stored": stats.bytes_stored, "new": stats.chunks_new, "reused": stats.chunks_reused}
 
 
-@dataclass(frozen=True)
-class Merging:
-    """What a kind's merge gets: the newest good snapshot before the merge (the anomaly guard's and
-    the changed share's base), the parts by shard, their entries, and ``add`` for the merged entries
-    (in the order the kind's snapshots keep)."""
-
-    previous: SnapshotHeader | None
-    parts: list[SnapshotHeader]
-    streams: list[Iterator[Entry]]
-    add: Callable[[Entry], None]
-
-
 def _merge_s3(merging: Merging) -> SnapshotOutcome:
     """Entries in (bucket, key) order, as one run lists them: the next run's incremental merge join
     depends on it, and shards interleave buckets. Counts summed, buckets side by side; the changed
@@ -261,105 +246,23 @@ def _merge_s3(merging: Merging) -> SnapshotOutcome:
         last = _bucket_and_key(entry)
         merging.add(entry)
     parts, previous = merging.parts, merging.previous
-    totals = _add_up(part.census.get("totals", {}) for part in parts)
-    census: dict[str, Any] = {"totals": totals, "buckets": _side_by_side(part.census.get("buckets", {}) for part in parts)}
+    totals = add_up(part.census.get("totals", {}) for part in parts)
+    census: dict[str, Any] = {"totals": totals, "buckets": side_by_side(part.census.get("buckets", {}) for part in parts)}
     same_base = previous is not None and all(part.meta[PART_META]["previous"] == previous.id for part in parts)
     if previous is not None and same_base and previous.entry_count and all("changed_fraction" in p.census for p in parts):
         changed = sum(int(part.meta[PART_META]["figures"].get("objects_changed", 0)) for part in parts)
         census["changed_fraction"] = round(changed / previous.entry_count, 4)
     fingerprint = {
-        **_add_up({key: part.fingerprint.get(key, 0) for key in ("objects", "bytes")} for part in parts),
-        "buckets": _side_by_side(part.fingerprint.get("buckets", {}) for part in parts),
+        **add_up({key: part.fingerprint.get(key, 0) for key in ("objects", "bytes")} for part in parts),
+        "buckets": side_by_side(part.fingerprint.get("buckets", {}) for part in parts),
     }
-    meta = _combine([_own_meta(part) for part in parts])
+    meta = combine([own_meta(part) for part in parts])
     meta["buckets"] = sorted(meta.get("buckets", []))
-    return SnapshotOutcome(fingerprint, census, meta, _combine([part.meta[PART_META]["figures"] for part in parts]))
+    return SnapshotOutcome(fingerprint, census, meta, combine([part.meta[PART_META]["figures"] for part in parts]))
 
 
 def _bucket_and_key(entry: Entry) -> tuple[str, str]:
     return str(entry.meta.get("bucket", "")), str(entry.meta.get("key", ""))
-
-
-def _merge_clickhouse(merging: Merging) -> SnapshotOutcome:
-    """Entries part after part (a restore plans from all of them, in any order); table prints side by
-    side. Held-back tables are worked out again over ALL tables (a view of one shard may read a queue
-    table of another), and the changed share over the base's prints, as clickhouse._outcome does."""
-    # Imported when used, as backup.sources imports a kind's module: other kinds do not pay for it.
-    from backup.sources.clickhouse_catalog import Table, held_back
-    from backup.sources.clickhouse_fingerprint import changed_fraction, fingerprint_document, table_prints
-    from backup.sources.clickhouse_sql import HASH_METHOD
-
-    tables = []
-    for entry in itertools.chain.from_iterable(merging.streams):
-        merging.add(entry)
-        if entry.meta.get("type") == "table":
-            tables.append(Table.from_meta(entry.meta))
-    parts, previous = merging.parts, merging.previous
-    prints = {key: table for part in parts for key, table in table_prints(part.fingerprint).items()}
-    held = held_back(tables)
-    first = parts[0].fingerprint
-    fingerprint = fingerprint_document(
-        prints.values(), server_version=first.get("server_version", ""), strategy=first.get("strategy", ""), held_back=held
-    )
-    census: dict[str, Any] = {
-        "totals": _add_up(part.census.get("totals", {}) for part in parts),
-        "tables": _side_by_side(part.census.get("tables", {}) for part in parts),
-    }
-    if previous is not None and previous.fingerprint.get("method") == HASH_METHOD:
-        changed = changed_fraction(table_prints(previous.fingerprint), prints)
-        if changed is not None:
-            census["changed_fraction"] = round(changed, 4)
-    meta = _combine([_own_meta(part) for part in parts])
-    meta["held_back"] = [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())]
-    figures = _combine([part.meta[PART_META]["figures"] for part in parts])
-    figures["exported"] = sorted(figures.get("exported", []))[:_LISTED_EXPORTS]
-    return SnapshotOutcome(fingerprint, census, meta, figures)
-
-
-PART_MERGES: dict[str, Callable[[Merging], SnapshotOutcome]] = {
-    "s3": _merge_s3,
-    "clickhouse": _merge_clickhouse,
-}
-
-
-def _own_meta(part: SnapshotHeader) -> dict[str, Any]:
-    return {key: value for key, value in part.meta.items() if key != PART_META}
-
-
-def _add_up(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Numbers summed key by key."""
-    total: dict[str, Any] = {}
-    for document in documents:
-        for key, value in document.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
-def _side_by_side(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Dicts of disjoint keys (buckets, tables: each in one shard) as one."""
-    return {key: value for document in documents for key, value in document.items()}
-
-
-def _combine(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Meta or figures of the parts as one: numbers summed, lists concatenated without repeats, dicts
-    side by side, anything else (strategy, endpoint...) the first part's."""
-    combined: dict[str, Any] = {}
-    for document in documents:
-        for key, value in document.items():
-            if key not in combined:
-                combined[key] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
-            elif isinstance(value, int | float) and not isinstance(value, bool) and _is_number(combined[key]):
-                combined[key] += value
-            elif isinstance(value, list) and isinstance(combined[key], list):
-                seen = {json.dumps(item, sort_keys=True, default=str) for item in combined[key]}
-                combined[key] += [item for item in value if json.dumps(item, sort_keys=True, default=str) not in seen]
-            elif isinstance(value, dict) and isinstance(combined[key], dict):
-                combined[key].update(value)
-    return combined
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def run_restore(
