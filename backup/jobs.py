@@ -5,8 +5,8 @@
 
 A sharded run (``executor.kubernetes.shards``; backup/repository/parts.py) is N ``run_part_backup``
 calls, each in its own Job, then one ``merge_parts``: the parts' entries are listed again in the
-order the kind's snapshots keep, their fingerprints and censuses merged by the kind's rule
-(``PART_MERGES`` in backup/sources; backup/sources/parts.py), the anomaly guard run on the whole, and ONE
+order the kind's snapshots keep, their fingerprints and censuses merged by the kind's rule (its
+merge in ``PART_MERGES``, backup/sources/__init__.py), the anomaly guard run on the whole, and ONE
 snapshot committed; no data moves.
 """
 
@@ -29,6 +29,7 @@ from policies.errors import LifeboatError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
 
 log = structlog.get_logger(__name__)
+_ONLY_SHARDABLE = f"only {' and '.join(SHARDABLE_KINDS)} sources can be sharded"
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def run_part_backup(
     kept in its manifest for the merge. Raises SourceError (a kind that does not shard; a failed
     snapshot: nothing committed)."""
     if settings.kind not in SHARDABLE_KINDS:
-        raise SourceError(f"source '{name}' is {settings.kind}: only s3 and clickhouse sources can be sharded")
+        raise SourceError(f"source '{name}' is {settings.kind}: {_ONLY_SHARDABLE}")
     source = make_source(name, settings)
     started = time.monotonic()
     previous = _previous(repository, name)
@@ -162,7 +163,7 @@ def merge_parts(
     nothing is committed then."""
     merge = part_merge(settings.kind)
     if merge is None:
-        raise SourceError(f"source '{name}' is {settings.kind}: only s3 and clickhouse sources can be sharded")
+        raise SourceError(f"source '{name}' is {settings.kind}: {_ONLY_SHARDABLE}")
     try:
         with repository.lock("shared", f"merge {name} run {run}", stale_after=stale_after):
             parts = _complete_parts(repository, name, run, settings.kind)

@@ -1,38 +1,42 @@
-"""Sources: one package per kind, all of the ``Source`` shape (base.py), registered here by kind.
+"""Sources: one module per kind, all of the ``Source`` shape (base.py), registered here by kind.
 
-A kind's module is imported when a source of that kind is made (or its shard merge or prune hook is
-asked for): a backup of etcd does not pay for boto3 and clickhouse-driver at start-up."""
+A kind's module is imported when a source of that kind is made (or its shard merge is needed): a
+backup of etcd does not pay for boto3 and clickhouse-driver at start-up.
+
+``SOURCES``: the class of each kind. ``PART_MERGES``: the shard merge of each kind that can be
+sharded, ``merge(Merging) -> SnapshotOutcome`` (backup/sources/parts.py), which
+``backup.jobs.merge_parts`` calls without naming a kind.
+
+``PRUNE_HOOKS``: the prune hook of each kind that keeps data in the repository's store outside chunks
+and manifests (``backup.repository.maintenance.PruneHook``; ClickHouse: its native backups), which the
+caller of ``prune`` hands it (``prune_hooks()``), so that the repository imports no source."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backup.sources.base import Source
+from backup.sources.base import SnapshotOutcome, Source
+from backup.sources.parts import Merging
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
 
 if TYPE_CHECKING:
     from backup.repository.maintenance import PruneHook
-    from backup.sources.parts import PartMerge
 
 SOURCES: dict[str, str] = {
     "etcd": "backup.sources.etcd:EtcdSource",
     "clickhouse": "backup.sources.clickhouse.source:ClickHouseSource",
     "s3": "backup.sources.s3:S3Source",
 }
-
 PART_MERGES: dict[str, str] = {
-    "s3": "backup.jobs:_merge_s3",  # backup.sources.s3.merge:merge_parts once the s3 package lands (r14-s3)
+    "s3": "backup.jobs:_merge_s3",
     "clickhouse": "backup.sources.clickhouse.merge:merge_parts",
 }
-"""The shard merge of each kind that shards (``backup.jobs.merge_parts``; backup/sources/parts.py)."""
-
 PRUNE_HOOKS: dict[str, str] = {
     "clickhouse": "backup.sources.clickhouse.chain:NativeBackupPruning",
 }
-"""Each kind that keeps data in the repository's store outside chunks and manifests: the class of its
-``PruneHook`` (``backup.repository.maintenance.prune``)."""
 
 
 def make_source(name: str, settings: SourceSettings) -> Source:
@@ -48,21 +52,18 @@ def make_source(name: str, settings: SourceSettings) -> Source:
     return source
 
 
-def part_merge(kind: str) -> PartMerge | None:
-    """The shard merge of ``kind``; None for a kind that does not shard."""
-    target = PART_MERGES.get(kind)
-    if target is None:
-        return None
-    merge: PartMerge = _resolve(target)
-    return merge
+def part_merge(kind: str) -> Callable[[Merging], SnapshotOutcome] | None:
+    """The shard merge of ``kind``, or None for a kind that cannot be sharded."""
+    merge = PART_MERGES.get(kind)
+    return None if merge is None else _resolve(merge)
 
 
 def prune_hooks() -> dict[str, PruneHook]:
-    """Every registered kind's prune hook, by kind (what ``prune`` is given)."""
-    return {kind: _resolve(target)() for kind, target in PRUNE_HOOKS.items()}
+    """The prune hook of every kind that has one, by kind: what ``prune`` is given."""
+    return {kind: _resolve(hook)() for kind, hook in PRUNE_HOOKS.items()}
 
 
-def _resolve(target: str) -> Any:
-    """``module:attribute`` imported now."""
-    module, _, attribute = target.partition(":")
+def _resolve(name: str) -> Any:
+    """The object ``name`` ('package.module:attribute') names, its module imported now."""
+    module, _, attribute = name.partition(":")
     return getattr(importlib.import_module(module), attribute)

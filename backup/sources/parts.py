@@ -1,10 +1,10 @@
-"""What a kind's shard merge gets and the rules every kind's merge shares (kind-independent).
+"""What every kind's shard merge shares (kind-independent): the ``Merging`` a merge gets, and the
+rules that put the parts' documents together.
 
-A sharded run (``backup.jobs.merge_parts``) hands a kind's merge (``PART_MERGES`` in
-``backup/sources/__init__.py``) one ``Merging``; the merge lists the parts' entries again in the order
-the kind's snapshots keep and merges their fingerprints, censuses, meta and figures into ONE
-``SnapshotOutcome``, with the helpers below for what is merged the same way by every kind.
-"""
+A sharded run (backup/repository/parts.py) leaves one part per shard; ``backup.jobs.merge_parts``
+hands them to the kind's merge, which the ``PART_MERGES`` registry (backup/sources/__init__.py)
+names: ``merge(Merging) -> SnapshotOutcome``. A part's meta keeps, under ``PART_META``, its run,
+shard, base snapshot, figures and write stats."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from backup.repository.manifest import Entry, SnapshotHeader
-from backup.sources.base import SnapshotOutcome
 
 PART_META = "part"  # a part manifest's meta: its run, shard, base snapshot, figures and write stats
 
@@ -31,11 +30,8 @@ class Merging:
     add: Callable[[Entry], None]
 
 
-PartMerge = Callable[[Merging], SnapshotOutcome]
-
-
 def own_meta(part: SnapshotHeader) -> dict[str, Any]:
-    """A part's meta without the part record (what the merged snapshot's meta is made of)."""
+    """A part's meta without the part record: what the source itself wrote."""
     return {key: value for key, value in part.meta.items() if key != PART_META}
 
 
