@@ -1,4 +1,4 @@
-"""Sources: one module per kind, all of the ``Source`` shape (base.py), registered here by kind.
+"""Sources: one package per kind, all of the ``Source`` shape (base.py), registered here by kind.
 
 A kind's module is imported when a source of that kind is made (or its shard merge is needed): a
 backup of etcd does not pay for boto3 and clickhouse-driver at start-up.
@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from backup.repository.maintenance import PruneHook
 
 SOURCES: dict[str, str] = {
-    "etcd": "backup.sources.etcd:EtcdSource",
+    "etcd": "backup.sources.etcd.source:EtcdSource",
     "clickhouse": "backup.sources.clickhouse.source:ClickHouseSource",
-    "s3": "backup.sources.s3:S3Source",
+    "s3": "backup.sources.s3.source:S3Source",
 }
 PART_MERGES: dict[str, str] = {
-    "s3": "backup.jobs:_merge_s3",
+    "s3": "backup.sources.s3.merge:merge_parts",
     "clickhouse": "backup.sources.clickhouse.merge:merge_parts",
 }
 PRUNE_HOOKS: dict[str, str] = {

@@ -1,6 +1,6 @@
 """The one shape every source has (DESIGN section 4), and what sources hand back.
 
-A source module (``etcd.py``, ``clickhouse.py``, ``s3.py``) defines one class implementing
+A source module (``etcd.py``, ``clickhouse.py``, ``s3/source.py``) defines one class implementing
 ``Source`` and registers it in ``backup/sources/__init__.py``. The orchestration around it
 (locks, previous snapshot, anomaly guard, the commit) lives in ``backup/jobs.py``, once.
 """

@@ -17,7 +17,7 @@ etcd is restored inside the cluster, by the StatefulSet pod's one init container
 ``lifeboat_image``: ``lifeboat restore <source> --snapshot <id> --to-data-dir`` (policy from the
 ConfigMap ``POLICY_CONFIGMAP``, repository secrets from the Secret ``CREDENTIALS_SECRET``, both
 generated from the running policy into the drill namespace), Lifeboat's own data-dir restore
-(backup/sources/etcd.py): it writes the snapshot db next to the data dir on the PVC, proves it (the
+(backup/sources/etcd/restore.py): it writes the snapshot db next to the data dir on the PVC, proves it (the
 repository's sha256, then etcd's trailer) and runs ``etcdctl snapshot restore`` (3.4) or ``etcdutl``
 (3.5+, detected) from the Lifeboat image, which therefore carries them (deploy/docker/Dockerfile); the
 etcd image only runs ``etcd`` (the default one is distroless: no shell, nothing else is asked of it).
@@ -64,7 +64,7 @@ from kubernetes.stream import portforward
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.s3store import make_client
 from backup.sources.base import RestoreOptions
-from backup.sources.etcd import EtcdEndpointTarget
+from backup.sources.etcd.targets import EtcdEndpointTarget
 from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,

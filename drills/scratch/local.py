@@ -25,7 +25,7 @@ from backup.repository.manifest import SnapshotHeader
 from backup.repository.s3store import make_client
 from backup.servers import EtcdProcess, start_etcd
 from backup.sources.base import RestoreOptions
-from backup.sources.etcd import EtcdEndpointTarget
+from backup.sources.etcd.targets import EtcdEndpointTarget
 from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,

@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 from cpu import process_cpu, storing_cpu  # noqa: E402
 
 from backup.servers import start_etcd  # noqa: E402
-from backup.sources.etcd import KeyCensus, verify_trailer  # noqa: E402
-from backup.sources.etcd_bolt import snapshot_keys  # noqa: E402
+from backup.sources.etcd.bolt import snapshot_keys  # noqa: E402
+from backup.sources.etcd.census import KeyCensus  # noqa: E402
+from backup.sources.etcd.snapshot_file import verify_trailer  # noqa: E402
 
 MiB = 1024 * 1024
 SOURCE = "k8s-etcd"

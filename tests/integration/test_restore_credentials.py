@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from integration.test_stores import ALLOW_S3, moto_auth
 
 from backup.servers import EtcdProcess
-from backup.sources.etcd import verify_trailer
+from backup.sources.etcd.snapshot_file import verify_trailer
 from lifeboat.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from conftest import S3Endpoint
 from backup.execute import free_port
 from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
-from backup.sources.s3 import key_to_path
+from backup.sources.s3.keypath import key_to_path
 from lifeboat.cli import cli
 from lifeboat.state import RunHistory, RunKind, RunStatus
 

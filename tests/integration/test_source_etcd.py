@@ -30,16 +30,11 @@ from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from backup.servers import EtcdProcess, start_etcd
 from backup.sources.base import Verdict
-from backup.sources.etcd import (
-    EtcdDataDirTarget,
-    EtcdEndpointTarget,
-    EtcdFileTarget,
-    EtcdGateway,
-    EtcdSource,
-    KeyCensus,
-    read_census,
-    verify_trailer,
-)
+from backup.sources.etcd.census import KeyCensus, read_census
+from backup.sources.etcd.gateway import EtcdGateway
+from backup.sources.etcd.snapshot_file import verify_trailer
+from backup.sources.etcd.source import EtcdSource
+from backup.sources.etcd.targets import EtcdDataDirTarget, EtcdEndpointTarget, EtcdFileTarget
 from lifeboat.cli import cli
 from policies.errors import SourceError
 from policies.model import EtcdSettings

@@ -27,7 +27,8 @@ from backup.execute import free_port, start
 from backup.jobs import run_backup
 from backup.repository import open_repository
 from backup.sources.base import RestoreOptions, Verdict
-from backup.sources.s3 import S3Source, key_to_path
+from backup.sources.s3.keypath import key_to_path
+from backup.sources.s3.source import S3Source
 from lifeboat.cli import cli
 from policies.model import Repository as RepositorySettings
 from policies.model import S3Settings

@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from backup.sources.s3 import key_to_path, path_to_key
+from backup.sources.s3.keypath import key_to_path, path_to_key
 
 ODD_KEYS = [
     "plain.txt",

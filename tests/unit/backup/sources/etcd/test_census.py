@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backup.sources.etcd import (
+from backup.sources.etcd.census import (
     MAX_GROUPS,
     OTHER,
     TOP_LEVEL,

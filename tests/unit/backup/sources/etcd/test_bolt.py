@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.sources.etcd_bolt import MAGIC, BoltFormatError, finished_compact_revision, snapshot_keys
+from backup.sources.etcd.bolt import MAGIC, BoltFormatError, finished_compact_revision, snapshot_keys
 
 PAGE = 4096
 LEAF, BRANCH, META = 0x02, 0x01, 0x04

@@ -1,0 +1,244 @@
+"""The etcd source (DESIGN section 4): verified snapshots, a key census pinned to the snapshot's
+revision, restore to a file or to a member data dir, and verification on a scratch etcd. This module
+holds the ``EtcdSource`` the registry names; each concern lives beside it: ``etcdctl.py`` (the tool,
+the supervised save), ``gateway.py`` (the JSON gateway), ``census.py``, ``snapshot_file.py`` (trailer,
+status), ``verify.py``, ``targets.py``, ``restore.py`` and ``bolt.py`` (reading the snapshot file).
+
+Taking the snapshot: ``etcdctl snapshot save`` into a temporary file, not the JSON gateway's
+``/v3/maintenance/snapshot`` stream. etcdctl speaks gRPC with the TLS client certificates and the
+user/password auth operators already use for etcd, writes atomically (``.part``, fsync, rename) and
+is the same tool the file is later restored with; the gateway stream would cost a base64 + JSON
+decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file
+first is also what lets the whole snapshot be verified before it becomes a snapshot: etcd's sha256
+trailer (the last 32 bytes are the sha256 of everything before them) and ``etcdctl snapshot
+status`` (hash, revision, total keys, total size = file size - 32). The file's bytes are stored
+while etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
+appends to), so storing costs little wall time beyond the save; the checks run once the file is
+whole, and the manifest that makes those chunks a snapshot is committed only after they passed. A
+snapshot failing them is never uploaded as good: its chunks stay unreferenced, invisible to
+restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
+wait minutes on a member that died mid-transfer.
+The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
+restore (see bolt.py for why status alone can understate it).
+
+Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
+newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
+status`` and the trailer check run beside it (``verify.check_snapshot_file``). Verifying a restore
+counts the keys of the restored member through its JSON gateway (``census.read_census``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, cast
+
+import structlog
+
+from backup.execute import CommandError
+from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.repository import Repository, SnapshotWriter, StoredStream
+from backup.sources.base import (
+    Progress,
+    RestoreOptions,
+    RestoreResult,
+    SnapshotOutcome,
+    Verdict,
+    Verification,
+)
+from backup.sources.etcd.etcdctl import Etcdctl
+from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
+from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
+from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY
+from backup.sources.etcd.targets import (
+    TARGET_HELP,
+    EtcdDataDirTarget,
+    EtcdEndpointTarget,
+    EtcdFileTarget,
+    parse_restore_target,
+)
+from backup.sources.etcd.verify import CheckedSnapshot, check_snapshot_file, verify_data_dir, verify_endpoint, verify_file
+from policies.errors import RestoreError, SourceError
+from policies.model import EtcdSettings, reveal
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A snapshot file that passed verification, and where it came from."""
+
+    path: Path
+    endpoint: str
+    server_version: str
+    checked: CheckedSnapshot
+
+
+class EtcdSource:
+    """Snapshots one etcd cluster (any healthy member: the leader is not required)."""
+
+    kind: ClassVar[str] = "etcd"
+
+    def __init__(self, name: str, settings: EtcdSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    # ---- snapshot --------------------------------------------------------------------------------
+
+    def snapshot(
+        self, writer: SnapshotWriter, previous: SnapshotHeader | None, *, progress: Progress | None = None
+    ) -> SnapshotOutcome:
+        """Save one snapshot db while storing its bytes, then verify and count it; see the module
+        docstring for why this way.
+
+        ``previous`` is not needed: a bbolt file changes in place, page by page, so the chunks of
+        unchanged pages are found in the repository and not stored again (fixed 1 MiB chunks).
+
+        Raises SourceError when no endpoint gives a snapshot that passes verification; nothing is
+        committed then."""
+        ssl_context = ssl_context_for(self.settings.tls, f"sources.{self.name}")
+        with tempfile.TemporaryDirectory(prefix=f"lifeboat-{self.name}-") as workdir:
+            taken, stored = self._take(Path(workdir) / SNAPSHOT_ENTRY, ssl_context, writer, progress)
+        census = taken.checked.census
+        revision = taken.checked.revision
+        meta = {
+            "revision": revision,
+            "etcd_version": taken.server_version,
+            "endpoint": taken.endpoint,
+            "status": taken.checked.status.as_dict(),
+            "trailer_sha256": taken.checked.trailer,
+        }
+        writer.add(Entry(SNAPSHOT_ENTRY, stored.size, stored.sha256, stored.chunks, meta))
+        keys = census["totals"]["keys"]
+        log.info("etcd.snapshot.stored", source=self.name, revision=revision, keys=keys, bytes=stored.size)
+        fingerprint = {key: census[key] for key in ("revision", "prefixes", "resources", "namespaces")} | {"keys": keys}
+        figures = {"revision": revision, "keys": keys, "endpoint": taken.endpoint}
+        return SnapshotOutcome(fingerprint=fingerprint, census=census, meta=meta, figures=figures)
+
+    def _take(
+        self, path: Path, ssl_context: ssl.SSLContext | None, writer: SnapshotWriter, progress: Progress | None
+    ) -> tuple[_Taken, StoredStream]:
+        """Try each endpoint in turn until one gives a snapshot that passes verification; its bytes
+        are stored by then, and become a snapshot only when the caller's manifest is committed."""
+        etcdctl = self._etcdctl()
+        failures = []
+        for endpoint in self.settings.endpoints:
+            started = time.monotonic()
+            try:
+                with self._gateway(endpoint, ssl_context) as gateway:
+                    version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
+                with etcdctl.snapshot_save(endpoint, path) as download:
+                    stored = writer.write_stream(cast(BinaryIO, download), progress=progress)
+                saved = round(time.monotonic() - started, 3)
+                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
+                checked = check_snapshot_file(etcdctl, path)
+            except (SourceError, CommandError) as exc:
+                log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
+                failures.append(f"{endpoint}: {exc}")
+                path.unlink(missing_ok=True)
+                continue
+            seconds = time.monotonic() - started
+            log.info(
+                "etcd.snapshot.verified",
+                source=self.name,
+                endpoint=endpoint,
+                revision=checked.revision,
+                seconds=round(seconds, 3),
+            )
+            return _Taken(path, endpoint, version, checked), stored
+        raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
+
+    def _etcdctl(self) -> Etcdctl:
+        return Etcdctl(
+            binary=self.settings.etcdctl,
+            timeout=self.settings.timeout.total_seconds(),
+            tls=self.settings.tls,
+            user=self.settings.user,
+            password=reveal(self.settings.password),
+        )
+
+    def _gateway(self, endpoint: str, ssl_context: ssl.SSLContext | None) -> EtcdGateway:
+        return EtcdGateway(
+            endpoint, ssl_context=ssl_context, user=self.settings.user, password=reveal(self.settings.password)
+        )
+
+    # ---- restore ---------------------------------------------------------------------------------
+
+    def parse_target(self, options: RestoreOptions) -> EtcdFileTarget | EtcdDataDirTarget:
+        """``--to-file PATH`` or ``--to-data-dir DIR`` with the member options; raises RestoreError
+        for options of other source kinds, a missing or doubled target, or inconsistent membership."""
+        return parse_restore_target(options, source=self.name, etcd_bin=self._etcd_bin())
+
+    def restore(
+        self,
+        repository: Repository,
+        header: SnapshotHeader,
+        target: Any,
+        *,
+        options: RestoreOptions,
+        progress: Progress | None = None,
+    ) -> RestoreResult:
+        """Write the snapshot db to a file, or ``snapshot restore`` it into a member data dir.
+
+        The db's bytes are proven twice before use: the repository's sha256 of the entry, then etcd's
+        own trailer. Raises RestoreError (refused target, restore tool failed) or IntegrityError."""
+        entry = snapshot_entry(repository, header)
+        started = time.monotonic()
+        if isinstance(target, EtcdFileTarget):
+            plan, next_steps = restore_to_file(
+                repository, header, entry, target, source=self.name, options=options, progress=progress
+            )
+            where = str(target.path)
+        elif isinstance(target, EtcdDataDirTarget):
+            plan, next_steps = restore_to_data_dir(
+                repository,
+                header,
+                entry,
+                target,
+                source=self.name,
+                etcdctl=self._etcdctl(),
+                options=options,
+                progress=progress,
+            )
+            where = str(target.data_dir)
+        else:
+            raise RestoreError(f"etcd source '{self.name}' cannot restore into {target!r}; {TARGET_HELP}")
+        figures = {"revision": header.fingerprint.get("revision"), "keys": header.fingerprint.get("keys")}
+        seconds = time.monotonic() - started
+        written = 0 if options.dry_run else entry.size
+        return RestoreResult(self.name, header.id, where, options.dry_run, seconds, written, figures, plan, next_steps)
+
+    def _etcd_bin(self) -> str:
+        """The etcd server next to the configured etcdctl, else the one on PATH."""
+        beside = Path(shutil.which(self.settings.etcdctl) or self.settings.etcdctl).with_name("etcd")
+        return str(beside) if beside.is_file() else "etcd"
+
+    # ---- verify ----------------------------------------------------------------------------------
+
+    def verify(self, header: SnapshotHeader, target: Any, *, repository: Repository | None = None) -> Verification:
+        """Compare a restored target with the snapshot's fingerprint (revision and key counts per
+        prefix, resource and namespace). Never raises for a mismatch or an unreachable target."""
+        fingerprint = header.fingerprint
+        if "revision" not in fingerprint:
+            return Verification(Verdict.UNVERIFIED, f"snapshot {header.id} carries no etcd fingerprint to compare with")
+        if isinstance(target, EtcdEndpointTarget):
+            try:
+                context = ssl_context_for(target.tls, "target")
+            except SourceError as exc:
+                return Verification(Verdict.UNVERIFIED, str(exc))
+            return verify_endpoint(fingerprint, target.endpoint, ssl_context=context)
+        if isinstance(target, EtcdDataDirTarget):
+            if len(target.members) > 1:
+                return Verification(
+                    Verdict.UNVERIFIED,
+                    f"{target.data_dir} is one member of a {len(target.members)}-member cluster and cannot start alone; "
+                    "verify the cluster's endpoint once every member runs",
+                )
+            return verify_data_dir(fingerprint, target.data_dir, name=target.name, etcd_bin=target.etcd_bin)
+        if isinstance(target, EtcdFileTarget):
+            return verify_file(fingerprint, target.path, etcdctl=self._etcdctl(), etcd_bin=self._etcd_bin())
+        return Verification(Verdict.UNVERIFIED, f"etcd source '{self.name}' cannot verify {target!r}")

@@ -1,0 +1,69 @@
+"""etcd snapshot files: the sha256 trailer and ``snapshot status`` output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from backup.sources.etcd.snapshot_file import TRAILER_SIZE, CorruptSnapshotError, SnapshotStatus, verify_trailer
+
+
+def snapshot_file(path: Path, db: bytes) -> Path:
+    path.write_bytes(db + hashlib.sha256(db).digest())
+    return path
+
+
+def test_a_whole_snapshot_passes_the_trailer_check(tmp_path: Path) -> None:
+    db = os.urandom(3 * 1024 * 1024 + 17)  # more than one read block's worth is not needed; odd sizes are
+    path = snapshot_file(tmp_path / "s.db", db)
+    assert verify_trailer(path) == hashlib.sha256(db).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[:-100], id="truncated"),
+        pytest.param(lambda data: data[:1000] + bytes([data[1000] ^ 1]) + data[1001:], id="one-bit-flipped"),
+        pytest.param(lambda data: data[:-TRAILER_SIZE], id="trailer-missing"),
+    ],
+)
+def test_a_damaged_snapshot_fails_the_trailer_check(tmp_path: Path, damage) -> None:
+    path = snapshot_file(tmp_path / "s.db", os.urandom(64 * 1024))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CorruptSnapshotError, match="trailer does not match"):
+        verify_trailer(path)
+
+
+def test_a_tiny_file_is_not_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"x" * TRAILER_SIZE)
+    with pytest.raises(CorruptSnapshotError, match="too short"):
+        verify_trailer(path)
+
+
+def status_output(**overrides: object) -> bytes:
+    doc = {"hash": 170373510, "revision": 62, "totalKey": 65, "totalSize": 40960} | overrides
+    return json.dumps(doc).encode() + b"\n"
+
+
+def test_snapshot_status_is_parsed_and_matches_the_file() -> None:
+    status = SnapshotStatus.parse(status_output(), file_size=40960 + TRAILER_SIZE)
+    assert status == SnapshotStatus(hash=170373510, revision=62, total_keys=65, total_size=40960)
+
+
+@pytest.mark.parametrize(
+    ("output", "size", "message"),
+    [
+        (status_output(totalSize=40960), 40960, "expected db \\+ 32-byte trailer"),
+        (status_output(revision=-1), 40960 + TRAILER_SIZE, "impossible figures"),
+        (b"Error: snapshot file has wrong format", 40992, "no usable answer"),
+        (b'{"hash": 1}', 40992, "no usable answer"),
+    ],
+)
+def test_a_status_that_does_not_fit_the_file_is_refused(output: bytes, size: int, message: str) -> None:
+    with pytest.raises(CorruptSnapshotError, match=message):
+        SnapshotStatus.parse(output, file_size=size)
