@@ -12,7 +12,6 @@ snapshot committed; no data moves.
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,11 @@ from backup.repository.parts import PartOf
 from backup.repository.repository import Repository, SnapshotNotFound, WriteStats
 from backup.sources import make_source, part_merge
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome
-from backup.sources.parts import PART_META, Merging, add_up, combine, own_meta, side_by_side
+from backup.sources.parts import PART_META, Merging
 from policies.errors import LifeboatError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
 
 log = structlog.get_logger(__name__)
-_LISTED_EXPORTS = 100  # as clickhouse.py lists them
 _ONLY_SHARDABLE = f"only {' and '.join(SHARDABLE_KINDS)} sources can be sharded"
 
 
@@ -235,42 +233,6 @@ def _complete_parts(repository: Repository, name: str, run: str, kind: str) -> l
 
 def _stats_document(stats: WriteStats) -> dict[str, int]:
     return {"read": stats.bytes_read, "stored": stats.bytes_stored, "new": stats.chunks_new, "reused": stats.chunks_reused}
-
-
-def _merge_clickhouse(merging: Merging) -> SnapshotOutcome:
-    """Entries part after part (a restore plans from all of them, in any order); table prints side by
-    side. Held-back tables are worked out again over ALL tables (a view of one shard may read a queue
-    table of another), and the changed share over the base's prints, as clickhouse._outcome does."""
-    # Imported when used, as backup.sources imports a kind's module: other kinds do not pay for it.
-    from backup.sources.clickhouse_catalog import Table, held_back
-    from backup.sources.clickhouse_fingerprint import changed_fraction, fingerprint_document, table_prints
-    from backup.sources.clickhouse_sql import HASH_METHOD
-
-    tables = []
-    for entry in itertools.chain.from_iterable(merging.streams):
-        merging.add(entry)
-        if entry.meta.get("type") == "table":
-            tables.append(Table.from_meta(entry.meta))
-    parts, previous = merging.parts, merging.previous
-    prints = {key: table for part in parts for key, table in table_prints(part.fingerprint).items()}
-    held = held_back(tables)
-    first = parts[0].fingerprint
-    fingerprint = fingerprint_document(
-        prints.values(), server_version=first.get("server_version", ""), strategy=first.get("strategy", ""), held_back=held
-    )
-    census: dict[str, Any] = {
-        "totals": add_up(part.census.get("totals", {}) for part in parts),
-        "tables": side_by_side(part.census.get("tables", {}) for part in parts),
-    }
-    if previous is not None and previous.fingerprint.get("method") == HASH_METHOD:
-        changed = changed_fraction(table_prints(previous.fingerprint), prints)
-        if changed is not None:
-            census["changed_fraction"] = round(changed, 4)
-    meta = combine([own_meta(part) for part in parts])
-    meta["held_back"] = [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())]
-    figures = combine([part.meta[PART_META]["figures"] for part in parts])
-    figures["exported"] = sorted(figures.get("exported", []))[:_LISTED_EXPORTS]
-    return SnapshotOutcome(fingerprint, census, meta, figures)
 
 
 def run_restore(

@@ -34,6 +34,7 @@ from backup.repository.maintenance import check as check_repository
 from backup.repository.maintenance import prune as prune_repository
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
+from backup.sources import prune_hooks
 from backup.sources.base import Progress
 from drills.history import load_history, store_report
 from drills.model import DrillRun, Status
@@ -196,14 +197,21 @@ class Operations:
         StoreError, SourceBusy, JobAborted (recorded)."""
         retention = {name: source.retention for name, source in self.policy.sources.items()}
         grace, stale_after = self.policy.repository.prune.grace, self.stale_after
+        hooks = prune_hooks()  # what each kind keeps outside chunks (ClickHouse native backups) and may go
         if dry_run:
-            return prune_repository(repository(), retention, grace=grace, dry_run=True, stale_after=stale_after)
+            return prune_repository(repository(), retention, grace=grace, dry_run=True, stale_after=stale_after, hooks=hooks)
         with self.recorded_run(RunKind.PRUNE, REPOSITORY_NAME) as run:
             with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
                 repo = repository()
                 expected = self._sources_with_snapshots(repo)
                 report = prune_repository(
-                    repo, retention, grace=grace, dry_run=False, expected_sources=expected, stale_after=stale_after
+                    repo,
+                    retention,
+                    grace=grace,
+                    dry_run=False,
+                    expected_sources=expected,
+                    stale_after=stale_after,
+                    hooks=hooks,
                 )
             run.finish(RunStatus.OK, figures=prune_figures(report, run.seconds))
         self._refresh_inventory(repo)

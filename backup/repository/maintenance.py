@@ -9,16 +9,20 @@ Part manifests of sharded runs (parts.py) are not snapshots, but their chunks ar
 merge may still be pending. ``check`` proves their chunks exist like a snapshot's; ``prune``
 deletes parts older than the grace period (abandoned: a run lasts at most the executor's active
 deadline, and a completed run deletes its parts) and counts the chunks of the others as referenced.
+
+Some kinds keep data in the store outside chunks and manifests (ClickHouse's server-side native
+backups under ``native/``). ``prune`` is given their ``PruneHook``s by kind (the sources registry's
+``prune_hooks()``): the repository layer knows no source.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -27,7 +31,6 @@ from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import StoredPart
 from backup.repository.repository import Repository, SnapshotNotFound, chunk_key
 from backup.repository.store import ObjectLockedError
-from backup.sources.clickhouse_chain import NATIVE_PREFIX, deletable_native_backups, native_backup_locations
 from policies.errors import IntegrityError, LifeboatError, StoreError
 from policies.model import Retention
 from policies.retention import Decision, SnapshotRef, select
@@ -162,7 +165,7 @@ class PruneReport:
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
     incomplete_removed: int = 0  # leftovers of writes that never finished (.tmp- files, multipart uploads)
     parts_deleted: list[str] = field(default_factory=list)  # abandoned part manifests of sharded runs
-    native_deleted: list[str] = field(default_factory=list)  # server-side (ClickHouse BACKUP) backups removed
+    native_deleted: list[str] = field(default_factory=list)  # a kind's data outside chunks (ClickHouse BACKUPs) removed
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": True, **asdict(self)}
@@ -170,6 +173,21 @@ class PruneReport:
 
 class PruneRefused(LifeboatError):
     """Pruning now could lose data; nothing was deleted."""
+
+
+class PruneHook(Protocol):
+    """What prune asks a source kind that keeps data in the store outside chunks and manifests
+    (ClickHouse: server-side native backups, which build on each other)."""
+
+    @property
+    def prefix(self) -> str:
+        """The store-relative key prefix of that data (``native/``)."""
+        ...
+
+    def deletable(self, keys: Iterable[str], kept: list[SnapshotHeader]) -> list[str]:
+        """The locations (key prefixes, without the trailing ``/``) among the stored ``keys`` under
+        ``prefix`` that no snapshot in ``kept`` (every kept snapshot of the kind) still needs."""
+        ...
 
 
 def prune(
@@ -181,20 +199,24 @@ def prune(
     now: datetime | None = None,
     expected_sources: frozenset[str] = frozenset(),
     stale_after: float = 1800.0,
+    hooks: Mapping[str, PruneHook] | None = None,
 ) -> PruneReport:
     """Forget snapshots that no retention rule keeps, then delete unreferenced chunks past ``grace``.
 
     ``retention`` maps each configured source to its rules (None: keep everything); sources found in
     the repository but not configured are kept whole. ``expected_sources`` are sources the run
-    history says have snapshots: if the listing shows none for one, prune refuses.
+    history says have snapshots: if the listing shows none for one, prune refuses. ``hooks`` (by
+    kind) say which of a kind's data outside chunks may go with the forgotten snapshots; without
+    one, that data is kept.
     """
     now = now or datetime.now(UTC)
     report = PruneReport(dry_run=dry_run)
+    hooks = hooks or {}
     if dry_run:
-        _prune(repository, retention, grace, now, expected_sources, report)
+        _prune(repository, retention, grace, now, expected_sources, hooks, report)
     else:
         with repository.lock("exclusive", "prune", stale_after=stale_after):
-            _prune(repository, retention, grace, now, expected_sources, report)
+            _prune(repository, retention, grace, now, expected_sources, hooks, report)
     log.info("prune.finished", dry_run=dry_run, forgotten=len(report.forgotten), chunks_deleted=report.chunks_deleted)
     return report
 
@@ -205,6 +227,7 @@ def _prune(
     grace: timedelta,
     now: datetime,
     expected_sources: frozenset[str],
+    hooks: Mapping[str, PruneHook],
     report: PruneReport,
 ) -> None:
     try:
@@ -231,7 +254,8 @@ def _prune(
                 survivors.append(index[decision.snapshot.id])
             elif not report.dry_run:
                 repository.forget(index[decision.snapshot.id])
-    _delete_native_backups(repository, survivors, report)
+    for kind, hook in sorted(hooks.items()):
+        _delete_outside_chunks(repository, hook, [header for header in survivors if header.kind == kind], report)
     pending = _pending_parts(repository, grace, now, report)
     _collect_garbage(repository, survivors + pending, grace, now, report)
     if not report.dry_run:  # a write older than the grace period that never finished never will
@@ -257,11 +281,11 @@ def _part_name(stored: StoredPart) -> str:
     return f"{stored.source} run {stored.part.run} shard {stored.part.shard}"
 
 
-def _delete_native_backups(repository: Repository, survivors: list[SnapshotHeader], report: PruneReport) -> None:
-    """Server-side backups (ClickHouse ``BACKUP .. TO S3``) go with their snapshots, but never one that a
-    kept incremental still builds on: the rule is ``deletable_native_backups``, over every survivor."""
-    stored = native_backup_locations(info.key for info in repository.store.list(f"{NATIVE_PREFIX}/"))
-    for location in deletable_native_backups(stored, survivors):
+def _delete_outside_chunks(repository: Repository, hook: PruneHook, kept: list[SnapshotHeader], report: PruneReport) -> None:
+    """A kind's data outside chunks (ClickHouse ``BACKUP .. TO S3``) goes with its snapshots, but never
+    what a kept snapshot still needs (a kept incremental's bases): the hook decides, over every survivor
+    of the kind."""
+    for location in hook.deletable((info.key for info in repository.store.list(hook.prefix)), kept):
         report.native_deleted.append(location)
         if report.dry_run:
             continue

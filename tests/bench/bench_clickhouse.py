@@ -40,7 +40,7 @@ from typing import Any
 from cpu import process_cpu, storing_cpu
 
 from backup.servers import ClickHouseProcess, start_clickhouse
-from backup.sources.clickhouse_sql import row_hash
+from backup.sources.clickhouse.sql import row_hash
 
 TABLE = "bench.t"
 MIB = 2**20

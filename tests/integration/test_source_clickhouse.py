@@ -28,9 +28,9 @@ from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from backup.servers import ClickHouseProcess
 from backup.sources.base import RestoreOptions, Verdict
-from backup.sources.clickhouse import ClickHouseSource
-from backup.sources.clickhouse_chain import NativeBackupInfo, deletable_native_backups, native_backup_locations
-from backup.sources.clickhouse_client import ChdbExecutor, Endpoint
+from backup.sources.clickhouse.chain import NativeBackupInfo, deletable_native_backups, native_backup_locations
+from backup.sources.clickhouse.client import ChdbExecutor, Endpoint
+from backup.sources.clickhouse.source import ClickHouseSource
 from lifeboat.cli import cli
 from policies.errors import SourceError
 from policies.model import ClickHouseSettings

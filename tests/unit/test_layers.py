@@ -70,3 +70,14 @@ def test_policies_stay_pure() -> None:
         names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not names & forbidden, f"{path} imports {names & forbidden}"
+
+
+def test_the_repository_imports_no_source() -> None:
+    """Sources plug into the repository (a kind's prune hook is handed to prune), never the other way round."""
+    found = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sorted((ROOT / "backup" / "repository").rglob("*.py"))
+        for module in sorted(imported_modules(path))
+        if module == "backup.sources" or module.startswith("backup.sources.")
+    ]
+    assert found == []

@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from backup.sources.clickhouse_client import SqlExecutor
-from backup.sources.clickhouse_ddl import referenced_tables
-from backup.sources.clickhouse_fingerprint import WHOLE_TABLE, PartitionPrint, TableKey
-from backup.sources.clickhouse_sql import (
+from backup.sources.clickhouse.client import SqlExecutor
+from backup.sources.clickhouse.ddl import referenced_tables
+from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey
+from backup.sources.clickhouse.sql import (
     TableRole,
     classify,
     consumes_queue,

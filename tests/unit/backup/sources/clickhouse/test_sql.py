@@ -1,11 +1,11 @@
 """Which databases and tables a ClickHouse source takes, what it does with each engine, how rows are
-hashed and which strategy it picks (clickhouse_sql, pure)."""
+hashed and which strategy it picks (clickhouse.sql, pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from backup.sources.clickhouse_sql import (
+from backup.sources.clickhouse.sql import (
     TableRole,
     choose_strategy,
     classify,

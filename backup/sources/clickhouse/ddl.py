@@ -18,7 +18,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from backup.sources.clickhouse_sql import quote_ident, quote_string
+from backup.sources.clickhouse.sql import quote_ident, quote_string
 
 _TOKEN = re.compile(
     r"""

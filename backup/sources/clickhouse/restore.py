@@ -1,7 +1,7 @@
 """Restoring a ClickHouse snapshot into a database of a (scratch) server, and verifying it.
 
 Order: tables holding data are created (definitions rewritten into the target database, see
-clickhouse_ddl) and loaded (logical: INSERT .. FORMAT Native over HTTP; native: the server's
+ddl) and loaded (logical: INSERT .. FORMAT Native over HTTP; native: the server's
 RESTORE), then definition-only tables, then views in dependency order, then the storage of
 materialized views (loaded through the view, after it exists, so nothing is counted twice). Tables of
 merging engines keep their merges stopped so the rows stay as backed up until verified. Last, the
@@ -18,17 +18,17 @@ import structlog
 
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.sources.base import RestoreOptions, Verdict, Verification
-from backup.sources.clickhouse_catalog import Table, database_exists, existing_tables, print_by_partition
-from backup.sources.clickhouse_client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
-from backup.sources.clickhouse_ddl import RewrittenDdl, creation_order, rewrite_create
-from backup.sources.clickhouse_fingerprint import (
+from backup.sources.clickhouse.catalog import Table, database_exists, existing_tables, print_by_partition
+from backup.sources.clickhouse.client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
+from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create
+from backup.sources.clickhouse.fingerprint import (
     TableKey,
     TablePrint,
     compare,
     held_back_tables,
     table_prints,
 )
-from backup.sources.clickhouse_sql import (
+from backup.sources.clickhouse.sql import (
     TableRole,
     database_selected,
     display_name,

@@ -1,4 +1,4 @@
-"""Native backup chains and the retention rule for them (pure: imported by prune, no I/O).
+"""Native backup chains and the retention rule for them (pure: prune's hook for the kind, no I/O).
 
 A native snapshot's server-side backup lives under ``native/<source>/<snapshot id>/`` in the
 repository's store; an incremental one names its base (``base_backup``) and, through it, every backup
@@ -6,13 +6,15 @@ below. ``meta["native"]`` of the snapshot records all of that (``NativeBackupInf
 
 Retention: a native backup may be deleted only once no kept snapshot needs it, as its own backup or
 as a base anywhere in its chain (``deletable_native_backups``): deleting a base breaks every
-incremental on top of it (clickhouse-backup has broken chains this way).
+incremental on top of it (clickhouse-backup has broken chains this way). ``NativeBackupPruning`` is
+that rule as the kind's prune hook (``PRUNE_HOOKS`` in backup/sources).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backup.repository.manifest import SnapshotHeader
 
@@ -79,3 +81,14 @@ def deletable_native_backups(stored: Iterable[str], kept: Iterable[SnapshotHeade
     source) as its own backup or as a base in its chain. ``kept`` must be every snapshot that prune
     keeps, or a kept incremental could lose its base."""
     return sorted(set(stored) - needed_native_backups(kept))
+
+
+class NativeBackupPruning:
+    """The kind's prune hook (``backup.repository.maintenance.PruneHook``): which stored native
+    backups no kept ClickHouse snapshot needs."""
+
+    prefix: ClassVar[str] = f"{NATIVE_PREFIX}/"
+
+    def deletable(self, keys: Iterable[str], kept: list[SnapshotHeader]) -> list[str]:
+        """``deletable_native_backups`` over the locations of the stored object ``keys``."""
+        return deletable_native_backups(native_backup_locations(keys), kept)

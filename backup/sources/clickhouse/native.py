@@ -6,9 +6,9 @@ repository's own endpoint), as an incremental on top of the previous native back
 (``base_backup``) until a chain holds ``MAX_CHAIN`` backups, then a full one again. The manifest
 records where the backup lives, its base and the whole chain it needs (``meta["native"]``), and the
 fingerprint taken around the BACKUP. A restore creates the tables itself (renamed, never replicated:
-see clickhouse_ddl) and has the server ``RESTORE`` their data into them.
+see ddl) and has the server ``RESTORE`` their data into them.
 
-Chains and the retention rule (which native backups prune may delete) are in clickhouse_chain.
+Chains and the retention rule (which native backups prune may delete) are in chain.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
 from backup.repository.s3store import S3Store
 from backup.repository.store import Store
-from backup.sources.clickhouse_catalog import Catalog, PartSet, Table, print_by_partition, table_parts
-from backup.sources.clickhouse_chain import MAX_CHAIN, NativeBackupInfo, native_location
-from backup.sources.clickhouse_client import ClickHouseError, Connections
-from backup.sources.clickhouse_fingerprint import TableKey, TablePrint
-from backup.sources.clickhouse_sql import TableRole, qualified, quote_string
+from backup.sources.clickhouse.catalog import Catalog, PartSet, Table, print_by_partition, table_parts
+from backup.sources.clickhouse.chain import MAX_CHAIN, NativeBackupInfo, native_location
+from backup.sources.clickhouse.client import ClickHouseError, Connections
+from backup.sources.clickhouse.fingerprint import TableKey, TablePrint
+from backup.sources.clickhouse.sql import TableRole, qualified, quote_string
 from policies.errors import RestoreError, SourceError
 
 log = structlog.get_logger(__name__)

@@ -4,17 +4,17 @@ Lifeboat runs outside the database hosts: it reaches a server over the network o
 protocol through clickhouse-driver for control and metadata, HTTP for table data) and never touches
 its filesystem.
 
-* ``snapshot``: discover the selected databases and tables (clickhouse_catalog), pick the strategy
+* ``snapshot``: discover the selected databases and tables (catalog), pick the strategy
   (``auto``: native where the server has BACKUP and the repository is in S3, else logical), take it
-  (clickhouse_logical / clickhouse_native), and record a fingerprint per table and partition that
+  (logical / native), and record a fingerprint per table and partition that
   describes exactly what was taken.
 * ``restore``: recreate the tables renamed into another database of any server, load them, verify
-  (clickhouse_restore).
+  (restore).
 * ``verify``: fingerprint a restored database and compare it with the snapshot's.
 
-The modules beside this one: clickhouse_sql (quoting, filters, engines, row hashes: pure),
-clickhouse_ddl (CREATE rewriting: pure), clickhouse_fingerprint (prints and comparison: pure),
-clickhouse_client (SQL and HTTP I/O).
+The modules beside this one: sql (quoting, filters, engines, row hashes: pure),
+ddl (CREATE rewriting: pure), fingerprint (prints and comparison: pure),
+client (SQL and HTTP I/O).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import structlog
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification
-from backup.sources.clickhouse_catalog import Catalog, database_exists, discover, existing_tables, held_back
-from backup.sources.clickhouse_chain import NativeBackupInfo
-from backup.sources.clickhouse_client import (
+from backup.sources.clickhouse.catalog import Catalog, database_exists, discover, existing_tables, held_back
+from backup.sources.clickhouse.chain import NativeBackupInfo
+from backup.sources.clickhouse.client import (
     ClickHouseError,
     Connections,
     Connector,
@@ -40,15 +40,15 @@ from backup.sources.clickhouse_client import (
     SqlExecutor,
     driver_connector,
 )
-from backup.sources.clickhouse_fingerprint import (
+from backup.sources.clickhouse.fingerprint import (
     TableKey,
     TablePrint,
     changed_fraction,
     fingerprint_document,
     table_prints,
 )
-from backup.sources.clickhouse_logical import HttpLoader, LogicalBackup, table_entry
-from backup.sources.clickhouse_native import (
+from backup.sources.clickhouse.logical import LISTED_EXPORTS, HttpLoader, LogicalBackup, table_entry
+from backup.sources.clickhouse.native import (
     BACKUP_MARKER,
     NativeBackup,
     NativeLoader,
@@ -56,7 +56,7 @@ from backup.sources.clickhouse_native import (
     plan_native_backup,
     s3_destination,
 )
-from backup.sources.clickhouse_restore import (
+from backup.sources.clickhouse.restore import (
     ClickHouseTarget,
     DataLoader,
     RestorePlan,
@@ -70,14 +70,13 @@ from backup.sources.clickhouse_restore import (
     target_from_options,
     verify_target,
 )
-from backup.sources.clickhouse_sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
+from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
 from policies.errors import RestoreError, SourceError
 from policies.model import ClickHouseSettings, reveal
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["ClickHouseSource", "ClickHouseTarget"]
-_LISTED_EXPORTS = 100  # exported partitions named in a backup report
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def _logical_snapshot(job: SnapshotJob) -> SnapshotOutcome:
         "whole_tables_exported": tally.whole_tables,
         "retries": tally.retries,
         "unpinned": len(tally.unpinned),
-        "exported": sorted(tally.exported)[:_LISTED_EXPORTS],
+        "exported": sorted(tally.exported)[:LISTED_EXPORTS],
     }
     return _outcome(job, result.prints, sizes, figures=figures, meta={"unpinned": result.tally.unpinned})
 

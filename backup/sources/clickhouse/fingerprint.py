@@ -1,7 +1,7 @@
 """Fingerprints of ClickHouse tables and their comparison (pure, no I/O).
 
 A fingerprint is, per table and partition, ``count()`` and ``sum(<row hash>)`` computed by the
-server (the row hash is ``clickhouse_sql.row_hash``): equal for equal multisets of rows whatever
+server (the row hash is ``sql.row_hash``): equal for equal multisets of rows whatever
 their order or part layout, different when any value of any row differs. Sums are modulo 2**64.
 
 In a manifest::
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backup.sources.base import Verdict
-from backup.sources.clickhouse_sql import HASH_METHOD, display_name
+from backup.sources.clickhouse.sql import HASH_METHOD, display_name
 
 HASH_MODULUS = 2**64
 WHOLE_TABLE = ""
@@ -87,7 +87,7 @@ def fingerprint_document(
     prints: Iterable[TablePrint], *, server_version: str, strategy: str, held_back: Mapping[TableKey, str]
 ) -> dict[str, Any]:
     """The manifest's ``fingerprint`` dict. ``held_back`` tables are in the snapshot but a restore
-    does not recreate them by itself (see clickhouse_catalog.held_back): verification skips them."""
+    does not recreate them by itself (see catalog.held_back): verification skips them."""
     tables = sorted(prints, key=lambda table: table.key)
     return {
         "method": HASH_METHOD,

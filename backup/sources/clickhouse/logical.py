@@ -26,7 +26,7 @@ import structlog
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter, StoredStream
 from backup.sources.base import Progress
-from backup.sources.clickhouse_catalog import (
+from backup.sources.clickhouse.catalog import (
     Catalog,
     Part,
     PartSet,
@@ -37,7 +37,7 @@ from backup.sources.clickhouse_catalog import (
     parts_filter,
     print_where,
 )
-from backup.sources.clickhouse_client import (
+from backup.sources.clickhouse.client import (
     UNKNOWN_DATABASE,
     UNKNOWN_TABLE,
     ClickHouseError,
@@ -45,8 +45,8 @@ from backup.sources.clickhouse_client import (
     HttpChannel,
     run_parallel,
 )
-from backup.sources.clickhouse_fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
-from backup.sources.clickhouse_sql import TableRole, qualified, quote_string
+from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
+from backup.sources.clickhouse.sql import TableRole, qualified, quote_string
 from policies.errors import IntegrityError, SourceError
 
 log = structlog.get_logger(__name__)
@@ -55,6 +55,7 @@ MAX_ATTEMPTS = 3
 """Exports of one partition before it is taken by content or recorded as unpinned."""
 
 DATA_FORMAT = "Native"
+LISTED_EXPORTS = 100  # exported partitions named in a backup report (a whole run's and a sharded run's)
 
 
 # ---- entries ------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""CREATE statements rewritten for a restore into another database (clickhouse_ddl, pure)."""
+"""CREATE statements rewritten for a restore into another database (clickhouse.ddl, pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from backup.sources.clickhouse_ddl import creation_order, referenced_tables, rewrite_create, tokenize
+from backup.sources.clickhouse.ddl import creation_order, referenced_tables, rewrite_create, tokenize
 
 SOURCE = ("features",)
 

@@ -1,0 +1,52 @@
+"""Which partitions an incremental logical snapshot exports and which it reuses (clickhouse.logical, pure)."""
+
+from __future__ import annotations
+
+from backup.sources.clickhouse.catalog import Part
+from backup.sources.clickhouse.logical import PartitionJob, plan_exports
+
+from .samples import data_entry, parts, table
+
+
+def test_unchanged_partitions_reuse_their_entries_and_changed_ones_are_exported() -> None:
+    events, log = table("events"), table("audit", "Log")
+    now = {
+        events.key: {
+            "202609": parts("202609_1_1_0"),
+            "202610": parts("202610_2_2_0", "202610_5_5_0"),  # a part was added
+            "202611": parts("202611_3_3_0"),
+            "202612": parts("202612_6_6_0"),  # a new partition
+        }
+    }
+    previous = {
+        ("features", "events", "202609"): data_entry(events, "202609", parts("202609_1_1_0")),
+        ("features", "events", "202610"): data_entry(events, "202610", parts("202610_2_2_0")),
+        ("features", "events", "202611"): data_entry(events, "202611", parts("202611_3_3_0"), pinned=False),
+    }
+    plan = plan_exports([events, log, table("daily", "View")], now, previous)
+
+    assert [entry.meta["partition"] for entry in plan.reused] == ["202609"]
+    assert [(job.table.name, job.partition) for job in plan.jobs] == [
+        ("events", "202610"),
+        ("events", "202611"),  # its previous export was not pinned: never trusted again
+        ("events", "202612"),
+        ("audit", ""),  # a table without partitions is exported whole, every time
+    ]
+
+
+def test_a_changed_definition_or_recreated_parts_force_an_export() -> None:
+    events = table("events")
+    same_names = parts("202609_1_1_0")
+    previous = {("features", "events", "202609"): data_entry(events, "202609", same_names, schema="before-alter")}
+    assert plan_exports([events], {events.key: {"202609": same_names}}, previous).jobs
+
+    recreated = (Part("202609_1_1_0", 100, 1_700_000_999),)  # same name, newer part: table dropped and created again
+    previous = {("features", "events", "202609"): data_entry(events, "202609", same_names)}
+    assert [job.partition for job in plan_exports([events], {events.key: {"202609": recreated}}, previous).jobs] == [
+        "202609"
+    ]
+
+
+def test_partition_labels_name_table_and_partition() -> None:
+    assert PartitionJob(table("events"), "202611").label == "features.events partition 202611"
+    assert PartitionJob(table("odd name", "Log"), "").label == "features.`odd name`"
