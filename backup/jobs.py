@@ -286,7 +286,13 @@ def _merge_clickhouse(merging: Merging) -> SnapshotOutcome:
     table of another), and the changed share over the base's prints, as clickhouse._outcome does."""
     # Imported when used, as backup.sources imports a kind's module: other kinds do not pay for it.
     from backup.sources.clickhouse_catalog import Table, held_back
-    from backup.sources.clickhouse_fingerprint import changed_fraction, fingerprint_document, table_prints
+    from backup.sources.clickhouse_fingerprint import (
+        changed_fraction,
+        fingerprint_document,
+        snapshot_definitions,
+        table_prints,
+    )
+    from backup.sources.clickhouse_logical import merge_windows
     from backup.sources.clickhouse_sql import HASH_METHOD
 
     tables = []
@@ -298,8 +304,13 @@ def _merge_clickhouse(merging: Merging) -> SnapshotOutcome:
     prints = {key: table for part in parts for key, table in table_prints(part.fingerprint).items()}
     held = held_back(tables)
     first = parts[0].fingerprint
+    recorded = [snapshot_definitions(part.fingerprint) for part in parts]
     fingerprint = fingerprint_document(
-        prints.values(), server_version=first.get("server_version", ""), strategy=first.get("strategy", ""), held_back=held
+        prints.values(),
+        server_version=first.get("server_version", ""),
+        strategy=first.get("strategy", ""),
+        held_back=held,
+        definitions=None if None in recorded else [item for found in recorded for item in found or ()],
     )
     census: dict[str, Any] = {
         "totals": _add_up(part.census.get("totals", {}) for part in parts),
@@ -311,6 +322,9 @@ def _merge_clickhouse(merging: Merging) -> SnapshotOutcome:
             census["changed_fraction"] = round(changed, 4)
     meta = _combine([_own_meta(part) for part in parts])
     meta["held_back"] = [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())]
+    window = merge_windows(part.meta["consistency"] for part in parts if "consistency" in part.meta)
+    if window is not None:  # each part pinned its tables on its own: the whole spans them all
+        meta["consistency"] = window
     figures = _combine([part.meta[PART_META]["figures"] for part in parts])
     figures["exported"] = sorted(figures.get("exported", []))[:_LISTED_EXPORTS]
     return SnapshotOutcome(fingerprint, census, meta, figures)
