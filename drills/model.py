@@ -85,6 +85,7 @@ class SourceRun:
     rpo_seconds: float | None = None  # age of the newest good snapshot when the drill started
     steps: list[Step] = field(default_factory=list)
     census: dict[str, Any] = field(default_factory=dict)  # what was restored ("412 pods, 38 deployments")
+    consistency: dict[str, Any] = field(default_factory=dict)  # the snapshot's consistency window, when it has one
 
     @property
     def verdict(self) -> Status:
@@ -99,6 +100,7 @@ class SourceRun:
             "rto_seconds": _round(self.rto_seconds),
             "rpo_seconds": _round(self.rpo_seconds),
             "census": self.census,
+            "consistency": self.consistency,
             "steps": [step.to_dict() for step in self.steps],
         }
 
@@ -112,6 +114,7 @@ class SourceRun:
             doc.get("rpo_seconds"),
             [Step.from_dict(step) for step in doc.get("steps", [])],
             doc.get("census") or {},
+            doc.get("consistency") or {},
         )
 
 

@@ -84,6 +84,7 @@ def _drill_source(
         header = select_snapshot(repository, name, drill.snapshot, clock())
         record.snapshot = header.id
         record.census = header.census.get("totals", {})
+        record.consistency = header.meta.get("consistency") or {}
         taken = human_duration((clock() - header.started).total_seconds())
         outcome.message = f"{header.id} ({drill.snapshot.describe()}), taken {taken} ago"
     with step(steps, "rpo", context=context) as outcome:

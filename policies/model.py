@@ -273,6 +273,10 @@ class ClickHouseSettings(SourceSettingsBase):
     )
     parallel: Annotated[int, Field(ge=1, le=64)] = 4
     timeout: Duration = timedelta(hours=2)
+    max_consistency_window: Duration | None = Field(
+        default=None,
+        description="fail a logical backup whose tables were read further apart than this (see the manifest's consistency)",
+    )
 
 
 class S3Settings(SourceSettingsBase, S3Connection):

@@ -7,7 +7,7 @@ A source module (``etcd.py``, ``clickhouse.py``, ``s3/source.py``) defines one c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -165,3 +165,16 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[str, SourceSettings], Source]
+
+
+def consistency_summary(document: Mapping[str, Any], *, limit: int = 5) -> str:
+    """A snapshot's consistency window (its meta ``consistency``: when its tables were pinned, which
+    moved) in one line for people: ``0.0s (every table pinned at ..)`` or ``4.2s from .. to ..: db.a at
+    .. (pinned again: ..)``."""
+    seconds = float(document.get("window_seconds", 0))
+    moved = document.get("moved", [])
+    if not moved:
+        return f"{seconds:.1f}s (every table pinned at {document.get('pinned', '?')})"
+    named = "; ".join(f"{record['table']} at {record['pinned']} ({record['why']})" for record in moved[:limit])
+    more = f"; and {len(moved) - limit} more" if len(moved) > limit else ""
+    return f"{seconds:.1f}s from {document.get('earliest', '?')} to {document.get('latest', '?')}: {named}{more}"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from backup.sources.base import consistency_summary
 from drills.model import REPORT_SCHEMA, DrillRun, SourceRun, Status, Step
 from drills.report.charts import render_chart, render_verdict_strip, rpo_chart, rto_chart
 from drills.report.common import VERDICT_COLORS, VERDICT_MEANING, against, measured, over, plural, run_seconds
@@ -154,6 +155,8 @@ def _source_section(run: DrillRun, source: SourceRun) -> str:
     ]
     if source.census:
         facts.append("restored " + escape(_census(source.census)))
+    if source.consistency:
+        facts.append("consistency window " + escape(consistency_summary(source.consistency)))
     return (
         f'<section class="source" id="source-{escape(source.source)}">'
         f"<h2>{escape(source.source)} {badge(source.verdict)}</h2>\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backup.sources.base import consistency_summary
 from drills.model import DrillRun, SourceRun
 from drills.report.common import (
     VERDICT_MEANING,
@@ -45,7 +46,10 @@ def render_text(run: DrillRun) -> str:
         "",
     ]
     width = max((len(source.source) for source in run.sources), default=0)
-    lines += [_source_line(source, run, width) for source in run.sources]
+    for source in run.sources:
+        lines.append(_source_line(source, run, width))
+        if source.consistency:
+            lines.append(f"  {'':<{width}}  consistency window {consistency_summary(source.consistency)}")
     if not run.sources:
         lines.append("no source was drilled")
     problems = unsuccessful_steps(run)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 
 from backup.repository import init_repository
+from backup.sources.base import consistency_summary
 from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
 from lifeboat.operations import open_operations
 
@@ -70,12 +71,17 @@ def snapshots_show(session: Session, snapshot_id: str, as_json: bool) -> None:
         "census": header.census,
         "meta": header.meta,
     }
+    consistency = header.meta.get("consistency")
+    if consistency:  # when the snapshot's tables were read (sources that pin them: ClickHouse logical)
+        document["consistency"] = consistency
     if as_json:
         print_json(document)
         return
     for key in ("id", "source", "kind", "time", "finished", "status", "entries"):
         click.echo(f"{key:>12}: {document[key]}")
     click.echo(f"{'size':>12}: {human_bytes(header.size)} ({header.size} bytes)")
+    if consistency:
+        click.echo(f"{'consistency':>12}: {consistency_summary(consistency)}")
     for key in ("census", "fingerprint"):
         if document[key]:
             click.echo(f"{key:>12}: {_short(document[key])}")

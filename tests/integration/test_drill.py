@@ -168,6 +168,11 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
         assert names[:6] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify"]
         assert [n for n in names if n.startswith("fault:")] == [f"fault:{f}" for f in ALL_FAULTS.strip("[]").split(", ")]
         assert source["rto_seconds"] > 0 and source["rpo_seconds"] >= 0
+    features = next(source for source in report["sources"] if source["source"] == "features")
+    window = features["consistency"]  # the ClickHouse snapshot's consistency window, a line in every report
+    assert window["window_seconds"] >= 0 and window["earliest"] <= window["latest"]
+    assert "consistency window" in Path(report["report_files"]["html"]).read_text()
+    assert "consistency window" in Path(report["report_files"]["text"]).read_text()
 
     [mail] = smtp_inbox.wait_for(1)
     assert mail["Subject"].startswith("[lifeboat] nightly PASS: 3 sources, RTO ")

@@ -9,6 +9,8 @@ would look; the verifier is shown to catch one changed value; failures are clear
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -469,8 +471,269 @@ def test_a_merge_during_an_export_is_retried_and_the_snapshot_pinned(
         restored = source.restore(repository, result.header, source.parse_target(options), options=options)
         assert restored.figures["verification"]["verdict"] == "match"
         assert client.execute(f"SELECT count(), uniqExact(k) FROM {scratch}.t") == [(100000, 100000)]
+        [moved] = result.header.meta["consistency"]["moved"]  # the re-pin is recorded
+        assert moved["table"] == f"{db}.t" and moved["partitions"] == ["all"] and "pinned again" in moved["why"]
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {db}_copy")
+        repository.close()
+        client.disconnect()
+
+
+# ---- definitions: a restored copy with another schema is a mismatch ------------------------------------
+
+
+def create_schema_store(server: ClickHouseProcess, db: str) -> None:
+    """A small database of every kind of definition: a table, a view, a materialized view, a Log table.
+    ``user`` values are exactly 16 bytes, so a FixedString(16) copy holds the very same bytes."""
+    for statement in (
+        f"CREATE DATABASE {db}",
+        f"CREATE TABLE {db}.events (day Date, id UInt64, user String, value Float64)"
+        " ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (day, id)",
+        f"CREATE MATERIALIZED VIEW {db}.feature_counts ENGINE = SummingMergeTree PARTITION BY tuple() ORDER BY user"
+        f" AS SELECT user, count() AS n FROM {db}.events GROUP BY user",
+        f"SYSTEM STOP MERGES {db}.`.inner.feature_counts`",
+        f"INSERT INTO {db}.events SELECT toDate('2026-09-01') + number % 61, number,"
+        " substring(hex(MD5(toString(number % 40))), 1, 16), number / 7 FROM system.numbers LIMIT 3000",
+        f"CREATE VIEW {db}.daily AS SELECT day, count() AS n FROM {db}.events GROUP BY day",
+        f"CREATE TABLE {db}.audit_log (ts DateTime, message String) ENGINE = Log",
+        f"INSERT INTO {db}.audit_log VALUES ('2026-11-01 00:00:00', 'drill'), ('2026-11-02 00:00:00', 'again')",
+    ):
+        http(server, statement)
+
+
+@pytest.fixture(scope="module")
+def schema_store(clickhouse_server: ClickHouseProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    database = f"defs_{uuid.uuid4().hex[:8]}"
+    directory = tmp_path_factory.mktemp("clickhouse-definitions")
+    found = Store(clickhouse_server, database, directory)
+    write_policy(
+        directory,
+        host=clickhouse_server.host,
+        port=clickhouse_server.tcp_port,
+        http_port=clickhouse_server.http_port,
+        database=database,
+    )
+    try:
+        create_schema_store(clickhouse_server, database)
+        yield found
+    finally:
+        for name in [database, *found.scratch]:
+            http(clickhouse_server, f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="module")
+def schema_backup(schema_store: Store) -> dict[str, Any]:
+    return backup_json(schema_store.config)
+
+
+def restored_copy(store: Store, snapshot: str, label: str) -> tuple[str, Any]:
+    """A fresh restore of ``snapshot`` and the target to verify it with."""
+    scratch = store.scratch_database(label)
+    restored = restore_json(store, *store.restore_args(scratch), "--snapshot", snapshot)
+    assert restored["verification"]["verdict"] == "match", restored["verification"]
+    target = store.source().parse_target(
+        RestoreOptions(
+            to_host=store.server.host,
+            to_port=store.server.tcp_port,
+            to_http_port=store.server.http_port,
+            to_database=scratch,
+        )
+    )
+    return scratch, target
+
+
+# Each tamper leaves the rows as they were (the data prints still match): only the definitions differ.
+SCHEMA_TAMPERS: dict[str, tuple[list[str], str]] = {
+    "column type": (
+        ["ALTER TABLE {copy}.events MODIFY COLUMN user FixedString(16)"],
+        "table events: column user: String in the snapshot, FixedString(16) in the copy",
+    ),
+    "order by": (
+        [
+            "CREATE TABLE {copy}.events2 AS {copy}.events ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (id, day)",
+            "INSERT INTO {copy}.events2 SELECT * FROM {copy}.events",
+            "DROP TABLE {copy}.events",
+            "RENAME TABLE {copy}.events2 TO {copy}.events",
+        ],
+        "table events: sorting key day, id in the snapshot, id, day in the copy",
+    ),
+    "engine": (
+        [
+            "CREATE TABLE {copy}.audit2 AS {copy}.audit_log ENGINE = TinyLog",
+            "INSERT INTO {copy}.audit2 SELECT * FROM {copy}.audit_log",
+            "DROP TABLE {copy}.audit_log",
+            "RENAME TABLE {copy}.audit2 TO {copy}.audit_log",
+        ],
+        "table audit_log: engine Log in the snapshot, TinyLog in the copy",
+    ),
+    "dropped view": (["DROP TABLE {copy}.daily"], "view daily: in the snapshot, not in the copy"),
+    "redefined view": (
+        [
+            "DROP TABLE {copy}.daily",
+            "CREATE VIEW {copy}.daily AS SELECT day, count() AS n FROM {copy}.events WHERE id > 10 GROUP BY day",
+        ],
+        "view daily: definition differs",
+    ),
+    "materialized view replaced by a table": (
+        [
+            "CREATE TABLE {copy}.fc ENGINE = SummingMergeTree PARTITION BY tuple() ORDER BY user"
+            " AS SELECT * FROM {copy}.feature_counts",
+            "DROP TABLE {copy}.feature_counts",
+            "RENAME TABLE {copy}.fc TO {copy}.feature_counts",
+        ],
+        "materialized view feature_counts: a table (SummingMergeTree) in the copy",
+    ),
+    "extra column": (
+        ["ALTER TABLE {copy}.events ADD COLUMN extra UInt8 DEFAULT 0"],
+        "table events: column extra: in the copy, not in the snapshot",
+    ),
+    "extra table": (
+        ["CREATE TABLE {copy}.extra (k UInt8) ENGINE = Memory"],
+        "table extra: in the copy, not in the snapshot",
+    ),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(SCHEMA_TAMPERS))
+def test_a_copy_with_another_definition_fails_verification_naming_it(
+    schema_store: Store, schema_backup: dict[str, Any], tamper: str
+) -> None:
+    copy, target = restored_copy(schema_store, schema_backup["id"], tamper.replace(" ", "_")[:12])
+    header = schema_store.repository().read_header(schema_backup["id"])
+    source = schema_store.source()
+    statements, expected = SCHEMA_TAMPERS[tamper]
+
+    for statement in statements:
+        http(schema_store.server, statement.format(copy=copy))
+    verification = source.verify(header, target)
+
+    assert verification.verdict is Verdict.MISMATCH, verification
+    assert any(line.startswith(expected) for line in verification.differences), verification.differences
+
+
+def test_an_untouched_copy_matches_with_its_definitions_compared(schema_store: Store, schema_backup: dict[str, Any]) -> None:
+    _, target = restored_copy(schema_store, schema_backup["id"], "untouched")
+    header = schema_store.repository().read_header(schema_backup["id"])
+
+    verification = schema_store.source().verify(header, target)
+
+    assert verification.verdict is Verdict.MATCH, verification.differences
+    assert verification.checked["definitions"] == 5  # events, daily, feature_counts and its storage, audit_log
+
+
+# ---- consistency: one instant for every table, or the manifest says it is not --------------------------
+
+
+def slow_storage(seconds: float) -> Callable[[int], None]:
+    """A progress callback that stalls the first export for ``seconds``, as a slow store would."""
+    stalled: list[bool] = []
+
+    def stall(_: int) -> None:
+        if not stalled:
+            stalled.append(True)
+            time.sleep(seconds)
+
+    return stall
+
+
+def test_writes_during_the_backup_give_a_state_that_existed(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db = clickhouse_database
+    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
+    client.execute(f"CREATE TABLE {db}.a (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+    client.execute(f"CREATE TABLE {db}.b (id UInt64) ENGINE = MergeTree ORDER BY id")
+    for table in ("a", "b"):  # parts stay as written: this test is about the pin, the next about re-pins
+        client.execute(f"SYSTEM STOP MERGES {db}.{table}")
+    client.execute(f"INSERT INTO {db}.a SELECT number + 10000000, '{FILLER}' FROM system.numbers LIMIT 100000")
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:  # every id goes into a, then into b: b is never ahead of a
+        own = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
+        try:
+            while not stop.is_set():
+                row = len(written)
+                own.execute(f"INSERT INTO {db}.a (id, s) VALUES", [(row, "w")])
+                own.execute(f"INSERT INTO {db}.b (id) VALUES", [(row,)])
+                written.append(row)
+                time.sleep(0.02)
+        finally:
+            own.disconnect()
+
+    config = write_policy(
+        tmp_path, host="127.0.0.1", port=clickhouse_server.tcp_port, http_port=clickhouse_server.http_port, database=db
+    )
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
+    settings = clickhouse_settings(clickhouse_server, [db], parallel=1)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(written) < 5:
+            time.sleep(0.01)
+        result = run_backup(repository, SOURCE, settings, progress=slow_storage(1.5))
+    finally:
+        stop.set()
+        thread.join()
+    copy = f"{db}_copy"
+    try:
+        assert len(written) > 15, "the writer kept writing during the backup"
+        source = ClickHouseSource(SOURCE, settings)
+        options = RestoreOptions(
+            to_host=clickhouse_server.host,
+            to_port=clickhouse_server.tcp_port,
+            to_http_port=clickhouse_server.http_port,
+            to_database=copy,
+        )
+        restored = source.restore(repository, result.header, source.parse_target(options), options=options)
+        assert restored.figures["verification"]["verdict"] == "match"
+        a_ids = {row for (row,) in client.execute(f"SELECT id FROM {copy}.a WHERE id < 10000000")}
+        b_ids = {row for (row,) in client.execute(f"SELECT id FROM {copy}.b")}
+        window = result.header.meta.get("consistency", {})
+        if window.get("moved"):  # reads of the parts never agreed: the manifest must say how far apart
+            assert window["window_seconds"] > 0 and {record["table"] for record in window["moved"]} <= {f"{db}.a", f"{db}.b"}
+        else:  # one instant: b holds no id a does not, and a at most the one id being written
+            assert b_ids <= a_ids, f"b is ahead of a: {sorted(b_ids - a_ids)[:10]}"
+            assert len(a_ids - b_ids) <= 1 and window["window_seconds"] < 1
+        assert len(b_ids) < len(written), "the snapshot is of the instant of the pin, not of the end of the backup"
+
+        shown = lifeboat(config, "snapshots", "show", result.header.id)
+        assert shown.exit_code == 0 and f"consistency: {window['window_seconds']:.1f}s" in shown.stdout, shown.stdout
+        shown_json = json.loads(lifeboat(config, "snapshots", "show", result.header.id, "--json").stdout)
+        assert shown_json["consistency"] == window
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {copy}")
+        repository.close()
+        client.disconnect()
+
+
+def test_a_consistency_window_over_the_policy_fails_the_backup_naming_the_table(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db = clickhouse_database
+    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
+    client.execute(f"CREATE TABLE {db}.t (k UInt64, s String) ENGINE = MergeTree ORDER BY k")
+    for start in (0, 50000):
+        client.execute(f"INSERT INTO {db}.t SELECT number + {start}, '{FILLER[:60]}' FROM system.numbers LIMIT 50000")
+    stall = slow_storage(1.5)
+    merged: list[bool] = []
+
+    def merge_then_stall(size: int) -> None:  # t's pinned parts are merged away, and the export is slow
+        if not merged:
+            client.execute(f"OPTIMIZE TABLE {db}.t FINAL")
+            merged.append(True)
+        stall(size)
+
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
+    settings = clickhouse_settings(clickhouse_server, [db], parallel=1, max_consistency_window="1s")
+    try:
+        with pytest.raises(SourceError) as failed:
+            run_backup(repository, SOURCE, settings, progress=merge_then_stall)
+        message = str(failed.value)
+        assert "over max_consistency_window 1s" in message and "nothing was committed" in message, message
+        assert f"{db}.t at " in message and "pinned again" in message, message
+        assert repository.snapshot_ids(SOURCE) == []
+    finally:
         repository.close()
         client.disconnect()
 

@@ -11,13 +11,14 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from backup.sources.clickhouse.client import SqlExecutor
-from backup.sources.clickhouse.ddl import referenced_tables
-from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey
+from backup.sources.clickhouse.ddl import referenced_tables, view_query
+from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, Column, Definition, PartitionPrint, TableKey
 from backup.sources.clickhouse.sql import (
     TableRole,
     classify,
@@ -210,6 +211,47 @@ def _columns(sql: SqlExecutor, databases: tuple[str, ...]) -> dict[TableKey, tup
     return {key: tuple(value) for key, value in found.items()}
 
 
+def read_definitions(sql: SqlExecutor, databases: Iterable[str], only: Iterable[TableKey] | None = None) -> list[Definition]:
+    """What defines every table, view, materialized view and dictionary of ``databases`` (of ``only``
+    those, when given): system.tables and system.columns, as ``Definition`` objects."""
+    listed = _in_list(databases)
+    has_uuid = bool(
+        sql.execute("SELECT 1 FROM system.columns WHERE database = 'system' AND table = 'tables' AND name = 'uuid'")
+    )
+    uuid = "toString(uuid)" if has_uuid else "''"
+    rows = sql.execute(
+        "SELECT database, name, engine, engine_full, partition_key, sorting_key, create_table_query, "
+        f"{uuid} FROM system.tables WHERE database IN ({listed}) AND NOT is_temporary"
+    )
+    columns: dict[TableKey, list[Column]] = {}
+    for database, table, name, kind, default, expression in sql.execute(
+        "SELECT database, table, name, type, default_kind, default_expression FROM system.columns "
+        f"WHERE database IN ({listed})"
+    ):
+        columns.setdefault((str(database), str(table)), []).append((str(name), str(kind), str(default), str(expression)))
+    views_by_uuid = {str(row[7]): str(row[1]) for row in rows if row[2] == "MaterializedView" and row[7]}
+    wanted = set(only) if only is not None else None
+    found = []
+    for database, name, engine, engine_full, partition_key, sorting_key, create, _ in rows:
+        key = (str(database), str(name))
+        if wanted is not None and key not in wanted:
+            continue
+        found.append(
+            Definition(
+                key[0],
+                key[1],
+                str(engine),
+                tuple(columns.get(key, [])),
+                str(engine_full),
+                str(partition_key),
+                str(sorting_key),
+                view_query(str(create)),
+                inner_table_owner(key[1], views_by_uuid),
+            )
+        )
+    return found
+
+
 def existing_tables(sql: SqlExecutor, databases: Iterable[str]) -> set[TableKey]:
     rows = sql.execute(f"SELECT database, name FROM system.tables WHERE database IN ({_in_list(databases)})")
     return {(str(database), str(name)) for database, name in rows}
@@ -229,6 +271,49 @@ def active_parts(sql: SqlExecutor, databases: Iterable[str]) -> dict[TableKey, d
         f"WHERE active AND database IN ({_in_list(databases)})"
     )
     return _group_parts(rows)
+
+
+PIN_READS = 10
+"""Reads of system.parts that look for two in a row that agree (the pin), before the last one is taken."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The active parts of every table of a snapshot, as they all were at one instant ``at``.
+
+    Two reads in a row that agree prove it: a part name is never used twice, so a table whose parts
+    are the same in both held them from its first read to its second, which spans the moment
+    between the two reads. When reads never agree (heavy writes), the last read is taken: its
+    tables were read one after another between ``at`` and ``until``, and ``unsettled`` names those
+    whose parts moved between the last two reads."""
+
+    parts: dict[TableKey, dict[str, PartSet]]
+    at: datetime
+    until: datetime
+    unsettled: tuple[TableKey, ...] = ()
+
+
+def pin_parts(sql: SqlExecutor, databases: Iterable[str], *, reads: int = PIN_READS) -> Pin:
+    """The active parts of every MergeTree table of ``databases`` at one instant (see ``Pin``): one
+    query on system.parts for all the tables, repeated until two in a row agree."""
+    databases = tuple(databases)
+    started = _now()
+    last = active_parts(sql, databases)
+    ended = _now()
+    moved: tuple[TableKey, ...] = ()
+    for _ in range(reads - 1):
+        again_started = _now()
+        again = active_parts(sql, databases)
+        if again == last:
+            return Pin(last, ended, ended)
+        moved = tuple(sorted(key for key in last.keys() | again.keys() if last.get(key) != again.get(key)))
+        last, started, ended = again, again_started, _now()
+    log.info("clickhouse.pin.unsettled", tables=len(moved), reads=reads)
+    return Pin(last, started, ended, moved)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def table_parts(sql: SqlExecutor, table: Table) -> dict[str, PartSet]:

@@ -294,3 +294,87 @@ def creation_order(definitions: Iterable[tuple[str, str]], databases: Collection
             ordered.append(name)
             del pending[name]
     return ordered
+
+
+# ---- comparing definitions --------------------------------------------------------------------------
+
+_SIMPLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEYWORDS_BEFORE_PARENTHESIS = frozenset(
+    {"AS", "BY", "IN", "AND", "OR", "NOT", "FROM", "JOIN", "ON", "USING", "WHERE", "SELECT", "WITH", "TO", "KEY"}
+    | {"VALUES", "WHEN", "THEN", "ELSE", "HAVING", "PREWHERE", "ARRAY", "INTERVAL", "ALL", "ANY", "UNION", "EXISTS"}
+)
+
+
+def canonical(text: str) -> str:
+    """``text`` (a clause of a definition) in one spelling: comments dropped, names unquoted where they
+    need no quotes, spaces only where SQL is usually written with them (``f(a, b)``, ``ORDER BY (a, b)``).
+    Two spellings of one definition agree."""
+    words: list[str] = []
+    previous: Token | None = None
+    for token in tokenize(text):
+        if not token.significant:
+            continue
+        if token.kind == "quoted":
+            name = token.value
+            word = name if _SIMPLE_IDENT.match(name) else quote_ident(name)
+        else:
+            word = token.text
+        if previous is not None and _spaced(previous, token):
+            words.append(" ")
+        words.append(word)
+        previous = token
+    return "".join(words)
+
+
+def _spaced(previous: Token, token: Token) -> bool:
+    if token.text in (")", "]", ",", ".") or previous.text in ("(", "[", "."):
+        return False
+    if token.text == "(" and previous.is_name:
+        return previous.kind == "word" and previous.text.upper() in _KEYWORDS_BEFORE_PARENTHESIS
+    return True
+
+
+def canonical_engine(text: str) -> str:
+    """An ``engine_full`` in one spelling; ``MergeTree()`` and ``MergeTree`` are one engine."""
+    spelled = canonical(text)
+    head, _, rest = spelled.partition("()")
+    return f"{head}{rest}" if head and _SIMPLE_IDENT.match(head) else spelled
+
+
+def rewrite_fragment(text: str, *, databases: Collection[str], target: str, engine: bool = False) -> str:
+    """A clause of a definition (an ``engine_full``, a view's query, a default expression) as a
+    restore into ``target`` writes it: names of ``databases`` retargeted, and for an engine, the
+    engine rewritten as ``rewrite_create`` does (Replicated -> plain, Buffer/Distributed/Merge databases)."""
+    prefix = "ENGINE = " if engine else ""
+    tokens = tokenize(prefix + text)
+    sig = [token for token in tokens if token.significant]
+    _rewrite_qualified_names(sig, databases, target)
+    if engine:
+        _rewrite_engines(sig, databases, target, [])
+    _rewrite_dictionary_source(sig, databases, target)
+    return _joined(tokens)[len(prefix) :]
+
+
+def view_query(ddl: str) -> str:
+    """What defines a view beyond its columns, from its CREATE statement: ``[TO t] AS SELECT ..`` of a
+    (materialized) view, everything after the name of a dictionary; "" when ``ddl`` is not one."""
+    sig = [token for token in tokenize(ddl) if token.significant]
+    try:
+        kind, name_at = _head(sig)
+    except ValueError:
+        return ""
+    body = sig[name_at + (3 if _is_qualified(sig, name_at) else 1) :]
+    if kind == "DICTIONARY":
+        return canonical(" ".join(token.text for token in body))
+    depth, to = 0, ""
+    for at, token in enumerate(body):
+        depth += token.text == "("
+        depth -= token.text == ")"
+        if depth or at + 1 >= len(body):
+            continue
+        if token.keyword("TO") and body[at + 1].is_name and not body[at + 1].keyword("INNER") and not to:
+            end = at + 4 if at + 3 < len(body) and body[at + 2].text == "." else at + 2
+            to = " ".join(item.text for item in body[at:end]) + " "
+        elif token.keyword("AS") and (body[at + 1].keyword("SELECT", "WITH") or body[at + 1].text == "("):
+            return canonical(to + " ".join(item.text for item in body[at:]))
+    return ""

@@ -8,6 +8,13 @@ parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; i
 parts is gone afterwards (merged, mutated, dropped) the export is retried, a bounded number of times,
 then taken by content (fingerprint before == after) or recorded as unpinned.
 
+Consistency: the active parts of every table are pinned at the start, in one read of system.parts
+for all of them (catalog.pin_parts), and each partition exports exactly its pinned parts,
+so the snapshot is the state of all tables at one instant. A partition whose pinned parts are gone
+when it is exported (merged away) is pinned again and recorded; a table without parts (Log, Memory)
+is read when exported. The manifest's ``consistency`` meta says it: the earliest and latest pin
+time, the window between them, and which tables moved and why.
+
 Restore: each partition's verified bytes are the body of ``INSERT INTO .. FORMAT Native``.
 """
 
@@ -16,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
 
 import structlog
@@ -30,11 +38,12 @@ from backup.sources.clickhouse.catalog import (
     Catalog,
     Part,
     PartSet,
+    Pin,
     Table,
-    active_parts,
     existing_tables,
     partition_parts,
     parts_filter,
+    pin_parts,
     print_where,
 )
 from backup.sources.clickhouse.client import (
@@ -46,7 +55,7 @@ from backup.sources.clickhouse.client import (
     run_parallel,
 )
 from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
-from backup.sources.clickhouse.sql import TableRole, qualified, quote_string
+from backup.sources.clickhouse.sql import TableRole, display_name, qualified, quote_string
 from policies.errors import IntegrityError, SourceError
 
 log = structlog.get_logger(__name__)
@@ -182,6 +191,58 @@ class Tally:
                 self.unpinned.append(unpinned)
 
 
+@dataclass
+class Window:
+    """The snapshot's consistency window: the pin, and every table read at another time than it."""
+
+    pin: Pin
+    moved: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> partitions, pinned, why
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        for database, name in self.pin.unsettled:
+            self.add(display_name(database, name), "", self.pin.until, "its parts changed while all tables were pinned")
+
+    def add(self, table: str, partition: str, at: datetime, why: str) -> None:
+        with self._lock:
+            record = self.moved.setdefault(table, {"table": table, "partitions": [], "pinned": at, "why": why})
+            if partition and partition not in record["partitions"]:
+                record["partitions"].append(partition)
+            if at >= record["pinned"]:
+                record["pinned"], record["why"] = at, why
+
+    def to_json(self) -> dict[str, Any]:
+        times = [self.pin.at, self.pin.until, *(record["pinned"] for record in self.moved.values())]
+        moved = [
+            {**record, "partitions": sorted(record["partitions"]), "pinned": record["pinned"].isoformat()}
+            for _, record in sorted(self.moved.items())
+        ]
+        return window_document(self.pin.at, min(times), max(times), moved)
+
+
+def window_document(pinned: datetime, earliest: datetime, latest: datetime, moved: list[dict[str, Any]]) -> dict[str, Any]:
+    """A manifest's ``consistency`` meta."""
+    return {
+        "pinned": pinned.isoformat(),
+        "earliest": earliest.isoformat(),
+        "latest": latest.isoformat(),
+        "window_seconds": round((latest - earliest).total_seconds(), 3),
+        "moved": moved,
+    }
+
+
+def merge_windows(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The consistency window of a snapshot made of parts (a sharded run), each pinned on its own."""
+    documents = list(documents)
+    if not documents:
+        return None
+    earliest = min(datetime.fromisoformat(doc["earliest"]) for doc in documents)
+    latest = max(datetime.fromisoformat(doc["latest"]) for doc in documents)
+    pinned = min(datetime.fromisoformat(doc["pinned"]) for doc in documents)
+    moved = sorted((record for doc in documents for record in doc.get("moved", [])), key=lambda record: record["table"])
+    return window_document(pinned, earliest, latest, moved)
+
+
 @dataclass(frozen=True)
 class Exported:
     job: PartitionJob
@@ -196,10 +257,13 @@ class LogicalResult:
     entries: list[Entry]  # data entries of this snapshot (exported and reused)
     reused: int
     tally: Tally
+    consistency: dict[str, Any] = field(default_factory=dict)  # see Window
 
 
 class LogicalBackup:
     """One logical snapshot of the tables of ``catalog`` into ``writer``."""
+
+    window: Window  # made by run(), from the pin
 
     def __init__(
         self,
@@ -226,11 +290,15 @@ class LogicalBackup:
         for table in catalog.tables:
             self.writer.add(table_entry(table))
         previous = previous_exports(self.writer.repository, self.previous)
-        plan = plan_exports(catalog.tables, active_parts(self.sql, catalog.databases), previous)
+        pin = pin_parts(self.sql, catalog.databases)
+        self.window = Window(pin)
+        plan = plan_exports(catalog.tables, pin.parts, previous)
         for entry in plan.reused:
             self.writer.add(entry)
+        # Tables without parts cannot be pinned: they are read first, as close to the pin as can be.
+        jobs = sorted(plan.jobs, key=lambda job: job.partition != WHOLE_TABLE)
         with self._printer:
-            exported = run_parallel(self._export, plan.jobs, workers=self.parallel)
+            exported = run_parallel(self._export, jobs, workers=self.parallel)
         self._check_still_there(catalog)
         prints = {table.key: _empty_print(table) for table in catalog.tables if table.role is TableRole.DATA}
         for entry in plan.reused:
@@ -241,11 +309,13 @@ class LogicalBackup:
             if not done.pinned:
                 table_print.unpinned.add(done.job.partition)
         entries = plan.reused + [done.entry for done in exported if done]
-        return LogicalResult(prints, entries, len(plan.reused), self.tally)
+        return LogicalResult(prints, entries, len(plan.reused), self.tally, self.window.to_json())
 
     def _export(self, job: PartitionJob) -> Exported | None:
         try:
             if job.partition == WHOLE_TABLE:
+                why = f"engine {job.table.engine} has no parts to pin: read when exported"
+                self.window.add(job.table.display, "", _now(), why)
                 return self._export_by_content(job, where="", attempts=MAX_ATTEMPTS)
             return self._export_pinned(job)
         except ClickHouseError as exc:
@@ -257,11 +327,17 @@ class LogicalBackup:
             raise SourceError(f"{job.label}: {exc}") from exc
 
     def _export_pinned(self, job: PartitionJob) -> Exported | None:
+        """Export the partition's pinned parts; where they are gone (merged away since the pin), pin
+        the partition again (recorded in the window) and export that."""
         table, partition = job.table, job.partition
+        parts = self.window.pin.parts.get(table.key, {}).get(partition, ())
         for attempt in range(MAX_ATTEMPTS):
-            parts = partition_parts(self.sql, table, partition)
+            if attempt:
+                parts = partition_parts(self.sql, table, partition)
+                why = f"pinned again: its parts were merged away or replaced after the pin (attempt {attempt + 1})"
+                self.window.add(table.display, partition, _now(), why)
             if not parts:
-                return None  # the partition was dropped since it was listed: it is not part of this snapshot
+                return None  # the partition was dropped since it was pinned: it is not part of this snapshot
             where = parts_filter(partition, parts)
             stored, partition_print = self._stream_and_print(job, where)
             still_active = {part.name for part in partition_parts(self.sql, table, partition)}
@@ -269,6 +345,7 @@ class LogicalBackup:
                 return self._done(job, stored, parts, partition_print, pinned=True)
             self.tally.add(retries=1)
             log.info("clickhouse.partition.moved", table=table.display, partition=partition, attempt=attempt + 1)
+        self.window.add(table.display, partition, _now(), "could not be pinned by its parts: taken by content")
         return self._export_by_content(job, where=f"_partition_id = {quote_string(partition)}", attempts=1)
 
     def _stream_and_print(self, job: PartitionJob, where: str) -> tuple[StoredStream, PartitionPrint]:
@@ -336,6 +413,10 @@ class LogicalBackup:
                 f"{', '.join(gone)} disappeared during the backup (dropped or renamed?); nothing was committed: "
                 "run the backup again"
             )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _empty_print(table: Table) -> TablePrint:

@@ -8,8 +8,8 @@ from typing import Any
 
 from backup.sources.base import SnapshotOutcome
 from backup.sources.clickhouse.catalog import Table, held_back
-from backup.sources.clickhouse.fingerprint import changed_fraction, fingerprint_document, table_prints
-from backup.sources.clickhouse.logical import LISTED_EXPORTS
+from backup.sources.clickhouse.fingerprint import changed_fraction, fingerprint_document, snapshot_definitions, table_prints
+from backup.sources.clickhouse.logical import LISTED_EXPORTS, merge_windows
 from backup.sources.clickhouse.sql import HASH_METHOD
 from backup.sources.parts import PART_META, Merging, add_up, combine, own_meta, side_by_side
 
@@ -27,8 +27,13 @@ def merge_parts(merging: Merging) -> SnapshotOutcome:
     prints = {key: table for part in parts for key, table in table_prints(part.fingerprint).items()}
     held = held_back(tables)
     first = parts[0].fingerprint
+    recorded = [snapshot_definitions(part.fingerprint) for part in parts]
     fingerprint = fingerprint_document(
-        prints.values(), server_version=first.get("server_version", ""), strategy=first.get("strategy", ""), held_back=held
+        prints.values(),
+        server_version=first.get("server_version", ""),
+        strategy=first.get("strategy", ""),
+        held_back=held,
+        definitions=None if None in recorded else [item for found in recorded for item in found or ()],
     )
     census: dict[str, Any] = {
         "totals": add_up(part.census.get("totals", {}) for part in parts),
@@ -40,6 +45,9 @@ def merge_parts(merging: Merging) -> SnapshotOutcome:
             census["changed_fraction"] = round(changed, 4)
     meta = combine([own_meta(part) for part in parts])
     meta["held_back"] = [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())]
+    window = merge_windows(part.meta["consistency"] for part in parts if "consistency" in part.meta)
+    if window is not None:  # each part pinned its tables on its own: the whole spans them all
+        meta["consistency"] = window
     figures = combine([part.meta[PART_META]["figures"] for part in parts])
     figures["exported"] = sorted(figures.get("exported", []))[:LISTED_EXPORTS]
     return SnapshotOutcome(fingerprint, census, meta, figures)

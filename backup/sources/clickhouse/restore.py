@@ -18,14 +18,23 @@ import structlog
 
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.sources.base import RestoreOptions, Verdict, Verification
-from backup.sources.clickhouse.catalog import Table, database_exists, existing_tables, print_by_partition
+from backup.sources.clickhouse.catalog import (
+    Table,
+    database_exists,
+    existing_tables,
+    print_by_partition,
+    read_definitions,
+)
 from backup.sources.clickhouse.client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
 from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create
 from backup.sources.clickhouse.fingerprint import (
+    Definition,
     TableKey,
     TablePrint,
     compare,
+    definition_differences,
     held_back_tables,
+    snapshot_definitions,
     table_prints,
 )
 from backup.sources.clickhouse.sql import (
@@ -340,7 +349,8 @@ def next_steps(plan: RestorePlan, target: str) -> list[str]:
 
 
 def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTarget, *, parallel: int) -> Verification:
-    """Fingerprint the target's tables and compare them with the snapshot's; never raises."""
+    """Fingerprint the target's tables and compare them, and the target's definitions, with the
+    snapshot's; never raises."""
     held = held_back_tables(header.fingerprint)
     expected = {
         key: want
@@ -348,6 +358,7 @@ def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTa
         if key not in held and _picked(want, target.tables)
     }
     where = f"{target.endpoint.describe()} database {target.database}"
+    recorded = snapshot_definitions(header.fingerprint)
     try:
         if not database_exists(sql, target.database):
             return Verification(
@@ -358,20 +369,41 @@ def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTa
         found = run_parallel(
             lambda want: _actual_print(sql, want, target.database, present), list(expected.values()), workers=parallel
         )
+        copy = read_definitions(sql, [target.database]) if recorded is not None else []
     except ClickHouseError as exc:
         return Verification(Verdict.UNVERIFIED, f"cannot verify {where}: {exc}")
     actual = {want.key: got for want, got in zip(expected.values(), found, strict=True)}
     result = compare(expected, actual, shown={})
-    checked = {"tables": result.tables, "partitions": result.partitions, "rows": result.rows}
-    if result.verdict is Verdict.MATCH:
-        counts = f"{result.tables} tables, {result.partitions} partitions, {result.rows} rows"
-        message = f"{where} matches snapshot {header.id}: {counts}"
-        return Verification(Verdict.MATCH, message, [], checked)
+    databases = tuple(header.meta.get("databases", ())) or tuple({item.database for item in recorded or ()})
+    wanted = [
+        item.retargeted(databases, target.database)
+        for item in recorded or ()
+        if item.key not in held and _definition_picked(item.database, item, target.tables)
+    ]
+    schema = definition_differences(
+        wanted,
+        [item.spelled() for item in copy if any(_definition_picked(db, item, target.tables) for db in databases)],
+    )
+    checked = {"tables": result.tables, "partitions": result.partitions, "rows": result.rows, "definitions": len(wanted)}
+    differences = result.differences + schema
+    if differences:
+        message = f"{where} differs from snapshot {header.id} in {len(differences)} places"
+        return Verification(Verdict.MISMATCH, message, differences + result.unverifiable, checked)
+    if recorded is None:
+        message = (
+            f"{where}: the data matches, but snapshot {header.id} records no table definitions (taken by an older "
+            "Lifeboat), so the definitions could not be compared"
+        )
+        return Verification(Verdict.UNVERIFIED, message, result.unverifiable, checked)
     if result.verdict is Verdict.UNVERIFIED:
         message = f"{where}: partitions that changed while backed up differ, so they cannot be verified"
         return Verification(Verdict.UNVERIFIED, message, result.unverifiable, checked)
-    message = f"{where} differs from snapshot {header.id} in {len(result.differences)} places"
-    return Verification(Verdict.MISMATCH, message, result.differences + result.unverifiable, checked)
+    counts = f"{result.tables} tables, {result.partitions} partitions, {result.rows} rows, {len(wanted)} definitions"
+    return Verification(Verdict.MATCH, f"{where} matches snapshot {header.id}: {counts}", [], checked)
+
+
+def _definition_picked(database: str, item: Definition, globs: Sequence[str]) -> bool:
+    return not globs or any(glob_matches(glob, database, item.owner or item.table) for glob in globs)
 
 
 def _picked(want: TablePrint, globs: Sequence[str]) -> bool:

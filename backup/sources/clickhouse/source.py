@@ -28,8 +28,23 @@ import structlog
 
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
-from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification
-from backup.sources.clickhouse.catalog import Catalog, database_exists, discover, existing_tables, held_back
+from backup.sources.base import (
+    Progress,
+    RestoreOptions,
+    RestoreResult,
+    SnapshotOutcome,
+    Verdict,
+    Verification,
+    consistency_summary,
+)
+from backup.sources.clickhouse.catalog import (
+    Catalog,
+    database_exists,
+    discover,
+    existing_tables,
+    held_back,
+    read_definitions,
+)
 from backup.sources.clickhouse.chain import NativeBackupInfo
 from backup.sources.clickhouse.client import (
     ClickHouseError,
@@ -41,6 +56,7 @@ from backup.sources.clickhouse.client import (
     driver_connector,
 )
 from backup.sources.clickhouse.fingerprint import (
+    Definition,
     TableKey,
     TablePrint,
     changed_fraction,
@@ -71,6 +87,7 @@ from backup.sources.clickhouse.restore import (
     verify_target,
 )
 from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
+from policies.durations import format_duration
 from policies.errors import RestoreError, SourceError
 from policies.model import ClickHouseSettings, reveal
 
@@ -92,6 +109,7 @@ class SnapshotJob:
     catalog: Catalog
     destination: S3Destination | None
     choice: StrategyChoice
+    definitions: tuple[Definition, ...] = ()  # of the catalog's tables, read with it
 
 
 @dataclass(frozen=True)
@@ -152,8 +170,18 @@ class ClickHouseSource:
             log.info(
                 "clickhouse.snapshot", source=self.name, strategy=choice.strategy, why=choice.why, tables=len(catalog.tables)
             )
+            definitions = read_definitions(connections, catalog.databases, [table.key for table in catalog.tables])
             job = SnapshotJob(
-                self.name, self.settings, writer, previous, progress, connections, catalog, destination, choice
+                self.name,
+                self.settings,
+                writer,
+                previous,
+                progress,
+                connections,
+                catalog,
+                destination,
+                choice,
+                tuple(definitions),
             )
             return SNAPSHOTS[choice.strategy](job)
 
@@ -265,7 +293,9 @@ def _logical_snapshot(job: SnapshotJob) -> SnapshotOutcome:
         key = (entry.meta["database"], entry.meta["table"])
         sizes[key] = sizes.get(key, 0) + entry.size
     tally = result.tally
+    _refuse_wide_window(job, result.consistency)
     figures = {
+        "consistency_window_seconds": result.consistency["window_seconds"],
         "partitions_exported": tally.partitions,
         "partitions_reused": result.reused,
         "whole_tables_exported": tally.whole_tables,
@@ -273,7 +303,21 @@ def _logical_snapshot(job: SnapshotJob) -> SnapshotOutcome:
         "unpinned": len(tally.unpinned),
         "exported": sorted(tally.exported)[:LISTED_EXPORTS],
     }
-    return _outcome(job, result.prints, sizes, figures=figures, meta={"unpinned": result.tally.unpinned})
+    meta = {"unpinned": result.tally.unpinned, "consistency": result.consistency}
+    return _outcome(job, result.prints, sizes, figures=figures, meta=meta)
+
+
+def _refuse_wide_window(job: SnapshotJob, consistency: Mapping[str, Any]) -> None:
+    """A snapshot whose tables were read further apart than the policy's ``max_consistency_window``
+    fails the backup (nothing is committed), naming the tables that moved."""
+    limit = job.settings.max_consistency_window
+    if limit is None or consistency["window_seconds"] <= limit.total_seconds():
+        return
+    raise SourceError(
+        f"source '{job.source}': the snapshot's tables were read {consistency['window_seconds']:.1f}s apart, over "
+        f"max_consistency_window {format_duration(limit)}; nothing was committed. Consistency window "
+        f"{consistency_summary(consistency)}"
+    )
 
 
 def _native_snapshot(job: SnapshotJob) -> SnapshotOutcome:
@@ -339,7 +383,11 @@ def _outcome(
     definitions = [table for table in catalog.tables if table.role is not TableRole.DATA]
     return SnapshotOutcome(
         fingerprint=fingerprint_document(
-            prints.values(), server_version=catalog.version, strategy=job.choice.strategy, held_back=held
+            prints.values(),
+            server_version=catalog.version,
+            strategy=job.choice.strategy,
+            held_back=held,
+            definitions=job.definitions,
         ),
         census=census,
         meta={

@@ -64,3 +64,25 @@ def test_a_stale_snapshot_reads_in_days() -> None:
     run = passing_run()
     run.sources[0].rpo_seconds = 5 * 86400 + 3 * 3600
     assert "RPO 5d03h of 26h objective" in render_text(run)
+
+
+def test_each_report_shows_a_snapshots_consistency_window() -> None:
+    from drills.report import load_json, render_html, render_json
+
+    window = {
+        "pinned": "2026-11-30T02:00:00+00:00",
+        "earliest": "2026-11-30T02:00:00+00:00",
+        "latest": "2026-11-30T02:00:03+00:00",
+        "window_seconds": 3.0,
+        "moved": [
+            {"table": "features.a", "partitions": ["all"], "pinned": "2026-11-30T02:00:03+00:00", "why": "pinned again"}
+        ],
+    }
+    run = passing_run()
+    run.sources[1].consistency = window
+    lines = render_text(run).splitlines()
+    at = next(n for n, line in enumerate(lines) if line.strip().startswith("features"))
+    assert lines[at + 1].strip().startswith("consistency window 3.0s from 2026-11-30T02:00:00+00:00")
+    assert "features.a at 2026-11-30T02:00:03+00:00 (pinned again)" in lines[at + 1]
+    assert "consistency window 3.0s" in render_html(run)
+    assert load_json(render_json(run)).sources[1].consistency == window

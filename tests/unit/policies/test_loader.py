@@ -288,3 +288,22 @@ def test_secret_fields_hold_secret_strings() -> None:
     header = policy.notify["h"].headers["Authorization"]  # type: ignore[union-attr]
     assert isinstance(header, SecretStr) and "abcdef" not in str(policy.notify)
     assert policy.secret_values() == ["Bearer abcdef"]
+
+
+def test_a_clickhouse_source_may_require_a_maximum_consistency_window() -> None:
+    policy = parse(
+        """
+        sources:
+          ch: {kind: clickhouse, host: h, databases: [d], max_consistency_window: 30s, retention: {keep_last: 3}}
+        """
+    )
+    assert policy.sources["ch"].max_consistency_window == timedelta(seconds=30)
+    found = issues(
+        """
+        sources:
+          ch: {kind: clickhouse, host: h, databases: [d], max_consistency_window: soon}
+          e: {kind: etcd, endpoints: [http://a:1], max_consistency_window: 30s}
+        """
+    )
+    assert "is not a duration" in found["sources.ch.max_consistency_window"]
+    assert "unknown field" in found["sources.e.max_consistency_window"]
