@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
+
 from cpu import process_cpu, storing_cpu
+from policy_builder import PolicyBuilder
 
 from backup.servers import ClickHouseProcess, start_clickhouse
 from backup.sources.clickhouse.sql import row_hash
@@ -111,20 +114,10 @@ def fill(server: ClickHouseProcess, rows: int) -> None:
 
 
 def policy(directory: Path, server: ClickHouseProcess) -> Path:
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        "sources:\n"
-        f"  {SOURCE}:\n"
-        "    kind: clickhouse\n"
-        f"    host: {server.host}\n"
-        f"    port: {server.tcp_port}\n"
-        f"    http_port: {server.http_port}\n"
-        "    databases: [bench]\n"
-        "    retention: {keep_last: 100}\n"
-    )
-    return config
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    ports = {"port": server.tcp_port, "http_port": server.http_port}
+    policy.source(SOURCE, "clickhouse", host=server.host, **ports, databases=["bench"], retention={"keep_last": 100})
+    return policy.write(directory / "lifeboat.yaml")
 
 
 def lifeboat(config: Path, *args: str) -> list[str]:

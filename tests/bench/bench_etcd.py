@@ -41,9 +41,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the policy builder
 
 
 from cpu import process_cpu, storing_cpu  # noqa: E402
+from policy_builder import PolicyBuilder  # noqa: E402
 
 from backup.servers import start_etcd  # noqa: E402
 from backup.sources.etcd.bolt import snapshot_keys  # noqa: E402
@@ -176,13 +178,8 @@ def backup_phases(log: str, started: float, finished: float) -> dict[str, float]
 
 
 def policy(directory: Path, endpoint: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\nstate: {directory / 'state.db'}\n"
-        f"sources:\n  {SOURCE}: {{kind: etcd, endpoints: ['{endpoint}']}}\n"
-    )
-    return config
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    return policy.source(SOURCE, "etcd", endpoints=[endpoint]).write(directory / "lifeboat.yaml")
 
 
 def main() -> None:

@@ -148,21 +148,13 @@ def populate(endpoint: str, scale: float, workers: int) -> tuple[int, int]:
 
 
 def write_policy(workdir: Path, endpoint: str, workers: int) -> Path:
-    config = workdir / "lifeboat.yaml"
-    config.write_text(
-        f"""repository:
-  url: file://{workdir / "repo"}
-sources:
-  bench:
-    kind: s3
-    endpoint_url: {endpoint}
-    access_key_id: testing
-    secret_access_key: testing
-    buckets: [{SOURCE}]
-    parallel: {workers}
-"""
-    )
-    return config
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
+    from policy_builder import PolicyBuilder  # here, not at the top: the --measure runner stays small
+
+    keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    policy = PolicyBuilder(workdir / "repo")
+    policy.source("bench", "s3", endpoint_url=endpoint, **keys, buckets=[SOURCE], parallel=workers)
+    return policy.write(workdir / "lifeboat.yaml")
 
 
 def main() -> None:

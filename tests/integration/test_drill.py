@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import textwrap
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
 from backup.repository.repository import chunk_key
@@ -27,7 +27,7 @@ from lifeboat.cli import cli
 from policies.loader import load_policy
 
 pytestmark = pytest.mark.integration
-ALL_FAULTS = "[corrupt-chunk, missing-chunk, flaky-storage, kill-target, disaster, verifier-canary]"
+ALL_FAULTS = ("corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target", "disaster", "verifier-canary")
 
 
 @dataclass
@@ -38,48 +38,38 @@ class Setup:
     bucket: str
 
 
-def policy_text(root: Path, etcd: Any, clickhouse: Any, s3: Any, smtp: Any, database: str, bucket: str, **over: str) -> str:
-    values = {"rpo": "1h", "faults": ALL_FAULTS, "sources": "[k8s-etcd, features, models]", "etcd_bin": "etcd", **over}
-    return textwrap.dedent(
-        f"""
-        repository: {{url: "file://{root}/repo"}}
-        state: {root}/state.db
-        sources:
-          k8s-etcd: {{kind: etcd, endpoints: ["{etcd.endpoint}"]}}
-          features:
-            kind: clickhouse
-            host: 127.0.0.1
-            port: {clickhouse.tcp_port}
-            http_port: {clickhouse.http_port}
-            databases: [{database}]
-          models:
-            kind: s3
-            endpoint_url: {s3.endpoint_url}
-            access_key_id: testing
-            secret_access_key: testing
-            buckets: [{bucket}]
-        scratch:
-          kind: local
-          local:
-            workdir: {root}/scratch
-            etcd_bin: {values["etcd_bin"]}
-            clickhouse: {{host: 127.0.0.1, port: {clickhouse.tcp_port}, http_port: {clickhouse.http_port}}}
-            s3: {{endpoint_url: "{s3.endpoint_url}", access_key_id: testing, secret_access_key: testing}}
-        drills:
-          nightly:
-            sources: {values["sources"]}
-            objectives: {{rto: 30m, rpo: {values["rpo"]}}}
-            faults: {values["faults"]}
-            notify: [team]
-        notify:
-          team:
-            kind: email
-            smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false}}
-            from: lifeboat@example.org
-            to: [ml-platform@example.org]
-            on: [drill]
-        """
+def drill_policy(
+    root: Path,
+    etcd: Any,
+    clickhouse: Any,
+    s3: Any,
+    smtp: Any,
+    database: str,
+    bucket: str,
+    *,
+    rpo: str = "1h",
+    faults: tuple[str, ...] = ALL_FAULTS,
+    sources: tuple[str, ...] = ("k8s-etcd", "features", "models"),
+    etcd_bin: str = "etcd",
+) -> PolicyBuilder:
+    s3_keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    clickhouse_ports = {"port": clickhouse.tcp_port, "http_port": clickhouse.http_port}
+    policy = PolicyBuilder(root / "repo", state=root / "state.db")
+    policy.source("k8s-etcd", "etcd", endpoints=[etcd.endpoint])
+    policy.source("features", "clickhouse", host="127.0.0.1", **clickhouse_ports, databases=[database])
+    policy.source("models", "s3", endpoint_url=s3.endpoint_url, **s3_keys, buckets=[bucket])
+    policy.scratch(
+        "local",
+        local={
+            "workdir": root / "scratch",
+            "etcd_bin": etcd_bin,
+            "clickhouse": {"host": "127.0.0.1", **clickhouse_ports},
+            "s3": {"endpoint_url": s3.endpoint_url, **s3_keys},
+        },
     )
+    objectives = {"rto": "30m", "rpo": rpo}
+    policy.drill("nightly", sources=list(sources), objectives=objectives, faults=list(faults), notify=["team"])
+    return policy.email("team", port=smtp.port, to=["ml-platform@example.org"], on=["drill"])
 
 
 def seed_etcd(endpoint: str) -> None:
@@ -123,10 +113,8 @@ def setup(
         s3.put_object(
             Bucket=s3_bucket, Key=f"models/m{i}.bin", Body=os.urandom(1000 + i * 500), ContentType="application/octet-stream"
         )
-    config = tmp_path / "lifeboat.yaml"
-    config.write_text(
-        policy_text(tmp_path, etcd_server, clickhouse_server, s3_server, smtp_inbox, clickhouse_database, s3_bucket)
-    )
+    policy = drill_policy(tmp_path, etcd_server, clickhouse_server, s3_server, smtp_inbox, clickhouse_database, s3_bucket)
+    config = policy.write(tmp_path / "lifeboat.yaml")
     result = lifeboat(config, "backup", "run", "--json")
     assert result.exit_code == 0, result.output
     return Setup(config, tmp_path, clickhouse_database, s3_bucket)
@@ -166,7 +154,7 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     for source in report["sources"]:
         names = [step["name"] for step in source["steps"]]
         assert names[:6] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify"]
-        assert [n for n in names if n.startswith("fault:")] == [f"fault:{f}" for f in ALL_FAULTS.strip("[]").split(", ")]
+        assert [n for n in names if n.startswith("fault:")] == [f"fault:{f}" for f in ALL_FAULTS]
         assert source["rto_seconds"] > 0 and source["rpo_seconds"] >= 0
     features = next(source for source in report["sources"] if source["source"] == "features")
     window = features["consistency"]  # the ClickHouse snapshot's consistency window, a line in every report
@@ -210,20 +198,18 @@ def test_a_chunk_corrupted_on_disk_makes_the_restore_fail(setup: Setup, clickhou
 def test_a_stale_snapshot_fails_the_rpo_step(
     setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
 ) -> None:
-    setup.config.write_text(
-        policy_text(
-            setup.root,
-            etcd_server,
-            clickhouse_server,
-            s3_server,
-            smtp_inbox,
-            setup.database,
-            setup.bucket,
-            rpo="1s",
-            faults="[]",
-            sources="[k8s-etcd]",
-        )
-    )
+    drill_policy(
+        setup.root,
+        etcd_server,
+        clickhouse_server,
+        s3_server,
+        smtp_inbox,
+        setup.database,
+        setup.bucket,
+        rpo="1s",
+        faults=(),
+        sources=("k8s-etcd",),
+    ).write(setup.config)
     time.sleep(1.5)
     result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
     report = json.loads(result.stdout)
@@ -236,20 +222,18 @@ def test_a_stale_snapshot_fails_the_rpo_step(
 def test_a_scratch_server_that_cannot_start_is_an_error_not_a_pass(
     setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
 ) -> None:
-    setup.config.write_text(
-        policy_text(
-            setup.root,
-            etcd_server,
-            clickhouse_server,
-            s3_server,
-            smtp_inbox,
-            setup.database,
-            setup.bucket,
-            etcd_bin=str(setup.root / "no-such-etcd"),
-            faults="[disaster]",
-            sources="[k8s-etcd]",
-        )
-    )
+    drill_policy(
+        setup.root,
+        etcd_server,
+        clickhouse_server,
+        s3_server,
+        smtp_inbox,
+        setup.database,
+        setup.bucket,
+        etcd_bin=str(setup.root / "no-such-etcd"),
+        faults=("disaster",),
+        sources=("k8s-etcd",),
+    ).write(setup.config)
     result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
     report = json.loads(result.stdout)
     restore = next(step for step in report["sources"][0]["steps"] if step["name"] == "restore")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
 from lifeboat.cli import cli
@@ -16,23 +17,10 @@ pytestmark = pytest.mark.integration
 
 
 def config(tmp_path: Path, smtp: Any) -> Path:
-    path = tmp_path / "lifeboat.yaml"
-    path.write_text(
-        f"""
-repository: {{url: "file://{tmp_path}/repo"}}
-state: {tmp_path}/state.db
-sources:
-  k8s-etcd: {{kind: etcd, endpoints: ["http://127.0.0.1:{free_port()}"], timeout: 20s}}
-notify:
-  team:
-    kind: email
-    smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false}}
-    from: lifeboat@example.org
-    to: [ml-platform@example.org]
-    on: [backup-failure]
-"""
-    )
-    return path
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db")
+    policy.source("k8s-etcd", "etcd", endpoints=[f"http://127.0.0.1:{free_port()}"], timeout="20s")
+    policy.email("team", port=smtp.port, to=["ml-platform@example.org"], on=["backup-failure"])
+    return policy.write(tmp_path / "lifeboat.yaml")
 
 
 @pytest.mark.parametrize("inside_a_job", [False, True], ids=["cli", "kubernetes-job"])

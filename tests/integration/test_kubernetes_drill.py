@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.request
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from k8s_fake import FakeKubernetes, Key, api_client, serve, statefulset_pods
+from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
 from backup.repository.codec import new_key_file
@@ -46,7 +46,7 @@ from policies.loader import load_policy
 pytestmark = pytest.mark.integration
 LIFEBOAT = Path(sys.executable).with_name("lifeboat")  # the venv's console script: what the image runs
 INIT_TIMEOUT = 120.0
-ALL_FAULTS = "[corrupt-chunk, missing-chunk, flaky-storage, kill-target, disaster, verifier-canary]"
+ALL_FAULTS = ("corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target", "disaster", "verifier-canary")
 STORE_FAULTS = ["corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target"]
 
 
@@ -264,31 +264,17 @@ def config(tmp_path: Path, etcd_server: EtcdProcess, s3_server: Any, s3_bucket: 
     seed_etcd(etcd_server.endpoint, f"drill-{uuid.uuid4().hex[:8]}")
     (tmp_path / "repo-secret").write_text(s3_server.secret_access_key + "\n")
     new_key_file(tmp_path / "repo.key")
-    path = tmp_path / "lifeboat.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            repository:
-              url: "s3://{s3_bucket}/prod"
-              s3:
-                endpoint_url: "{s3_server.endpoint_url}"
-                access_key_id: {s3_server.access_key_id}
-                secret_access_key: {{file: "{tmp_path}/repo-secret"}}
-              encryption: {{key_file: "{tmp_path}/repo.key"}}
-            state: {tmp_path}/state.db
-            sources:
-              k8s-etcd: {{kind: etcd, endpoints: ["{etcd_server.endpoint}"]}}
-            scratch:
-              kind: kubernetes
-              kubernetes: {{access: port-forward, ready_timeout: 2m, teardown_timeout: 30s}}
-            drills:
-              nightly:
-                sources: [k8s-etcd]
-                objectives: {{rto: 30m, rpo: 1h}}
-                faults: {ALL_FAULTS}
-            """
-        )
-    )
+    s3 = {
+        "endpoint_url": s3_server.endpoint_url,
+        "access_key_id": s3_server.access_key_id,
+        "secret_access_key": {"file": tmp_path / "repo-secret"},
+    }
+    policy = PolicyBuilder(f"s3://{s3_bucket}/prod", state=tmp_path / "state.db", s3=s3)
+    policy.set("repository.encryption", {"key_file": tmp_path / "repo.key"})
+    policy.source("k8s-etcd", "etcd", endpoints=[etcd_server.endpoint])
+    policy.scratch("kubernetes", kubernetes={"access": "port-forward", "ready_timeout": "2m", "teardown_timeout": "30s"})
+    policy.drill("nightly", sources=["k8s-etcd"], objectives={"rto": "30m", "rpo": "1h"}, faults=list(ALL_FAULTS))
+    path = policy.write(tmp_path / "lifeboat.yaml")
     backup = CliRunner().invoke(cli, ["--config", str(path), "backup", "run", "--json"], catch_exceptions=False)
     assert backup.exit_code == 0, backup.output
     return path

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
 from k8s_fake import FakeKubernetes, Request, api_client, finish_job, job_pods, serve
+from policy_builder import PolicyBuilder
 from unit.deploy.test_manifests import Access, manifest_problems, parse_invocation, rbac_allows
 
 from backup.repository import Repository, open_repository
@@ -276,22 +277,11 @@ def sharded_config(tmp_path: Path, s3_server: S3Endpoint) -> Path:
         client.create_bucket(Bucket=bucket)
         for index in range(number + 2):
             client.put_object(Bucket=bucket, Key=f"object-{index}", Body=f"{bucket}/{index}".encode() * 100)
-    config = tmp_path / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{tmp_path / 'repo'}'}}\n"
-        f"state: {tmp_path / 'state' / 'state.db'}\n"
-        "sources:\n"
-        f"  {SHARDED}:\n"
-        "    kind: s3\n"
-        f"    endpoint_url: {s3_server.endpoint_url}\n"
-        "    access_key_id: testing\n"
-        "    secret_access_key: testing\n"
-        f"    buckets: {json.dumps(buckets)}\n"
-        "executor:\n"
-        "  kind: kubernetes\n"
-        f"  kubernetes: {{poll_interval: 5s, active_deadline: 1m, shards: {{{SHARDED}: 3}}}}\n"
-    )
-    return config
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state" / "state.db")
+    keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    policy.source(SHARDED, "s3", endpoint_url=s3_server.endpoint_url, **keys, buckets=buckets)
+    policy.executor("kubernetes", kubernetes={"poll_interval": "5s", "active_deadline": "1m", "shards": {SHARDED: 3}})
+    return policy.write(tmp_path / "lifeboat.yaml")
 
 
 def run_pod(config: Path, job: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from unittest import mock
 import pytest
 from click.testing import CliRunner
 from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pods
+from policy_builder import PolicyBuilder
 from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
 
 from drills.faults import FAULTS, DrillContext
@@ -748,14 +749,11 @@ def test_janitor_removes_only_expired_labelled_namespaces_and_old_finished_pods_
 def test_lifeboat_janitor_cleans_the_cluster_too_when_scratch_is_kubernetes(fake: FakeKubernetes, tmp_path: Path) -> None:
     seed_janitor_world(fake, now=time.time())  # the CLI's clock is the real one
     kubeconfig = write_kubeconfig(fake, tmp_path)
-    config = tmp_path / "policy.yaml"
-    config.write_text(
-        f"state: {tmp_path / 'state.db'}\n"
-        f"repository: {{url: 'file://{tmp_path / 'repo'}'}}\n"
-        "sources: {main: {kind: etcd, endpoints: ['http://127.0.0.1:1']}}\n"
-        f"scratch: {{kind: kubernetes, local: {{workdir: '{tmp_path / 'scratch'}'}}, "
-        f"kubernetes: {{kubeconfig: '{kubeconfig}', janitor_namespaces: [ml-jobs], finished_max_age: 1h}}}}\n"
-    )
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db")
+    policy.source("main", "etcd", endpoints=["http://127.0.0.1:1"])
+    janitor = {"kubeconfig": kubeconfig, "janitor_namespaces": ["ml-jobs"], "finished_max_age": "1h"}
+    policy.scratch("kubernetes", local={"workdir": tmp_path / "scratch"}, kubernetes=janitor)
+    config = policy.write(tmp_path / "policy.yaml")
     result = CliRunner().invoke(cli, ["--config", str(config), "janitor", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     removed = json.loads(result.stdout)["removed"]

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 from click.testing import CliRunner, Result
 from integration.test_stores import ALLOW_S3, moto_auth
+from policy_builder import PolicyBuilder
 
 from backup.servers import EtcdProcess
 from backup.sources.etcd.snapshot_file import verify_trailer
@@ -30,13 +31,10 @@ def restore_statements(bucket: str, prefix: str) -> list[dict[str, Any]]:
 
 def write_policy(directory: Path, endpoint: str, bucket: str, prefix: str, etcd: str, keys: tuple[str, str]) -> Path:
     config = directory / f"lifeboat-{uuid.uuid4().hex[:6]}.yaml"
-    config.write_text(
-        f"repository:\n  url: s3://{bucket}/{prefix}\n"
-        f"  s3: {{endpoint_url: '{endpoint}', access_key_id: '{keys[0]}', secret_access_key: '{keys[1]}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        f"sources:\n  k8s-etcd: {{kind: etcd, endpoints: ['{etcd}'], retention: {{keep_last: 1}}}}\n"
-    )
-    return config
+    s3 = {"endpoint_url": endpoint, "access_key_id": keys[0], "secret_access_key": keys[1]}
+    policy = PolicyBuilder(f"s3://{bucket}/{prefix}", state=directory / "state.db", s3=s3)
+    policy.source("k8s-etcd", "etcd", endpoints=[etcd], retention={"keep_last": 1})
+    return policy.write(config)
 
 
 def lifeboat(config: Path, *args: str) -> Result:

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from helpers import ServerLogs, SmtpSink, require_binaries
+from policy_builder import PolicyBuilder
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup.execute import free_port
@@ -61,47 +61,32 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def policy_text(
-    root: Path, *, etcd: str, broken: str, smtp: SmtpSink, port: int, etcdctl: str = "etcdctl", **over: str
-) -> str:
-    values = {"grace": "10m", "stop_timeout": "1s", **over}
-    return textwrap.dedent(
-        f"""
-        repository:
-          url: "file://{root}/repo"
-          prune: {{schedule: "{FAR_AWAY}", grace: 1s}}
-          check: {{schedule: "{FAR_AWAY}"}}
-        state: {root}/state/state.db
-        service: {{listen: "127.0.0.1:{port}", misfire_grace: {values["grace"]}, stop_timeout: {values["stop_timeout"]}}}
-        sources:
-          k8s-etcd:
-            kind: etcd
-            endpoints: ["{etcd}"]
-            etcdctl: {etcdctl}
-            schedule: "{FAR_AWAY}"
-            retention: {{keep_last: 1}}
-          broken:
-            kind: etcd
-            endpoints: ["{broken}"]
-            schedule: "{FAR_AWAY}"
-            retention: {{keep_last: 1}}
-        scratch:
-          kind: local
-          local: {{workdir: {root}/scratch}}
-        drills:
-          nightly:
-            schedule: "{FAR_AWAY}"
-            sources: [k8s-etcd]
-            objectives: {{rto: 30m, rpo: 1h}}
-            faults: [verifier-canary]
-        notify:
-          team:
-            kind: email
-            smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false}}
-            from: lifeboat@example.org
-            to: [oncall@example.org]
-            on: [backup-failure, check-failure, suspicious]
-        """
+def service_policy(
+    root: Path,
+    *,
+    etcd: str,
+    broken: str,
+    smtp: SmtpSink,
+    port: int,
+    etcdctl: str = "etcdctl",
+    grace: str = "10m",
+    stop_timeout: str = "1s",
+) -> PolicyBuilder:
+    policy = PolicyBuilder(
+        root / "repo",
+        state=root / "state" / "state.db",
+        prune={"schedule": FAR_AWAY, "grace": "1s"},
+        check={"schedule": FAR_AWAY},
+    )
+    policy.service(listen=f"127.0.0.1:{port}", misfire_grace=grace, stop_timeout=stop_timeout)
+    once = {"schedule": FAR_AWAY, "retention": {"keep_last": 1}}
+    policy.source("k8s-etcd", "etcd", endpoints=[etcd], etcdctl=etcdctl, **once)
+    policy.source("broken", "etcd", endpoints=[broken], **once)
+    policy.scratch("local", local={"workdir": root / "scratch"})
+    objectives = {"rto": "30m", "rpo": "1h"}
+    policy.drill("nightly", schedule=FAR_AWAY, sources=["k8s-etcd"], objectives=objectives, faults=["verifier-canary"])
+    return policy.email(
+        "team", port=smtp.port, to=["oncall@example.org"], on=["backup-failure", "check-failure", "suspicious"]
     )
 
 
@@ -162,10 +147,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_the_service_runs_every_kind_of_job_exports_figures_and_mails_a_failure_once(
     tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
 ) -> None:
-    config = tmp_path / "lifeboat.yaml"
     dead = f"http://127.0.0.1:{free_port()}"
     port = free_port()
-    config.write_text(policy_text(tmp_path, etcd=etcd.endpoint, broken=dead, smtp=smtp_inbox, port=port))
+    policy = service_policy(tmp_path, etcd=etcd.endpoint, broken=dead, smtp=smtp_inbox, port=port)
+    config = policy.write(tmp_path / "lifeboat.yaml")
     service = LifeboatService(config, redactor=Redactor())
     service.start()
     try:
@@ -210,12 +195,11 @@ def test_the_service_runs_every_kind_of_job_exports_figures_and_mails_a_failure_
 
         # A reload with mistakes is refused and the schedule stays; a good one applies.
         jobs = health["jobs"]
-        good = config.read_text()
-        config.write_text(good.replace(f'schedule: "{FAR_AWAY}"', 'schedule: "every night"', 1))
+        policy.copy().set("repository.prune.schedule", "every night").write(config)
         assert service.reload() is False
         health = json.loads(http_get(f"{service.url}/healthz")[1])
         assert health["jobs"] == jobs and "every night" in health["policy"]["reload_error"]
-        config.write_text(good.replace(dead, etcd.endpoint))
+        policy.copy().set("sources.broken.endpoints", [etcd.endpoint]).write(config)
         assert service.reload() is True
         recovered = run_job(service, "backup:broken", RunKind.BACKUP, "broken")
         assert recovered.status is RunStatus.OK
@@ -294,10 +278,11 @@ def test_sigterm_during_a_backup_aborts_it_cleanly_and_a_bad_reload_changes_noth
     tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
 ) -> None:
     wrapper, marker = slow_etcdctl(tmp_path)
-    config = tmp_path / "lifeboat.yaml"
     port = free_port()
-    good = policy_text(tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper))
-    config.write_text(good)
+    good = service_policy(
+        tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper)
+    )
+    config = good.write(tmp_path / "lifeboat.yaml")
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:
@@ -305,7 +290,7 @@ def test_sigterm_during_a_backup_aborts_it_cleanly_and_a_bad_reload_changes_noth
         assert len(list((tmp_path / "repo" / "locks").iterdir())) == 1  # the backup's repository lock
         jobs = json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])["jobs"]
 
-        config.write_text(good.replace("retention: {keep_last: 1}", "retention: {keep_last: 0}", 1))
+        good.copy().set("sources.k8s-etcd.retention", {"keep_last": 0}).write(config)
         refused = lifeboat(config, "serve", "--reload")  # checks the file first: nothing is sent
         assert refused.exit_code == 2 and "sources.k8s-etcd.retention" in refused.stderr
         process.send_signal(signal.SIGHUP)  # the service checks it too
@@ -317,7 +302,7 @@ def test_sigterm_during_a_backup_aborts_it_cleanly_and_a_bad_reload_changes_noth
         health = json.loads(body)
         assert code == 200 and health["jobs"] == jobs and health["running"] == ["backup:k8s-etcd"]
         assert len(rejected) == 1 and "retention" in health["policy"]["reload_error"]
-        config.write_text(good)
+        good.write(config)
         reload = lifeboat(config, "serve", "--reload")
         assert reload.exit_code == 0 and f"(pid {process.pid})" in reload.stdout
         wait_until("the reload", lambda: any(e.get("event") == "policy.reloaded" for e in events(log)))
@@ -339,19 +324,17 @@ def test_sigterm_lets_a_backup_that_ends_within_the_stop_timeout_finish(
     tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
 ) -> None:
     wrapper, marker = slow_etcdctl(tmp_path, seconds=2)
-    config = tmp_path / "lifeboat.yaml"
     port = free_port()
-    config.write_text(
-        policy_text(
-            tmp_path,
-            etcd=etcd.endpoint,
-            broken=etcd.endpoint,
-            smtp=smtp_inbox,
-            port=port,
-            etcdctl=str(wrapper),
-            stop_timeout="60s",
-        )
+    policy = service_policy(
+        tmp_path,
+        etcd=etcd.endpoint,
+        broken=etcd.endpoint,
+        smtp=smtp_inbox,
+        port=port,
+        etcdctl=str(wrapper),
+        stop_timeout="60s",
     )
+    config = policy.write(tmp_path / "lifeboat.yaml")
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:
@@ -371,11 +354,11 @@ def test_a_service_killed_mid_backup_shows_an_interrupted_run_after_a_restart(
     tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
 ) -> None:
     wrapper, marker = slow_etcdctl(tmp_path)
-    config = tmp_path / "lifeboat.yaml"
     port = free_port()
-    config.write_text(
-        policy_text(tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper))
+    policy = service_policy(
+        tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper)
     )
+    config = policy.write(tmp_path / "lifeboat.yaml")
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from policy_builder import PolicyBuilder
 
 from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
@@ -75,23 +76,20 @@ class Lifeboat:
 
 def write_policy(directory: Path, server: ClickHouseProcess, database: str, *, strategy: str = "logical") -> Lifeboat:
     directory.mkdir(parents=True, exist_ok=True)
-    executor = f"executor: {{kind: kubernetes, kubernetes: {{shards: {{{SOURCE}: {SHARDS}}}}}}}\n"
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        "sources:\n"
-        f"  {SOURCE}:\n"
-        "    kind: clickhouse\n"
-        f"    host: {server.host}\n"
-        f"    port: {server.tcp_port}\n"
-        f"    http_port: {server.http_port}\n"
-        f"    databases: [{json.dumps(database)}]\n"
-        f"    strategy: {strategy}\n"
-        "    parallel: 2\n"
-        "    retention: {keep_last: 10}\n" + (executor if strategy == "logical" else "")
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    server_ports = {"host": server.host, "port": server.tcp_port, "http_port": server.http_port}
+    policy.source(
+        SOURCE,
+        "clickhouse",
+        **server_ports,
+        databases=[database],
+        strategy=strategy,
+        parallel=2,
+        retention={"keep_last": 10},
     )
-    return Lifeboat(config, directory / "repo")
+    if strategy == "logical":
+        policy.executor("kubernetes", kubernetes={"shards": {SOURCE: SHARDS}})
+    return Lifeboat(policy.write(directory / "lifeboat.yaml"), directory / "repo")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
+from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
 from backup.repository.repository import Repository
@@ -80,24 +81,11 @@ class Lifeboat:
 
 def write_policy(directory: Path, endpoint: str, buckets: list[str]) -> Lifeboat:
     directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        "sources:\n"
-        f"  {SOURCE}:\n"
-        "    kind: s3\n"
-        f"    endpoint_url: {endpoint}\n"
-        "    access_key_id: testing\n"
-        "    secret_access_key: testing\n"
-        f"    buckets: {json.dumps(buckets)}\n"
-        "    parallel: 4\n"
-        "    retention: {keep_last: 10}\n"
-        "executor:\n"
-        "  kind: kubernetes\n"
-        f"  kubernetes: {{shards: {{{SOURCE}: 3}}}}\n"
-    )
-    return Lifeboat(config, directory / "repo")
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    policy.source(SOURCE, "s3", endpoint_url=endpoint, **keys, buckets=buckets, parallel=4, retention={"keep_last": 10})
+    policy.executor("kubernetes", kubernetes={"shards": {SOURCE: 3}})
+    return Lifeboat(policy.write(directory / "lifeboat.yaml"), directory / "repo")
 
 
 @pytest.fixture

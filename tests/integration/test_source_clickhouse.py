@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from clickhouse_driver import Client
+from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
 from backup.jobs import run_backup
@@ -109,23 +110,21 @@ def clickhouse_settings(server: ClickHouseProcess, databases: list[str], **extra
     )
 
 
-def write_policy(directory: Path, *, host: str, port: int, http_port: int, database: str, extra: str = "") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        "sources:\n"
-        f"  {SOURCE}:\n"
-        "    kind: clickhouse\n"
-        f"    host: {host}\n"
-        f"    port: {port}\n"
-        f"    http_port: {http_port}\n"
-        f"    databases: [{json.dumps(database)}]\n"
-        "    parallel: 2\n"
-        "    retention: {keep_last: 10}\n" + extra
+def write_policy(directory: Path, *, host: str, port: int, http_port: int, database: str, **settings: Any) -> Path:
+    """``settings``: the source's other keys (password...)."""
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    policy.source(
+        SOURCE,
+        "clickhouse",
+        host=host,
+        port=port,
+        http_port=http_port,
+        databases=[database],
+        parallel=2,
+        retention={"keep_last": 10},
+        **settings,
     )
-    return config
+    return policy.write(directory / "lifeboat.yaml")
 
 
 def lifeboat(config: Path, *args: str) -> Result:
@@ -395,9 +394,9 @@ def test_verify_says_unverified_when_the_target_cannot_be_read(store: Store, fir
 @pytest.mark.parametrize("problem", ["server down", "wrong password"])
 def test_a_failed_backup_is_clear_and_commits_nothing(store: Store, tmp_path: Path, problem: str) -> None:
     port = free_port() if problem == "server down" else store.server.tcp_port
-    extra = "    password: not-the-password-123\n" if problem == "wrong password" else ""
+    extra = {"password": "not-the-password-123"} if problem == "wrong password" else {}
     config = write_policy(
-        tmp_path, host="127.0.0.1", port=port, http_port=store.server.http_port, database=store.database, extra=extra
+        tmp_path, host="127.0.0.1", port=port, http_port=store.server.http_port, database=store.database, **extra
     )
 
     result = lifeboat(config, "backup", "run", "--source", SOURCE, "--json")

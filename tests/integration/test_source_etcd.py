@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from helpers import ServerLogs, require_binaries
+from policy_builder import PolicyBuilder
 
 from backup.execute import ManagedProcess, free_port, free_ports, run, start
 from backup.repository.manifest import SnapshotHeader
@@ -163,18 +164,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, server_logs: ServerLogs) -
         yield etcd
 
 
-def write_policy(directory: Path, endpoints: list[str], *, extra: str = "") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{directory / 'repo'}'}}\n"
-        f"state: {directory / 'state.db'}\n"
-        "sources:\n"
-        f"  {SOURCE}:\n"
-        "    kind: etcd\n"
-        f"    endpoints: {json.dumps(endpoints)}\n" + extra
-    )
-    return config
+def write_policy(directory: Path, endpoints: list[str], **settings: Any) -> Path:
+    """``settings``: the source's other keys (etcdctl, tls, user, password...)."""
+    policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
+    policy.source(SOURCE, "etcd", endpoints=endpoints, **settings)
+    return policy.write(directory / "lifeboat.yaml")
 
 
 def lifeboat(config: Path, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -455,7 +449,7 @@ sys.exit(code)
 
 def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdProcess, tmp_path: Path) -> None:
     damaging = damaging_etcdctl(tmp_path, cluster.endpoint)
-    config = write_policy(tmp_path / "one", [cluster.endpoint], extra=f"    etcdctl: {damaging}\n")
+    config = write_policy(tmp_path / "one", [cluster.endpoint], etcdctl=str(damaging))
     result = lifeboat(config, "backup", "run", "--source", SOURCE)
     assert_failed_without_snapshot(config, result, cluster.endpoint, "sha256 trailer does not match")
     # Its chunks were stored while it was checked: nothing refers to them, prune sees them as garbage
@@ -467,7 +461,7 @@ def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdPro
 
     # The same damage from the first endpoint only: the second one's snapshot is taken, and it is whole.
     other = cluster.endpoint.replace("127.0.0.1", "localhost")
-    config = write_policy(tmp_path / "two", [cluster.endpoint, other], extra=f"    etcdctl: {damaging}\n")
+    config = write_policy(tmp_path / "two", [cluster.endpoint, other], etcdctl=str(damaging))
     snapshot = backup_json(config)
     assert snapshot["endpoint"] == other and snapshot["status"] == "good"
     restored = tmp_path / "restored.db"
@@ -478,16 +472,17 @@ def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdPro
 @pytest.mark.parametrize(
     ("tls", "needles"),
     [
-        ("{ca: /nonexistent/ca.crt}", [f"sources.{SOURCE}.tls.ca: /nonexistent/ca.crt does not exist"]),
-        ("{ca: CA}", [f"sources.{SOURCE}.tls.ca:", "holds no usable PEM CA certificate"]),
-        ("{cert: CERT, key: CERT}", [f"sources.{SOURCE}.tls.cert/key:", "not a PEM certificate and its private key"]),
+        ({"ca": "/nonexistent/ca.crt"}, [f"sources.{SOURCE}.tls.ca: /nonexistent/ca.crt does not exist"]),
+        ({"ca": "CA"}, [f"sources.{SOURCE}.tls.ca:", "holds no usable PEM CA certificate"]),
+        ({"cert": "CERT", "key": "CERT"}, [f"sources.{SOURCE}.tls.cert/key:", "not a PEM certificate and its private key"]),
     ],
+    ids=["missing-ca", "not-a-ca", "not-a-cert"],
 )
-def test_wrong_tls_files_fail_clearly(cluster: EtcdProcess, tmp_path: Path, tls: str, needles: list[str]) -> None:
+def test_wrong_tls_files_fail_clearly(cluster: EtcdProcess, tmp_path: Path, tls: dict[str, str], needles: list[str]) -> None:
     not_a_cert = tmp_path / "not-a-cert.pem"
     not_a_cert.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-    tls = tls.replace("CA", str(not_a_cert)).replace("CERT", str(not_a_cert))
-    config = write_policy(tmp_path, [cluster.endpoint], extra=f"    tls: {tls}\n")
+    files = {key: str(not_a_cert) if value in ("CA", "CERT") else value for key, value in tls.items()}
+    config = write_policy(tmp_path, [cluster.endpoint], tls=files)
     result = lifeboat(config, "backup", "run", "--source", SOURCE)
     assert_failed_without_snapshot(config, result, *needles)
 
@@ -500,9 +495,7 @@ def test_a_wrong_password_fails_clearly_and_stays_secret(
         Kv(etcd.endpoint).put(b"/registry/pods/default/a", b"{}")
         etcdctl("user", "add", "root:Sup3r-s3cret", endpoint=etcd.endpoint)
         etcdctl("auth", "enable", endpoint=etcd.endpoint)
-        config = write_policy(
-            tmp_path / "lifeboat", [etcd.endpoint], extra="    user: root\n    password: ${ETCD_PASSWORD}\n"
-        )
+        config = write_policy(tmp_path / "lifeboat", [etcd.endpoint], user="root", password="${ETCD_PASSWORD}")
         monkeypatch.setenv("ETCD_PASSWORD", "Sup3r-s3cret")
         good = lifeboat(config, "backup", "run", "--source", SOURCE, "--json")
         assert good.exit_code == 0, good.stderr
@@ -650,8 +643,8 @@ def test_a_tls_etcd_with_client_certificates_backs_up(tmp_path: Path, server_log
     process, endpoint = start_tls_etcd(tmp_path / "etcd", pki)
     with process:
         server_logs.register("etcd (tls)", process.log_tail)
-        tls = f"    tls: {{ca: {pki['ca']}, cert: {pki['client']}, key: {pki['client-key']}}}\n"
-        config = write_policy(tmp_path / "lifeboat", [endpoint], extra=tls)
+        tls = {"ca": pki["ca"], "cert": pki["client"], "key": pki["client-key"]}
+        config = write_policy(tmp_path / "lifeboat", [endpoint], tls=tls)
         empty = backup_json(config)
         assert (empty["status"], empty["endpoint"], empty["keys"], empty["revision"]) == ("good", endpoint, 0, 1)
         client = {
@@ -669,7 +662,7 @@ def test_a_tls_etcd_with_client_certificates_backs_up(tmp_path: Path, server_log
         assert (snapshot["keys"], snapshot["revision"]) == (3, 4)
         assert header_of(config, snapshot["id"]).census["namespaces"] == {"default": 3}
 
-        without_client_cert = write_policy(tmp_path / "no-cert", [endpoint], extra=f"    tls: {{ca: {pki['ca']}}}\n")
+        without_client_cert = write_policy(tmp_path / "no-cert", [endpoint], tls={"ca": pki["ca"]})
         result = lifeboat(without_client_cert, "backup", "run", "--source", SOURCE)
     assert_failed_without_snapshot(without_client_cert, result, endpoint, "TLS failed")
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
+from policy_builder import PolicyBuilder
 
 from backup.execute import free_port, start
 from backup.jobs import run_backup
@@ -256,25 +257,21 @@ def _write_policy(
     *,
     key: str = "testing",
     secret: str = "testing",
-    extra: str = "",
+    **settings: Any,
 ) -> Cli:
-    directory.mkdir(parents=True, exist_ok=True)
+    """``settings``: the source's other keys (retention...)."""
     repository = directory / "repo"
-    config = directory / "lifeboat.yaml"
-    config.write_text(
-        f"""repository:
-  url: file://{repository}
-sources:
-  models:
-    kind: s3
-    endpoint_url: {endpoint}
-    access_key_id: {key}
-    secret_access_key: {secret}
-    buckets: {json.dumps(buckets)}
-    parallel: 8
-{extra}"""
+    policy = PolicyBuilder(repository).source(
+        "models",
+        "s3",
+        endpoint_url=endpoint,
+        access_key_id=key,
+        secret_access_key=secret,
+        buckets=buckets,
+        parallel=8,
+        **settings,
     )
-    return Cli(config, repository)
+    return Cli(policy.write(directory / "lifeboat.yaml"), repository)
 
 
 def _source(cli_endpoint: str, bucket: str) -> S3Source:
@@ -461,7 +458,7 @@ def test_at_restores_each_point_in_time_exactly(s3_server: S3Endpoint, tmp_path:
 def test_ransomware_is_flagged_kept_out_of_retention_and_undone(s3_server: S3Endpoint, tmp_path: Path) -> None:
     client = s3_server.client()
     bucket = _new_bucket(s3_server, "victim")
-    cli = _write_policy(tmp_path, s3_server.endpoint_url, [bucket], extra="    retention: {keep_last: 1}\n")
+    cli = _write_policy(tmp_path, s3_server.endpoint_url, [bucket], retention={"keep_last": 1})
     originals = _fill(client, bucket, [f"model-{n:02d}.bin" for n in range(40)])
     good = cli.snapshot()
     time.sleep(1.1)

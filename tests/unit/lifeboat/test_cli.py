@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from policy_builder import PolicyBuilder
 
 from lifeboat import __version__
 from lifeboat.cli import cli
@@ -139,12 +140,8 @@ def test_a_backup_command_starts_without_the_heavy_clients() -> None:
 
 def test_a_backup_with_an_unusable_state_db_creates_no_repository(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("a file where the state directory should be")
-    config = tmp_path / "lifeboat.yaml"
-    config.write_text(
-        f"repository: {{url: 'file://{tmp_path / 'repo'}'}}\n"
-        f"state: {tmp_path / 'not-a-dir' / 'state.db'}\n"
-        "sources:\n  k8s-etcd: {kind: etcd, endpoints: ['http://127.0.0.1:1']}\n"
-    )
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "not-a-dir" / "state.db")
+    config = policy.source("k8s-etcd", "etcd", endpoints=["http://127.0.0.1:1"]).write(tmp_path / "lifeboat.yaml")
     result = run("--config", str(config), "backup", "run")
     assert result.exit_code == 1
     assert "state" in result.stderr and "not-a-dir" in result.stderr and "Traceback" not in result.stderr

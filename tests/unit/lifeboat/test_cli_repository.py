@@ -7,9 +7,11 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
 from backup.repository.manifest import Entry
@@ -17,24 +19,17 @@ from backup.repository.repository import chunk_key
 from lifeboat.cli import cli
 from policies.loader import load_policy
 
-POLICY = """
-repository:
-  url: file://{root}/repo
-  {encryption}
-state: {root}/state.db
-sources:
-  k8s-etcd:
-    kind: etcd
-    endpoints: [http://127.0.0.1:1]
-    retention: {{keep_last: 1}}
-"""
+
+def write_policy(root: Path, **repository: Any) -> Path:
+    """``repository``: the repository's other keys (encryption...)."""
+    policy = PolicyBuilder(root / "repo", state=root / "state.db", **repository)
+    policy.source("k8s-etcd", "etcd", endpoints=["http://127.0.0.1:1"], retention={"keep_last": 1})
+    return policy.write(root / "lifeboat.yaml")
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "lifeboat.yaml"
-    path.write_text(POLICY.format(root=tmp_path, encryption=""))
-    return path
+    return write_policy(tmp_path)
 
 
 def lifeboat(config: Path, *args: str) -> Result:
@@ -59,9 +54,8 @@ def test_repo_init_creates_once_and_refuses_twice(config: Path) -> None:
 
 
 def test_repo_init_with_encryption_creates_the_key_file(tmp_path: Path) -> None:
-    config = tmp_path / "lifeboat.yaml"
     key_file = tmp_path / "keys" / "repo.key"
-    config.write_text(POLICY.format(root=tmp_path, encryption=f"encryption: {{key_file: {key_file}}}"))
+    config = write_policy(tmp_path, encryption={"key_file": key_file})
     result = lifeboat(config, "repo", "init")
     assert result.exit_code == 0 and "encrypted with" in result.stdout
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text().strip()) == 64

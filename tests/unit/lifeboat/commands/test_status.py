@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from policy_builder import PolicyBuilder
 
 from drills.model import Status
 from lifeboat.cli import cli
@@ -14,18 +15,10 @@ from lifeboat.state.records import RunKind, RunStatus
 
 
 def test_status_reports_history_and_next_runs_even_without_a_repository(tmp_path: Path) -> None:
-    config = tmp_path / "lifeboat.yaml"
-    config.write_text(
-        f"""
-repository: {{url: "file://{tmp_path}/repo", check: {{schedule: "0 6 * * 0"}}}}
-state: {tmp_path}/state.db
-sources:
-  k8s-etcd: {{kind: etcd, endpoints: ["http://127.0.0.1:1"], schedule: "*/30 * * * *"}}
-drills:
-  nightly: {{schedule: "0 4 * * *", sources: [k8s-etcd], objectives: {{rto: 30m, rpo: 26h}}}}
-scratch: {{janitor: {{schedule: "15 * * * *"}}}}
-"""
-    )
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db", check={"schedule": "0 6 * * 0"})
+    policy.source("k8s-etcd", "etcd", endpoints=["http://127.0.0.1:1"], schedule="*/30 * * * *")
+    policy.drill("nightly", schedule="0 4 * * *", sources=["k8s-etcd"], objectives={"rto": "30m", "rpo": "26h"})
+    config = policy.scratch(janitor={"schedule": "15 * * * *"}).write(tmp_path / "lifeboat.yaml")
     with RunHistory.open(tmp_path / "state.db") as history:
         failed = history.start_run(RunKind.BACKUP, "k8s-etcd", origin="cli")
         history.finish_run(failed, RunStatus.FAILED, error="etcd at http://127.0.0.1:1 refused the connection")

@@ -1,0 +1,63 @@
+"""What ``policies/`` declares (the kinds a policy file may name, the faults, the shardable kinds) against
+the plug-in registries: every declared name has a registered plug-in, and every registered plug-in
+can be named in a policy. A new kind that is only half added fails here, not in a user's drill."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pytest
+from pydantic import BaseModel
+
+from backup.sources import PART_MERGES, SOURCES
+from drills.faults import FAULTS as FAULT_CLASSES
+from drills.scratch import SCRATCH
+from lifeboat.notify import NOTIFIERS
+from policies.model import FAULTS, SHARDABLE_KINDS, Notifier, Scratch, SourceSettings
+
+
+def literal_values(annotation: Any) -> set[str]:
+    """The strings of a ``Literal[...]`` annotation."""
+    assert get_origin(annotation) is Literal, annotation
+    return set(get_args(annotation))
+
+
+def union_kinds(annotated: Any) -> set[str]:
+    """The ``kind`` literals of the models in a discriminated union ``Annotated[A | B, Field(...)]``."""
+    union, *_ = get_args(annotated)
+    assert get_origin(union) in (Union, type(int | str)), union
+    kinds: set[str] = set()
+    for model in get_args(union):
+        assert issubclass(model, BaseModel)
+        kinds |= literal_values(model.model_fields["kind"].annotation)
+    return kinds
+
+
+def test_every_source_kind_has_a_registered_source_and_every_source_a_kind() -> None:
+    assert union_kinds(SourceSettings) == set(SOURCES)
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_every_registered_source_can_be_loaded_and_says_its_kind(kind: str) -> None:
+    module, _, attribute = SOURCES[kind].partition(":")
+    source_class = getattr(importlib.import_module(module), attribute)
+    assert source_class.kind == kind
+
+
+def test_every_declared_fault_is_registered_under_its_own_name() -> None:
+    assert set(FAULTS) == set(FAULT_CLASSES)
+    assert {name: factory.name for name, factory in FAULT_CLASSES.items()} == {name: name for name in FAULTS}
+
+
+def test_every_scratch_kind_has_a_registered_environment() -> None:
+    assert literal_values(Scratch.model_fields["kind"].annotation) == set(SCRATCH)
+
+
+def test_every_notifier_kind_has_a_registered_notifier() -> None:
+    assert union_kinds(Notifier) == set(NOTIFIERS)
+
+
+def test_the_shardable_kinds_are_source_kinds_with_a_registered_merge() -> None:
+    assert set(SHARDABLE_KINDS) == set(PART_MERGES)
+    assert set(SHARDABLE_KINDS) <= set(SOURCES)
