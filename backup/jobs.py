@@ -6,7 +6,7 @@
 A sharded run (``executor.kubernetes.shards``; backup/repository/parts.py) is N ``run_part_backup``
 calls, each in its own Job, then one ``merge_parts``: the parts' entries are listed again in the
 order the kind's snapshots keep, their fingerprints and censuses merged by the kind's rule (its
-merge in ``PART_MERGES``, backup/sources/__init__.py), the anomaly guard run on the whole, and ONE
+merge, declared in its package's kind.py), the anomaly guard run on the whole, and ONE
 snapshot committed; no data moves.
 """
 
@@ -22,7 +22,7 @@ from backup.repository.manifest import SnapshotHeader, SnapshotStatus
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository, SnapshotNotFound, WriteStats
 from backup.sources import make_source, part_merge
-from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome
+from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verification
 from backup.sources.parts import PART_META, Merging
 from policies.errors import LifeboatError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
@@ -252,3 +252,36 @@ def run_restore(
         return source.restore(repository, header, target, options=options, progress=progress)
     with repository.lock("shared", f"restore {name}", stale_after=stale_after):
         return source.restore(repository, header, target, options=options, progress=progress)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``lifeboat verify``: a restored copy compared with a snapshot."""
+
+    source: str
+    snapshot: str
+    verification: Verification
+
+    def as_dict(self) -> dict[str, Any]:
+        found = self.verification
+        return {
+            "source": self.source,
+            "snapshot": self.snapshot,
+            "verdict": found.verdict.value,
+            "message": found.message,
+            "differences": found.differences,
+            "checked": found.checked,
+        }
+
+
+def run_verify(
+    repository: Repository, name: str, settings: SourceSettings, options: RestoreOptions, *, stale_after: float = 1800.0
+) -> VerifyResult:
+    """Compare the copy ``options`` name (the same target options as a restore) with a snapshot of
+    ``name``, entry by entry where the kind can; never raises for a mismatch. Raises RestoreError
+    (option mistakes), SnapshotNotFound."""
+    source = make_source(name, settings)
+    target = source.parse_target(options)
+    header = repository.find_snapshot(name, snapshot=options.snapshot, at=options.at)
+    with repository.lock("shared", f"verify {name}", stale_after=stale_after):
+        return VerifyResult(name, header.id, source.verify(header, target, repository=repository))

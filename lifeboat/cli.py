@@ -25,6 +25,7 @@ COMMANDS = {
     "repo": "lifeboat.commands.repository:repo",
     "backup": "lifeboat.commands.backup:backup",
     "restore": "lifeboat.commands.backup:restore",
+    "verify": "lifeboat.commands.backup:verify",
     "snapshots": "lifeboat.commands.repository:snapshots",
     "check": "lifeboat.commands.repository:check",
     "prune": "lifeboat.commands.repository:prune",

@@ -1,13 +1,14 @@
 """The one shape every source has (DESIGN section 4), and what sources hand back.
 
-A source module (``etcd.py``, ``clickhouse.py``, ``s3/source.py``) defines one class implementing
-``Source`` and registers it in ``backup/sources/__init__.py``. The orchestration around it
+A kind is one package, ``backup/sources/<kind>/``: ``source.py`` defines the class implementing
+``Source``, ``kind.py`` declares the kind (``SourceKind``: that class, its restore target flags, its
+shard merge and prune hook), and one line of ``backup/sources/__init__.py`` registers it. The orchestration around it
 (locks, previous snapshot, anomaly guard, the commit) lives in ``backup/jobs.py``, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,42 +39,80 @@ class SnapshotOutcome:
 
 
 @dataclass(frozen=True)
+class RestoreFlag:
+    """One ``lifeboat restore`` / ``lifeboat verify`` target option a kind declares in its package
+    (``kind.py``); the CLI builds its options from every registered kind's flags."""
+
+    name: str  # the RestoreOptions.target key; the flag is --name-with-dashes
+    help: str
+    type: type = str
+    multiple: bool = False
+    is_flag: bool = False
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return flag_of(self.name)
+
+
+def flag_of(name: str) -> str:
+    """The command-line spelling of target option ``name``: ``to_data_dir`` -> ``--to-data-dir``."""
+    return "--" + name.replace("_", "-")
+
+
+_COMMON = ("snapshot", "at", "dry_run", "yes")
+
+
+@dataclass(frozen=True)
 class RestoreOptions:
-    """Every ``lifeboat restore`` option; each source reads the ones that apply to it and refuses
-    the others (``parse_target``), so one command serves every kind."""
+    """A restore's options: those every kind shares, and ``target``: the kind-specific target options
+    by name (each kind declares its own as ``RestoreFlag``s; drills add the scratch server's
+    credentials, which are not CLI options). A source reads its own with ``get`` and refuses the
+    rest with ``foreign``."""
 
     snapshot: str = "latest"
     at: datetime | None = None
     dry_run: bool = False
     yes: bool = False
-    # etcd
-    to_file: str | None = None
-    to_data_dir: str | None = None
-    name: str | None = None
-    initial_cluster: str | None = None
-    initial_advertise_peer_urls: str | None = None
-    # ClickHouse
-    to_host: str | None = None
-    to_port: int | None = None
-    to_http_port: int | None = None
-    to_database: str | None = None
-    tables: tuple[str, ...] = ()
-    # S3
-    to_endpoint: str | None = None
-    to_bucket: str | None = None
-    to_prefix: str | None = None
-    to_dir: str | None = None
-    prefix: str | None = None
-    in_place: bool = False
-    # credentials of the target when they are not the source's own (drills' scratch servers); not CLI options
-    to_user: str | None = None
-    to_password: str | None = None
-    to_access_key_id: str | None = None
-    to_secret_access_key: str | None = None
+    target: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **values: Any) -> RestoreOptions:
+        """Options from keywords: the shared ones by name, every other one a target option."""
+        common = {name: values.pop(name) for name in _COMMON if name in values}
+        return cls(**common, target=values)
+
+    def get(self, name: str) -> Any:
+        """Target option ``name``, or None when it was not given."""
+        return self.target.get(name)
 
     def given(self, *names: str) -> list[str]:
         """Which of the named target options were given (for "does not apply" errors)."""
-        return [name for name in names if getattr(self, name) not in (None, (), False)]
+        return [name for name in names if self.target.get(name) not in (None, (), False)]
+
+    def foreign(self, mine: Iterable[str]) -> list[str]:
+        """The target options given that are not in ``mine`` (another kind's), in the order given."""
+        own = set(mine)
+        return [name for name in self.given(*self.target) if name not in own]
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """All that the rest of Lifeboat knows of one kind, declared in its package (``<kind>/kind.py``)
+    and named by one line of the registry (backup/sources/__init__.py). Code is named, not imported
+    ('package.module:attribute'), so that a kind's dependencies load only when it is used."""
+
+    name: str
+    source: str  # the Source class
+    restore_flags: tuple[RestoreFlag, ...] = ()
+    target_credentials: tuple[str, ...] = ()  # target options drills set for scratch servers; never CLI flags
+    part_merge: str | None = None  # (Merging) -> SnapshotOutcome, for a kind whose backups can be sharded
+    prune_hook: str | None = None  # a PruneHook class, for a kind that keeps data outside chunks and manifests
+
+    @property
+    def target_options(self) -> tuple[str, ...]:
+        """Every target option this kind reads: what ``RestoreOptions.foreign`` leaves to it."""
+        return tuple(flag.name for flag in self.restore_flags) + self.target_credentials
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 rules that put the parts' documents together.
 
 A sharded run (backup/repository/parts.py) leaves one part per shard; ``backup.jobs.merge_parts``
-hands them to the kind's merge, which the ``PART_MERGES`` registry (backup/sources/__init__.py)
-names: ``merge(Merging) -> SnapshotOutcome``. A part's meta keeps, under ``PART_META``, its run,
+hands them to the kind's merge, ``merge(Merging) -> SnapshotOutcome``, which the kind declares in its
+kind.py (``SourceKind.part_merge``). A part's meta keeps, under ``PART_META``, its run,
 shard, base snapshot, figures and write stats."""
 
 from __future__ import annotations

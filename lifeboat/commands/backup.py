@@ -10,11 +10,12 @@ from typing import Any
 import click
 import structlog
 
-from backup.jobs import BackupResult, run_restore
+from backup.jobs import BackupResult, run_restore, run_verify
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
-from backup.sources.base import RestoreOptions, RestoreResult
-from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
+from backup.sources import restore_flags
+from backup.sources.base import RestoreOptions, RestoreResult, Verdict
+from lifeboat.context import EXIT_FAILED, EXIT_UNVERIFIED, Session, human_bytes, pass_session, print_json
 from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
 from policies.errors import LifeboatError
@@ -150,47 +151,76 @@ def _backup_line(result: BackupResult) -> str:
     return line
 
 
+def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The snapshot choice and every registered kind's target options (backup/sources/<kind>/kind.py),
+    for ``restore`` and ``verify``; each source refuses the options of other kinds."""
+    for flag, kinds in reversed(restore_flags().items()):
+        described = f"{', '.join(kinds)}: {flag.help}"
+        if flag.is_flag:
+            command = click.option(flag.option, flag.name, is_flag=True, help=described)(command)
+        else:
+            command = click.option(
+                flag.option, flag.name, type=flag.type, multiple=flag.multiple, metavar=flag.metavar, help=described
+            )(command)
+    command = click.option(
+        "--at", "at_text", metavar="TIME", help="The newest good snapshot at or before TIME (ISO 8601, UTC if no zone)."
+    )(command)
+    return click.option("--snapshot", default="latest", show_default=True, help="A snapshot id, or latest (good) snapshot.")(
+        command
+    )
+
+
+def _options(session: Session, source: str, at_text: str | None, values: dict[str, Any]) -> RestoreOptions:
+    policy = session.policy()
+    if source not in policy.sources:
+        raise click.UsageError(f"unknown source '{source}'; defined: {', '.join(sorted(policy.sources))}")
+    common = {name: values.pop(name) for name in ("snapshot", "dry_run", "yes") if name in values}
+    given = {name: value for name, value in values.items() if value not in (None, (), False)}
+    return RestoreOptions(at=_parse_time(at_text) if at_text else None, target=given, **common)
+
+
 @click.command()
 @click.argument("source")
-@click.option("--snapshot", default="latest", show_default=True, help="A snapshot id, or latest (good) snapshot.")
-@click.option(
-    "--at", "at_text", metavar="TIME", help="The newest good snapshot at or before TIME (ISO 8601, UTC if no zone)."
-)
-@click.option("--to-file", help="etcd: write the verified snapshot db to this file.")
-@click.option("--to-data-dir", help="etcd: restore into this member data dir (etcdctl/etcdutl snapshot restore).")
-@click.option("--name", help="etcd: member name for --to-data-dir.")
-@click.option("--initial-cluster", help="etcd: e.g. n1=https://10.0.0.11:2380,n2=...")
-@click.option("--initial-advertise-peer-urls", help="etcd: this member's peer URLs.")
-@click.option("--to-host", help="ClickHouse: server to restore into.")
-@click.option("--to-port", type=int, help="ClickHouse: native port (default 9000).")
-@click.option("--to-http-port", type=int, help="ClickHouse: HTTP port (default 8123).")
-@click.option("--to-database", help="ClickHouse: database to create the tables in.")
-@click.option("--tables", multiple=True, metavar="GLOB", help="ClickHouse: only these tables (repeatable).")
-@click.option("--to-endpoint", help="S3: endpoint URL of the target.")
-@click.option("--to-bucket", help="S3: target bucket.")
-@click.option("--to-prefix", help="S3: key prefix in the target bucket.")
-@click.option("--to-dir", help="S3: write objects as files under this directory.")
-@click.option("--prefix", help="S3: only objects whose key starts with this.")
-@click.option("--in-place", is_flag=True, help="S3: allow restoring into the source bucket itself (with --yes).")
+@target_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Allow writing into a non-empty target.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_session
-def restore(session: Session, source: str, at_text: str | None, as_json: bool, **target: Any) -> None:
+def restore(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
     """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes."""
-    policy = session.policy()
-    if source not in policy.sources:
-        raise click.UsageError(f"unknown source '{source}'; defined: {', '.join(sorted(policy.sources))}")
-    options = RestoreOptions(at=_parse_time(at_text) if at_text else None, **target)
+    options = _options(session, source, at_text, values)
     repository = session.repository()
     with terminal_progress(f"restore {source}") as progress:
         result = run_restore(
-            repository, source, policy.sources[source], options, stale_after=session.stale_after, progress=progress
+            repository, source, session.policy().sources[source], options, stale_after=session.stale_after, progress=progress
         )
     if as_json:
         print_json(result.as_dict())
     else:
         _print_restore(result)
+
+
+@click.command()
+@click.argument("source")
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@pass_session
+def verify(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
+    """Compare a restored copy of SOURCE (the same target options as restore) with a snapshot and
+    print every difference. Exit 0 match, 1 mismatch, 3 could not verify."""
+    options = _options(session, source, at_text, values)
+    result = run_verify(
+        session.repository(), source, session.policy().sources[source], options, stale_after=session.stale_after
+    )
+    found = result.verification
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        click.echo(f"{found.verdict.value}: {result.source} snapshot {result.snapshot}: {found.message}")
+        for difference in found.differences:
+            click.echo(f"  {difference}")
+    if found.verdict is not Verdict.MATCH:
+        click.get_current_context().exit(EXIT_FAILED if found.verdict is Verdict.MISMATCH else EXIT_UNVERIFIED)
 
 
 def _print_restore(result: RestoreResult) -> None:

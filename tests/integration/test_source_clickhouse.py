@@ -297,7 +297,7 @@ def test_a_changed_value_in_the_copy_fails_verification_naming_table_and_partiti
     restore_json(store, *store.restore_args(scratch), "--snapshot", first_backup["id"], "--tables", "events")
     source = store.source()
     target = source.parse_target(
-        RestoreOptions(
+        RestoreOptions.of(
             to_host=store.server.host,
             to_port=store.server.tcp_port,
             to_http_port=store.server.http_port,
@@ -377,13 +377,13 @@ def test_verify_says_unverified_when_the_target_cannot_be_read(store: Store, fir
     source = store.source()
     header = store.repository().read_header(first_backup["id"])
     missing = source.parse_target(
-        RestoreOptions(
+        RestoreOptions.of(
             to_host="127.0.0.1", to_port=store.server.tcp_port, to_http_port=store.server.http_port, to_database="no_such_db"
         )
     )
     result = source.verify(header, missing)
     assert result.verdict is Verdict.UNVERIFIED and "no_such_db does not exist" in result.message
-    down = source.parse_target(RestoreOptions(to_host="127.0.0.1", to_port=free_port(), to_database="scratch"))
+    down = source.parse_target(RestoreOptions.of(to_host="127.0.0.1", to_port=free_port(), to_database="scratch"))
     result = source.verify(header, down)
     assert result.verdict is Verdict.UNVERIFIED and "cannot reach ClickHouse" in result.message
 
@@ -461,7 +461,7 @@ def test_a_merge_during_an_export_is_retried_and_the_snapshot_pinned(
         assert merged and result.figures["retries"] == 1 and result.figures["unpinned"] == 0
         scratch = f"{db}_copy"
         source = ClickHouseSource(SOURCE, settings)
-        options = RestoreOptions(
+        options = RestoreOptions.of(
             to_host=clickhouse_server.host,
             to_port=clickhouse_server.tcp_port,
             to_http_port=clickhouse_server.http_port,
@@ -531,7 +531,7 @@ def restored_copy(store: Store, snapshot: str, label: str) -> tuple[str, Any]:
     restored = restore_json(store, *store.restore_args(scratch), "--snapshot", snapshot)
     assert restored["verification"]["verdict"] == "match", restored["verification"]
     target = store.source().parse_target(
-        RestoreOptions(
+        RestoreOptions.of(
             to_host=store.server.host,
             to_port=store.server.tcp_port,
             to_http_port=store.server.http_port,
@@ -678,7 +678,7 @@ def test_writes_during_the_backup_give_a_state_that_existed(
     try:
         assert len(written) > 15, "the writer kept writing during the backup"
         source = ClickHouseSource(SOURCE, settings)
-        options = RestoreOptions(
+        options = RestoreOptions.of(
             to_host=clickhouse_server.host,
             to_port=clickhouse_server.tcp_port,
             to_http_port=clickhouse_server.http_port,
@@ -796,7 +796,7 @@ def test_native_backup_incremental_restore_and_retention_on_chdb(chdb_session: A
         assert sizes[1] < sizes[0] / 2, f"the incremental holds only what changed: {sizes}"
 
         target_db = f"{db}_restored"
-        options = RestoreOptions(to_host="chdb", to_database=target_db)
+        options = RestoreOptions.of(to_host="chdb", to_database=target_db)
         restored = source.restore(repository, incremental, source.parse_target(options), options=options)
 
         assert restored.figures["verification"]["verdict"] == "match", restored.figures

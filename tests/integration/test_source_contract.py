@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from click.testing import CliRunner
 from policy_builder import PolicyBuilder
 
 from backup.jobs import run_backup, run_restore
@@ -27,7 +28,8 @@ from backup.repository import open_repository
 from backup.repository.repository import Repository
 from backup.servers import start_etcd
 from backup.sources import make_source
-from backup.sources.base import RestoreOptions, Verdict
+from backup.sources.base import RestoreOptions, Verdict, flag_of
+from lifeboat.cli import cli
 from policies.errors import RestoreError
 from policies.loader import load_policy
 from policies.model import SourceSettings
@@ -40,7 +42,7 @@ SOURCE = "contract"
 def restore_options(target: dict[str, Any], *, dry_run: bool = False, yes: bool = False) -> RestoreOptions:
     """The one place this test builds ``RestoreOptions`` (its shape is about to change): ``target``
     holds a kind's target options (``to_data_dir``, ``to_database``, ``to_bucket``...)."""
-    return RestoreOptions(**target, dry_run=dry_run, yes=yes)
+    return RestoreOptions.of(**target, dry_run=dry_run, yes=yes)
 
 
 class Kind:
@@ -48,6 +50,7 @@ class Kind:
     options, and how to tamper with, occupy and look at a target."""
 
     name: ClassVar[str]
+    tampered_name: ClassVar[str]  # what a verification of a tampered copy names
 
     @classmethod
     def make(cls, request: pytest.FixtureRequest, directory: Path) -> Kind:
@@ -79,6 +82,7 @@ class Kind:
 
 class Etcd(Kind):
     name = "etcd"
+    tampered_name = "configmaps"
     MEMBER = "contract"
     PEER = "http://127.0.0.1:2380"  # only named: a lone restored member never dials its peer URL
 
@@ -122,6 +126,7 @@ class Etcd(Kind):
 
 class ClickHouse(Kind):
     name = "clickhouse"
+    tampered_name = "events"
 
     def __init__(self, server: Any, database: str) -> None:
         self.server = server
@@ -175,6 +180,7 @@ class ClickHouse(Kind):
 
 class S3(Kind):
     name = "s3"
+    tampered_name = "models/m3.bin"
 
     def __init__(self, server: Any, bucket: str) -> None:
         self.server = server
@@ -240,7 +246,8 @@ class Contract:
         self.kind = kind
         policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
         policy.source(SOURCE, kind.name, **kind.settings())
-        loaded = load_policy(policy.write(directory / "lifeboat.yaml"))
+        self.config = policy.write(directory / "lifeboat.yaml")
+        loaded = load_policy(self.config)
         self.settings: SourceSettings = loaded.sources[SOURCE]
         self.repository_settings = loaded.repository
 
@@ -303,3 +310,34 @@ def test_a_dry_run_writes_nothing(contract: Contract) -> None:
     result = contract.restore(target, dry_run=True)
     assert result.dry_run is True and result.plan
     assert contract.kind.contents(target) is None
+
+
+def lifeboat_verify(contract: Contract, target: dict[str, Any], *extra: str) -> Any:
+    """``lifeboat verify contract TARGET-OPTIONS`` through the real CLI (the same flags as restore)."""
+    flags = [part for name, value in target.items() for part in (flag_of(name), str(value))]
+    argv = ["--config", str(contract.config), "verify", SOURCE, *flags, *extra]
+    return CliRunner().invoke(cli, argv, catch_exceptions=False)
+
+
+def test_lifeboat_verify_exits_0_on_a_faithful_copy_and_1_naming_what_was_tampered(contract: Contract) -> None:
+    target = contract.kind.fresh_target()
+    contract.restore(target)
+
+    matched = lifeboat_verify(contract, target)
+    assert matched.exit_code == 0, matched.output
+    assert matched.stdout.startswith(f"match: {SOURCE} snapshot {SOURCE}-")
+
+    contract.kind.tamper(target)
+    differs = lifeboat_verify(contract, target, "--json")
+    assert differs.exit_code == 1, differs.output
+    document = json.loads(differs.stdout)
+    assert document["verdict"] == "mismatch" and document["source"] == SOURCE
+    assert document["differences"], document
+    assert contract.kind.tampered_name in " ".join(document["differences"]) + document["message"]
+
+
+def test_lifeboat_verify_refuses_another_kinds_target_options(contract: Contract) -> None:
+    other = "--to-bucket" if contract.kind.name != "s3" else "--to-database"
+    refused = lifeboat_verify(contract, {**contract.kind.fresh_target()}, other, "x")
+    assert refused.exit_code != 0
+    assert f"{other}" in refused.output and "not" in refused.output

@@ -166,7 +166,7 @@ def print_verification(repository_path: str, snapshot_id: str, endpoint: str, so
     source = _source(endpoint, source_bucket)
     with open_repository(RepositorySettings(url=f"file://{repository_path}")) as repository:
         header = repository.read_header(snapshot_id)
-        found = source.verify(header, source.parse_target(RestoreOptions(to_bucket=target)), repository=repository)
+        found = source.verify(header, source.parse_target(RestoreOptions.of(to_bucket=target)), repository=repository)
     print(json.dumps({"verdict": found.verdict.value, "differences": found.differences, "checked": found.checked}))
 
 
@@ -369,7 +369,7 @@ def test_restore_to_a_directory_stays_inside_it(models: ModelsBucket, tmp_path: 
         assert _digest(path.read_bytes()) == stored.sha256, key
 
     source = _source("http://unused.invalid", models.bucket)
-    restored = source.parse_target(RestoreOptions(to_dir=str(target)))
+    restored = source.parse_target(RestoreOptions.of(to_dir=str(target)))
     with _repository(models.cli) as repository:
         verdict = source.verify(_header(models), restored, repository=repository)
         assert verdict.verdict is Verdict.MATCH, verdict.differences
@@ -558,7 +558,7 @@ def test_verify_names_tampered_objects_and_cannot_pass_without_a_target(
     target = f"canary-{uuid.uuid4().hex[:8]}"
     cli.json("restore", "models", "--to-bucket", target)
     source = _source(s3_server.endpoint_url, bucket)
-    options = RestoreOptions(to_bucket=target)
+    options = RestoreOptions.of(to_bucket=target)
     with _repository(cli) as repository:
         header = repository.find_snapshot("models")
         assert source.verify(header, source.parse_target(options), repository=repository).ok
@@ -581,10 +581,10 @@ def test_verify_names_tampered_objects_and_cannot_pass_without_a_target(
         assert source.verify(header, source.parse_target(options)).verdict is Verdict.MISMATCH
 
         gone = source.verify(
-            header, source.parse_target(RestoreOptions(to_bucket="no-such-bucket-here")), repository=repository
+            header, source.parse_target(RestoreOptions.of(to_bucket="no-such-bucket-here")), repository=repository
         )
         assert gone.verdict is Verdict.UNVERIFIED and "bucket 'no-such-bucket-here' does not exist" in gone.message
-        nowhere = source.verify(header, source.parse_target(RestoreOptions(to_dir="/nonexistent/restore")))
+        nowhere = source.verify(header, source.parse_target(RestoreOptions.of(to_dir="/nonexistent/restore")))
         assert nowhere.verdict is Verdict.UNVERIFIED and "/nonexistent/restore does not exist" in nowhere.message
     assert len(objects) == 12
     _drop_bucket(client, target)
@@ -749,7 +749,7 @@ def test_target_credentials_come_from_the_environment_or_are_given(
     assert _bucket_state(checker, "from-environment") == objects
 
     source = _source("http://unused.invalid", bucket)
-    given = RestoreOptions(
+    given = RestoreOptions.of(
         to_endpoint=auth_server.endpoint_url, to_bucket="given-keys", to_access_key_id=key, to_secret_access_key=secret
     )
     target = source.parse_target(given)

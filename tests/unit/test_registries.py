@@ -10,7 +10,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from backup.sources import PART_MERGES, SOURCES
+from backup.sources import SOURCES, source_kind
 from drills.faults import FAULTS as FAULT_CLASSES
 from drills.scratch import SCRATCH
 from lifeboat.notify import NOTIFIERS
@@ -40,9 +40,21 @@ def test_every_source_kind_has_a_registered_source_and_every_source_a_kind() -> 
 
 @pytest.mark.parametrize("kind", sorted(SOURCES))
 def test_every_registered_source_can_be_loaded_and_says_its_kind(kind: str) -> None:
-    module, _, attribute = SOURCES[kind].partition(":")
+    declared = source_kind(kind)
+    assert declared.name == kind
+    module, _, attribute = declared.source.partition(":")
     source_class = getattr(importlib.import_module(module), attribute)
     assert source_class.kind == kind
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_a_kinds_target_options_are_its_own_and_never_a_shared_option(kind: str) -> None:
+    """``lifeboat restore`` takes every kind's flags; a source refuses the ones not in its declaration."""
+    options = source_kind(kind).target_options
+    assert len(set(options)) == len(options)
+    assert not set(options) & {"snapshot", "at", "dry_run", "yes", "json", "target"}
+    others = {name for other in SOURCES if other != kind for name in source_kind(other).target_options}
+    assert not set(options) & others, "a target option of two kinds could not tell which kind it was meant for"
 
 
 def test_every_declared_fault_is_registered_under_its_own_name() -> None:
@@ -59,5 +71,5 @@ def test_every_notifier_kind_has_a_registered_notifier() -> None:
 
 
 def test_the_shardable_kinds_are_source_kinds_with_a_registered_merge() -> None:
-    assert set(SHARDABLE_KINDS) == set(PART_MERGES)
+    assert set(SHARDABLE_KINDS) == {kind for kind in SOURCES if source_kind(kind).part_merge}
     assert set(SHARDABLE_KINDS) <= set(SOURCES)

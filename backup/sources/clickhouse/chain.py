@@ -7,7 +7,7 @@ below. ``meta["native"]`` of the snapshot records all of that (``NativeBackupInf
 Retention: a native backup may be deleted only once no kept snapshot needs it, as its own backup or
 as a base anywhere in its chain (``deletable_native_backups``): deleting a base breaks every
 incremental on top of it (clickhouse-backup has broken chains this way). ``NativeBackupPruning`` is
-that rule as the kind's prune hook (``PRUNE_HOOKS`` in backup/sources).
+that rule as the kind's prune hook (``prune_hook`` in kind.py).
 """
 
 from __future__ import annotations

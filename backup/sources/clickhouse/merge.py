@@ -1,5 +1,5 @@
 """The ClickHouse shard merge: ONE snapshot's outcome from the parts of a sharded run
-(``backup.jobs.merge_parts`` through ``PART_MERGES``; backup/sources/parts.py)."""
+(``backup.jobs.merge_parts`` through ``part_merge`` in kind.py; backup/sources/parts.py)."""
 
 from __future__ import annotations
 

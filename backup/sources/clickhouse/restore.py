@@ -17,7 +17,7 @@ from typing import Protocol
 import structlog
 
 from backup.repository.manifest import Entry, SnapshotHeader
-from backup.sources.base import RestoreOptions, Verdict, Verification
+from backup.sources.base import RestoreOptions, Verdict, Verification, flag_of
 from backup.sources.clickhouse.catalog import (
     Table,
     database_exists,
@@ -37,6 +37,7 @@ from backup.sources.clickhouse.fingerprint import (
     snapshot_definitions,
     table_prints,
 )
+from backup.sources.clickhouse.kind import KIND
 from backup.sources.clickhouse.sql import (
     TableRole,
     database_selected,
@@ -54,21 +55,6 @@ log = structlog.get_logger(__name__)
 DEFAULT_PORT = 9000
 DEFAULT_HTTP_PORT = 8123
 _PARTITION_LINES = 24  # per table in a plan; the rest is summed up
-_FOREIGN_OPTIONS = (
-    "to_file",
-    "to_data_dir",
-    "name",
-    "initial_cluster",
-    "initial_advertise_peer_urls",
-    "to_endpoint",
-    "to_bucket",
-    "to_prefix",
-    "to_dir",
-    "prefix",
-    "in_place",
-    "to_access_key_id",
-    "to_secret_access_key",
-)
 _USAGE = "use --to-host H [--to-port P] [--to-http-port P] --to-database DB [--tables GLOB]..."
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"})
 
@@ -95,28 +81,28 @@ def target_from_options(options: RestoreOptions, settings: ClickHouseSettings, *
 
     The target is reached with the source's user and ``password`` unless ``to_user`` / ``to_password``
     (set by drills for their scratch servers, not CLI options) say otherwise."""
-    foreign = options.given(*_FOREIGN_OPTIONS)
+    foreign = options.foreign(KIND.target_options)
     if foreign:
-        named = ", ".join("--" + option.replace("_", "-") for option in foreign)
+        named = ", ".join(map(flag_of, foreign))
         verb = "does" if len(foreign) == 1 else "do"
         raise RestoreError(f"{named} {verb} not apply to a ClickHouse source; {_USAGE}")
-    if not options.to_host or not options.to_database:
+    if not options.get("to_host") or not options.get("to_database"):
         raise RestoreError(f"a ClickHouse restore needs --to-host and --to-database; {_USAGE}")
     endpoint = Endpoint(
-        host=options.to_host,
-        port=options.to_port or DEFAULT_PORT,
-        http_port=options.to_http_port or DEFAULT_HTTP_PORT,
-        user=options.to_user or settings.user,
-        password=options.to_password if options.to_password is not None else password,
+        host=options.get("to_host"),
+        port=options.get("to_port") or DEFAULT_PORT,
+        http_port=options.get("to_http_port") or DEFAULT_HTTP_PORT,
+        user=options.get("to_user") or settings.user,
+        password=options.get("to_password") if options.get("to_password") is not None else password,
         secure=settings.secure,
-        database=options.to_database,
+        database=options.get("to_database"),
         timeout=settings.timeout.total_seconds(),
     )
-    if same_server(settings, endpoint) and database_selected(options.to_database, settings.databases):
+    if same_server(settings, endpoint) and database_selected(options.get("to_database"), settings.databases):
         raise RestoreError(_source_refusal(endpoint, "the source backs up that database"))
-    own = options.to_user is not None or options.to_password is not None
+    own = options.get("to_user") is not None or options.get("to_password") is not None
     credentials = f"user {endpoint.user} with {'the target' if own else 'the source'}'s password"
-    return ClickHouseTarget(endpoint, tuple(options.tables), credentials)
+    return ClickHouseTarget(endpoint, tuple(options.get("tables") or ()), credentials)
 
 
 def same_server(settings: ClickHouseSettings, endpoint: Endpoint) -> bool:

@@ -8,23 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backup.sources.base import RestoreOptions
+from backup.sources.base import RestoreOptions, flag_of
+from backup.sources.etcd.kind import KIND
 from policies.errors import RestoreError
 from policies.model import EtcdTls
 
-_OTHER_KIND_OPTIONS = (
-    "to_host",
-    "to_port",
-    "to_http_port",
-    "to_database",
-    "tables",
-    "to_endpoint",
-    "to_bucket",
-    "to_prefix",
-    "to_dir",
-    "prefix",
-    "in_place",
-)
 _MEMBER_OPTIONS = ("name", "initial_cluster", "initial_advertise_peer_urls")
 TARGET_HELP = (
     "use --to-file PATH (the verified snapshot db), or --to-data-dir DIR --name NAME "
@@ -69,35 +57,26 @@ def parse_restore_target(options: RestoreOptions, *, source: str, etcd_bin: str)
     """``--to-file PATH`` or ``--to-data-dir DIR`` with the member options, for etcd source ``source``;
     ``etcd_bin`` is the server a verification of a data dir starts. Raises RestoreError for options
     of other source kinds, a missing or doubled target, or inconsistent membership."""
-    foreign = options.given(*_OTHER_KIND_OPTIONS)
+    foreign = options.foreign(KIND.target_options)
     if foreign:
-        flags = ", ".join(_flag(name) for name in foreign)
+        flags = ", ".join(flag_of(name) for name in foreign)
         verb = "does" if len(foreign) == 1 else "do"
         raise RestoreError(f"{flags} {verb} not apply to etcd source '{source}'; {TARGET_HELP}")
-    if bool(options.to_file) == bool(options.to_data_dir):
-        both = "give only one of --to-file and --to-data-dir" if options.to_file else "say where to restore"
+    if bool(options.get("to_file")) == bool(options.get("to_data_dir")):
+        both = "give only one of --to-file and --to-data-dir" if options.get("to_file") else "say where to restore"
         raise RestoreError(f"{both}: {TARGET_HELP}")
     members = options.given(*_MEMBER_OPTIONS)
-    if options.to_file:
+    if options.get("to_file"):
         if members:
-            raise RestoreError(f"{', '.join(map(_flag, members))} apply only with --to-data-dir")
-        return EtcdFileTarget(Path(options.to_file).expanduser().absolute())
-    missing = [_flag(name) for name in _MEMBER_OPTIONS if name not in members]
+            raise RestoreError(f"{', '.join(map(flag_of, members))} apply only with --to-data-dir")
+        return EtcdFileTarget(Path(options.get("to_file")).expanduser().absolute())
+    missing = [flag_of(name) for name in _MEMBER_OPTIONS if name not in members]
     if missing:
         raise RestoreError(f"--to-data-dir also needs {', '.join(missing)}: the member's identity in its cluster")
-    assert options.name and options.initial_cluster and options.initial_advertise_peer_urls and options.to_data_dir
-    check_membership(options.name, options.initial_cluster, options.initial_advertise_peer_urls)
-    return EtcdDataDirTarget(
-        Path(options.to_data_dir).expanduser().absolute(),
-        options.name,
-        options.initial_cluster,
-        options.initial_advertise_peer_urls,
-        etcd_bin=etcd_bin,
-    )
-
-
-def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
+    name, cluster, peer_urls = (str(options.get(option)) for option in _MEMBER_OPTIONS)
+    check_membership(name, cluster, peer_urls)
+    data_dir = Path(options.get("to_data_dir")).expanduser().absolute()
+    return EtcdDataDirTarget(data_dir, name, cluster, peer_urls, etcd_bin=etcd_bin)
 
 
 def parse_initial_cluster(text: str) -> dict[str, list[str]]:

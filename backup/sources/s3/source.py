@@ -20,9 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
 from backup.repository.s3store import make_client
-from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification
+from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification, flag_of
 from backup.sources.s3.calls import GONE_CODES, Hints, call_with_retry, error_code, explain, run_bounded
 from backup.sources.s3.digest import BucketSum, Skipped, SnapshotTally, object_meta
+from backup.sources.s3.kind import KIND
 from backup.sources.s3.listing import Listed, PreviousEntries, list_bucket, reusable
 from backup.sources.s3.targets import (
     BucketSide,
@@ -42,20 +43,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 WINDOW_PER_WORKER = 8  # snapshot: objects queued per worker ahead of the in-order writer (entries, not bytes)
-_OTHER_KINDS_OPTIONS = (
-    "to_user",
-    "to_password",
-    "to_file",
-    "to_data_dir",
-    "name",
-    "initial_cluster",
-    "initial_advertise_peer_urls",
-    "to_host",
-    "to_port",
-    "to_http_port",
-    "to_database",
-    "tables",
-)
 _TARGET_USAGE = "use --to-bucket B [--to-endpoint URL] [--to-prefix P], or --to-dir DIR; optionally --prefix P"
 
 
@@ -204,30 +191,31 @@ class S3Source:
     def parse_target(self, options: RestoreOptions) -> S3Target:
         """A BucketTarget or DirectoryTarget from the S3 options; RestoreError for options of other
         kinds, a missing or doubled target, or the source bucket itself without --in-place."""
-        foreign = options.given(*_OTHER_KINDS_OPTIONS)
+        foreign = options.foreign(KIND.target_options)
         if foreign:
-            named = ", ".join("--" + name.replace("_", "-") for name in foreign)
+            named = ", ".join(map(flag_of, foreign))
             raise RestoreError(f"{named}: not an option for s3 source '{self.name}'; {_TARGET_USAGE}")
-        select = options.prefix or ""
-        if options.to_dir:
+        select = options.get("prefix") or ""
+        if options.get("to_dir"):
             if options.given("to_endpoint", "to_bucket", "to_prefix", "in_place"):
                 raise RestoreError(f"--to-dir cannot be combined with a bucket target; {_TARGET_USAGE}")
-            return DirectoryTarget(Path(options.to_dir).absolute(), select=select)
-        if not options.to_bucket:
+            return DirectoryTarget(Path(options.get("to_dir")).absolute(), select=select)
+        if not options.get("to_bucket"):
             raise RestoreError(f"no restore target given for s3 source '{self.name}'; {_TARGET_USAGE}")
-        endpoint = self._target_endpoint(options.to_endpoint)
-        prefix = options.to_prefix or ""
-        in_place = same_endpoint(endpoint, self.settings.endpoint_url) and options.to_bucket in self.settings.buckets
-        if in_place and not options.in_place:
+        bucket = str(options.get("to_bucket"))
+        endpoint = self._target_endpoint(options.get("to_endpoint"))
+        prefix = options.get("to_prefix") or ""
+        in_place = same_endpoint(endpoint, self.settings.endpoint_url) and bucket in self.settings.buckets
+        if in_place and not options.get("in_place"):
             raise RestoreError(
-                f"s3://{options.to_bucket} at {endpoint or 'AWS S3'} is a bucket of source '{self.name}' itself: "
+                f"s3://{bucket} at {endpoint or 'AWS S3'} is a bucket of source '{self.name}' itself: "
                 "writing over it needs --in-place --yes; to restore beside it, choose another --to-bucket"
             )
-        if options.in_place and not in_place:
-            raise RestoreError(f"--in-place: s3://{options.to_bucket} at {endpoint} is not a bucket of source '{self.name}'")
+        if options.get("in_place") and not in_place:
+            raise RestoreError(f"--in-place: s3://{bucket} at {endpoint} is not a bucket of source '{self.name}'")
         return BucketTarget(
             endpoint_url=endpoint,
-            bucket=options.to_bucket,
+            bucket=bucket,
             prefix=prefix if not prefix or prefix.endswith("/") else prefix + "/",
             select=select,
             environment_credentials=bool(os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")),
@@ -393,11 +381,11 @@ def _plan(target: S3Target, view: View, occupied: str | None) -> list[str]:
 
 def _given_keys(options: RestoreOptions) -> tuple[str, str] | None:
     """The target's own access key from the options (drills pass their scratch server's), if any."""
-    if options.to_access_key_id is None and options.to_secret_access_key is None:
+    if options.get("to_access_key_id") is None and options.get("to_secret_access_key") is None:
         return None
-    if not options.to_access_key_id or not options.to_secret_access_key:
+    if not options.get("to_access_key_id") or not options.get("to_secret_access_key"):
         raise RestoreError("give both the target's access key id and its secret access key, or neither")
-    return options.to_access_key_id, options.to_secret_access_key
+    return options.get("to_access_key_id"), options.get("to_secret_access_key")
 
 
 def _count(repository: Repository, header: SnapshotHeader, view: View) -> tuple[int, int]:

@@ -232,7 +232,7 @@ class ClickHouseSlot(KubernetesSlot):
         """The service (or port-forward) and the run's credentials."""
         credentials = self._credentials()
         host, port = self.address(9000)
-        return RestoreOptions(
+        return RestoreOptions.of(
             to_host=host,
             to_port=port,
             to_http_port=self.address(8123)[1],
@@ -270,7 +270,7 @@ class S3Slot(KubernetesSlot):
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         """The service (or port-forward) and the run's credentials."""
         credentials = self._credentials()
-        return RestoreOptions(
+        return RestoreOptions.of(
             to_endpoint=self.endpoint,
             to_bucket=self.database,
             to_access_key_id=credentials.user,
@@ -348,7 +348,7 @@ class EtcdSlot(KubernetesSlot):
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         """A dry run (``DRY_RUN_FILE``) that proves the snapshot's manifest readable; the init
         container restores it, in ``after_restore``."""
-        return RestoreOptions(to_file=DRY_RUN_FILE, dry_run=True, yes=yes)
+        return RestoreOptions.of(to_file=DRY_RUN_FILE, dry_run=True, yes=yes)
 
     def verify_target(self) -> Any:
         host, port = self.address(2379)

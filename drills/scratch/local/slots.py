@@ -77,7 +77,7 @@ class EtcdSlot:
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         peer = "http://127.0.0.1:2380"  # rewritten by start_etcd's own flags; only needs to be consistent
-        return RestoreOptions(
+        return RestoreOptions.of(
             to_data_dir=str(self.data_dir),
             name="drill",
             initial_cluster=f"drill={peer}",
@@ -163,7 +163,7 @@ class ClickHouseSlot:
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         via_relay = bool(self.relays) and not direct
-        return RestoreOptions(
+        return RestoreOptions.of(
             to_host="127.0.0.1" if via_relay else self.settings.host,
             to_port=self.relays[0].port if via_relay else self.settings.port,
             to_http_port=self.relays[1].port if via_relay else self.settings.http_port,
@@ -222,7 +222,7 @@ class S3Slot:
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
         endpoint = f"http://127.0.0.1:{self.relay.port}" if self.relay and not direct else self.endpoint
-        return RestoreOptions(
+        return RestoreOptions.of(
             to_endpoint=endpoint,
             to_bucket=self.bucket,
             to_access_key_id=reveal(self.settings.access_key_id),

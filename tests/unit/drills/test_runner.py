@@ -36,7 +36,7 @@ class FakeSlot:
     released: bool = False
 
     def restore_options(self, *, yes: bool = False, direct: bool = False) -> RestoreOptions:
-        return RestoreOptions(yes=yes)
+        return RestoreOptions.of(yes=yes)
 
     def after_restore(self) -> None:
         pass

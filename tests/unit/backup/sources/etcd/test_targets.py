@@ -45,8 +45,8 @@ MEMBER = {
 
 
 def test_targets_are_parsed(tmp_path: Path) -> None:
-    assert SOURCE.parse_target(RestoreOptions(to_file=str(tmp_path / "s.db"))) == EtcdFileTarget(tmp_path / "s.db")
-    target = SOURCE.parse_target(RestoreOptions(to_data_dir=str(tmp_path / "etcd"), **MEMBER))
+    assert SOURCE.parse_target(RestoreOptions.of(to_file=str(tmp_path / "s.db"))) == EtcdFileTarget(tmp_path / "s.db")
+    target = SOURCE.parse_target(RestoreOptions.of(to_data_dir=str(tmp_path / "etcd"), **MEMBER))
     assert isinstance(target, EtcdDataDirTarget)
     assert (target.data_dir, target.name, target.members) == (tmp_path / "etcd", "n1", {"n1": ["http://10.0.0.11:2380"]})
 
@@ -54,12 +54,12 @@ def test_targets_are_parsed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (RestoreOptions(to_bucket="b"), "--to-bucket does not apply to etcd source 'k8s-etcd'; use --to-file PATH"),
-        (RestoreOptions(to_host="ch", to_database="d"), "--to-host, --to-database do not apply"),
-        (RestoreOptions(), "say where to restore: use --to-file PATH.*--to-data-dir DIR"),
-        (RestoreOptions(to_file="a", to_data_dir="b"), "give only one of --to-file and --to-data-dir"),
-        (RestoreOptions(to_file="a", name="n1"), "--name apply only with --to-data-dir"),
-        (RestoreOptions(to_data_dir="d", name="n1"), "also needs --initial-cluster, --initial-advertise-peer-urls"),
+        (RestoreOptions.of(to_bucket="b"), "--to-bucket does not apply to etcd source 'k8s-etcd'; use --to-file PATH"),
+        (RestoreOptions.of(to_host="ch", to_database="d"), "--to-host, --to-database do not apply"),
+        (RestoreOptions.of(), "say where to restore: use --to-file PATH.*--to-data-dir DIR"),
+        (RestoreOptions.of(to_file="a", to_data_dir="b"), "give only one of --to-file and --to-data-dir"),
+        (RestoreOptions.of(to_file="a", name="n1"), "--name apply only with --to-data-dir"),
+        (RestoreOptions.of(to_data_dir="d", name="n1"), "also needs --initial-cluster, --initial-advertise-peer-urls"),
     ],
 )
 def test_wrong_target_options_say_what_to_use(options: RestoreOptions, message: str) -> None:

@@ -29,19 +29,19 @@ def no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_bucket_target_defaults_to_the_source_endpoint_and_credentials() -> None:
-    target = source().parse_target(RestoreOptions(to_bucket="restored", to_prefix="drill/1", prefix="weights/"))
+    target = source().parse_target(RestoreOptions.of(to_bucket="restored", to_prefix="drill/1", prefix="weights/"))
     assert target == BucketTarget("http://minio.ml.svc:9000", "restored", prefix="drill/1/", select="weights/")
 
 
 def test_aws_environment_credentials_are_used_for_the_target_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_PROFILE", "restore-operator")
-    target = source().parse_target(RestoreOptions(to_endpoint="https://s3.dc2:9000/", to_bucket="restored"))
+    target = source().parse_target(RestoreOptions.of(to_endpoint="https://s3.dc2:9000/", to_bucket="restored"))
     assert isinstance(target, BucketTarget)
     assert target.environment_credentials and target.endpoint_url == "https://s3.dc2:9000"
 
 
 def test_a_directory_target(tmp_path: Path) -> None:
-    target = source().parse_target(RestoreOptions(to_dir=str(tmp_path / "out"), prefix="a/"))
+    target = source().parse_target(RestoreOptions.of(to_dir=str(tmp_path / "out"), prefix="a/"))
     assert target == DirectoryTarget(tmp_path / "out", select="a/")
 
 
@@ -49,16 +49,16 @@ def test_a_directory_target(tmp_path: Path) -> None:
     ("options", "fragments"),
     [
         (
-            RestoreOptions(to_host="ch-1", to_database="f"),
+            RestoreOptions.of(to_host="ch-1", to_database="f"),
             ["--to-host, --to-database", "not an option for s3", "--to-bucket", "--to-dir"],
         ),
-        (RestoreOptions(to_data_dir="/var/lib/etcd"), ["--to-data-dir"]),
-        (RestoreOptions(), ["no restore target", "--to-bucket B"]),
-        (RestoreOptions(to_dir="/tmp/x", to_bucket="b"), ["cannot be combined"]),
-        (RestoreOptions(to_bucket="models"), ["bucket of source 'models' itself", "--in-place --yes"]),
-        (RestoreOptions(to_bucket="models", to_endpoint="http://MINIO.ml.svc:9000/"), ["--in-place --yes"]),
-        (RestoreOptions(to_bucket="other", in_place=True), ["--in-place", "not a bucket of source"]),
-        (RestoreOptions(to_bucket="b", to_endpoint="minio:9000"), ["not an http(s) URL"]),
+        (RestoreOptions.of(to_data_dir="/var/lib/etcd"), ["--to-data-dir"]),
+        (RestoreOptions.of(), ["no restore target", "--to-bucket B"]),
+        (RestoreOptions.of(to_dir="/tmp/x", to_bucket="b"), ["cannot be combined"]),
+        (RestoreOptions.of(to_bucket="models"), ["bucket of source 'models' itself", "--in-place --yes"]),
+        (RestoreOptions.of(to_bucket="models", to_endpoint="http://MINIO.ml.svc:9000/"), ["--in-place --yes"]),
+        (RestoreOptions.of(to_bucket="other", in_place=True), ["--in-place", "not a bucket of source"]),
+        (RestoreOptions.of(to_bucket="b", to_endpoint="minio:9000"), ["not an http(s) URL"]),
     ],
 )
 def test_wrong_restore_options_are_refused_saying_what_to_use(options: RestoreOptions, fragments: list[str]) -> None:
@@ -69,16 +69,16 @@ def test_wrong_restore_options_are_refused_saying_what_to_use(options: RestoreOp
 
 
 def test_keys_given_for_the_target_are_kept_out_of_its_repr() -> None:
-    target = source().parse_target(RestoreOptions(to_bucket="scratch", to_access_key_id="AK", to_secret_access_key="SK"))
+    target = source().parse_target(RestoreOptions.of(to_bucket="scratch", to_access_key_id="AK", to_secret_access_key="SK"))
     assert isinstance(target, BucketTarget) and target.credentials == ("AK", "SK")
     assert "SK" not in repr(target)
     with pytest.raises(RestoreError, match="give both"):
-        source().parse_target(RestoreOptions(to_bucket="scratch", to_access_key_id="AK"))
+        source().parse_target(RestoreOptions.of(to_bucket="scratch", to_access_key_id="AK"))
     with pytest.raises(RestoreError, match="--to-user"):
-        source().parse_target(RestoreOptions(to_bucket="scratch", to_user="default"))
+        source().parse_target(RestoreOptions.of(to_bucket="scratch", to_user="default"))
 
 
 def test_in_place_is_allowed_when_asked_for() -> None:
-    target = source().parse_target(RestoreOptions(to_bucket="datasets", in_place=True, yes=True))
+    target = source().parse_target(RestoreOptions.of(to_bucket="datasets", in_place=True, yes=True))
     assert isinstance(target, BucketTarget) and target.in_place
-    assert source().parse_target(RestoreOptions(to_bucket="models", to_endpoint="http://other:9000")).in_place is False  # type: ignore[union-attr]
+    assert source().parse_target(RestoreOptions.of(to_bucket="models", to_endpoint="http://other:9000")).in_place is False  # type: ignore[union-attr]
