@@ -52,11 +52,3 @@ pass_session = click.make_pass_decorator(Session)
 def print_json(document: dict[str, Any]) -> None:
     """The one JSON document a ``--json`` command prints on stdout."""
     click.echo(json.dumps(document, indent=2, default=str, ensure_ascii=False))
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

@@ -34,9 +34,9 @@ import click
 from backup.execute import free_port
 from backup.servers import ClickHouseProcess, EtcdProcess, start_clickhouse, start_etcd
 from drills.model import Status
-from lifeboat.context import human_bytes
 from policies.durations import human_duration
 from policies.errors import LifeboatError
+from policies.sizes import human_bytes
 
 RESOURCES = ("pods", "deployments", "services", "configmaps", "secrets", "serviceaccounts")
 NAMESPACES = ("ml-training", "ml-serving", "feature-store", "monitoring", "kube-system")

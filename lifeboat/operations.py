@@ -18,6 +18,7 @@ every run, as the drill's ``notify`` list says. What each notification says: ``l
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 import time
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from lifeboat.executor import KubernetesBackupExecutor
 
 log = structlog.get_logger(__name__)
+# The executor kinds whose backups run outside this process (the service submits them); "local" runs here.
+REMOTE_EXECUTORS: dict[str, str] = {"kubernetes": "lifeboat.executor:KubernetesBackupExecutor"}
 
 HISTORY_FOR_CHARTS = 30  # earlier drill runs drawn in a report's trend charts
 RepositoryOpener = Callable[[], Repository]
@@ -181,10 +184,10 @@ class Operations:
 
         Only the service submits Jobs: the Job's pod runs ``lifeboat backup run`` (origin ``cli``)
         with the same policy, and must back up in its own process rather than submit another Job."""
-        if self.policy.executor.kind == "kubernetes" and self.origin == "service":
-            from lifeboat.executor import KubernetesBackupExecutor  # loads the Kubernetes client: only here
-
-            executor = self.backup_executor or KubernetesBackupExecutor(self.policy)
+        elsewhere = REMOTE_EXECUTORS.get(self.policy.executor.kind)
+        if elsewhere is not None and self.origin == "service":
+            module, _, attribute = elsewhere.partition(":")  # loads the Kubernetes client: only here
+            executor = self.backup_executor or getattr(importlib.import_module(module), attribute)(self.policy)
             return executor.backup(name, run_id=run_id, progress=progress, repository=repo)
         return run_backup(repo, name, self.policy.sources[name], stale_after=self.stale_after, progress=progress)
 

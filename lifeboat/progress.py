@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from backup.sources.base import Progress
-from lifeboat.context import human_bytes
+from policies.sizes import human_bytes
 
 
 @contextmanager

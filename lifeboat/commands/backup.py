@@ -15,11 +15,12 @@ from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
 from backup.sources import restore_flags
 from backup.sources.base import RestoreOptions, RestoreResult, Verdict
-from lifeboat.context import EXIT_FAILED, EXIT_UNVERIFIED, Session, human_bytes, pass_session, print_json
+from lifeboat.context import EXIT_FAILED, EXIT_UNVERIFIED, Session, pass_session, print_json
 from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
 from policies.errors import LifeboatError
 from policies.model import SHARDABLE_KINDS, ClickHouseSettings, SourceSettings
+from policies.sizes import human_bytes
 
 log = structlog.get_logger(__name__)
 

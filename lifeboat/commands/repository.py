@@ -8,8 +8,9 @@ import click
 
 from backup.repository import init_repository
 from backup.sources.base import consistency_summary
-from lifeboat.context import EXIT_FAILED, Session, human_bytes, pass_session, print_json
+from lifeboat.context import EXIT_FAILED, Session, pass_session, print_json
 from lifeboat.operations import open_operations
+from policies.sizes import human_bytes
 
 
 @click.group()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lifeboat.context import Session, human_bytes, pass_session, print_json
+from lifeboat.context import Session, pass_session, print_json
 from lifeboat.service import ServiceError
 from lifeboat.service.cron import next_fire_times
 from lifeboat.service.instance_lock import running_service_pid
@@ -21,6 +21,7 @@ from lifeboat.state.history import RunHistory
 from lifeboat.state.records import DRILL_VERDICTS, REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
+from policies.sizes import human_bytes
 
 NEXT_RUNS = 3  # fire times listed per job in ``status --json``
 EXIT_ABORT_INCOMPLETE = 1

@@ -73,3 +73,10 @@ def test_every_notifier_kind_has_a_registered_notifier() -> None:
 def test_the_shardable_kinds_are_source_kinds_with_a_registered_merge() -> None:
     assert set(SHARDABLE_KINDS) == {kind for kind in SOURCES if source_kind(kind).part_merge}
     assert set(SHARDABLE_KINDS) <= set(SOURCES)
+
+
+def test_every_executor_kind_runs_here_or_has_a_registered_executor() -> None:
+    from lifeboat.operations import REMOTE_EXECUTORS
+    from policies.model import Executor
+
+    assert literal_values(Executor.model_fields["kind"].annotation) == {"local", *REMOTE_EXECUTORS}

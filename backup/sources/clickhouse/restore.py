@@ -49,6 +49,7 @@ from backup.sources.clickhouse.sql import (
 )
 from policies.errors import RestoreError
 from policies.model import ClickHouseSettings
+from policies.sizes import human_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -223,7 +224,7 @@ def plan_lines(plan: RestorePlan, target: ClickHouseTarget, header: SnapshotHead
     ]
     rows = sum(plan.rows(table) for table in plan.tables)
     size = sum(plan.size(table) for table in plan.tables)
-    lines.append(f"{len(plan.tables)} tables, {rows} rows, {_bytes(size)}")
+    lines.append(f"{len(plan.tables)} tables, {rows} rows, {human_bytes(size)}")
     for table in plan.data_tables + plan.definitions + plan.views + plan.view_storage:
         lines.extend(_table_lines(plan, table, target.database))
     for key, why in sorted(plan.held_back.items()):
@@ -241,24 +242,16 @@ def _table_lines(plan: RestorePlan, table: Table, database: str) -> list[str]:
     found = plan.prints.get(table.key)
     partitions = found.partitions if found else {}
     if not table.has_partitions:
-        return [f"{head}: whole table, {plan.rows(table)} rows, {_bytes(plan.size(table))}{notes}"]
+        return [f"{head}: whole table, {plan.rows(table)} rows, {human_bytes(plan.size(table))}{notes}"]
     count = f"{len(partitions)} partition{'' if len(partitions) == 1 else 's'}"
-    lines = [f"{head}: {count}, {plan.rows(table)} rows, {_bytes(plan.size(table))}{notes}"]
+    lines = [f"{head}: {count}, {plan.rows(table)} rows, {human_bytes(plan.size(table))}{notes}"]
     sizes = {entry.meta["partition"]: entry.size for entry in plan.entries.get(table.key, [])}
     for partition, (rows, _) in sorted(partitions.items())[:_PARTITION_LINES]:
-        size = f", {_bytes(sizes[partition])}" if partition in sizes else ""
+        size = f", {human_bytes(sizes[partition])}" if partition in sizes else ""
         lines.append(f"  partition {partition}: {rows} rows{size}")
     if len(partitions) > _PARTITION_LINES:
         lines.append(f"  ... and {len(partitions) - _PARTITION_LINES} more partitions")
     return lines
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 # ---- the target ---------------------------------------------------------------------------------

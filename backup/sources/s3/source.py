@@ -38,21 +38,13 @@ from backup.sources.s3.targets import (
 from backup.sources.s3.verify import verify_entries, verify_fingerprint
 from policies.errors import LifeboatError, RestoreError, SourceError
 from policies.model import S3Settings, reveal
+from policies.sizes import human_bytes
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 WINDOW_PER_WORKER = 8  # snapshot: objects queued per worker ahead of the in-order writer (entries, not bytes)
 _TARGET_USAGE = "use --to-bucket B [--to-endpoint URL] [--to-prefix P], or --to-dir DIR; optionally --prefix P"
-
-
-def size_text(size: float) -> str:
-    """A byte count for people: 512 B, 1.5 KiB, 3.2 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 # ---- the source -------------------------------------------------------------------------------
@@ -267,7 +259,7 @@ class S3Source:
         plan = _plan(target, view, occupied)
         if options.dry_run:
             count, size = _count(repository, header, view)
-            plan.insert(0, f"would restore {count} objects ({size_text(size)}) of snapshot {header.id}")
+            plan.insert(0, f"would restore {count} objects ({human_bytes(size)}) of snapshot {header.id}")
             return self._result(header, side, started, True, count, size, plan)
         if isinstance(target, BucketTarget) and target.in_place and not options.yes:
             raise RestoreError(f"{side.describe()} is the source bucket itself: writing over it needs --in-place --yes")
@@ -278,7 +270,7 @@ class S3Source:
             )
         side.prepare()
         count, size = self._restore_objects(repository, header, side, view, progress)
-        plan.insert(0, f"restored {count} objects ({size_text(size)}) of snapshot {header.id}, each verified (SHA-256)")
+        plan.insert(0, f"restored {count} objects ({human_bytes(size)}) of snapshot {header.id}, each verified (SHA-256)")
         log.info("s3.restore.completed", source=self.name, snapshot=header.id, target=side.describe(), objects=count)
         return self._result(header, side, started, False, count, size, plan)
 
