@@ -149,7 +149,9 @@ def patch_etcd_value(db: Path, kv: dict[str, Any]) -> str:
     key, value = base64.b64decode(kv["key"]), base64.b64decode(kv["value"])
     numbers = [int(kv.get(name, 0)) for name in ("create_revision", "mod_revision", "version")]
     record = b"\x0a" + _varint(len(key)) + key
-    record += b"".join(bytes([tag]) + _varint(number) for tag, number in zip((0x10, 0x18, 0x20), numbers, strict=True) if number)
+    record += b"".join(
+        bytes([tag]) + _varint(number) for tag, number in zip((0x10, 0x18, 0x20), numbers, strict=True) if number
+    )
     record += b"\x2a" + _varint(len(value)) + value
     last_value_byte = len(record) - 1
     lease = int(kv.get("lease", 0))

@@ -722,9 +722,7 @@ def test_a_value_changed_without_a_revision_bump_is_a_mismatch_naming_its_prefix
         assert read_census(EtcdGateway(scratch.endpoint))["prefixes"] == header.census["prefixes"]
 
 
-def test_an_old_snapshot_without_value_digests_verifies_as_before_and_says_so(
-    backed_up: BackedUp, tmp_path: Path
-) -> None:
+def test_an_old_snapshot_without_value_digests_verifies_as_before_and_says_so(backed_up: BackedUp, tmp_path: Path) -> None:
     old = {name: backed_up.header.fingerprint[name] for name in ("revision", "prefixes", "resources", "namespaces", "keys")}
     header = dataclasses.replace(backed_up.header, fingerprint=old)
     data_dir = tmp_path / "scratch"

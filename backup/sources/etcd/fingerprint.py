@@ -69,7 +69,9 @@ class ValueDigests:
         _add(self.prefixes, labels[0], digest)
         _add(self.parents, labels[1], digest)
 
-    def add_record(self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int) -> None:
+    def add_record(
+        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+    ) -> None:
         self.add(key, key_digest(key, value, create_revision, mod_revision, version, lease))
 
     def as_dict(self) -> dict[str, Any]:

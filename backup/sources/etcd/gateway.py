@@ -96,9 +96,7 @@ class EtcdGateway:
         self._send("GET", "/version")
         return str(self._receive("/version").get("etcdserver", "unknown"))
 
-    def request_keys(
-        self, start: bytes, *, revision: int = 0, limit: int = CENSUS_PAGE, values: bool = False
-    ) -> None:
+    def request_keys(self, start: bytes, *, revision: int = 0, limit: int = CENSUS_PAGE, values: bool = False) -> None:
         """Ask for up to ``limit`` keys >= ``start`` in key order at ``revision`` (0: the current one),
         with their values and revisions when ``values``; ``read_keys`` collects the answer, so the
         caller can work while etcd does."""

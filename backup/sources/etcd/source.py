@@ -248,11 +248,7 @@ class EtcdSource:
                     f"{target.data_dir} is one member of a {len(target.members)}-member cluster and cannot start alone; "
                     "verify the cluster's endpoint once every member runs",
                 )
-            return verify_data_dir(
-                fingerprint, target.data_dir, name=target.name, etcd_bin=target.etcd_bin, **credentials
-            )
+            return verify_data_dir(fingerprint, target.data_dir, name=target.name, etcd_bin=target.etcd_bin, **credentials)
         if isinstance(target, EtcdFileTarget):
-            return verify_file(
-                fingerprint, target.path, etcdctl=self._etcdctl(), etcd_bin=self._etcd_bin(), **credentials
-            )
+            return verify_file(fingerprint, target.path, etcdctl=self._etcdctl(), etcd_bin=self._etcd_bin(), **credentials)
         return Verification(Verdict.UNVERIFIED, f"etcd source '{self.name}' cannot verify {target!r}")

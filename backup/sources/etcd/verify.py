@@ -118,7 +118,9 @@ def verify_endpoint(
                 differences += _compare_auth(gateway, fingerprint["auth"], unverified, checked)
             digests = ValueDigests() if covered and fingerprint["values"].get("algorithm") == DIGEST else None
             if covered and digests is None:
-                unverified.append(f"values: digested as {fingerprint['values'].get('algorithm')!r}, which this Lifeboat cannot")
+                unverified.append(
+                    f"values: digested as {fingerprint['values'].get('algorithm')!r}, which this Lifeboat cannot compute"
+                )
             try:
                 actual = read_census(gateway, values=digests)
             except GatewayUnreachable:
@@ -140,9 +142,7 @@ def verify_endpoint(
             message += f" (and could not be checked for: {'; '.join(unverified)})"
         return Verification(Verdict.MISMATCH, message, differences, checked)
     if unverified or actual is None:
-        return Verification(
-            Verdict.UNVERIFIED, f"could not verify the restored etcd: {'; '.join(unverified)}", [], checked
-        )
+        return Verification(Verdict.UNVERIFIED, f"could not verify the restored etcd: {'; '.join(unverified)}", [], checked)
     prefixes = _plural(len(actual["prefixes"]), "prefix")
     message = f"revision {actual['revision']} and {actual['totals']['keys']} keys in {prefixes} match"
     if covered:

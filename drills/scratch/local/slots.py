@@ -25,12 +25,12 @@ from drills.scratch.common import (
     add_etcd_user,
     delete_bucket,
     delete_first_etcd_key,
-    first_etcd_value,
-    grant_etcd_lease,
-    patch_etcd_value,
     drop_largest_table,
     duplicate_one_row,
+    first_etcd_value,
+    grant_etcd_lease,
     overwrite_one_object,
+    patch_etcd_value,
     wipe_bucket,
 )
 from drills.scratch.local.relay import CuttableRelay
