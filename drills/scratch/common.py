@@ -1,7 +1,8 @@
 """What every scratch environment's slots share: the error they raise, the byte pump of their
 loopback relays, and the damage the ``disaster`` and ``verifier-canary`` faults do to a restored
-ClickHouse database or S3 bucket, through the same network path the restore used (a
-clickhouse-driver client, a boto3 client).
+ClickHouse database, S3 bucket or etcd, through the same network path the restore used (a
+clickhouse-driver client, a boto3 client, etcd's JSON gateway), or, for an etcd value changed
+without a new revision, in the stopped scratch member's bbolt file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import json
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any, Protocol
 
 from policies.errors import LifeboatError
@@ -125,8 +127,72 @@ def delete_first_etcd_key(endpoint: str) -> str:
     return f"deleted key {base64.b64decode(key).decode(errors='replace')} from the scratch etcd"
 
 
+def first_etcd_value(endpoint: str) -> dict[str, Any]:
+    """The first key of the etcd at ``endpoint`` that holds a non-empty value, as its gateway gives it
+    (``key``, ``value`` base64, revisions as strings). Raises ScratchError when there is none."""
+    start = base64.b64encode(b"\0").decode()
+    while True:
+        found = _etcd_call(endpoint, "range", {"key": start, "range_end": base64.b64encode(b"\0").decode(), "limit": 100})
+        for kv in found.get("kvs") or []:
+            if kv.get("value"):
+                return kv
+        if not found.get("more"):
+            raise ScratchError("the scratch etcd holds no key with a value to tamper with")
+        start = base64.b64encode(base64.b64decode(found["kvs"][-1]["key"]) + b"\0").decode()
+
+
+def patch_etcd_value(db: Path, kv: dict[str, Any]) -> str:
+    """The etcd value canary: change the last byte of the value of ``kv`` (as ``first_etcd_value``
+    gives it) in the bbolt file ``db`` of a stopped member, in place: every copy of that revision's
+    ``mvccpb.KeyValue`` record, at the same length, so no revision, version or size changes; says
+    which key. Raises ScratchError when the record is not in the file."""
+    key, value = base64.b64decode(kv["key"]), base64.b64decode(kv["value"])
+    numbers = [int(kv.get(name, 0)) for name in ("create_revision", "mod_revision", "version")]
+    record = b"\x0a" + _varint(len(key)) + key
+    record += b"".join(
+        bytes([tag]) + _varint(number) for tag, number in zip((0x10, 0x18, 0x20), numbers, strict=True) if number
+    )
+    record += b"\x2a" + _varint(len(value)) + value
+    last_value_byte = len(record) - 1
+    lease = int(kv.get("lease", 0))
+    record += b"\x30" + _varint(lease) if lease else b""
+    data = bytearray(db.read_bytes())
+    copies, at = 0, data.find(record)
+    while at >= 0:
+        data[at + last_value_byte] ^= 0x01
+        copies += 1
+        at = data.find(record, at + 1)
+    if not copies:
+        raise ScratchError(f"the record of key {key.decode(errors='replace')} is not in {db}")
+    with db.open("r+b") as handle:
+        handle.write(data)
+    return f"changed the value of key {key.decode(errors='replace')} in place in the data dir, with no new revision"
+
+
+def _varint(number: int) -> bytes:
+    number &= (1 << 64) - 1
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    return bytes(out + bytes([number]))
+
+
+def grant_etcd_lease(endpoint: str) -> str:
+    """The etcd lease canary: grant one more lease (an hour) on the etcd at ``endpoint``; says which."""
+    granted = _etcd_call(endpoint, "/v3/lease/grant", {"TTL": 3600})
+    return f"granted an extra lease {int(granted['ID']):016x} (TTL 3600s) on the scratch etcd"
+
+
+def add_etcd_user(endpoint: str) -> str:
+    """The etcd auth canary: add a user to the etcd at ``endpoint``; says which."""
+    _etcd_call(endpoint, "/v3/auth/user/add", {"name": "lifeboat-canary", "password": "canary"})
+    return "added user lifeboat-canary to the scratch etcd"
+
+
 def _etcd_call(endpoint: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(f"{endpoint}/v3/kv/{method}", data=json.dumps(body).encode(), method="POST")
+    path = method if method.startswith("/") else f"/v3/kv/{method}"
+    request = urllib.request.Request(f"{endpoint}{path}", data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result

@@ -162,6 +162,10 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     assert "consistency window" in Path(report["report_files"]["html"]).read_text()
     assert "consistency window" in Path(report["report_files"]["text"]).read_text()
 
+    etcd_canary = next(step for step in report["sources"][0]["steps"] if step["name"] == "fault:verifier-canary")
+    for tamper in ("delete-key", "value-without-revision", "lease", "auth-user"):
+        assert f"{tamper}: " in etcd_canary["message"], etcd_canary["message"]
+
     [mail] = smtp_inbox.wait_for(1)
     assert mail["Subject"].startswith("[lifeboat] nightly PASS: 3 sources, RTO ")
     kinds = {part.get_content_type() for part in mail.walk()}

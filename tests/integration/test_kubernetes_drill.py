@@ -336,7 +336,11 @@ def test_etcd_drill_on_kubernetes_restores_in_the_init_container_and_proves_what
     assert (first.exit_code, recovery.exit_code) == (0, 0), first.output + recovery.output
     assert re.fullmatch(rf"{re.escape(label)} restored snapshot {source.snapshot} itself in .+", steps["restore"].message)
     assert source.rto_seconds is not None and source.rto_seconds >= first.seconds
-    assert re.fullmatch(r"revision \d+ and \d+ keys in \d+ prefix(es)? match", steps["verify"].message)
+    assert re.fullmatch(
+        r"revision \d+ and \d+ keys in \d+ prefix(es)? match, with every value; "
+        r"\d+ leases?, \d+ users? and \d+ roles? match, auth disabled",
+        steps["verify"].message,
+    )
 
     for fault in STORE_FAULTS:
         assert steps[f"fault:{fault}"].message.startswith("ScratchError: could not verify: this scenario needs a fresh")

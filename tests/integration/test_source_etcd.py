@@ -7,6 +7,7 @@ The session etcd is left alone: every test that writes data starts its own etcd 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -670,3 +671,179 @@ def test_a_tls_etcd_with_client_certificates_backs_up(tmp_path: Path, server_log
 def test_a_census_at_a_compacted_revision_is_refused_not_guessed(cluster: EtcdProcess) -> None:
     with EtcdGateway(cluster.endpoint) as gateway, pytest.raises(SourceError, match="required revision has been compacted"):
         read_census(gateway, revision=2)
+
+
+# ---- values, leases and auth (issue 13: a restored copy that differs is never a match) -----------------
+
+
+def flip_value_in_place(db: Path, value: bytes) -> int:
+    """Change the last byte of every copy of ``value`` in the bbolt file ``db``, in place and at the same
+    length: a value changed behind etcd's back, with no new revision. Returns how many copies changed."""
+    data = bytearray(db.read_bytes())
+    copies, at = 0, data.find(value)
+    while at >= 0:
+        data[at + len(value) - 1] ^= 0x01
+        copies += 1
+        at = data.find(value, at + 1)
+    db.write_bytes(bytes(data))
+    return copies
+
+
+def test_a_value_changed_without_a_revision_bump_is_a_mismatch_naming_its_prefix(
+    backed_up: BackedUp, tmp_path: Path, server_logs: ServerLogs
+) -> None:
+    header, source = backed_up.header, source_for(backed_up.endpoint)
+    key = b"/registry/secrets/team-01/secret-0003"
+    value, create, mod, version = Kv(backed_up.endpoint).everything(revision=header.census["revision"])[key]
+    assert len(value) == 300  # random bytes: found nowhere else in the file
+    data_dir = tmp_path / "scratch"
+    assert restore(backed_up, "--to-data-dir", str(data_dir), *MEMBER).exit_code == 0
+    assert flip_value_in_place(data_dir / "member" / "snap" / "db", value) >= 1
+
+    verification = source.verify(header, EtcdDataDirTarget(data_dir, *MEMBER[1::2]))
+    assert verification.verdict is Verdict.MISMATCH, verification
+    assert any("/registry/secrets/team-01/" in line and "values" in line for line in verification.differences), (
+        verification.differences
+    )
+    # The copy really changed only the value: same revisions, same key count (the old fingerprint matched).
+    with start_etcd(data_dir, name="m1", log_path=tmp_path / "scratch.log") as scratch:
+        server_logs.register("etcd (patched)", scratch.log_tail)
+        kv = Kv(scratch.endpoint)
+        changed, *revisions = kv.everything()[key]
+        assert revisions == [create, mod, version] and changed != value and len(changed) == len(value)
+        assert kv.revision() == header.fingerprint["revision"]
+        assert read_census(EtcdGateway(scratch.endpoint))["prefixes"] == header.census["prefixes"]
+
+
+def test_an_old_snapshot_without_value_digests_verifies_as_before_and_says_so(backed_up: BackedUp, tmp_path: Path) -> None:
+    old = {name: backed_up.header.fingerprint[name] for name in ("revision", "prefixes", "resources", "namespaces", "keys")}
+    header = dataclasses.replace(backed_up.header, fingerprint=old)
+    data_dir = tmp_path / "scratch"
+    assert restore(backed_up, "--to-data-dir", str(data_dir), *MEMBER).exit_code == 0
+    verification = source_for(backed_up.endpoint).verify(header, EtcdDataDirTarget(data_dir, *MEMBER[1::2]))
+    assert verification.verdict is Verdict.MATCH, verification
+    assert "values, leases and auth were not covered by this snapshot" in verification.message
+
+
+def etcdctl_as(endpoint: str, *args: str, user: str | None = None) -> bytes:
+    extra = {"ETCDCTL_USER": user} if user else {}
+    return run(["etcdctl", *args], timeout=60, env={"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoint, **extra}).stdout
+
+
+def seed_leases_and_auth(endpoint: str) -> None:
+    """Keys (one on a lease), two leases, users with roles, a role with permissions; auth stays off."""
+    kv = Kv(endpoint)
+    kv.put_many({f"/registry/pods/default/p{number}".encode(): b"{}" for number in range(5)})
+    lease = int(kv.call("/v3/lease/grant", {"TTL": 3600})["ID"])
+    kv.call("/v3/lease/grant", {"TTL": 7200})
+    kv.call("/v3/kv/put", {"key": b64("/registry/events/default/e1"), "value": b64("{}"), "lease": lease})
+    for user in ("root", "alice", "bob"):
+        etcdctl_as(endpoint, "user", "add", f"{user}:pw-{user}")
+    etcdctl_as(endpoint, "user", "grant-role", "root", "root")
+    etcdctl_as(endpoint, "role", "add", "reader")
+    etcdctl_as(endpoint, "role", "grant-permission", "reader", "read", "/registry/", "--prefix")
+    for user in ("alice", "bob"):
+        etcdctl_as(endpoint, "user", "grant-role", user, "reader")
+
+
+def test_leases_users_roles_and_auth_state_are_verified(tmp_path: Path, server_logs: ServerLogs) -> None:
+    with start_etcd(tmp_path / "guarded" / "data") as etcd:
+        server_logs.register("etcd (guarded)", etcd.log_tail)
+        seed_leases_and_auth(etcd.endpoint)
+        config = write_policy(tmp_path / "lifeboat", [etcd.endpoint])
+        snapshot = backup_json(config)
+        header, source = header_of(config, snapshot["id"]), source_for(etcd.endpoint)
+    data_dir = tmp_path / "restored"
+    assert lifeboat(config, "restore", SOURCE, "--to-data-dir", str(data_dir), *MEMBER).exit_code == 0
+    with start_etcd(data_dir, name="m1", log_path=tmp_path / "restored.log") as member:
+        server_logs.register("etcd (restored)", member.log_tail)
+        endpoint, kv = member.endpoint, Kv(member.endpoint)
+
+        def verify() -> Any:
+            return source.verify(header, EtcdEndpointTarget(endpoint))
+
+        untouched = verify()
+        assert untouched.verdict is Verdict.MATCH, untouched
+        assert "2 leases" in untouched.message and "3 users" in untouched.message
+
+        extra = kv.call("/v3/lease/grant", {"TTL": 600})["ID"]
+        added_lease = verify()
+        assert added_lease.verdict is Verdict.MISMATCH
+        assert any(f"lease {int(extra):016x}" in line for line in added_lease.differences), added_lease.differences
+        kv.call("/v3/kv/lease/revoke", {"ID": extra})
+        assert verify().verdict is Verdict.MATCH
+
+        etcdctl_as(endpoint, "user", "delete", "bob")
+        deleted_user = verify()
+        assert deleted_user.verdict is Verdict.MISMATCH
+        assert any("user bob" in line for line in deleted_user.differences), deleted_user.differences
+        etcdctl_as(endpoint, "user", "add", "bob:another-password")
+        assert verify().verdict is Verdict.MISMATCH  # bob is back, without his role
+        etcdctl_as(endpoint, "user", "grant-role", "bob", "reader")
+        assert verify().verdict is Verdict.MATCH
+
+        etcdctl_as(endpoint, "user", "add", "mallory:pw")
+        added_user = verify()
+        assert added_user.verdict is Verdict.MISMATCH
+        assert any("user mallory" in line for line in added_user.differences), added_user.differences
+        etcdctl_as(endpoint, "user", "delete", "mallory")
+
+        etcdctl_as(endpoint, "role", "grant-permission", "reader", "readwrite", "/secret/")
+        widened = verify()
+        assert widened.verdict is Verdict.MISMATCH
+        assert any("role reader" in line for line in widened.differences), widened.differences
+        etcdctl_as(endpoint, "role", "revoke-permission", "reader", "/secret/")
+        assert verify().verdict is Verdict.MATCH
+
+        etcdctl_as(endpoint, "auth", "enable")
+        enabled = verify()
+    assert enabled.verdict is Verdict.MISMATCH, enabled
+    assert any(line.startswith("auth: disabled in snapshot, enabled restored") for line in enabled.differences)
+
+
+def test_an_auth_enabled_snapshot_verifies_with_the_sources_credentials(tmp_path: Path, server_logs: ServerLogs) -> None:
+    with start_etcd(tmp_path / "locked" / "data") as etcd:
+        server_logs.register("etcd (locked)", etcd.log_tail)
+        seed_leases_and_auth(etcd.endpoint)
+        etcdctl_as(etcd.endpoint, "auth", "enable")
+        extra = "    user: root\n    password: pw-root\n"
+        config = write_policy(tmp_path / "lifeboat", [etcd.endpoint], extra=extra)
+        snapshot = backup_json(config)
+        header = header_of(config, snapshot["id"])
+        source = EtcdSource(SOURCE, EtcdSettings(kind="etcd", endpoints=[etcd.endpoint], user="root", password="pw-root"))
+    assert header.fingerprint["auth"]["enabled"] is True
+    data_dir = tmp_path / "restored"
+    assert lifeboat(config, "restore", SOURCE, "--to-data-dir", str(data_dir), *MEMBER).exit_code == 0
+    with start_etcd(data_dir, name="m1", log_path=tmp_path / "restored.log") as member:
+        server_logs.register("etcd (restored, auth)", member.log_tail)
+        untouched = source.verify(header, EtcdEndpointTarget(member.endpoint))
+        assert untouched.verdict is Verdict.MATCH, untouched
+        without_credentials = source_for(member.endpoint).verify(header, EtcdEndpointTarget(member.endpoint))
+        assert without_credentials.verdict is not Verdict.MATCH
+        etcdctl_as(member.endpoint, "auth", "disable", user="root:pw-root")
+        disabled = source.verify(header, EtcdEndpointTarget(member.endpoint))
+    assert disabled.verdict is Verdict.MISMATCH, disabled
+    assert any(line.startswith("auth: enabled in snapshot, disabled restored") for line in disabled.differences)
+
+
+def test_the_canarys_value_tamper_changes_only_a_value_and_is_caught(
+    backed_up: BackedUp, tmp_path: Path, server_logs: ServerLogs
+) -> None:
+    from drills.scratch.common import first_etcd_value, patch_etcd_value
+
+    header, source = backed_up.header, source_for(backed_up.endpoint)
+    data_dir = tmp_path / "scratch"
+    assert restore(backed_up, "--to-data-dir", str(data_dir), *MEMBER).exit_code == 0
+    with start_etcd(data_dir, name="m1", log_path=tmp_path / "before.log") as scratch:
+        kv = first_etcd_value(scratch.endpoint)
+    said = patch_etcd_value(data_dir / "member" / "snap" / "db", kv)
+    key = base64.b64decode(kv["key"])
+    assert key.decode(errors="replace") in said
+    with start_etcd(data_dir, name="m1", log_path=tmp_path / "after.log") as scratch:
+        server_logs.register("etcd (canary)", scratch.log_tail)
+        value, create, mod, version = Kv(scratch.endpoint).everything()[key]
+        verification = source.verify(header, EtcdEndpointTarget(scratch.endpoint))
+    assert (create, mod, version) == (int(kv["create_revision"]), int(kv["mod_revision"]), int(kv["version"]))
+    assert value != base64.b64decode(kv["value"]) and len(value) == len(base64.b64decode(kv["value"]))
+    assert verification.verdict is Verdict.MISMATCH
+    assert verification.differences and all(line.startswith("values under ") for line in verification.differences)

@@ -21,6 +21,14 @@ checksum); the valid one with the higher txid wins. Branch pages hold (pos, ksiz
 elements, leaf pages (flags, pos, ksize, vsize); ``pos`` counts from the element itself. A bucket's
 value is {root pgid, sequence}; root 0 means the bucket's single page follows inline in the value.
 Memory stays at the pages visited, plus (for the census) one entry per distinct key.
+
+The values: ``snapshot_key_digests`` decodes each revision's ``mvccpb.KeyValue`` (key 1, create_revision
+2, mod_revision 3, version 4, value 5, lease 6) with a small protobuf reader and keeps one 64-bit
+digest per key (fingerprint.py) where the census kept a flag. ``snapshot_leases_and_auth`` reads the
+``lease`` bucket (8-byte big-endian id -> ``leasepb.Lease`` {ID 1, TTL 2 as granted}), ``auth``
+(``authEnabled`` = 1 byte), ``authUsers`` (name -> ``authpb.User`` {name 1, password 2, roles 3})
+and ``authRoles`` (name -> ``authpb.Role`` {name 1, keyPermission 2 = {permType 1, key 2,
+range_end 3}}); etcd 3.4 keeps no record of the built-in ``root`` role.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from backup.sources.etcd.fingerprint import auth_fingerprint, key_digest, leases_fingerprint, permission_text
 
 MAGIC = 0xED0CDAED
 _PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
@@ -201,3 +211,127 @@ def finished_compact_revision(path: Path) -> int:
         raise BoltFormatError(f"{path} is damaged: {exc}") from None
     raw = meta.get(b"finishedCompactRev")
     return revision_main(raw) if raw else 0
+
+
+# ---- values, leases and auth ----------------------------------------------------------------------
+
+
+def snapshot_key_digests(path: Path) -> tuple[int, dict[bytes, int]]:
+    """(newest revision in the ``key`` bucket, every key live at it -> its digest, fingerprint.key_digest).
+
+    Raises BoltFormatError when the file is not a readable etcd db."""
+    live: dict[bytes, int | None] = {}
+    newest = 0
+    try:
+        with path.open("rb") as handle:
+            for revision, value in BoltFile(handle).items(b"key"):  # in revision order: the last word wins
+                if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
+                    raise BoltFormatError(f"{path}: an entry of the 'key' bucket is not an etcd key revision")
+                if len(revision) == _REVISION_SIZE:
+                    key, content, create, mod, version, lease = _key_value(value)
+                    live[key] = key_digest(key, content, create, mod, version, lease)
+                else:
+                    live[_user_key(value)] = None  # a tombstone
+                newest = revision_main(bytes(revision[:8]))
+    except KeyError:
+        raise BoltFormatError(f"{path} has no 'key' bucket: not an etcd snapshot") from None
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+    return newest, {key: digest for key, digest in live.items() if digest is not None}
+
+
+def snapshot_leases_and_auth(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(leases, auth) of an etcd snapshot or db, as fingerprint.leases_fingerprint / auth_fingerprint
+    shape them. Raises BoltFormatError when the file is damaged."""
+    leases: dict[int, int] = {}
+    users: dict[str, list[str]] = {}
+    roles: dict[str, list[str]] = {}
+    try:
+        with path.open("rb") as handle:
+            bolt = BoltFile(handle)
+            for _id, value in _bucket_items(bolt, b"lease"):
+                fields = _fields(value)
+                leases[_signed(fields.get(1, [0])[0])] = _signed(fields.get(2, [0])[0])
+            enabled = _bucket(bolt, b"auth").get(b"authEnabled", b"\0") == b"\x01"
+            for name, value in _bucket_items(bolt, b"authUsers"):
+                users[_text(name)] = [_text(role) for role in _fields(value).get(3, [])]
+            for name, value in _bucket_items(bolt, b"authRoles"):
+                permissions = []
+                for raw in _fields(value).get(2, []):
+                    permission = _fields(raw)
+                    permissions.append(
+                        permission_text(
+                            permission.get(1, [0])[0], bytes(permission.get(2, [b""])[0]), bytes(permission.get(3, [b""])[0])
+                        )
+                    )
+                roles[_text(name)] = permissions
+    except (struct.error, IndexError, ValueError, TypeError) as exc:
+        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+    return leases_fingerprint(leases), auth_fingerprint(enabled, users, roles)
+
+
+def _bucket_items(bolt: BoltFile, name: bytes) -> Iterator[tuple[memoryview, memoryview]]:
+    try:
+        return bolt.items(name)
+    except KeyError:  # etcd creates every bucket at start-up; a db without one has nothing in it
+        return iter(())
+
+
+def _bucket(bolt: BoltFile, name: bytes) -> dict[bytes, bytes]:
+    try:
+        return bolt.bucket(name)
+    except KeyError:
+        return {}
+
+
+def _text(raw: Any) -> str:
+    return bytes(raw).decode("utf-8", errors="backslashreplace")
+
+
+def _key_value(raw: memoryview) -> tuple[bytes, bytes, int, int, int, int]:
+    """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``."""
+    fields = _fields(raw)
+    key, value = bytes(fields.get(1, [b""])[0]), bytes(fields.get(5, [b""])[0])
+    create, mod, version, lease = (_signed(fields.get(number, [0])[0]) for number in (2, 3, 4, 6))
+    return key, value, create, mod, version, lease
+
+
+def _fields(raw: Any) -> dict[int, list[Any]]:
+    """Every field of a protobuf message by number: varints as ints, length-delimited as views
+    (repeated fields in order). Raises ValueError for a wire type no etcd message uses."""
+    data = memoryview(raw)
+    fields: dict[int, list[Any]] = {}
+    at = 0
+    while at < len(data):
+        tag, at = _varint(data, at)
+        wire = tag & 0x07
+        value: int | memoryview
+        if wire == 0:
+            value, at = _varint(data, at)
+        elif wire == 2:
+            length, at = _varint(data, at)
+            if at + length > len(data):
+                raise ValueError("a protobuf field longer than its message")
+            value, at = data[at : at + length], at + length
+        else:
+            raise ValueError(f"protobuf wire type {wire} in an etcd record")
+        fields.setdefault(tag >> 3, []).append(value)
+    return fields
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("a protobuf varint longer than 10 bytes")
+
+
+def _signed(value: int) -> int:
+    """A protobuf int64 read as an unsigned varint -> its signed value."""
+    return value - (1 << 64) if value >= 1 << 63 else value

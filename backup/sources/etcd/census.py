@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backup.sources.etcd.gateway import EtcdGateway
+from backup.sources.etcd.gateway import CENSUS_PAGE, VALUE_PAGE, EtcdGateway
 from policies.errors import SourceError
+
+if TYPE_CHECKING:
+    from backup.sources.etcd.fingerprint import ValueDigests
 
 MAX_GROUPS = 10_000  # distinct prefixes/resources/namespaces kept per census map; the rest count as OTHER
 OTHER = "(other)"
@@ -140,19 +143,27 @@ def _figure(census: Mapping[str, Any], what: str) -> Any:
     return census.get("totals", {}).get(what) if what == "keys" and "totals" in census else census.get(what)
 
 
-def read_census(gateway: EtcdGateway, revision: int = 0) -> dict[str, Any]:
+def read_census(gateway: EtcdGateway, revision: int = 0, *, values: ValueDigests | None = None) -> dict[str, Any]:
     """Count every key at ``revision`` (0: the current revision, pinned at the first page so the scan
-    is consistent while writes go on). Raises SourceError (e.g. the revision was compacted)."""
+    is consistent while writes go on); with ``values``, read every key's value and revisions too
+    (smaller pages) and add each key's digest to it. Raises SourceError (e.g. the revision was
+    compacted)."""
     census = KeyCensus()
-    gateway.request_keys(b"\0", revision=revision)
+    with_values, limit = values is not None, VALUE_PAGE if values is not None else CENSUS_PAGE
+    gateway.request_keys(b"\0", revision=revision, limit=limit, values=with_values)
     first = page = gateway.read_keys()
     pinned = revision or first.revision
     while True:
         following = page.more and bool(page.keys)
         if following:  # etcd looks up the next page while this one is counted
-            gateway.request_keys(page.keys[-1] + b"\0", revision=pinned)  # the smallest key after the last
+            gateway.request_keys(page.keys[-1] + b"\0", revision=pinned, limit=limit, values=with_values)
         for key in page.keys:
             census.add(key)
+        if values is not None:
+            if len(page.values) != len(page.keys):
+                raise SourceError(f"etcd at {gateway.endpoint} sent keys without their values")
+            for key, record in zip(page.keys, page.values, strict=True):
+                values.add_record(key, *record)
         if not following:
             break
         page = gateway.read_keys()

@@ -23,8 +23,11 @@ restore (see bolt.py for why status alone can understate it).
 
 Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
 newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
-status`` and the trailer check run beside it (``verify.check_snapshot_file``). Verifying a restore
-counts the keys of the restored member through its JSON gateway (``census.read_census``).
+status`` and the trailer check run beside it (``verify.check_snapshot_file``). The same pass
+digests every live key's value and revisions, and the ``lease`` and ``auth*`` buckets give the
+leases, users, roles and auth state (fingerprint.py): all of it is the snapshot's fingerprint.
+Verifying a restore reads the restored member through its JSON gateway (``verify.verify_endpoint``),
+with the source's credentials: a faithful copy of an auth-enabled cluster holds the same users.
 """
 
 from __future__ import annotations
@@ -115,7 +118,12 @@ class EtcdSource:
         writer.add(Entry(SNAPSHOT_ENTRY, stored.size, stored.sha256, stored.chunks, meta))
         keys = census["totals"]["keys"]
         log.info("etcd.snapshot.stored", source=self.name, revision=revision, keys=keys, bytes=stored.size)
-        fingerprint = {key: census[key] for key in ("revision", "prefixes", "resources", "namespaces")} | {"keys": keys}
+        fingerprint = {key: census[key] for key in ("revision", "prefixes", "resources", "namespaces")} | {
+            "keys": keys,
+            "values": taken.checked.values,
+            "leases": taken.checked.leases,
+            "auth": taken.checked.auth,
+        }
         figures = {"revision": revision, "keys": keys, "endpoint": taken.endpoint}
         return SnapshotOutcome(fingerprint=fingerprint, census=census, meta=meta, figures=figures)
 
@@ -220,9 +228,11 @@ class EtcdSource:
     # ---- verify ----------------------------------------------------------------------------------
 
     def verify(self, header: SnapshotHeader, target: Any, *, repository: Repository | None = None) -> Verification:
-        """Compare a restored target with the snapshot's fingerprint (revision and key counts per
-        prefix, resource and namespace). Never raises for a mismatch or an unreachable target."""
+        """Compare a restored target with the snapshot's fingerprint (revision, key counts per prefix,
+        resource and namespace, value digests, leases, users, roles and auth state). Never raises
+        for a mismatch or an unreachable target."""
         fingerprint = header.fingerprint
+        credentials = {"user": self.settings.user, "password": reveal(self.settings.password)}
         if "revision" not in fingerprint:
             return Verification(Verdict.UNVERIFIED, f"snapshot {header.id} carries no etcd fingerprint to compare with")
         if isinstance(target, EtcdEndpointTarget):
@@ -230,7 +240,7 @@ class EtcdSource:
                 context = ssl_context_for(target.tls, "target")
             except SourceError as exc:
                 return Verification(Verdict.UNVERIFIED, str(exc))
-            return verify_endpoint(fingerprint, target.endpoint, ssl_context=context)
+            return verify_endpoint(fingerprint, target.endpoint, ssl_context=context, **credentials)
         if isinstance(target, EtcdDataDirTarget):
             if len(target.members) > 1:
                 return Verification(
@@ -238,7 +248,7 @@ class EtcdSource:
                     f"{target.data_dir} is one member of a {len(target.members)}-member cluster and cannot start alone; "
                     "verify the cluster's endpoint once every member runs",
                 )
-            return verify_data_dir(fingerprint, target.data_dir, name=target.name, etcd_bin=target.etcd_bin)
+            return verify_data_dir(fingerprint, target.data_dir, name=target.name, etcd_bin=target.etcd_bin, **credentials)
         if isinstance(target, EtcdFileTarget):
-            return verify_file(fingerprint, target.path, etcdctl=self._etcdctl(), etcd_bin=self._etcd_bin())
+            return verify_file(fingerprint, target.path, etcdctl=self._etcdctl(), etcd_bin=self._etcd_bin(), **credentials)
         return Verification(Verdict.UNVERIFIED, f"etcd source '{self.name}' cannot verify {target!r}")

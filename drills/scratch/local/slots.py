@@ -22,11 +22,15 @@ from backup.sources.etcd.targets import EtcdEndpointTarget
 from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,
+    add_etcd_user,
     delete_bucket,
     delete_first_etcd_key,
     drop_largest_table,
     duplicate_one_row,
+    first_etcd_value,
+    grant_etcd_lease,
     overwrite_one_object,
+    patch_etcd_value,
     wipe_bucket,
 )
 from drills.scratch.local.relay import CuttableRelay
@@ -117,7 +121,25 @@ class EtcdSlot:
         return "stopped the scratch etcd and wiped its data dir"
 
     def tampers(self) -> dict[str, Callable[[], str]]:
-        return {"delete-key": lambda: delete_first_etcd_key(self.verify_target().endpoint)}
+        return {
+            "delete-key": lambda: delete_first_etcd_key(self.verify_target().endpoint),
+            "value-without-revision": self._change_value_in_place,
+            "lease": lambda: grant_etcd_lease(self.verify_target().endpoint),
+            "auth-user": lambda: add_etcd_user(self.verify_target().endpoint),
+        }
+
+    def _change_value_in_place(self) -> str:
+        """Stop the scratch etcd, change one value's bytes in its bbolt file (no new revision), start it again."""
+        if self.process is None:
+            raise ScratchError("the scratch etcd is not running: nothing to tamper with")
+        kv = first_etcd_value(self.process.endpoint)
+        self.process.stop()
+        self.process = None
+        said = patch_etcd_value(self.data_dir / "member" / "snap" / "db", kv)
+        self.process = start_etcd(self.data_dir, etcd_bin=self.env.settings.etcd_bin, name="drill")
+        self.env.record_pid(self.process.process.pid)
+        self.label = f"scratch etcd {self.process.endpoint} on {self.data_dir}"
+        return said
 
     def release(self) -> None:
         if self.process is not None:

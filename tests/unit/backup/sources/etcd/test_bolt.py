@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from backup.sources.etcd.bolt import MAGIC, BoltFormatError, finished_compact_revision, snapshot_keys
+from backup.sources.etcd.bolt import (
+    MAGIC,
+    BoltFormatError,
+    finished_compact_revision,
+    snapshot_key_digests,
+    snapshot_keys,
+    snapshot_leases_and_auth,
+)
+from backup.sources.etcd.fingerprint import key_digest
 
 PAGE = 4096
 LEAF, BRANCH, META = 0x02, 0x01, 0x04
@@ -176,3 +184,59 @@ def test_a_key_bucket_entry_that_is_no_revision_is_refused(tmp_path: Path) -> No
     root = leaf_page(2, [(BUCKET, b"key", inline_bucket([(0, revision(2), b"not a KeyValue")]))])
     with pytest.raises(BoltFormatError, match="not an etcd key revision"):
         snapshot_keys(write(tmp_path / "s.db", meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), root))
+
+
+def full_key_value(key: bytes, value: bytes, create: int, mod: int, version: int, lease: int = 0) -> bytes:
+    """An ``mvccpb.KeyValue`` with every field etcd writes (zero fields left out, as gogo-proto does)."""
+    out = b"\x0a" + varint(len(key)) + key
+    for tag, number in ((0x10, create), (0x18, mod), (0x20, version)):
+        out += bytes([tag]) + varint(number) if number else b""
+    out += b"\x2a" + varint(len(value)) + value if value else b""
+    return out + (b"\x30" + varint(lease) if lease else b"")
+
+
+def test_every_live_key_is_digested_with_its_value_and_revisions(tmp_path: Path) -> None:
+    lease = 0x390DA2425483FA06
+    revisions = [
+        (0, revision(2), full_key_value(b"/registry/pods/a/p1", b"v1", 2, 2, 1)),
+        (0, revision(3), full_key_value(b"/registry/pods/a/p2", b"v1", 3, 3, 1)),
+        (0, revision(4), full_key_value(b"/registry/pods/a/p1", b"v2", 2, 4, 2, lease)),
+        (0, revision(5) + b"t", full_key_value(b"/registry/pods/a/p2", b"", 0, 5, 0)),
+    ]
+    root = leaf_page(2, [(BUCKET, b"key", inline_bucket(revisions))])
+    newest, digests = snapshot_key_digests(
+        write(tmp_path / "s.db", meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), root)
+    )
+    assert newest == 5
+    assert digests == {b"/registry/pods/a/p1": key_digest(b"/registry/pods/a/p1", b"v2", 2, 4, 2, lease)}
+    assert key_digest(b"/registry/pods/a/p1", b"v2", 2, 4, 2, 0) != digests[b"/registry/pods/a/p1"]
+
+
+def test_leases_users_roles_and_auth_state_are_read_from_their_buckets(tmp_path: Path) -> None:
+    lease_id = 0x390DA2425483FA06
+    leases = [(0, lease_id.to_bytes(8, "big"), b"\x08" + varint(lease_id) + b"\x10" + varint(3600))]
+    users = [
+        (0, b"alice", b"\x0a\x05alice\x12\x04hash\x1a\x06reader\x1a\x06writer"),
+        (0, b"root", b"\x0a\x04root\x12\x04hash\x1a\x04root"),
+    ]
+    permission = b"\x12\x0a/registry/\x1a\x0a/registry0"  # read (0, left out), a prefix range
+    roles = [(0, b"reader", b"\x0a\x06reader\x12" + varint(len(permission)) + permission)]
+    auth = [(0, b"authEnabled", b"\x01"), (0, b"authRevision", (7).to_bytes(8, "big"))]
+    root = leaf_page(
+        2,
+        [
+            (BUCKET, b"auth", inline_bucket(auth)),
+            (BUCKET, b"authRoles", inline_bucket(roles)),
+            (BUCKET, b"authUsers", inline_bucket(users)),
+            (BUCKET, b"lease", inline_bucket(leases)),
+        ],
+    )
+    found_leases, found_auth = snapshot_leases_and_auth(
+        write(tmp_path / "s.db", meta_page(0, root=2, txid=1), meta_page(1, root=2, txid=1), root)
+    )
+    assert found_leases["count"] == 1 and found_leases["ttls"] == {"390da2425483fa06": 3600}
+    assert found_auth == {
+        "enabled": True,
+        "users": {"alice": ["reader", "writer"], "root": ["root"]},
+        "roles": {"reader": ["read /registry/ .. /registry0"]},
+    }
