@@ -45,6 +45,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     seed = int(sys.argv[2])
     repository = Repository.open(open_store(spec))
+    print("ready", flush=True)  # imports and the repository's config read: the killer's clock starts here
     while True:
         data = payload(seed)
         with repository.begin_snapshot("crash", "test") as writer:
