@@ -29,7 +29,14 @@ import structlog
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification
-from backup.sources.clickhouse.catalog import Catalog, database_exists, discover, existing_tables, held_back
+from backup.sources.clickhouse.catalog import (
+    Catalog,
+    database_exists,
+    discover,
+    existing_tables,
+    held_back,
+    live_rows,
+)
 from backup.sources.clickhouse.chain import NativeBackupInfo
 from backup.sources.clickhouse.client import (
     ClickHouseError,
@@ -156,6 +163,16 @@ class ClickHouseSource:
                 self.name, self.settings, writer, previous, progress, connections, catalog, destination, choice
             )
             return SNAPSHOTS[choice.strategy](job)
+
+    def census(self) -> dict[str, Any]:
+        """Rows per selected data table now (``catalog.live_rows``: system.parts, read-only), keyed
+        like a snapshot's census. Raises SourceError (ClickHouseError) when the server cannot be read."""
+        endpoint = self.endpoint
+        with Connections(self._connect, endpoint) as connections:
+            catalog = discover(connections, self.settings, where=endpoint.describe())
+            rows = live_rows(connections, catalog.tables)
+        tables = {table.display: {"rows": rows[table.key]} for table in catalog.tables if table.key in rows}
+        return {"totals": {"rows": sum(rows.values())}, "tables": tables}
 
     # ---- restore ----------------------------------------------------------------------------
 
