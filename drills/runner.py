@@ -1,7 +1,8 @@
 """The drill runner (DESIGN section 6): for each source of a drill, pick the snapshot, check the RPO,
-provision scratch, restore (timed: the RTO), verify, run the fault scenarios, tear down; every step
-recorded. The repository is held under a shared lock for the whole run, so prune cannot remove the
-snapshot being proven.
+provision scratch, restore (timed: the RTO), verify, compare the snapshot's census with the live
+source and the previous snapshot (drift), run the fault scenarios, tear down; every step recorded.
+The repository is held under a shared lock for the whole run, so prune cannot remove the snapshot
+being proven.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
 from backup.sources import make_source as default_source_factory
 from backup.sources.base import Source, SourceFactory
+from drills.drift import check_drift
 from drills.faults import FAULTS, DrillContext
 from drills.model import DrillRun, Objectives, SourceRun, Status
 from drills.scratch.base import ScratchEnvironment, Slot
@@ -104,10 +106,13 @@ def _drill_source(
         slot = scratch.slot(name, record.kind, header)
         outcome.message = slot.label
     if slot is None:
+        _drift(source, repository, header, drill, record, context)
         return record
     ctx = DrillContext(source=source, repository=repository, header=header, scratch=scratch, main=slot)
     try:
-        if _restore_and_verify(ctx, record, drill, context):
+        verified = _restore_and_verify(ctx, record, drill, context)
+        _drift(source, repository, header, drill, record, context)
+        if verified:
             for fault in drill.faults:
                 with step(steps, f"fault:{fault}", context=context) as outcome:
                     FAULTS[fault]().run(ctx, outcome)
@@ -158,6 +163,18 @@ def _restore_and_verify(ctx: DrillContext, record: SourceRun, drill: Drill, cont
             raise StepUnverified(f"could not verify: {verification.message}")
         outcome.message = verification.message
     return record.steps[-1].verdict is Status.PASS
+
+
+def _drift(
+    source: Source, repository: Repository, header: SnapshotHeader, drill: Drill, record: SourceRun, context: dict[str, str]
+) -> None:
+    """Did the snapshot see its whole source? Its census against the live source now and the previous
+    good snapshot (drills/drift.py has the rule): FAIL when it holds markedly less than both, ERROR
+    when the live source cannot be read. It needs no scratch copy, so it runs whether or not the
+    restore and verification succeeded: a restore that verified proves the copy faithful to the
+    snapshot, not the snapshot faithful to the source."""
+    with step(record.steps, "drift", context=context) as outcome:
+        check_drift(source, repository, header, drill.drift, outcome)
 
 
 def select_snapshot(repository: Repository, source: str, selector: SnapshotSelector, now: datetime) -> SnapshotHeader:

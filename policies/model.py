@@ -481,6 +481,21 @@ class Objectives(Frozen):
     rpo: Duration
 
 
+class DriftThresholds(Frozen):
+    """When a drill's ``drift`` step calls a snapshot short: it holds markedly less than BOTH the live
+    source now and the previous good snapshot, in total or in one group (bucket, table, etcd
+    resource / prefix / namespace). Markedly: short by more than ``max_missing_fraction`` of the
+    smaller of the two AND by at least ``min_missing_items`` objects / rows / keys (``min_missing_bytes``
+    for bytes), so that a handful of items in a small group is not an alarm. ``ignore``: group names
+    (globs, e.g. ``events`` for Kubernetes events, which expire on their own) left out of the groups
+    compared; totals are always compared."""
+
+    max_missing_fraction: Annotated[float, BeforeValidator(_fraction), Field(gt=0, lt=1)] = 0.1
+    min_missing_items: Annotated[int, Field(ge=1)] = 10
+    min_missing_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    ignore: list[str] = []
+
+
 class Drill(Frozen):
     schedule: Cron | None = None
     sources: Annotated[list[str], Field(min_length=1)]
@@ -488,6 +503,7 @@ class Drill(Frozen):
     objectives: Objectives
     faults: list[Annotated[str, AfterValidator(_known_fault)]] = []
     notify: list[str] = []
+    drift: DriftThresholds = DriftThresholds()
 
 
 # ---- notify -----------------------------------------------------------------------------------

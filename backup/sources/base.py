@@ -202,6 +202,14 @@ class Source(Protocol):
         name what differs; without it, it compares the fingerprint."""
         ...
 
+    def census(self) -> dict[str, Any]:
+        """The live source's census now, in the shape of a snapshot's census: ``totals`` and the
+        per-group maps (S3 ``buckets`` of objects and bytes, from a listing; ClickHouse ``tables``
+        of rows, from system.parts; etcd ``resources`` / ``prefixes`` / ``namespaces`` of keys,
+        keys only), for the drill's drift step. Only reads, never a value or an object's bytes.
+        Raises SourceError when the source cannot be read."""
+        ...
+
 
 SourceFactory = Callable[[str, SourceSettings], Source]
 

@@ -153,7 +153,7 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     assert [s["source"] for s in report["sources"]] == ["k8s-etcd", "features", "models"]
     for source in report["sources"]:
         names = [step["name"] for step in source["steps"]]
-        assert names[:6] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify"]
+        assert names[:7] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify", "drift"]
         assert [n for n in names if n.startswith("fault:")] == [f"fault:{f}" for f in ALL_FAULTS]
         assert source["rto_seconds"] > 0 and source["rpo_seconds"] >= 0
     features = next(source for source in report["sources"] if source["source"] == "features")

@@ -320,6 +320,7 @@ def test_etcd_drill_on_kubernetes_restores_in_the_init_container_and_proves_what
         ("restore", Status.PASS),
         ("rto", Status.PASS),
         ("verify", Status.PASS),
+        ("drift", Status.PASS),  # the live etcd source, read keys-only, against the snapshot's census
         *((f"fault:{fault}", Status.ERROR) for fault in STORE_FAULTS),
         ("fault:disaster", Status.PASS),
         ("fault:verifier-canary", Status.PASS),

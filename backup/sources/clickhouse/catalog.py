@@ -345,6 +345,27 @@ def _group_parts(rows: Iterable[tuple[Any, ...]]) -> dict[TableKey, dict[str, Pa
     }
 
 
+def live_rows(sql: SqlExecutor, tables: Iterable[Table]) -> dict[TableKey, int]:
+    """Rows of each data table now, for the drift check: the active parts' row counts of MergeTree
+    tables (one read of system.parts, no table data touched), ``count()`` of the others (Log,
+    Memory...). Tables that hold no data of their own (views, queues) are left out."""
+    data = [table for table in tables if table.role is TableRole.DATA]
+    merge_trees = [table for table in data if partitioned(table.engine)]
+    counted: dict[TableKey, int] = {table.key: 0 for table in merge_trees}
+    for database in sorted({table.database for table in merge_trees}):
+        rows = sql.execute(
+            f"SELECT table, sum(rows) FROM system.parts WHERE active AND database = {quote_string(database)} GROUP BY table"
+        )
+        for name, count in rows:
+            if (database, str(name)) in counted:
+                counted[(database, str(name))] = int(count)
+    for table in data:
+        if table.key not in counted:
+            ((count,),) = sql.execute(f"SELECT count() FROM {table.sql}")
+            counted[table.key] = int(count)
+    return counted
+
+
 def parts_filter(partition: str, parts: PartSet) -> str:
     """A WHERE clause that reads exactly ``parts`` of ``partition`` (and nothing inserted since)."""
     names = _in_list(part.name for part in parts)

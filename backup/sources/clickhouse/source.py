@@ -43,6 +43,7 @@ from backup.sources.clickhouse.catalog import (
     discover,
     existing_tables,
     held_back,
+    live_rows,
     read_definitions,
 )
 from backup.sources.clickhouse.chain import NativeBackupInfo
@@ -184,6 +185,16 @@ class ClickHouseSource:
                 tuple(definitions),
             )
             return SNAPSHOTS[choice.strategy](job)
+
+    def census(self) -> dict[str, Any]:
+        """Rows per selected data table now (``catalog.live_rows``: system.parts, read-only), keyed
+        like a snapshot's census. Raises SourceError (ClickHouseError) when the server cannot be read."""
+        endpoint = self.endpoint
+        with Connections(self._connect, endpoint) as connections:
+            catalog = discover(connections, self.settings, where=endpoint.describe())
+            rows = live_rows(connections, catalog.tables)
+        tables = {table.display: {"rows": rows[table.key]} for table in catalog.tables if table.key in rows}
+        return {"totals": {"rows": sum(rows.values())}, "tables": tables}
 
     # ---- restore ----------------------------------------------------------------------------
 

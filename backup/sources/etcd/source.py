@@ -53,6 +53,7 @@ from backup.sources.base import (
     Verdict,
     Verification,
 )
+from backup.sources.etcd.census import read_census
 from backup.sources.etcd.etcdctl import Etcdctl
 from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
 from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
@@ -159,6 +160,20 @@ class EtcdSource:
             )
             return _Taken(path, endpoint, version, checked), stored
         raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
+
+    def census(self) -> dict[str, Any]:
+        """The cluster's key census now (keys per prefix, Kubernetes resource and namespace, at the
+        current revision) through the JSON gateway of the first endpoint that answers: a ``keys_only``
+        range, no value read (``census.read_census``). Raises SourceError when no endpoint answers."""
+        ssl_context = ssl_context_for(self.settings.tls, f"sources.{self.name}")
+        failures = []
+        for endpoint in self.settings.endpoints:
+            try:
+                with self._gateway(endpoint, ssl_context) as gateway:
+                    return read_census(gateway)
+            except SourceError as exc:
+                failures.append(f"{endpoint}: {exc}")
+        raise SourceError(f"cannot count the keys of etcd source '{self.name}' at any endpoint:\n" + "\n".join(failures))
 
     def _etcdctl(self) -> Etcdctl:
         return Etcdctl(

@@ -121,6 +121,18 @@ class S3Source:
         )
         return tally.outcome(previous, before, meta)
 
+    def census(self) -> dict[str, Any]:
+        """Objects and bytes per configured bucket now, from the same listing a snapshot makes
+        (include / exclude applied); no object is read. Raises SourceError."""
+        client = self._client(self.settings.endpoint_url)
+        buckets = sorted(set(self.settings.buckets))
+        counted = {bucket: {"objects": 0, "bytes": 0} for bucket in buckets}
+        for listed in self._listing(client, buckets):
+            counted[listed.bucket]["objects"] += 1
+            counted[listed.bucket]["bytes"] += listed.size
+        totals = {what: sum(bucket[what] for bucket in counted.values()) for what in ("objects", "bytes")}
+        return {"totals": totals, "buckets": counted}
+
     def _listing(self, client: Any, buckets: Sequence[str]) -> Iterator[Listed]:
         for bucket in buckets:
             listing = list_bucket(client, bucket, include=self.settings.include, exclude=self.settings.exclude)

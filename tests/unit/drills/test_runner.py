@@ -23,7 +23,17 @@ from policies.loader import parse_policy
 from policies.model import Policy
 
 SOURCE = "k8s-etcd"
-SOURCE_STEPS = ["select-snapshot", "rpo", "provision", "restore", "rto", "verify", "fault:verifier-canary", "teardown"]
+SOURCE_STEPS = [
+    "select-snapshot",
+    "rpo",
+    "provision",
+    "restore",
+    "rto",
+    "verify",
+    "drift",
+    "fault:verifier-canary",
+    "teardown",
+]
 
 
 @dataclass
@@ -105,6 +115,9 @@ class FakeSource:
         if self.restore_error is not None:
             raise self.restore_error
         return RestoreResult(self.name, header.id, "scratch", False, 0.01, 1234, {"keys": 3})
+
+    def census(self) -> dict[str, Any]:
+        return {"totals": {"keys": 3}}  # the live source holds what the snapshot holds
 
     def verify(self, header: SnapshotHeader, target: Any, *, repository: Repository | None = None) -> Verification:
         if isinstance(target, FakeSlot) and target.tampered and not self.blind:
@@ -195,7 +208,7 @@ def test_a_restore_that_raises_is_an_error_never_a_pass(policy: Policy, reposito
 
     assert run.verdict is Status.ERROR and run.sources[0].verdict is Status.ERROR
     steps = verdicts(run)
-    assert list(steps) == ["select-snapshot", "rpo", "provision", "restore", "fault:verifier-canary", "teardown"]
+    assert list(steps) == ["select-snapshot", "rpo", "provision", "restore", "drift", "fault:verifier-canary", "teardown"]
     assert steps["restore"] is Status.ERROR and "the scratch etcd refused the data dir" in message(run, "restore")
     assert steps["fault:verifier-canary"] is Status.ERROR
     assert run.sources[0].rto_seconds is None and run.rto_seconds is None

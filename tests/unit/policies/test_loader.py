@@ -190,6 +190,23 @@ def test_drill_snapshot_selectors() -> None:
     assert "not 'latest'" in issues(base + "    snapshot: newest\n")["drills.d.snapshot"]
 
 
+def test_drill_drift_thresholds_have_defaults_and_are_validated_with_their_paths() -> None:
+    base = ETCD + "drills:\n  d:\n    sources: [k8s-etcd]\n    objectives: {rto: 30m, rpo: 26h}\n"
+    default = parse(base).drills["d"].drift
+    assert (default.max_missing_fraction, default.min_missing_items, default.min_missing_bytes) == (0.1, 10, 1024 * 1024)
+    assert default.ignore == []
+    given = (
+        parse(base + "    drift: {max_missing_fraction: 25%, min_missing_items: 1, ignore: [events]}\n").drills["d"].drift
+    )
+    assert (given.max_missing_fraction, given.min_missing_items, given.ignore) == (0.25, 1, ["events"])
+    found = issues(base + "    drift: {max_missing_fraction: 1, min_missing_items: 0, min_missing: 3}\n")
+    assert set(found) == {
+        "drills.d.drift.max_missing_fraction",
+        "drills.d.drift.min_missing_items",
+        "drills.d.drift.min_missing",
+    }, found
+
+
 def test_yaml_on_key_is_not_a_boolean() -> None:
     policy = parse(
         ETCD
