@@ -155,11 +155,13 @@ def test_clickhouse_slot_is_reached_on_loopback_through_port_forward(fake: FakeK
     slot = scratch.slot("warehouse", "clickhouse", HEADER)
     try:
         options = slot.restore_options()
-        assert options.to_host == "127.0.0.1"
-        assert {options.to_port, options.to_http_port}.isdisjoint({9000, 8123, None})
-        native = Client("127.0.0.1", port=options.to_port, connect_timeout=10)
+        assert options.get("to_host") == "127.0.0.1"
+        assert {options.get("to_port"), options.get("to_http_port")}.isdisjoint({9000, 8123, None})
+        native = Client("127.0.0.1", port=options.get("to_port"), connect_timeout=10)
         assert native.execute("SELECT 40 + 2") == [(42,)]
-        with urllib.request.urlopen(f"http://127.0.0.1:{options.to_http_port}/?query=SELECT%201", timeout=10) as answer:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{options.get('to_http_port')}/?query=SELECT%201", timeout=10
+        ) as answer:
             assert answer.read().strip() == b"1"
     finally:
         scratch.teardown()

@@ -189,7 +189,11 @@ def test_provision_wait_kill_teardown_sends_exactly_these_requests(fake: FakeKub
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"] == {"requests": {"storage": "20Gi"}}
     delete_namespace = fake.requests[-4]
     assert delete_namespace.query == {"propagationPolicy": "Foreground"}
-    assert (options.to_host, options.to_port, options.to_database) == (f"clickhouse-1.{NS}.svc", 9000, "restored")
+    assert (options.get("to_host"), options.get("to_port"), options.get("to_database")) == (
+        f"clickhouse-1.{NS}.svc",
+        9000,
+        "restored",
+    )
     assert said == f"deleted pod clickhouse-1-0 in namespace {NS}"
     assert removed == [f"scratch clickhouse clickhouse-1 in namespace {NS}", f"namespace {NS}"]
     assert fake.objects == {}
@@ -279,7 +283,7 @@ def test_etcd_slot_feeds_its_restore_pod_and_the_statefulset_comes_with_the_time
     slot = scratch.slot("etcd-main", "etcd", HEADER)
     assert calls(fake) == [*FENCES, *ETCD_FEED, ("POST", f"{CORE}/services")]  # no StatefulSet before the restore
     options = slot.restore_options(yes=True)
-    assert (options.to_file, options.dry_run, options.yes) == ("/restore/snapshot.db", True, True)
+    assert (options.get("to_file"), options.dry_run, options.yes) == ("/restore/snapshot.db", True, True)
     slot.after_restore()
     assert calls(fake)[-2:] == [("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets"), ("GET", f"{CORE}/pods/etcd-1-0")]
     assert slot.verify_target().endpoint == f"http://etcd-1.{NS}.svc:2379"
@@ -538,12 +542,16 @@ def test_clickhouse_and_minio_get_per_run_credentials_from_a_secret_and_restores
         assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
 
     clickhouse = warehouse.restore_options(yes=True)
-    assert (clickhouse.to_host, clickhouse.to_port, clickhouse.to_http_port) == (f"clickhouse-1.{NS}.svc", 9000, 8123)
-    assert (clickhouse.to_user, clickhouse.to_password, clickhouse.yes) == (USER, PASSWORD, True)
-    assert again.restore_options().to_password == PASSWORD
+    assert (clickhouse.get("to_host"), clickhouse.get("to_port"), clickhouse.get("to_http_port")) == (
+        f"clickhouse-1.{NS}.svc",
+        9000,
+        8123,
+    )
+    assert (clickhouse.get("to_user"), clickhouse.get("to_password"), clickhouse.yes) == (USER, PASSWORD, True)
+    assert again.restore_options().get("to_password") == PASSWORD
     s3 = objects.restore_options()
-    assert (s3.to_endpoint, s3.to_bucket) == (f"http://s3-2.{NS}.svc:9000", "restored")
-    assert (s3.to_access_key_id, s3.to_secret_access_key) == ("lifeboat-t3000000", "t4".ljust(48, "0"))
+    assert (s3.get("to_endpoint"), s3.get("to_bucket")) == (f"http://s3-2.{NS}.svc:9000", "restored")
+    assert (s3.get("to_access_key_id"), s3.get("to_secret_access_key")) == ("lifeboat-t3000000", "t4".ljust(48, "0"))
     scratch.teardown()
 
 
