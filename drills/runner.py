@@ -26,7 +26,7 @@ from drills.model import DrillRun, Objectives, SourceRun, Status
 from drills.scratch.base import ScratchEnvironment, Slot
 from drills.steps import StepFailed, StepUnverified, step
 from policies.durations import human_duration
-from policies.errors import IntegrityError
+from policies.errors import IntegrityError, VerificationFailed
 from policies.model import Drill, Policy, SnapshotSelector
 
 log = structlog.get_logger(__name__)
@@ -135,6 +135,9 @@ def _restore_and_verify(ctx: DrillContext, record: SourceRun, drill: Drill, cont
             result = ctx.restore(ctx.main)
         except IntegrityError as exc:
             raise StepFailed(f"the backup itself is damaged: {exc}") from exc
+        except VerificationFailed as exc:  # the restore checked the copy itself and found it wrong
+            differences = exc.differences[:20]
+            raise StepFailed(f"the restored copy differs from the snapshot: {exc}", differences=differences) from exc
         record.rto_seconds = time.monotonic() - started
         took = human_duration(record.rto_seconds)
         if result.dry_run:  # the slot restores by itself (kubernetes etcd: the pod's init container)

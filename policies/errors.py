@@ -53,3 +53,12 @@ class IntegrityError(LifeboatError):
 
 class RestoreError(LifeboatError):
     """A restore could not be carried out or was refused."""
+
+
+class VerificationFailed(RestoreError):
+    """A restore verified the restored copy and found it wrong: a FAIL (exit 1), not "could not
+    verify". ``differences`` name what differs (tables, partitions, keys, objects)."""
+
+    def __init__(self, message: str, differences: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.differences = list(differences or [])

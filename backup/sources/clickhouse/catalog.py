@@ -37,8 +37,10 @@ from policies.model import ClickHouseSettings
 
 log = structlog.get_logger(__name__)
 
-# Columns a SELECT * returns (and an INSERT takes): MATERIALIZED / ALIAS / EPHEMERAL ones are computed.
-_COMPUTED_KINDS = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
+# Columns an export leaves out: ALIAS ones are computed at read time, EPHEMERAL ones are never stored.
+# MATERIALIZED columns are stored: their values were computed by the expression of the day they were
+# written, so they are exported, hashed and restored as stored (SELECT * leaves them out).
+_COMPUTED_KINDS = frozenset({"ALIAS", "EPHEMERAL"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Table:
     engine: str
     create: str  # the CREATE statement as the server shows it
     partition_key: str
-    columns: tuple[tuple[str, str], ...]  # (name, type) of the columns SELECT * returns
+    columns: tuple[tuple[str, str], ...]  # (name, type) of the stored columns: SELECT * and MATERIALIZED ones
     role: TableRole
     reason: str = ""  # why definition only
     owner: str | None = None  # the materialized view whose storage this table is

@@ -278,12 +278,13 @@ class HttpChannel:
         return "/?" + urllib.parse.urlencode({"database": self.endpoint.database, **parameters})
 
     @contextmanager
-    def export(self, sql: str, *, what: str) -> Iterator[ExportStream]:
-        """POST ``sql`` and yield its response body as a stream; raises ClickHouseError."""
+    def export(self, sql: str, *, what: str, settings: Mapping[str, str] | None = None) -> Iterator[ExportStream]:
+        """POST ``sql`` (with query ``settings``) and yield its response body as a stream; raises
+        ClickHouseError."""
         connection = self._connection()
         try:
             try:
-                connection.request("POST", self._path({}), body=sql.encode(), headers=self._headers())
+                connection.request("POST", self._path(settings or {}), body=sql.encode(), headers=self._headers())
                 response = connection.getresponse()
             except (http.client.HTTPException, OSError) as exc:
                 raise self._unreachable(exc) from None

@@ -1,7 +1,12 @@
 """The logical strategy: table data as ``FORMAT Native`` bytes over HTTP, per partition, any server.
 
 Backup: for every table holding data, each partition (MergeTree family) or the whole table (Log,
-Memory...) streams ``SELECT * .. FORMAT Native`` untouched into repository chunks. A partition whose
+Memory...) streams ``SELECT <stored columns> .. FORMAT Native`` untouched into repository chunks
+(the stored columns are those of ``SELECT *`` and the MATERIALIZED ones, whose values are kept as
+stored). The rows of every stored stream are counted as it passes (clickhouse_native_rows) and must
+equal the count of its fingerprint: a user profile that cuts results short (``max_result_rows`` with
+``result_overflow_mode = 'break'``) fails the snapshot instead of shrinking it; the export's
+settings lift such limits where the user may change settings. A partition whose
 active parts (name, rows, modification time) and table definition are those of the previous
 snapshot reuses its entry without reading a byte. Concurrent writes: an export reads exactly the
 parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; if one of those
@@ -15,7 +20,8 @@ when it is exported (merged away) is pinned again and recorded; a table without 
 is read when exported. The manifest's ``consistency`` meta says it: the earliest and latest pin
 time, the window between them, and which tables moved and why.
 
-Restore: each partition's verified bytes are the body of ``INSERT INTO .. FORMAT Native``.
+Restore: each partition's verified bytes are the body of ``INSERT INTO .. (<stored columns>) FORMAT
+Native`` with ``insert_allow_materialized_columns = 1``, so MATERIALIZED columns keep their stored values.
 """
 
 from __future__ import annotations
@@ -52,10 +58,12 @@ from backup.sources.clickhouse.client import (
     ClickHouseError,
     Connections,
     HttpChannel,
+    SqlExecutor,
     run_parallel,
 )
 from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
-from backup.sources.clickhouse.sql import TableRole, display_name, qualified, quote_string
+from backup.sources.clickhouse.native_rows import CountingReader, NativeRowCounter
+from backup.sources.clickhouse.sql import TableRole, column_list, display_name, qualified, quote_string
 from policies.errors import IntegrityError, SourceError
 
 log = structlog.get_logger(__name__)
@@ -65,6 +73,35 @@ MAX_ATTEMPTS = 3
 
 DATA_FORMAT = "Native"
 LISTED_EXPORTS = 100  # exported partitions named in a backup report (a whole run's and a sharded run's)
+
+EXPORT_SETTINGS = {
+    "max_result_rows": "0",
+    "max_result_bytes": "0",
+    "result_overflow_mode": "throw",
+    "max_rows_to_read": "0",
+    "max_bytes_to_read": "0",
+    "read_overflow_mode": "throw",
+    "timeout_overflow_mode": "throw",
+    "limit": "0",
+    "offset": "0",
+}
+"""Export settings that keep a user profile's limits from cutting an export short without an error:
+result and read limits lifted, the time limit (left to the operator) made to throw, not break."""
+
+
+def export_settings(sql: SqlExecutor) -> dict[str, str]:
+    """The EXPORT_SETTINGS this user's profile sets otherwise, to send with every export. Only those:
+    a readonly user may change no setting (and needs none changed when its profile sets no limit).
+    A readonly user whose profile limits results gets none: the stored streams' row counts are then
+    the guard (a short export fails the snapshot)."""
+    names = ", ".join(quote_string(name) for name in [*EXPORT_SETTINGS, "readonly"])
+    rows = sql.execute(f"SELECT name, value FROM system.settings WHERE name IN ({names})")
+    current = {str(name): str(value) for name, value in rows}
+    changes = {name: wanted for name, wanted in EXPORT_SETTINGS.items() if name in current and current[name] != wanted}
+    if changes and current.get("readonly", "0") == "1":
+        log.warning("clickhouse.export.limits_kept", settings=changes, why="the user is readonly")
+        return {}
+    return changes
 
 
 # ---- entries ------------------------------------------------------------------------------------
@@ -176,10 +213,20 @@ class Tally:
     retries: int = 0
     exported: list[str] = field(default_factory=list)  # labels, for the report
     unpinned: list[str] = field(default_factory=list)
+    uncounted: list[str] = field(default_factory=list)  # exports whose rows could not be counted
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, *, exported: PartitionJob | None = None, retries: int = 0, unpinned: str | None = None) -> None:
+    def add(
+        self,
+        *,
+        exported: PartitionJob | None = None,
+        retries: int = 0,
+        unpinned: str | None = None,
+        uncounted: str | None = None,
+    ) -> None:
         with self._lock:
+            if uncounted:
+                self.uncounted.append(uncounted)
             if exported is not None:
                 self.exported.append(exported.label)
                 if exported.partition == WHOLE_TABLE:
@@ -282,6 +329,7 @@ class LogicalBackup:
         self.parallel = parallel
         self.progress = progress
         self.tally = Tally()
+        self.settings: dict[str, str] = {}  # of every export query (export_settings)
         # Fingerprints run beside the exports (threads start only when used; closed by run()).
         self._printer = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lifeboat-clickhouse-print")
 
@@ -289,6 +337,7 @@ class LogicalBackup:
         """Add every table's definition and data to the writer; raises SourceError."""
         for table in catalog.tables:
             self.writer.add(table_entry(table))
+        self.settings = export_settings(self.sql)
         previous = previous_exports(self.writer.repository, self.previous)
         pin = pin_parts(self.sql, catalog.databases)
         self.window = Window(pin)
@@ -339,51 +388,83 @@ class LogicalBackup:
             if not parts:
                 return None  # the partition was dropped since it was pinned: it is not part of this snapshot
             where = parts_filter(partition, parts)
-            stored, partition_print = self._stream_and_print(job, where)
+            stored, counter, partition_print = self._stream_and_print(job, where)
             still_active = {part.name for part in partition_parts(self.sql, table, partition)}
             if {part.name for part in parts} <= still_active:
-                return self._done(job, stored, parts, partition_print, pinned=True)
+                rows = self._counted(job, counter, partition_print[0])
+                return self._done(job, stored, parts, partition_print, rows, pinned=True)
             self.tally.add(retries=1)
             log.info("clickhouse.partition.moved", table=table.display, partition=partition, attempt=attempt + 1)
         self.window.add(table.display, partition, _now(), "could not be pinned by its parts: taken by content")
         return self._export_by_content(job, where=f"_partition_id = {quote_string(partition)}", attempts=1)
 
-    def _stream_and_print(self, job: PartitionJob, where: str) -> tuple[StoredStream, PartitionPrint]:
+    def _stream_and_print(self, job: PartitionJob, where: str) -> tuple[StoredStream, NativeRowCounter, PartitionPrint]:
         """Export and fingerprint the same pinned parts at the same time: the server's full scan for
         the print overlaps the export instead of following it (the caller proves the parts stayed)."""
         printing = self._printer.submit(print_where, self.sql, job.table.sql, job.table.columns, where)
         try:
-            stored = self._stream(job, where)
+            stored, counter = self._stream(job, where)
         except BaseException:
             printing.cancel()
             wait([printing])  # never leave a query running behind an error
             raise
-        return stored, printing.result()
+        return stored, counter, printing.result()
 
     def _export_by_content(self, job: PartitionJob, *, where: str, attempts: int) -> Exported:
         """Export between two fingerprints of the same rows; equal prints pin the export by content."""
         table = job.table
         for attempt in range(attempts):
             before = print_where(self.sql, table.sql, table.columns, where)
-            stored = self._stream(job, where)
+            stored, counter = self._stream(job, where)
             after = print_where(self.sql, table.sql, table.columns, where)
             if before == after:
+                rows = self._counted(job, counter, after[0])
                 parts = partition_parts(self.sql, table, job.partition) if table.has_partitions else ()
-                return self._done(job, stored, parts, after, pinned=True)
+                return self._done(job, stored, parts, after, rows, pinned=True)
             if attempt < attempts - 1:
                 self.tally.add(retries=1)
         log.warning("clickhouse.partition.unpinned", table=table.display, partition=job.partition)
         self.tally.add(unpinned=job.label)
-        return self._done(job, stored, (), after, pinned=False)
+        return self._done(job, stored, (), after, self._counted(job, counter, None), pinned=False)
 
-    def _stream(self, job: PartitionJob, where: str) -> StoredStream:
+    def _stream(self, job: PartitionJob, where: str) -> tuple[StoredStream, NativeRowCounter]:
+        """Export the stored columns of the rows ``where`` selects into the writer, counting them."""
         condition = f" WHERE {where}" if where else ""
-        statement = f"SELECT * FROM {job.table.sql}{condition} FORMAT {DATA_FORMAT}"
-        with self.channel.export(statement, what=f"export of {job.label}") as stream:
-            return self.writer.write_stream(cast(BinaryIO, stream), progress=self.progress)
+        columns = column_list(job.table.columns) or "*"
+        statement = f"SELECT {columns} FROM {job.table.sql}{condition} FORMAT {DATA_FORMAT}"
+        with self.channel.export(statement, what=f"export of {job.label}", settings=self.settings) as stream:
+            counting = CountingReader(cast(BinaryIO, stream))
+            stored = self.writer.write_stream(cast(BinaryIO, counting), progress=self.progress)
+        return stored, counting.counter
+
+    def _counted(self, job: PartitionJob, counter: NativeRowCounter, pinned_rows: int | None) -> int | None:
+        """The rows of the stored stream; SourceError (nothing is committed) when the stream is not
+        whole Native or holds other than ``pinned_rows`` (None: the export was not pinned)."""
+        try:
+            rows = counter.finish()
+        except ValueError as exc:
+            raise SourceError(f"{job.label}: the stored export is not whole: {exc}; nothing was committed") from None
+        if rows is None:
+            why = counter.uncountable
+            log.warning("clickhouse.export.uncounted", table=job.table.display, partition=job.partition, why=why)
+            self.tally.add(uncounted=job.label)
+        elif pinned_rows is not None and rows != pinned_rows:
+            raise SourceError(
+                f"{job.label}: the export stored {rows} rows but the partition holds {pinned_rows}: the server cut the "
+                f"export short (does user '{self.channel.endpoint.user}' have a profile limiting results, such as "
+                "max_result_rows with result_overflow_mode = 'break', that it may not lift?); nothing was committed"
+            )
+        return rows
 
     def _done(
-        self, job: PartitionJob, stored: StoredStream, parts: PartSet, partition_print: PartitionPrint, *, pinned: bool
+        self,
+        job: PartitionJob,
+        stored: StoredStream,
+        parts: PartSet,
+        partition_print: PartitionPrint,
+        stored_rows: int | None,
+        *,
+        pinned: bool,
     ) -> Exported:
         table = job.table
         meta = {
@@ -394,6 +475,7 @@ class LogicalBackup:
             "format": DATA_FORMAT,
             "rows": partition_print[0],
             "hash": partition_print[1],
+            "stored_rows": stored_rows,  # counted in the stored Native stream (None: a type it cannot count)
             "pinned": pinned,
             "schema": table.schema_id,
             "parts": [part.to_json() for part in parts],
@@ -461,7 +543,8 @@ class HttpLoader:
     def _insert(self, item: tuple[str, Table, Entry]) -> None:
         target, table, entry = item
         label = partition_label(table.display, entry.meta["partition"])
-        statement = f"INSERT INTO {target} FORMAT {entry.meta.get('format', DATA_FORMAT)}"
+        columns = f" ({column_list(table.columns)})" if table.columns else ""
+        statement = f"INSERT INTO {target}{columns} FORMAT {entry.meta.get('format', DATA_FORMAT)}"
         self.channel.insert(statement, self._verified(entry, label), what=f"load of {label}", settings=self.settings)
 
     def _verified(self, entry: Entry, label: str) -> Iterator[bytes]:

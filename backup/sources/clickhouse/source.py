@@ -89,7 +89,7 @@ from backup.sources.clickhouse.restore import (
 )
 from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
 from policies.durations import format_duration
-from policies.errors import RestoreError, SourceError
+from policies.errors import RestoreError, SourceError, VerificationFailed
 from policies.model import ClickHouseSettings, reveal
 
 log = structlog.get_logger(__name__)
@@ -213,8 +213,9 @@ class ClickHouseSource:
         options: RestoreOptions,
         progress: Progress | None = None,
     ) -> RestoreResult:
-        """Recreate the snapshot's tables in ``target``, load them and verify them; raises RestoreError
-        (refused target, failed load, verification not a match) or IntegrityError (damaged data)."""
+        """Recreate the snapshot's tables in ``target``, load them and verify them; raises
+        VerificationFailed (verified: the copy differs), RestoreError (refused target, failed load,
+        could not verify) or IntegrityError (damaged data)."""
         started = time.monotonic()
         refuse_source_target(self.settings, header, target)
         plan = build_plan(header, repository.entries(header), target.tables)
@@ -227,6 +228,8 @@ class ClickHouseSource:
             )
         verification = self._load_and_verify(repository, header, target, plan, options, progress)
         figures["verification"] = {"verdict": str(verification.verdict), "message": verification.message}
+        if verification.verdict is Verdict.MISMATCH:  # checked and wrong: a FAIL, not "could not verify"
+            raise VerificationFailed(failure_message(verification, target), verification.differences)
         if not verification.ok:
             raise RestoreError(failure_message(verification, target))
         lines.append(f"verified: {verification.message}")
@@ -312,9 +315,10 @@ def _logical_snapshot(job: SnapshotJob) -> SnapshotOutcome:
         "whole_tables_exported": tally.whole_tables,
         "retries": tally.retries,
         "unpinned": len(tally.unpinned),
+        "uncounted": len(tally.uncounted),
         "exported": sorted(tally.exported)[:LISTED_EXPORTS],
     }
-    meta = {"unpinned": result.tally.unpinned, "consistency": result.consistency}
+    meta = {"unpinned": result.tally.unpinned, "uncounted": tally.uncounted, "consistency": result.consistency}
     return _outcome(job, result.prints, sizes, figures=figures, meta=meta)
 
 
@@ -452,11 +456,16 @@ LOADERS: dict[str, Callable[[LoadJob], DataLoader]] = {
 }
 
 
+_INSERT_SETTINGS = {"optimize_on_insert": "0", "insert_allow_materialized_columns": "1"}
+
+
 def _insert_settings(sql: SqlExecutor) -> dict[str, str]:
     """INSERT settings that keep rows exactly as backed up on servers that have them: newer servers
-    collapse Replacing/Summing rows within an inserted block unless told not to."""
-    rows = sql.execute("SELECT name FROM system.settings WHERE name = 'optimize_on_insert'")
-    return {"optimize_on_insert": "0"} if rows else {}
+    collapse Replacing/Summing rows within an inserted block unless told not to, and MATERIALIZED
+    columns take their stored values only when allowed (else the server recomputes them)."""
+    names = ", ".join(f"'{name}'" for name in _INSERT_SETTINGS)
+    present = {str(row[0]) for row in sql.execute(f"SELECT name FROM system.settings WHERE name IN ({names})")}
+    return {name: value for name, value in _INSERT_SETTINGS.items() if name in present}
 
 
 def _plan_figures(plan: RestorePlan) -> dict[str, Any]:

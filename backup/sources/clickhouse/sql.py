@@ -41,6 +41,11 @@ def qualified(database: str, table: str) -> str:
     return f"{quote_ident(database)}.{quote_ident(table)}"
 
 
+def column_list(columns: Sequence[tuple[str, str]]) -> str:
+    """The names of ``columns`` ((name, type) pairs) for a SELECT or INSERT column list, quoted."""
+    return ", ".join(quote_ident(name) for name, _ in columns)
+
+
 def display_name(database: str, table: str) -> str:
     """``db.table`` for people: quoted only where a part is not a plain identifier."""
     parts = (part if _SIMPLE_NAME.match(part) else quote_ident(part) for part in (database, table))

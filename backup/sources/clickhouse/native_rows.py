@@ -1,0 +1,320 @@
+"""Counting the rows of a ``FORMAT Native`` stream as it passes (pure, no I/O).
+
+An export's row count in the manifest must be the count of the bytes actually stored, not of a
+separate ``count()``: a user profile that limits results (``max_result_rows`` with
+``result_overflow_mode = 'break'``) cuts an export short without an error. Native over HTTP is a
+sequence of blocks: ``varint columns, varint rows``, then per column its name, its type and, when
+``rows > 0``, the column's data. The data is skipped by its type (fixed widths, String lengths,
+Array offsets, Nullable maps, Tuple elements, LowCardinality dictionaries), never decoded.
+
+A type whose layout is not known here (AggregateFunction states, JSON...) makes the stream
+uncountable: ``NativeRowCounter.uncountable`` says why and ``finish`` gives None. A stream that is
+not Native or ends inside a block is broken: ``finish`` raises ValueError.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+_COMPACT_AT = 1 << 20  # consumed bytes dropped from the buffer once this many piled up
+
+_FIXED = {
+    **dict.fromkeys(("UInt8", "Int8", "Bool", "Nothing"), 1),
+    **dict.fromkeys(("UInt16", "Int16", "Date"), 2),
+    **dict.fromkeys(("UInt32", "Int32", "Float32", "DateTime", "Date32", "IPv4"), 4),
+    **dict.fromkeys(("UInt64", "Int64", "Float64"), 8),
+    **dict.fromkeys(("UInt128", "Int128", "UUID", "IPv6"), 16),
+    **dict.fromkeys(("UInt256", "Int256"), 32),
+}
+_FIXED_PREFIXES = {
+    "Enum8": 1,
+    "Enum16": 2,
+    "DateTime": 4,
+    "Decimal32": 4,
+    "DateTime64": 8,
+    "Decimal64": 8,
+    "Decimal128": 16,
+    "Decimal256": 32,
+}
+_GEO = {
+    "Point": "Tuple(Float64, Float64)",
+    "Ring": "Array(Point)",
+    "LineString": "Array(Point)",
+    "MultiLineString": "Array(Ring)",
+    "Polygon": "Array(Ring)",
+    "MultiPolygon": "Array(Polygon)",
+}
+_CALL = re.compile(r"^(\w+)\((.*)\)$", re.S)
+_ELEMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s+(?=\S)")
+
+# LowCardinality index flags (ClickHouse SerializationLowCardinality)
+_NEED_GLOBAL_DICTIONARY = 1 << 8
+_HAS_ADDITIONAL_KEYS = 1 << 9
+
+
+class UncountableType(ValueError):
+    """A column type whose Native layout this module cannot skip."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a column of one type is laid out: ``kind`` is fixed, string, nullable, array, tuple or
+    lowcardinality; ``width`` for fixed; ``inner`` the nested layouts."""
+
+    kind: str
+    width: int = 0
+    inner: tuple[Layout, ...] = ()
+
+
+def layout(type_name: str) -> Layout:
+    """The layout of ``type_name`` as Native writes it; raises UncountableType."""
+    name = type_name.strip()
+    if name in _FIXED:
+        return Layout("fixed", _FIXED[name])
+    if name == "String":
+        return Layout("string")
+    if name in _GEO:
+        return layout(_GEO[name])
+    if name.startswith("Interval"):
+        return Layout("fixed", 8)
+    call = _CALL.match(name)
+    if call is None:
+        raise UncountableType(f"type {type_name} is not known to the row counter")
+    head, args = call.group(1), call.group(2)
+    if head in _FIXED_PREFIXES:
+        return Layout("fixed", _FIXED_PREFIXES[head])
+    if head == "FixedString":
+        return Layout("fixed", int(args))
+    if head == "Decimal":
+        precision = int(split_arguments(args)[0])
+        return Layout("fixed", 4 if precision <= 9 else 8 if precision <= 18 else 16 if precision <= 38 else 32)
+    if head == "Nullable":
+        return Layout("nullable", inner=(layout(args),))
+    if head == "Array":
+        return Layout("array", inner=(layout(args),))
+    if head == "Tuple":
+        return Layout("tuple", inner=tuple(layout(_ELEMENT_NAME.sub("", arg, count=1)) for arg in split_arguments(args)))
+    if head == "Map":
+        key, value = split_arguments(args)
+        return Layout("array", inner=(Layout("tuple", inner=(layout(key), layout(value))),))
+    if head == "LowCardinality":
+        inner = args.strip()
+        if inner.startswith("Nullable(") and inner.endswith(")"):
+            inner = inner[len("Nullable(") : -1]
+        return Layout("lowcardinality", inner=(layout(inner),))
+    if head == "SimpleAggregateFunction":
+        return layout(split_arguments(args)[-1])
+    raise UncountableType(f"type {type_name} is not known to the row counter")
+
+
+def split_arguments(text: str) -> list[str]:
+    """Top-level comma-separated arguments of a type (parentheses and quotes respected)."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    current: list[str] = []
+    escaped = False
+    for char in text:
+        if quote:
+            current.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+            continue
+        if char in "'`\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
+_Parse = Generator[None, None, int]
+
+
+class NativeRowCounter:
+    """Fed the bytes of a Native stream in any slices, counts its rows and blocks.
+
+    ``feed`` never raises: a stream it cannot follow stops the counting (``uncountable`` or a
+    broken stream); ``finish`` says which."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.blocks = 0
+        self.uncountable: str | None = None  # a column type the counter cannot skip
+        self.broken: str | None = None  # not a Native stream
+        self._buffer = bytearray()
+        self._pos = 0
+        self._at_boundary = True
+        self._parser = self._parse_blocks()
+        next(self._parser)
+
+    def feed(self, data: bytes) -> None:
+        if self.uncountable is not None or self.broken is not None or not data:
+            return
+        if self._pos >= _COMPACT_AT or self._pos == len(self._buffer):
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+        try:
+            self._parser.send(None)
+        except UncountableType as exc:
+            self.uncountable = str(exc)
+            self._buffer = bytearray()
+        except (ValueError, IndexError, struct.error, StopIteration) as exc:
+            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
+            self._buffer = bytearray()
+
+    def finish(self) -> int | None:
+        """The stream's row count; None when a column type is not known (``uncountable`` says
+        which). Raises ValueError when the stream is not Native or ends inside a block."""
+        if self.broken is not None:
+            raise ValueError(self.broken)
+        if self.uncountable is not None:
+            return None
+        if not (self._at_boundary and self._pos == len(self._buffer)):
+            raise ValueError(f"the stream ends inside a block (after {self.blocks} whole blocks, {self.rows} rows)")
+        return self.rows
+
+    # ---- the parser: a generator that yields whenever it needs more bytes ----
+
+    def _parse_blocks(self) -> Generator[None, None, None]:
+        while True:
+            self._at_boundary = True
+            while self._pos >= len(self._buffer):
+                yield
+            self._at_boundary = False
+            columns = yield from self._varint()
+            rows = yield from self._varint()
+            for _ in range(columns):
+                yield from self._skip((yield from self._varint()))  # the column's name
+                type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+                if rows:
+                    yield from self._column(layout(type_name), rows)
+            self.rows += rows
+            self.blocks += 1
+
+    def _column(self, shape: Layout, rows: int) -> Generator[None, None, None]:
+        kind = shape.kind
+        if kind == "fixed":
+            yield from self._skip(shape.width * rows)
+        elif kind == "string":
+            yield from self._strings(rows)
+        elif kind == "nullable":
+            yield from self._skip(rows)
+            yield from self._column(shape.inner[0], rows)
+        elif kind == "array":
+            yield from self._skip(8 * (rows - 1))
+            (total,) = struct.unpack("<Q", (yield from self._read(8)))
+            if total:
+                yield from self._column(shape.inner[0], total)
+        elif kind == "tuple":
+            for element in shape.inner:
+                yield from self._column(element, rows)
+        else:  # lowcardinality
+            yield from self._low_cardinality(shape.inner[0], rows)
+
+    def _low_cardinality(self, keys: Layout, rows: int) -> Generator[None, None, None]:
+        yield from self._skip(8)  # the key serialization version
+        done = 0
+        while done < rows:
+            (flags,) = struct.unpack("<Q", (yield from self._read(8)))
+            if flags & _NEED_GLOBAL_DICTIONARY:
+                raise UncountableType("LowCardinality with a global dictionary is not known to the row counter")
+            if flags & _HAS_ADDITIONAL_KEYS:
+                (count,) = struct.unpack("<Q", (yield from self._read(8)))
+                if count:
+                    yield from self._column(keys, count)
+            (indexes,) = struct.unpack("<Q", (yield from self._read(8)))
+            yield from self._skip(indexes * (1 << (flags & 0xFF)))
+            done += indexes
+            if not indexes:
+                raise ValueError("LowCardinality granule without rows")
+
+    def _need(self, size: int) -> Generator[None, None, None]:
+        while len(self._buffer) - self._pos < size:
+            yield
+
+    def _read(self, size: int) -> Generator[None, None, bytes]:
+        yield from self._need(size)
+        data = bytes(self._buffer[self._pos : self._pos + size])
+        self._pos += size
+        return data
+
+    def _skip(self, size: int) -> Generator[None, None, None]:
+        while True:
+            available = len(self._buffer) - self._pos
+            if available >= size:
+                self._pos += size
+                return
+            self._pos += available
+            size -= available
+            yield
+
+    def _varint(self) -> _Parse:
+        value = shift = 0
+        while True:
+            yield from self._need(1)
+            byte = self._buffer[self._pos]
+            self._pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise ValueError("a varint longer than 9 bytes: not a Native stream")
+
+    def _strings(self, count: int) -> Generator[None, None, None]:
+        """Skip ``count`` length-prefixed strings; the hot loop of the counter."""
+        while count:
+            buffer, pos, end = self._buffer, self._pos, len(self._buffer)
+            while count and pos < end:
+                byte = buffer[pos]
+                if byte < 0x80:
+                    if pos + 1 + byte > end:
+                        break
+                    pos += 1 + byte
+                    count -= 1
+                    continue
+                break  # a long string: read its length the slow way
+            self._pos = pos
+            if not count:
+                return
+            if pos < end and buffer[pos] >= 0x80:
+                length = yield from self._varint()
+                count -= 1
+                yield from self._skip(length)
+                continue
+            if pos < end:  # a short string not wholly here yet
+                self._pos += 1
+                count -= 1
+                yield from self._skip(byte)
+                continue
+            yield
+
+
+class CountingReader:
+    """A binary stream passed through as is, its bytes fed to a ``NativeRowCounter`` on the way."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.counter = NativeRowCounter()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.counter.feed(data)
+        return data
