@@ -12,6 +12,7 @@ import contextlib
 import json
 import socket
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,15 +104,69 @@ def wipe_bucket(client: Any, bucket: str) -> str:
 
 
 def overwrite_one_object(client: Any, bucket: str) -> str:
-    """The S3 canary: overwrite the first object of ``bucket`` with changed bytes; says which.
+    """An S3 canary: overwrite the first object of ``bucket`` with changed bytes; says which.
     Raises ScratchError on an empty bucket."""
-    listed = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
-    if not listed:
-        raise ScratchError(f"scratch bucket {bucket} holds no object to tamper with")
-    key = listed[0]["Key"]
+    key = _first_key(client, bucket)
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=body + b"tampered")
     return f"appended bytes to object {key!r} in the scratch bucket"
+
+
+def _first_key(client: Any, bucket: str) -> str:
+    listed = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+    if not listed:
+        raise ScratchError(f"scratch bucket {bucket} holds no object to tamper with")
+    return str(listed[0]["Key"])
+
+
+# What a CopyObject with MetadataDirective=REPLACE must say again to change nothing but user metadata.
+_KEPT_ON_COPY = (
+    "ContentType",
+    "ContentEncoding",
+    "CacheControl",
+    "ContentDisposition",
+    "ContentLanguage",
+    "Expires",
+    "WebsiteRedirectLocation",
+    "StorageClass",
+)
+
+
+def change_user_metadata(client: Any, bucket: str) -> str:
+    """An S3 canary: copy the first object of ``bucket`` onto itself with one user metadata value
+    changed (MetadataDirective=REPLACE; bytes, tags and every other attribute kept); says which."""
+    key = _first_key(client, bucket)
+    head = client.head_object(Bucket=bucket, Key=key)
+    kept = {name: head[name] for name in _KEPT_ON_COPY if head.get(name)}
+    metadata = {**head.get("Metadata", {}), "lifeboat-canary": "tampered"}
+    client.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        MetadataDirective="REPLACE",
+        Metadata=metadata,
+        **kept,
+    )
+    return f"changed the user metadata of object {key!r} in place (bytes unchanged)"
+
+
+def change_one_tag(client: Any, bucket: str) -> str:
+    """An S3 canary: change one tag of the first object of ``bucket`` (PutObjectTagging: bytes, ETag
+    and metadata unchanged), or give it one if it has none; says which."""
+    key = _first_key(client, bucket)
+    tags = {tag["Key"]: tag["Value"] for tag in client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+    name = next(iter(sorted(tags)), "lifeboat-canary")
+    tags[name] = tags.get(name, "") + "-tampered"
+    tag_set = [{"Key": tag, "Value": value} for tag, value in tags.items()]
+    client.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_set})
+    return f"changed tag {name!r} of object {key!r} to {tags[name]!r} (bytes and metadata unchanged)"
+
+
+def add_one_object(client: Any, bucket: str) -> str:
+    """An S3 canary: put one object into ``bucket`` that the snapshot does not hold; says which."""
+    key = f"lifeboat-canary/extra-{uuid.uuid4().hex[:8]}"
+    client.put_object(Bucket=bucket, Key=key, Body=b"not in the snapshot")
+    return f"added object {key!r} to the scratch bucket"
 
 
 def delete_first_etcd_key(endpoint: str) -> str:

@@ -304,3 +304,71 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_janitor(setup: Setup, clic
     status = json.loads(lifeboat(setup.config, "status", "--json").stdout)  # the dry run is not recorded
     assert status["janitor"]["last_success"]["figures"]["removed"] == 3
     assert status["janitor"]["last_run"]["origin"] == "cli"
+
+
+def test_the_s3_canary_runs_every_tamper_kind_and_verification_catches_each(
+    setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
+) -> None:
+    client = s3_server.client()
+    client.put_object_tagging(
+        Bucket=setup.bucket, Key="models/m3.bin", Tagging={"TagSet": [{"Key": "stage", "Value": "prod"}]}
+    )
+    drill_policy(
+        setup.root,
+        etcd_server,
+        clickhouse_server,
+        s3_server,
+        smtp_inbox,
+        setup.database,
+        setup.bucket,
+        faults=("verifier-canary",),
+        sources=("models",),
+    ).write(setup.config)
+    assert lifeboat(setup.config, "backup", "run", "--source", "models", "--json").exit_code == 0
+    result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
+    report = json.loads(result.stdout)
+    [models] = report["sources"]
+    canary = next(step for step in models["steps"] if step["name"] == "fault:verifier-canary")
+    assert canary["verdict"] == "PASS" and result.exit_code == 0, canary
+    caught = canary["details"]["tampers"]
+    assert sorted(caught) == ["extra-object", "metadata-only", "object-bytes", "tags-only"]
+    assert canary["details"]["blind"] == [] and canary["details"]["unverified"] == []
+    for name, said in caught.items():  # each names the object it changed, and verification caught it
+        assert "models/m" in said or "lifeboat-canary" in said, (name, said)
+        assert "differs from snapshot" in said, (name, said)
+    assert_no_leftovers(setup, clickhouse_server, s3_server)
+
+
+def test_each_s3_tamper_kind_is_a_mismatch_naming_the_object(setup: Setup, s3_server: Any) -> None:
+    """The canary's S3 tamper kinds, each on its own restored copy: verification names the object it changed."""
+    import re
+
+    from backup.sources.base import RestoreOptions
+    from drills.scratch.common import add_one_object, change_one_tag, change_user_metadata, overwrite_one_object
+
+    client = s3_server.client()
+    policy = load_policy(setup.config)
+    source = make_source("models", policy.sources["models"])
+    tampers = {
+        "object-bytes": overwrite_one_object,
+        "metadata-only": change_user_metadata,
+        "tags-only": change_one_tag,
+        "extra-object": add_one_object,
+    }
+    with open_repository(policy.repository) as repository:
+        header = repository.find_snapshot("models")
+        for name, tamper in tampers.items():
+            options = RestoreOptions.of(to_bucket=f"tamper-{name}-{os.getpid()}")
+            target = source.parse_target(options)
+            source.restore(repository, header, target, options=options)
+            assert source.verify(header, target, repository=repository).verdict is Verdict.MATCH
+            said = tamper(client, target.bucket)
+            [key] = re.findall(r"object '([^']+)'", said)
+            found = source.verify(header, target, repository=repository)
+            assert found.verdict is Verdict.MISMATCH, (name, said)
+            assert len(found.differences) == 1 and key in found.differences[0], (name, said, found.differences)
+            assert source.verify(header, target).verdict is Verdict.MISMATCH, name  # the fingerprint alone too
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket):
+                for item in page.get("Contents", []):
+                    client.delete_object(Bucket=target.bucket, Key=item["Key"])
+            client.delete_bucket(Bucket=target.bucket)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from backup.execute import free_port, start
 from backup.jobs import run_backup
 from backup.repository import open_repository
 from backup.sources.base import RestoreOptions, Verdict
+from backup.sources.s3.digest import BucketSum, metadata_view
 from backup.sources.s3.keypath import key_to_path
 from backup.sources.s3.source import S3Source
 from lifeboat.cli import cli
@@ -758,3 +759,204 @@ def test_target_credentials_come_from_the_environment_or_are_given(
         source.restore(repository, repository.find_snapshot("models"), target, options=given)
         assert source.verify(repository.find_snapshot("models"), target, repository=repository).ok
     assert _bucket_state(checker, "given-keys") == objects
+
+
+# ---- object attributes: tags, Expires, website redirect, storage class (issue 13, item 9) ----------
+
+EXPIRES = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+TAGS = {"team": "vision", "tier": "gold two"}
+
+
+def _tags(client: Any, bucket: str, key: str) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+
+
+def _retag(client: Any, bucket: str, key: str, tags: dict[str, str]) -> None:
+    tag_set = [{"Key": name, "Value": value} for name, value in tags.items()]
+    client.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_set})
+
+
+@pytest.fixture
+def attributed(s3_server: S3Endpoint, tmp_path: Path) -> Iterator[tuple[Cli, str]]:
+    """A bucket whose objects carry tags, Expires, a website redirect and a storage class, snapshotted."""
+    client = s3_server.client()
+    bucket = _new_bucket(s3_server, "attributes")
+    client.put_object(
+        Bucket=bucket, Key="tagged", Body=b"t" * 100, ContentType="text/csv", Metadata={"owner": "a"},
+        Tagging="team=vision&tier=gold%20two",
+    )  # fmt: skip
+    client.put_object(Bucket=bucket, Key="dated", Body=b"d" * 50, Expires=EXPIRES, WebsiteRedirectLocation="/elsewhere")
+    client.put_object(Bucket=bucket, Key="cold", Body=b"c" * 70, StorageClass="STANDARD_IA", Tagging="cold=yes")
+    client.put_object(Bucket=bucket, Key="big", Body=os.urandom(9 * MIB), Tagging="size=big")  # restored multipart
+    client.put_object(Bucket=bucket, Key="plain", Body=b"p" * 10)
+    cli = _write_policy(tmp_path, s3_server.endpoint_url, [bucket])
+    cli.snapshot()
+    yield cli, bucket
+    _drop_bucket(client, bucket)
+
+
+def test_tags_and_attributes_are_kept_restored_and_every_change_is_named(
+    attributed: tuple[Cli, str], s3_server: S3Endpoint
+) -> None:
+    cli, bucket = attributed
+    client = s3_server.client()
+    with _repository(cli) as repository:
+        header = repository.find_snapshot("models")
+        metas = {entry.meta["key"]: entry.meta for entry in repository.entries(header)}
+    assert metas["tagged"]["tags"] == TAGS and metas["plain"]["tags"] == {} and metas["big"]["tags"] == {"size": "big"}
+    assert metas["dated"]["expires"] == EXPIRES.isoformat()
+    assert metas["dated"]["website_redirect_location"] == "/elsewhere"
+    assert metas["cold"]["storage_class"] == "STANDARD_IA" and metas["plain"]["storage_class"] == "STANDARD"
+    assert "tags_digest" in header.fingerprint["buckets"][bucket]
+
+    target = _new_bucket(s3_server, "restored-attributes")
+    cli.json("restore", "models", "--to-bucket", target, "--yes")
+    assert _tags(client, target, "tagged") == TAGS and _tags(client, target, "big") == {"size": "big"}
+    assert _tags(client, target, "plain") == {}
+    dated = client.head_object(Bucket=target, Key="dated")
+    assert dated["Expires"] == EXPIRES and dated["WebsiteRedirectLocation"] == "/elsewhere"
+    assert client.head_object(Bucket=target, Key="cold")["StorageClass"] == "STANDARD_IA"  # same endpoint: kept
+
+    source = _source(s3_server.endpoint_url, bucket)
+    restored = source.parse_target(RestoreOptions.of(to_bucket=target))
+
+    def verify(*, entries: bool = True) -> Any:
+        with _repository(cli) as repository:
+            return source.verify(header, restored, repository=repository if entries else None)
+
+    untouched = verify()
+    assert untouched.verdict is Verdict.MATCH, untouched.differences
+    assert untouched.checked["tags_compared"] and untouched.checked["storage_class_compared"]
+    assert "tags" in untouched.message
+    assert verify(entries=False).verdict is Verdict.MATCH
+
+    _retag(client, target, "tagged", {**TAGS, "tier": "silver"})  # a tag only: bytes, ETag, metadata unchanged
+    found = verify()
+    assert found.verdict is Verdict.MISMATCH
+    assert found.differences == [
+        "differs: tagged: tags {'team': 'vision', 'tier': 'silver'}, the snapshot has {'team': 'vision', 'tier': 'gold two'}"
+    ]
+    by_fingerprint = verify(entries=False)
+    assert by_fingerprint.verdict is Verdict.MISMATCH
+    assert [line.split(":")[1] for line in by_fingerprint.differences] == [f" bucket '{bucket}'"]
+    assert "tags_digest" in by_fingerprint.differences[0]
+    _retag(client, target, "tagged", TAGS)
+    assert verify().verdict is Verdict.MATCH
+
+    client.copy_object(  # Expires dropped, all else equal
+        Bucket=target, Key="dated", CopySource={"Bucket": target, "Key": "dated"}, MetadataDirective="REPLACE",
+        Metadata={}, WebsiteRedirectLocation="/elsewhere",
+    )  # fmt: skip
+    found = verify()
+    assert found.verdict is Verdict.MISMATCH
+    assert found.differences == [f"differs: dated: expires None, the snapshot has '{EXPIRES.isoformat()}'"]
+    assert verify(entries=False).verdict is Verdict.MISMATCH
+
+    client.put_object(Bucket=target, Key="dated", Body=b"d" * 50, Expires=EXPIRES, WebsiteRedirectLocation="/elsewhere")
+    client.copy_object(
+        Bucket=target, Key="cold", CopySource={"Bucket": target, "Key": "cold"}, StorageClass="STANDARD"
+    )  # the storage class only
+    found = verify()
+    assert found.differences == ["differs: cold: storage class 'STANDARD', the snapshot has 'STANDARD_IA'"]
+    client.copy_object(Bucket=target, Key="cold", CopySource={"Bucket": target, "Key": "cold"}, StorageClass="STANDARD_IA")
+    assert verify().verdict is Verdict.MATCH
+
+    client.put_object(Bucket=target, Key="intruder", Body=b"x")
+    found = verify()
+    assert found.verdict is Verdict.MISMATCH and found.differences == ["extra: intruder"]
+    assert verify(entries=False).verdict is Verdict.MISMATCH
+    _drop_bucket(client, target)
+
+
+def test_the_storage_class_is_kept_and_compared_only_at_the_source_endpoint(
+    attributed: tuple[Cli, str], s3_server: S3Endpoint
+) -> None:
+    """Another endpoint (here: the same server by another name) may not know the class: it is not set there,
+    and not compared; everything else is."""
+    cli, bucket = attributed
+    client = s3_server.client()
+    elsewhere = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    target = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    cli.json("restore", "models", "--to-endpoint", elsewhere, "--to-bucket", target)
+    assert client.head_object(Bucket=target, Key="cold").get("StorageClass", "STANDARD") == "STANDARD"
+    assert _tags(client, target, "cold") == {"cold": "yes"}
+    source = _source(s3_server.endpoint_url, bucket)
+    restored = source.parse_target(RestoreOptions.of(to_endpoint=elsewhere, to_bucket=target))
+    with _repository(cli) as repository:
+        header = repository.find_snapshot("models")
+        found = source.verify(header, restored, repository=repository)
+        assert found.verdict is Verdict.MATCH, found.differences
+        assert found.checked["tags_compared"] and not found.checked["storage_class_compared"]
+        assert source.verify(header, restored).verdict is Verdict.MATCH
+        _retag(client, target, "cold", {"cold": "no"})
+        assert source.verify(header, restored, repository=repository).differences == [
+            "differs: cold: tags {'cold': 'no'}, the snapshot has {'cold': 'yes'}"
+        ]
+    _drop_bucket(client, target)
+
+
+def test_a_tag_changed_at_the_source_is_seen_without_reading_the_object_again(
+    attributed: tuple[Cli, str], s3_server: S3Endpoint
+) -> None:
+    cli, bucket = attributed
+    client = s3_server.client()
+    before = client.head_object(Bucket=bucket, Key="tagged")
+    _retag(client, bucket, "tagged", {"team": "speech"})
+    after = client.head_object(Bucket=bucket, Key="tagged")
+    assert (before["ETag"], before["LastModified"]) == (after["ETag"], after["LastModified"])  # as on real S3
+
+    second = cli.snapshot()
+    assert second["objects_downloaded"] == 0 and second["objects_reused"] == 5
+    assert second["objects_retagged"] == 1
+    with _repository(cli) as repository:
+        tags = {e.meta["key"]: e.meta["tags"] for e in repository.entries(repository.read_header(second["id"]))}
+    assert tags["tagged"] == {"team": "speech"} and tags["cold"] == {"cold": "yes"}
+
+
+def _legacy_copy(cli: Cli, header: Any) -> Any:
+    """The snapshot as Lifeboat wrote it before it kept object attributes: same chunks, older entry meta
+    and fingerprint (no tags, Expires, redirect or storage class)."""
+    old_meta = {"bucket", "key", "etag", "last_modified", "content_type", "content_encoding", "cache_control",
+                "content_disposition", "content_language", "metadata"}  # fmt: skip
+    sums: dict[str, BucketSum] = {}
+    with _repository(cli) as repository, repository.begin_snapshot("models", "s3") as writer:
+        for entry in repository.entries(header):
+            meta = {name: value for name, value in entry.meta.items() if name in old_meta}
+            writer.add(type(entry)(entry.name, entry.size, entry.sha256, entry.chunks, meta))
+            sums.setdefault(meta["bucket"], BucketSum()).add(meta["key"], entry.size, entry.sha256, metadata_view(meta))
+        buckets = {name: found.fingerprint() for name, found in sums.items()}
+        assert all(set(found) == {"objects", "bytes", "content_digest", "metadata_digest"} for found in buckets.values())
+        return writer.commit(fingerprint={**header.fingerprint, "buckets": buckets}, census=header.census, meta=header.meta)
+
+
+def test_a_snapshot_older_than_tags_verifies_as_before_saying_tags_are_not_covered(
+    attributed: tuple[Cli, str], s3_server: S3Endpoint
+) -> None:
+    cli, bucket = attributed
+    client = s3_server.client()
+    time.sleep(1.1)  # a snapshot id of its own
+    with _repository(cli) as repository:
+        legacy = _legacy_copy(cli, repository.find_snapshot("models"))
+    target = f"legacy-{uuid.uuid4().hex[:8]}"
+    cli.json("restore", "models", "--snapshot", legacy.id, "--to-bucket", target)
+    assert _tags(client, target, "tagged") == {}  # the old snapshot never held them
+    source = _source(s3_server.endpoint_url, bucket)
+    restored = source.parse_target(RestoreOptions.of(to_bucket=target))
+    with _repository(cli) as repository:
+        found = source.verify(legacy, restored, repository=repository)
+        assert found.verdict is Verdict.MATCH, found.differences
+        assert found.checked["tags_compared"] is False and "tags not covered" in found.message
+        assert source.verify(legacy, restored).verdict is Verdict.MATCH
+        _retag(client, target, "tagged", {"any": "thing"})  # not covered: still a match, and it says so
+        assert source.verify(legacy, restored, repository=repository).verdict is Verdict.MATCH
+        client.put_object(Bucket=target, Key="plain", Body=b"q" * 10)  # what it covers, it still checks
+        assert source.verify(legacy, restored, repository=repository).differences[0].startswith("differs: plain: content")
+    _drop_bucket(client, target)
+
+    time.sleep(1.1)
+    upgraded = cli.snapshot()  # over the old snapshot: attributes filled in, no object read again
+    assert upgraded["objects_downloaded"] == 0 and upgraded["objects_reused"] == 5
+    with _repository(cli) as repository:
+        metas = {e.meta["key"]: e.meta for e in repository.entries(repository.read_header(upgraded["id"]))}
+    assert metas["tagged"]["tags"] == TAGS and metas["cold"]["storage_class"] == "STANDARD_IA"
+    assert metas["dated"]["expires"] == EXPIRES.isoformat() and metas["dated"]["website_redirect_location"] == "/elsewhere"

@@ -27,6 +27,7 @@ class Listed:
     size: int
     etag: str
     last_modified: str
+    storage_class: str = "STANDARD"  # a lifecycle transition changes it, not the ETag or the time
 
 
 def normalize_etag(etag: str) -> str:
@@ -72,7 +73,8 @@ def list_bucket(client: Any, bucket: str, *, include: Sequence[str], exclude: Se
                 last = key
                 if not key.startswith(skip):
                     etag = normalize_etag(item.get("ETag", ""))
-                    yield Listed(bucket, key, item["Size"], etag, normalize_time(item["LastModified"]))
+                    moment = normalize_time(item["LastModified"])
+                    yield Listed(bucket, key, item["Size"], etag, moment, item.get("StorageClass") or "STANDARD")
             if not page.get("IsTruncated"):
                 break
             token = page["NextContinuationToken"]
@@ -138,7 +140,9 @@ class PreviousEntries:
 
 
 def reusable(old: Entry, listed: Listed, known_chunks: set[str]) -> bool:
-    """Whether ``old`` still describes the listed object, and every chunk it names is in the repository."""
+    """Whether ``old`` still describes the listed object's bytes, and every chunk it names is in the
+    repository. Its tags may have changed all the same (S3 changes neither ETag nor time for that):
+    the snapshot reads them again for every object."""
     same = (
         old.size == listed.size
         and old.meta.get("etag") == listed.etag

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar, cast
@@ -22,9 +23,9 @@ from backup.repository.repository import Repository, SnapshotWriter
 from backup.repository.s3store import make_client
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verdict, Verification, flag_of
 from backup.sources.s3.calls import GONE_CODES, Hints, call_with_retry, error_code, explain, run_bounded
-from backup.sources.s3.digest import BucketSum, Skipped, SnapshotTally, object_meta
+from backup.sources.s3.digest import BucketSum, Skipped, SnapshotTally, object_meta, tag_dict
 from backup.sources.s3.kind import KIND
-from backup.sources.s3.listing import Listed, PreviousEntries, list_bucket, reusable
+from backup.sources.s3.listing import Listed, PreviousEntries, list_bucket, normalize_etag, reusable
 from backup.sources.s3.targets import (
     BucketSide,
     BucketTarget,
@@ -43,6 +44,7 @@ from policies.sizes import human_bytes
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+_NO_TAGGING_CODES = {"NotImplemented", "XNotImplemented"}  # an endpoint without object tagging
 WINDOW_PER_WORKER = 8  # snapshot: objects queued per worker ahead of the in-order writer (entries, not bytes)
 _TARGET_USAGE = "use --to-bucket B [--to-endpoint URL] [--to-prefix P], or --to-dir DIR; optionally --prefix P"
 
@@ -64,6 +66,7 @@ class S3Source:
             credentials=f"sources.{name}.access_key_id / secret_access_key",
             bucket=f"sources.{name}.buckets",
         )
+        self._untagged_logged = False
 
     def _client(self, endpoint_url: str | None, keys: tuple[str | None, str | None] | None = None) -> Any:
         """A client with ``keys``, or the source's own; (None, None) lets boto3 find credentials."""
@@ -154,14 +157,14 @@ class S3Source:
         """Reuse or download every listed object; entries reach the writer in listing order."""
         workers = self.settings.parallel
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"lifeboat-s3-{self.name}")
-        window: deque[Entry | Future[Entry | Skipped]] = deque()
+        window: deque[Future[Entry | Reused | Skipped]] = deque()
         try:
             for listed in listing:
                 tally.listed += 1
                 old = before.take(listed.bucket, listed.key)
                 tally.compare(old, listed)
                 if old is not None and reusable(old, listed, writer.known):
-                    window.append(old)
+                    window.append(pool.submit(self._refresh, client, writer, old, listed, progress))
                 else:
                     window.append(pool.submit(self._download, client, writer, listed, progress))
                 _settle(window, writer, tally, keep=workers * WINDOW_PER_WORKER)
@@ -188,7 +191,70 @@ class S3Source:
             meta = object_meta(listed.bucket, listed.key, response)
             return Entry(f"{listed.bucket}/{listed.key}", stored.size, stored.sha256, stored.chunks, meta)
 
-        return self._call(attempt, bucket=listed.bucket, what=f"read s3://{listed.bucket}/{listed.key}")
+        read = self._call(attempt, bucket=listed.bucket, what=f"read s3://{listed.bucket}/{listed.key}")
+        if isinstance(read, Skipped):
+            return read
+        return self._with_tags(client, read, listed)
+
+    def _refresh(
+        self, client: Any, writer: SnapshotWriter, old: Entry, listed: Listed, progress: Progress | None
+    ) -> Entry | Reused | Skipped:
+        """The previous entry of an unchanged object, with its tags read again (and, for an entry
+        written before attributes were kept, its metadata from a HEAD): its chunks are reused."""
+        meta = dict(old.meta)
+        if "storage_class" not in old.meta:  # written before issue 13: no Expires, redirect, tags
+            head = self._head(client, listed)
+            if head is None:
+                return Skipped(listed.bucket, listed.key)
+            if normalize_etag(str(head.get("ETag", ""))) != listed.etag or head.get("ContentLength") != listed.size:
+                return self._download(client, writer, listed, progress)  # changed since the listing
+            meta = object_meta(listed.bucket, listed.key, head)
+        entry = self._with_tags(client, Entry(old.name, old.size, old.sha256, old.chunks, meta), listed)
+        if isinstance(entry, Skipped):
+            return entry
+        retagged = "tags" in old.meta and old.meta["tags"] != entry.meta.get("tags")
+        return Reused(entry, retagged)
+
+    def _head(self, client: Any, listed: Listed) -> dict[str, Any] | None:
+        def attempt() -> dict[str, Any] | None:
+            try:
+                return cast(dict[str, Any], client.head_object(Bucket=listed.bucket, Key=listed.key))
+            except ClientError as exc:
+                if error_code(exc) in GONE_CODES:
+                    return None
+                raise
+
+        return self._call(attempt, bucket=listed.bucket, what=f"read the metadata of s3://{listed.bucket}/{listed.key}")
+
+    def _with_tags(self, client: Any, entry: Entry, listed: Listed) -> Entry | Skipped:
+        """``entry`` with the object's storage class (from the listing) and tags (GetObjectTagging, on
+        every object: a tag changes neither ETag nor time); Skipped if the object is gone. An endpoint
+        that has no tagging (NotImplemented) leaves the tags out: verification then says they were
+        not covered. A refusal (AccessDenied) fails the snapshot like any failed read."""
+
+        def attempt() -> dict[str, str] | Skipped | None:
+            try:
+                return tag_dict(client.get_object_tagging(Bucket=listed.bucket, Key=listed.key))
+            except ClientError as exc:
+                if error_code(exc) in GONE_CODES:
+                    return Skipped(listed.bucket, listed.key)
+                if error_code(exc) in _NO_TAGGING_CODES:
+                    return None
+                raise
+
+        what = f"read the tags of s3://{listed.bucket}/{listed.key} (s3:GetObjectTagging)"
+        tags = self._call(attempt, bucket=listed.bucket, what=what)
+        if isinstance(tags, Skipped):
+            return tags
+        meta = {key: value for key, value in entry.meta.items() if key != "tags"}
+        meta["storage_class"] = listed.storage_class
+        if tags is None:
+            if not self._untagged_logged:
+                self._untagged_logged = True
+                log.warning("s3.tags_not_supported", source=self.name, endpoint=self.endpoint, effect="tags not kept")
+        else:
+            meta["tags"] = tags
+        return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
 
     # ---- restore ------------------------------------------------------------------------------
 
@@ -249,7 +315,10 @@ class S3Source:
         else:
             credentials = f"sources.{self.name}.access_key_id / secret_access_key (or set AWS_ACCESS_KEY_ID / AWS_PROFILE)"
         hints = Hints(endpoint="--to-endpoint", credentials=credentials, bucket="--to-bucket")
-        return BucketSide(self._client(target.endpoint_url, keys), target, hints, self.settings.region)
+        # A storage class names something only at its own endpoint (another may not know GLACIER, or
+        # call its classes otherwise): it is restored and compared there, recorded everywhere.
+        here = same_endpoint(target.endpoint_url, self.settings.endpoint_url)
+        return BucketSide(self._client(target.endpoint_url, keys), target, hints, self.settings.region, storage_class=here)
 
     def restore(
         self,
@@ -364,7 +433,8 @@ def _plan(target: S3Target, view: View, occupied: str | None) -> list[str]:
     if isinstance(target, BucketTarget):
         lines.append(
             "metadata restored: Content-Type, Content-Encoding, Cache-Control, Content-Disposition, "
-            "Content-Language, user metadata"
+            "Content-Language, user metadata, Expires, website redirect, tags; the storage class only "
+            "at the source's own endpoint"
         )
         if target.credentials:
             who = "the access key given for the target"
@@ -401,21 +471,31 @@ def _count(repository: Repository, header: SnapshotHeader, view: View) -> tuple[
     return count, size
 
 
+@dataclass(frozen=True)
+class Reused:
+    """A previous entry taken over (its chunks), with the object's tags as read now."""
+
+    entry: Entry
+    retagged: bool
+
+
 def _settle(
-    window: deque[Entry | Future[Entry | Skipped]], writer: SnapshotWriter, tally: SnapshotTally, *, keep: int
+    window: deque[Future[Entry | Reused | Skipped]], writer: SnapshotWriter, tally: SnapshotTally, *, keep: int
 ) -> None:
     """Hand finished items at the head of ``window`` to the writer, in order; block on the head while
     more than ``keep`` items wait (the bound on memory and on how far listing runs ahead)."""
     while window:
         head = window[0]
-        if len(window) <= keep and isinstance(head, Future) and not head.done():
+        if len(window) <= keep and not head.done():
             return
         window.popleft()
-        if isinstance(head, Entry):
+        done = head.result()
+        if isinstance(done, Reused):
             tally.reused += 1
-            result: Entry | Skipped = head
+            tally.retagged += done.retagged
+            result: Entry | Skipped = done.entry
         else:
-            result = head.result()
+            result = done
             if isinstance(result, Entry):
                 tally.downloaded += 1
         if isinstance(result, Skipped):

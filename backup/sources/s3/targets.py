@@ -21,7 +21,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup.repository.manifest import Entry, SnapshotHeader
 from backup.repository.repository import Repository
 from backup.sources.s3.calls import GONE_CODES, Hints, call_with_retry, error_code, explain
-from backup.sources.s3.digest import META_FIELDS, hash_stream, metadata_view, object_meta
+from backup.sources.s3.digest import (
+    META_FIELDS,
+    STANDARD,
+    hash_stream,
+    metadata_view,
+    object_meta,
+    tag_dict,
+    tagging_header,
+)
 from backup.sources.s3.keypath import key_to_path, path_to_key
 from backup.sources.s3.listing import list_bucket
 from policies.errors import RestoreError
@@ -125,24 +133,28 @@ class View:
 
 @dataclass(frozen=True)
 class Observed:
-    """An object read back from a target: its bytes' SHA-256 and, from a bucket, its metadata."""
+    """An object read back from a target: its bytes' SHA-256 and, from a bucket, its metadata, and
+    its tags and storage class when asked for (None: not read)."""
 
     size: int
     sha256: str
     metadata: dict[str, Any] | None
+    tags: dict[str, str] | None = None
+    storage_class: str | None = None
 
 
 class TargetSide(Protocol):
     """A restore target seen by restore (write) and verify (scan, read)."""
 
     has_metadata: bool
+    keeps_storage_class: bool
 
     def describe(self) -> str: ...
     def first_item(self) -> str | None: ...
     def prepare(self) -> None: ...
     def write(self, repository: Repository, entry: Entry, relative: str, snapshot: str) -> int: ...
     def scan(self) -> Iterator[tuple[str, int]]: ...
-    def read(self, relative: str) -> Observed | None: ...
+    def read(self, relative: str, *, tags: bool = False) -> Observed | None: ...
 
 
 class BucketSide:
@@ -150,11 +162,12 @@ class BucketSide:
 
     has_metadata = True
 
-    def __init__(self, client: Any, target: BucketTarget, hints: Hints, region: str) -> None:
+    def __init__(self, client: Any, target: BucketTarget, hints: Hints, region: str, *, storage_class: bool = False) -> None:
         self.client = client
         self.target = target
         self.hints = hints
         self.region = region
+        self.keeps_storage_class = storage_class  # the source's own endpoint: classes mean the same there
         self._bucket_exists = True
 
     def describe(self) -> str:
@@ -197,7 +210,7 @@ class BucketSide:
     def write(self, repository: Repository, entry: Entry, relative: str, snapshot: str) -> int:
         """PUT one object with its metadata once its bytes matched the snapshot (multipart when large)."""
         key = self.target.prefix + relative
-        arguments = put_arguments(entry.meta)
+        arguments = put_arguments(entry.meta, storage_class=self.keeps_storage_class)
         if entry.size <= PART_SIZE:
             buffer = io.BytesIO()
             repository.restore_entry(entry, buffer, snapshot=snapshot)
@@ -225,18 +238,23 @@ class BucketSide:
         except (ClientError, BotoCoreError) as exc:
             raise RestoreError(f"cannot list {self.describe()}: {self._explain(exc)}") from exc
 
-    def read(self, relative: str) -> Observed | None:
+    def read(self, relative: str, *, tags: bool = False) -> Observed | None:
+        """The object's bytes hashed, its metadata, the storage class (where it is kept) and, with
+        ``tags``, its tags (GetObjectTagging); None if it is gone."""
         key = self.target.prefix + relative
 
         def fetch() -> Observed | None:
             try:
+                found = tag_dict(self.client.get_object_tagging(Bucket=self.target.bucket, Key=key)) if tags else None
                 response = self.client.get_object(Bucket=self.target.bucket, Key=key)
             except ClientError as exc:
                 if error_code(exc) in GONE_CODES:
                     return None
                 raise
             size, sha256 = hash_stream(response["Body"])
-            return Observed(size, sha256, metadata_view(object_meta(self.target.bucket, key, response)))
+            view = metadata_view(object_meta(self.target.bucket, key, response))
+            storage_class = (response.get("StorageClass") or STANDARD) if self.keeps_storage_class else None
+            return Observed(size, sha256, view, found, storage_class)
 
         return self.call(fetch, f"read '{key}'")
 
@@ -298,11 +316,20 @@ def part_size(size: int) -> int:
     return max(PART_SIZE, -(-needed // MIB) * MIB)
 
 
-def put_arguments(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """PUT parameters that recreate an object's metadata."""
+def put_arguments(meta: Mapping[str, Any], *, storage_class: bool = False) -> dict[str, Any]:
+    """PUT (and CreateMultipartUpload) parameters that recreate an object's metadata and tags, and
+    with ``storage_class`` its storage class."""
     arguments: dict[str, Any] = {api: meta[name] for name, api in META_FIELDS if meta.get(name)}
     if meta.get("metadata"):
         arguments["Metadata"] = dict(meta["metadata"])
+    if meta.get("expires"):
+        arguments["Expires"] = datetime.fromisoformat(meta["expires"])
+    if meta.get("website_redirect_location"):
+        arguments["WebsiteRedirectLocation"] = meta["website_redirect_location"]
+    if meta.get("tags"):
+        arguments["Tagging"] = tagging_header(meta["tags"])
+    if storage_class and meta.get("storage_class") not in (None, STANDARD):
+        arguments["StorageClass"] = meta["storage_class"]
     return arguments
 
 
@@ -310,6 +337,7 @@ class DirectorySide:
     """A target directory: each object a file at ``key_to_path``, written atomically, never outside."""
 
     has_metadata = False
+    keeps_storage_class = False
 
     def __init__(self, target: DirectoryTarget) -> None:
         self.root = target.path
@@ -382,7 +410,7 @@ class DirectorySide:
                     key = relative  # not a path a restore writes: reported as extra, as it stands
                 yield key, path.lstat().st_size
 
-    def read(self, relative: str) -> Observed | None:
+    def read(self, relative: str, *, tags: bool = False) -> Observed | None:
         try:
             with (self.root / key_to_path(relative)).open("rb") as stream:
                 size, sha256 = hash_stream(stream)

@@ -37,6 +37,7 @@ def verify_entries(
         elif share >= 1 or sampler.random() < share:
             chosen.append((relative, wanted))
     differences += [f"missing: {relative}" for relative in expected]
+    untagged = sum(wanted.tags is None for _, wanted in chosen)
     run_bounded(parallel, chosen, lambda item: _compare(side, *item), differences.extend)
     checked = {
         "mode": "entries",
@@ -45,6 +46,10 @@ def verify_entries(
         "objects_read": len(chosen),
         "share_read": share,
         "metadata_compared": side.has_metadata,
+        # An entry written before tags were kept (or at an endpoint without tagging) holds none to compare.
+        "tags_compared": side.has_metadata and untagged == 0,
+        "objects_without_tags": untagged,
+        "storage_class_compared": side.keeps_storage_class and all(w.storage_class for _, w in chosen),
     }
     return _verification(header, side, sorted(differences), checked)
 
@@ -60,9 +65,15 @@ def verify_fingerprint(header: SnapshotHeader, side: TargetSide, view: View, *, 
         )
     sums: dict[str, BucketSum] = {}
     vanished: list[str] = []
+    wanted = header.fingerprint.get("buckets", {})
+    if view.only_bucket is not None:
+        wanted = {view.only_bucket: wanted.get(view.only_bucket, {})}
+    # Digests a snapshot taken before tags and storage classes were kept does not hold: not compared.
+    tags = side.has_metadata and bool(wanted) and all("tags_digest" in found for found in wanted.values())
+    classes = side.keeps_storage_class and bool(wanted) and all("storage_class_digest" in f for f in wanted.values())
 
     def read(relative: str) -> tuple[str, Observed | None]:
-        return relative, side.read(relative)
+        return relative, side.read(relative, tags=tags)
 
     def add(item: tuple[str, Observed | None]) -> None:
         relative, seen = item
@@ -70,19 +81,21 @@ def verify_fingerprint(header: SnapshotHeader, side: TargetSide, view: View, *, 
             vanished.append(f"missing: {relative} (vanished while verifying)")
             return
         bucket, key = view.origin(relative)
-        sums.setdefault(bucket, BucketSum()).add(key, seen.size, seen.sha256, seen.metadata)
+        total = sums.setdefault(bucket, BucketSum())
+        total.add(key, seen.size, seen.sha256, seen.metadata, tags=seen.tags, storage_class=seen.storage_class)
 
     run_bounded(parallel, (relative for relative, _ in side.scan()), read, add)
-    wanted = header.fingerprint.get("buckets", {})
-    if view.only_bucket is not None:
-        wanted = {view.only_bucket: wanted.get(view.only_bucket, {})}
-    differences = vanished + _fingerprint_differences(wanted, sums, metadata=side.has_metadata)
+    fields: tuple[str, ...] = ("objects", "bytes", "content_digest")
+    fields += ("metadata_digest",) * side.has_metadata + ("tags_digest",) * tags + ("storage_class_digest",) * classes
+    differences = vanished + _fingerprint_differences(wanted, sums, fields)
     checked = {
         "mode": "fingerprint",
         "objects_found": sum(s.objects for s in sums.values()),
         "objects_read": sum(s.objects for s in sums.values()),
         "share_read": 1.0,
         "metadata_compared": side.has_metadata,
+        "tags_compared": tags,
+        "storage_class_compared": classes,
     }
     return _verification(header, side, differences, checked)
 
@@ -94,6 +107,8 @@ class Expected:
     size: int
     sha256: str
     metadata: dict[str, Any]
+    tags: dict[str, str] | None  # None: the snapshot did not keep them
+    storage_class: str | None
 
 
 def _expected(repository: Repository, header: SnapshotHeader, view: View) -> dict[str, Expected]:
@@ -103,31 +118,45 @@ def _expected(repository: Repository, header: SnapshotHeader, view: View) -> dic
     for entry in repository.entries(header):
         relative = view.relative(entry)
         if relative is not None:
-            expected[relative] = Expected(entry.size, entry.sha256, metadata_view(entry.meta))
+            meta = entry.meta
+            expected[relative] = Expected(
+                entry.size, entry.sha256, metadata_view(meta), meta.get("tags"), meta.get("storage_class")
+            )
     return expected
 
 
 def _compare(side: TargetSide, relative: str, wanted: Expected) -> list[str]:
     """Differences between one restored object, read back, and what the snapshot holds."""
-    seen = side.read(relative)
+    seen = side.read(relative, tags=wanted.tags is not None and side.has_metadata)
     if seen is None:
         return [f"missing: {relative} (vanished while verifying)"]
     if seen.size != wanted.size or seen.sha256 != wanted.sha256:
         return [f"differs: {relative}: content (SHA-256 {seen.sha256[:12]}..., the snapshot has {wanted.sha256[:12]}...)"]
     if seen.metadata is None:
         return []
-    return [
-        f"differs: {relative}: {name} {seen.metadata.get(name)!r}, the snapshot has {value!r}"
-        for name, value in wanted.metadata.items()
-        if seen.metadata.get(name) != value
+    names = [*wanted.metadata, *(name for name in seen.metadata if name not in wanted.metadata)]
+    differences = [
+        f"differs: {relative}: {name} {seen.metadata.get(name)!r}, the snapshot has {wanted.metadata.get(name)!r}"
+        for name in names
+        if seen.metadata.get(name) != wanted.metadata.get(name)
     ]
+    if wanted.tags is not None and seen.tags is not None and seen.tags != wanted.tags:
+        differences.append(f"differs: {relative}: tags {_sorted(seen.tags)}, the snapshot has {_sorted(wanted.tags)}")
+    if wanted.storage_class and seen.storage_class and seen.storage_class != wanted.storage_class:
+        differences.append(
+            f"differs: {relative}: storage class {seen.storage_class!r}, the snapshot has {wanted.storage_class!r}"
+        )
+    return differences
 
 
-def _fingerprint_differences(wanted: Mapping[str, Any], sums: Mapping[str, BucketSum], *, metadata: bool) -> list[str]:
+def _sorted(tags: Mapping[str, str]) -> dict[str, str]:
+    return dict(sorted(tags.items()))
+
+
+def _fingerprint_differences(wanted: Mapping[str, Any], sums: Mapping[str, BucketSum], fields: tuple[str, ...]) -> list[str]:
     differences = [
         f"extra: objects of bucket '{bucket}', which the snapshot does not hold" for bucket in sums if bucket not in wanted
     ]
-    fields = ("objects", "bytes", "content_digest", *(("metadata_digest",) if metadata else ()))
     for bucket, expected in sorted(wanted.items()):
         found = sums.get(bucket, BucketSum()).fingerprint()
         differences += [
@@ -147,7 +176,12 @@ def _verification(header: SnapshotHeader, side: TargetSide, differences: list[st
         message = f"{side.describe()} differs from snapshot {header.id} in {places}"
         return Verification(Verdict.MISMATCH, message, shown, checked)
     read = checked["objects_read"]
-    what = "content and metadata" if checked["metadata_compared"] else "content"
+    what = "content"
+    if checked["metadata_compared"]:
+        what = "content, metadata and tags" if checked["tags_compared"] else "content and metadata"
+        what += ", storage class" if checked["storage_class_compared"] else ""
+        if not checked["tags_compared"]:
+            what += f" (tags not covered: snapshot {header.id} does not hold them)"
     message = (
         f"{side.describe()} matches snapshot {header.id}: {checked['objects_found']} objects, "
         f"{what} read back for {read} ({checked['share_read']:.0%})"

@@ -23,6 +23,9 @@ from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,
     add_etcd_user,
+    add_one_object,
+    change_one_tag,
+    change_user_metadata,
     delete_bucket,
     delete_first_etcd_key,
     drop_largest_table,
@@ -266,7 +269,12 @@ class S3Slot:
         return wipe_bucket(self.client, self.bucket)
 
     def tampers(self) -> dict[str, Callable[[], str]]:
-        return {"object-bytes": lambda: overwrite_one_object(self.client, self.bucket)}
+        return {
+            "object-bytes": lambda: overwrite_one_object(self.client, self.bucket),
+            "metadata-only": lambda: change_user_metadata(self.client, self.bucket),
+            "tags-only": lambda: change_one_tag(self.client, self.bucket),
+            "extra-object": lambda: add_one_object(self.client, self.bucket),
+        }
 
     def release(self) -> None:
         if self.relay:

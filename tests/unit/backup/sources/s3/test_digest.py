@@ -100,3 +100,46 @@ def test_entry_meta_comes_from_the_get_response_and_recreates_the_object() -> No
         "Metadata": {"owner": "team-a"},
     }
     assert metadata_view(meta)["metadata"] == {"owner": "team-a"} and metadata_view(meta)["content_language"] is None
+
+
+def test_tags_expires_redirect_and_storage_class_are_kept_and_recreated() -> None:
+    response = {
+        "ETag": '"abc"',
+        "LastModified": datetime(2026, 11, 28, 3, 4, 5, tzinfo=UTC),
+        "Expires": datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "WebsiteRedirectLocation": "/elsewhere",
+    }
+    meta = {**object_meta("models", "k", response), "tags": {"b": "two words", "a": "1&2"}, "storage_class": "GLACIER"}
+    assert meta["expires"] == "2031-01-02T03:04:05+00:00" and meta["website_redirect_location"] == "/elsewhere"
+    assert metadata_view(meta)["expires"] == meta["expires"]
+    assert put_arguments(meta) == {
+        "Expires": datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "WebsiteRedirectLocation": "/elsewhere",
+        "Tagging": "a=1%262&b=two%20words",
+    }
+    assert put_arguments(meta, storage_class=True)["StorageClass"] == "GLACIER"
+    assert "StorageClass" not in put_arguments({**meta, "storage_class": "STANDARD"}, storage_class=True)
+
+
+def test_a_view_without_the_new_attributes_is_the_one_older_snapshots_digested() -> None:
+    """Expires and the redirect enter the view only when set, so an older snapshot's metadata digest
+    (which never held them) is still what its restored copy gives."""
+    plain = {"content_type": "text/plain", "metadata": {"a": "b"}}
+    assert set(metadata_view(plain)) == {
+        "content_type", "content_encoding", "cache_control", "content_disposition", "content_language", "metadata",
+    }  # fmt: skip
+
+
+def test_tag_and_storage_class_digests_see_each_change_and_are_left_out_when_not_kept() -> None:
+    def digest(tags: dict[str, str] | None, storage_class: str | None = "STANDARD") -> dict[str, object]:
+        total = BucketSum()
+        total.add("k", 1, "0" * 64, {"content_type": "x"}, tags=tags, storage_class=storage_class)
+        total.add("j", 1, "1" * 64, {"content_type": "x"}, tags={}, storage_class="STANDARD")
+        return total.fingerprint()
+
+    same = digest({"a": "1"})
+    assert same["tags_digest"] != digest({"a": "2"})["tags_digest"]
+    assert same["tags_digest"] != digest({})["tags_digest"]
+    assert same["metadata_digest"] == digest({"a": "2"})["metadata_digest"]  # tags are apart from metadata
+    assert same["storage_class_digest"] != digest({"a": "1"}, "GLACIER")["storage_class_digest"]
+    assert "tags_digest" not in digest(None) and "storage_class_digest" not in digest({}, None)
