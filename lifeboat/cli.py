@@ -189,7 +189,15 @@ def _json_in(args: list[str]) -> bool:
     return "--json" in words
 
 
-@click.group(cls=LifeboatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success / drill PASS; 1 failed / drill FAIL; 2 usage or config error, or no repository "
+    "(`lifeboat repo init` makes it); 3 drill ERROR (could not verify); 4 backup run took a suspicious "
+    "snapshot (none failed). With --json: one JSON document on stdout, on failure "
+    '{"ok": false, "error": {"kind", "message"}}. Completion: eval "$(_LIFEBOAT_COMPLETE=bash_source lifeboat)".'
+)
+
+
+@click.group(cls=LifeboatGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, "--version", "-V", prog_name="lifeboat")
 @click.option(
     "--config",
