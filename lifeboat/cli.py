@@ -1,22 +1,34 @@
 """The ``lifeboat`` command line (DESIGN section 7): the only place errors become exit codes.
 
-Exit codes: 0 success / drill PASS, 1 operation failed / drill FAIL, 2 usage or config error,
-3 drill ERROR (could not verify). With ``--json`` a command prints one JSON document on stdout
-and nothing else there; messages and logs go to stderr.
+Exit codes: 0 success / drill PASS, 1 operation failed / drill FAIL, 2 usage or config error (and a
+missing repository), 3 drill ERROR (could not verify), 4 ``backup run`` took a suspicious snapshot
+(and none failed). With ``--json`` a command prints exactly one JSON document on stdout, on success
+and on failure (``{"ok": false, "error": {"kind", "message", ...}}``), and nothing else there;
+messages and logs go to stderr.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import click
 
 from lifeboat import __version__
-from lifeboat.context import EXIT_FAILED, EXIT_USAGE, Session
+from lifeboat.context import EXIT_FAILED, EXIT_USAGE, JSON_PRINTED, JSON_REQUESTED, Session
 from lifeboat.logs import LogFormat, configure
-from policies.errors import ConfigError, LifeboatError
+from policies.errors import (
+    ConfigError,
+    IntegrityError,
+    LifeboatError,
+    RestoreError,
+    SourceError,
+    StoreError,
+    UsageError,
+)
 
 # Each command's module is imported when that command runs: a cron job's `backup run` of etcd
 # does not load the Kubernetes client, the drills or the scheduler.
@@ -35,11 +47,14 @@ COMMANDS = {
     "status": "lifeboat.commands.service:status",
     "serve": "lifeboat.commands.service:serve",
 }
+COMMAND_LINE = "lifeboat.command_line"  # ctx.meta: the words after `lifeboat`
+EXIT_INTERRUPTED = 130
 
 
 class LifeboatGroup(click.Group):
-    """Loads commands when used; turns Lifeboat's errors into a message on stderr and an exit
-    code, never a traceback for them."""
+    """Loads commands when used; turns errors into a message on stderr and the contract's exit code,
+    never a traceback for them. A command given ``--json`` prints exactly one JSON document on stdout
+    whatever happens: its own, or ``{"ok": false, "error": {"kind", "message", ...}}`` made here."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -52,25 +67,138 @@ class LifeboatGroup(click.Group):
         command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the group's own options (--log-format...)
+            if not _json_in(args):
+                raise
+            _report(None, exc, json_wanted=True)
+            raise click.exceptions.Exit(EXIT_USAGE) from None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[COMMAND_LINE] = list(args)  # for errors that come before the command's --json is read
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
-            self._fail(ctx, str(exc), EXIT_USAGE)
-        except LifeboatError as exc:
-            self._fail(ctx, f"error: {exc}", EXIT_FAILED)
-        except KeyboardInterrupt:
-            self._fail(ctx, "interrupted", 130)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except click.ClickException as exc:
+            if not _wants_json(ctx):
+                raise  # click prints its usage text and the error, exit 2 (or the exception's code)
+            _report(ctx, exc, json_wanted=True)
+            ctx.exit(exc.exit_code)
+        except (LifeboatError, KeyboardInterrupt) as exc:
+            ctx.exit(_report(ctx, exc, json_wanted=_wants_json(ctx)))
+        except Exception as exc:  # a bug: its traceback follows on stderr; a --json caller still gets JSON
+            if _wants_json(ctx):
+                _print_document(ctx, error_document(exc))
+            raise
 
-    @staticmethod
-    def _fail(ctx: click.Context, message: str, code: int) -> None:
-        session = ctx.find_object(Session)
-        click.echo(session.redactor.text(message) if session else message, err=True)
-        ctx.exit(code)
+
+def error_kind(exc: BaseException) -> tuple[str, int]:
+    """``(kind, exit code)`` of an error, from its class (the first family that matches, in order)."""
+    from backup.repository.locks import RepositoryLocked  # only on errors: keeps the start cheap
+    from backup.repository.repository import RepositoryKeyError, RepositoryNotFound, SnapshotNotFound
+
+    families: list[tuple[type[BaseException], str, int]] = [
+        (click.UsageError, "usage", EXIT_USAGE),
+        (UsageError, "usage", EXIT_USAGE),
+        (ConfigError, "config", EXIT_USAGE),
+        (RepositoryNotFound, "no-repository", EXIT_USAGE),
+        (SnapshotNotFound, "not-found", EXIT_FAILED),
+        (RepositoryLocked, "locked", EXIT_FAILED),
+        (RepositoryKeyError, "key", EXIT_FAILED),
+        (IntegrityError, "integrity", EXIT_FAILED),
+        (RestoreError, "restore", EXIT_FAILED),
+        (SourceError, "source", EXIT_FAILED),
+        (StoreError, "store", EXIT_FAILED),
+        (KeyboardInterrupt, "interrupted", EXIT_INTERRUPTED),
+    ]
+    for family, kind, code in families:
+        if isinstance(exc, family):
+            return kind, code
+    if isinstance(exc, click.ClickException):
+        return "usage", exc.exit_code
+    if isinstance(exc, LifeboatError):  # PruneRefused -> "prune-refused", ServiceError -> "service"...
+        name = type(exc).__name__.removesuffix("Error")
+        return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower(), EXIT_FAILED
+    return "internal", EXIT_FAILED
 
 
-@click.group(cls=LifeboatGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="lifeboat")
+def error_document(exc: BaseException) -> dict[str, Any]:
+    """``{"ok": false, "error": {"kind", "message", ...}}``; a config error adds its file and every
+    issue (``errors``: path, message, line), a usage error its details (an ambiguous prefix: ``matches``)."""
+    kind, _ = error_kind(exc)
+    error: dict[str, Any] = {"kind": kind, "message": _message(exc)}
+    if isinstance(exc, ConfigError):
+        error["file"] = exc.file
+        error["errors"] = [{"path": i.path, "message": i.message, "line": i.line} for i in exc.issues]
+    if isinstance(exc, UsageError):
+        error.update(exc.details)
+    return {"ok": False, "error": error}
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc) or type(exc).__name__
+
+
+def _report(ctx: click.Context | None, exc: BaseException, *, json_wanted: bool) -> int:
+    """Say what went wrong on stderr (and, for --json, in the error document on stdout, unless the
+    command printed its document already); return the exit code."""
+    kind, code = error_kind(exc)
+    message = _message(exc)
+    if json_wanted:
+        _print_document(ctx, error_document(exc))
+    text = message if kind in ("config", "interrupted") else f"error: {message}"
+    click.echo(_redact(ctx, text), err=True)
+    return code
+
+
+def _print_document(ctx: click.Context | None, document: dict[str, Any]) -> None:
+    if ctx is not None and ctx.meta.get(JSON_PRINTED):
+        return  # one document on stdout, never two
+    click.echo(_redact(ctx, json.dumps(document, indent=2, default=str, ensure_ascii=False)))
+    if ctx is not None:
+        ctx.meta[JSON_PRINTED] = True
+
+
+def _redact(ctx: click.Context | None, text: str) -> str:
+    session = ctx.find_object(Session) if ctx is not None else None
+    return session.redactor.text(text) if session else text
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    """Whether the command that ran was given --json: its option says so once parsed (context meta);
+    for a mistake found while parsing its options, the command line does."""
+    if JSON_REQUESTED in ctx.meta:
+        return bool(ctx.meta[JSON_REQUESTED])
+    return _json_in(ctx.meta.get(COMMAND_LINE, []))
+
+
+def _json_in(args: list[str]) -> bool:
+    words = args[: args.index("--")] if "--" in args else args
+    return "--json" in words
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success / drill PASS; 1 failed / drill FAIL; 2 usage or config error, or no repository "
+    "(`lifeboat repo init` makes it); 3 drill ERROR (could not verify); 4 backup run took a suspicious "
+    "snapshot (none failed). With --json: one JSON document on stdout, on failure "
+    '{"ok": false, "error": {"kind", "message"}}. Completion: eval "$(_LIFEBOAT_COMPLETE=bash_source lifeboat)".'
+)
+
+
+@click.group(cls=LifeboatGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, "--version", "-V", prog_name="lifeboat")
 @click.option(
     "--config",
     "config_path",

@@ -231,6 +231,11 @@ def run_demo(workdir: Path, *, small: bool, say: Callable[[str], None]) -> int:
         config = write_policy(workdir, servers)
         say(f"  policy: {config}")
 
+        code, created = lifeboat(config, "repo", "init")
+        if code != 0:
+            raise DemoError(f"repo init failed: {created.get('error')}")
+        say(f"  repository: {created['created']}")
+
         say("\n3. Backing up every source, twice (the second run is incremental)")
         _, first = lifeboat(config, "backup", "run")
         change_some_data(servers)

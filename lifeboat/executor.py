@@ -45,6 +45,7 @@ from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository, WriteStats
 from backup.sources.base import Progress
 from drills.scratch.kubernetes.api import make_api_client
+from lifeboat.context import EXIT_SUSPICIOUS
 from lifeboat.notify.base import NOTIFICATIONS_ENV
 from policies.errors import SourceError
 from policies.model import KubernetesExecutor, Policy, SecretFile
@@ -167,6 +168,16 @@ def backup_job_manifest(policy: Policy, source: str, run_id: int, *, part: PartO
         "spec": {
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "backoffLimit": settings.backoff_limit,
+            # `backup run` exits 4 after committing a suspicious snapshot: no retry (it would take
+            # another snapshot); the Job fails, and its document says what was taken (see backup()).
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_SUSPICIOUS]},
+                    }
+                ]
+            },
             "activeDeadlineSeconds": int(settings.active_deadline.total_seconds()),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
@@ -279,9 +290,11 @@ class KubernetesBackupExecutor:
             raise
         log_text = self._pod_log(job)
         document = backup_document(log_text)
-        if succeeded and document and document["snapshots"] and not document["errors"]:
+        taken: list[dict[str, Any]] = document["snapshots"] if document and not document["errors"] else []
+        suspicious = any(item.get("status") == "suspicious" for item in taken)
+        if taken and (succeeded or suspicious):  # a suspicious snapshot fails the Job (exit 4), committed
             log.info("executor.job_succeeded", source=name, job=job)
-            return result_from_dict(document["snapshots"][0])
+            return result_from_dict(taken[0])
         reason = "the Job completed, but without a committed snapshot" if succeeded else reason
         raise SourceError(self._failure_message(job, reason, document, log_text))
 

@@ -62,3 +62,18 @@ class VerificationFailed(RestoreError):
     def __init__(self, message: str, differences: list[str] | None = None) -> None:
         super().__init__(message)
         self.differences = list(differences or [])
+
+
+class UsageError(LifeboatError):
+    """The command line asks for what cannot work (options that do not go together, a name that is
+    not defined, an ambiguous id): the user must change the command. ``details`` are machine-readable
+    facts for ``--json`` (e.g. the ids an ambiguous prefix matches)."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class RestoreUsageError(RestoreError, UsageError):
+    """Restore (or verify) target options that cannot work: another kind's option, no target, two
+    targets, half a member's identity. Still a RestoreError for callers that catch those."""

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -150,3 +151,19 @@ class SmtpSink:
         with self._arrived:
             self.messages.clear()
             self.envelopes.clear()
+
+
+def init_repository(config: Path) -> Path:
+    """Make ``config``'s repository as `lifeboat repo init` does, unless it is there already (only
+    `repo init` creates one: `backup run` and the service refuse a missing repository). Returns
+    ``config``, to wrap a policy's ``write``."""
+    from backup.repository import RepositoryNotFound, open_repository
+    from backup.repository import init_repository as create
+    from policies.loader import load_policy
+
+    settings = load_policy(config).repository
+    try:
+        open_repository(settings).close()
+    except RepositoryNotFound:
+        create(settings).close()
+    return config

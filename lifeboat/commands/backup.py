@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -11,11 +12,23 @@ import click
 import structlog
 
 from backup.jobs import BackupResult, run_restore, run_verify
+from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
-from backup.sources import restore_flags
+from backup.sources import make_source, restore_flags
 from backup.sources.base import RestoreOptions, RestoreResult, Verdict
-from lifeboat.context import EXIT_FAILED, EXIT_UNVERIFIED, Session, pass_session, print_json
+from lifeboat.context import (
+    EXIT_FAILED,
+    EXIT_SUSPICIOUS,
+    EXIT_UNVERIFIED,
+    LATEST,
+    Session,
+    find_header,
+    json_option,
+    pass_session,
+    print_json,
+    unknown_name,
+)
 from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
 from policies.errors import LifeboatError
@@ -34,10 +47,12 @@ def backup() -> None:
 @click.option("--source", "names", multiple=True, metavar="NAME", help="Back up this source (repeatable); default: all.")
 @click.option("--shard", metavar="I/N", help="Only shard I of N of the source (S3: buckets, ClickHouse: tables).")
 @click.option("--part-of", "part_of", metavar="RUN", help="With --shard: the sharded run this part belongs to.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...], "errors": [...]} on stdout.')
+@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout.')
 @pass_session
 def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part_of: str | None, as_json: bool) -> None:
-    """Snapshot sources into the repository (created on first use). Exit 1 if any source failed.
+    """Snapshot sources into the repository (made by `lifeboat repo init`; a missing one is exit 2).
+    Exit 1 if any source failed; exit 4 if none failed but a snapshot is suspicious (its census
+    shrank or changed past the source's anomaly guard), with a WARNING line on stderr.
 
     Each source's run is recorded in the state DB under that source's lock (which `lifeboat serve`
     takes too); a failure is notified once per incident to the notifiers listening to backup-failure.
@@ -48,7 +63,7 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
     policy = session.policy()
     unknown = sorted(set(names) - policy.sources.keys())
     if unknown:
-        raise click.UsageError(f"unknown source {', '.join(unknown)}; defined: {', '.join(sorted(policy.sources))}")
+        raise unknown_name("source", ", ".join(unknown), policy.sources)
     part = _part(policy.sources, names, shard, part_of)
 
     def take(operations: Operations, name: str, repository: Repository) -> BackupResult:
@@ -57,13 +72,13 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
                 return operations.backup_part(name, part, repository=lambda: repository, progress=progress)
             return operations.backup(name, repository=lambda: repository, progress=progress)
 
-    _run_and_report(session, names or tuple(policy.sources), take, as_json=as_json, create=True)
+    _run_and_report(session, names or tuple(policy.sources), take, as_json=as_json)
 
 
 @backup.command("merge")
 @click.option("--source", "name", required=True, metavar="NAME", help="The sharded source.")
 @click.option("--part-of", "part_of", required=True, metavar="RUN", help="The run whose parts to merge.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...], "errors": [...]} on stdout.')
+@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout.')
 @pass_session
 def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> None:
     """Merge the parts of sharded run RUN (`backup run --shard I/N --part-of RUN`, one per shard) into
@@ -73,7 +88,7 @@ def backup_merge(session: Session, name: str, part_of: str, as_json: bool) -> No
     parts are deleted."""
     policy = session.policy()
     if name not in policy.sources:
-        raise click.UsageError(f"unknown source '{name}'; defined: {', '.join(sorted(policy.sources))}")
+        raise unknown_name("source", name, policy.sources)
 
     def take(operations: Operations, source: str, repository: Repository) -> BackupResult:
         return operations.merge_parts(source, part_of, repository=lambda: repository)
@@ -110,15 +125,14 @@ def _run_and_report(
     take: Callable[[Operations, str, Repository], BackupResult],
     *,
     as_json: bool,
-    create: bool = False,
 ) -> None:
     """``take`` each source, then print the results (``--json``: the CLI contract's document); exit 1
-    if any failed. The state DB is opened before the repository (made here when ``create``), so a
-    state directory that cannot be written leaves no new repository behind."""
+    if any failed, else 4 if any snapshot is suspicious. A missing repository raises
+    RepositoryNotFound before any source is read."""
     results: list[BackupResult] = []
     errors: list[dict[str, str]] = []
     with open_operations(session.policy(), redact=session.redactor.text) as operations:
-        repository = session.repository(create=create)
+        repository = session.repository()
         for name in names:
             try:
                 results.append(take(operations, name, repository))
@@ -133,8 +147,14 @@ def _run_and_report(
             click.echo(_backup_line(result))
         for error in errors:
             click.echo(f"{error['source']}: FAILED: {error['message']}", err=True)
+    suspicious = [result for result in results if result.anomalies]
+    for result in suspicious:
+        reasons = "; ".join(result.anomalies)
+        click.echo(f"WARNING: suspicious snapshot {result.header.id} of {result.header.source}: {reasons}", err=True)
     if errors:
         click.get_current_context().exit(EXIT_FAILED)
+    if suspicious:
+        click.get_current_context().exit(EXIT_SUSPICIOUS)
 
 
 def _backup_line(result: BackupResult) -> str:
@@ -147,8 +167,6 @@ def _backup_line(result: BackupResult) -> str:
         f"{what}: {item['status']}, read {human_bytes(item['bytes_read'])}, "
         f"stored {human_bytes(item['bytes_stored'])} new, {item['seconds']:.1f}s" + (f"; {figures}" if figures else "")
     )
-    if result.anomalies:
-        line += "\n  WARNING: suspicious snapshot: " + "; ".join(result.anomalies)
     return line
 
 
@@ -166,18 +184,35 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--at", "at_text", metavar="TIME", help="The newest good snapshot at or before TIME (ISO 8601, UTC if no zone)."
     )(command)
-    return click.option("--snapshot", default="latest", show_default=True, help="A snapshot id, or latest (good) snapshot.")(
-        command
-    )
+    return click.option(
+        "--snapshot",
+        "snapshot",
+        default=LATEST,
+        show_default=True,
+        help="A snapshot id or a unique start of one, or latest (the newest good snapshot); not with --at.",
+    )(command)
 
 
-def _options(session: Session, source: str, at_text: str | None, values: dict[str, Any]) -> RestoreOptions:
+def _options(
+    session: Session, source: str, at_text: str | None, values: dict[str, Any]
+) -> tuple[RestoreOptions, SnapshotHeader | None]:
+    """The restore options of ``restore`` and ``verify``, checked in the order a user fixes them:
+    the source name, --snapshot with --at, the target options (RestoreUsageError), then the snapshot
+    an id or id prefix names (its header; None for latest, which the restore finds)."""
     policy = session.policy()
     if source not in policy.sources:
-        raise click.UsageError(f"unknown source '{source}'; defined: {', '.join(sorted(policy.sources))}")
+        raise unknown_name("source", source, policy.sources)
+    ctx = click.get_current_context()
+    if at_text is not None and ctx.get_parameter_source("snapshot") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give --snapshot or --at, not both: --at picks the newest good snapshot at that time")
     common = {name: values.pop(name) for name in ("snapshot", "dry_run", "yes") if name in values}
     given = {name: value for name, value in values.items() if value not in (None, (), False)}
-    return RestoreOptions(at=_parse_time(at_text) if at_text else None, target=given, **common)
+    options = RestoreOptions(at=_parse_time(at_text) if at_text else None, target=given, **common)
+    make_source(source, policy.sources[source]).parse_target(options)  # option mistakes before any I/O
+    if options.snapshot == LATEST:
+        return options, None
+    header = find_header(session.repository(), options.snapshot, source=source)
+    return dataclasses.replace(options, snapshot=header.id), header
 
 
 @click.command()
@@ -185,18 +220,20 @@ def _options(session: Session, source: str, at_text: str | None, values: dict[st
 @target_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Allow writing into a non-empty target.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option(help="Print the result as JSON on stdout.")
 @pass_session
 def restore(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
-    """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes."""
-    options = _options(session, source, at_text, values)
+    """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes.
+    A suspicious snapshot (given by id) is restored with a WARNING line on stderr."""
+    options, header = _options(session, source, at_text, values)
+    anomalies = _warn_if_suspicious(header)
     repository = session.repository()
     with terminal_progress(f"restore {source}") as progress:
         result = run_restore(
             repository, source, session.policy().sources[source], options, stale_after=session.stale_after, progress=progress
         )
     if as_json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "suspicious": anomalies is not None, "anomalies": anomalies or []})
     else:
         _print_restore(result)
 
@@ -204,12 +241,12 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
 @click.command()
 @click.argument("source")
 @target_options
-@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@json_option(help="Print the comparison as JSON on stdout.")
 @pass_session
 def verify(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
     """Compare a restored copy of SOURCE (the same target options as restore) with a snapshot and
     print every difference. Exit 0 match, 1 mismatch, 3 could not verify."""
-    options = _options(session, source, at_text, values)
+    options, _ = _options(session, source, at_text, values)
     result = run_verify(
         session.repository(), source, session.policy().sources[source], options, stale_after=session.stale_after
     )
@@ -222,6 +259,17 @@ def verify(session: Session, source: str, at_text: str | None, as_json: bool, **
             click.echo(f"  {difference}")
     if found.verdict is not Verdict.MATCH:
         click.get_current_context().exit(EXIT_FAILED if found.verdict is Verdict.MISMATCH else EXIT_UNVERIFIED)
+
+
+def _warn_if_suspicious(header: SnapshotHeader | None) -> list[str] | None:
+    """The anomalies of a suspicious snapshot, announced on stderr; None for a good one (latest is
+    always a good one)."""
+    if header is None or header.status != "suspicious":
+        return None
+    anomalies = [str(reason) for reason in header.meta.get("anomalies", [])]
+    reasons = "; ".join(anomalies) or "no reason recorded"
+    click.echo(f"WARNING: snapshot {header.id} is suspicious ({reasons}): restoring it anyway", err=True)
+    return anomalies
 
 
 def _print_restore(result: RestoreResult) -> None:

@@ -11,7 +11,16 @@ import structlog
 from drills.history import load_history
 from drills.model import DrillRun, Status
 from drills.report.text import render_text
-from lifeboat.context import EXIT_FAILED, EXIT_OK, EXIT_UNVERIFIED, Session, pass_session, print_json
+from lifeboat.context import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNVERIFIED,
+    Session,
+    json_option,
+    pass_session,
+    print_json,
+    unknown_name,
+)
 from lifeboat.operations import open_operations
 from policies.durations import human_duration
 
@@ -26,7 +35,7 @@ def drill() -> None:
 
 @drill.command("run")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the drill report as JSON on stdout.")
+@json_option(help="Print the drill report as JSON on stdout.")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="Write the reports here.")
 @click.option("--no-email", is_flag=True, help="Do not notify anyone.")
 @pass_session
@@ -34,7 +43,7 @@ def drill_run(session: Session, name: str, as_json: bool, report_dir: Path | Non
     """Run drill NAME now. Exit 0 PASS, 1 FAIL, 3 ERROR (could not verify)."""
     policy = session.policy()
     if name not in policy.drills:
-        raise click.UsageError(f"unknown drill '{name}'; defined: {', '.join(sorted(policy.drills)) or 'none'}")
+        raise unknown_name("drill", name, policy.drills)
     repository = session.repository()
     with open_operations(policy, redact=session.redactor.text) as operations:
         run = operations.drill(name, repository=lambda: repository, report_dir=report_dir, notify=not no_email)
@@ -48,12 +57,16 @@ def drill_run(session: Session, name: str, as_json: bool, report_dir: Path | Non
 
 @drill.command("history")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help='Print {"runs": [...]} on stdout.')
+@json_option(help='Print {"runs": [...]} on stdout.')
 @click.option("--limit", default=20, show_default=True, help="How many of the newest runs.")
 @pass_session
 def drill_history(session: Session, name: str | None, as_json: bool, limit: int) -> None:
-    """Past drill runs (stored in the repository), oldest first."""
+    """Past drill runs (stored in the repository), oldest first (NAME: a drill of the policy, or one
+    whose runs are still in the repository)."""
+    policy = session.policy()
     runs = load_history(session.repository(), name, limit=limit)
+    if name is not None and name not in policy.drills and not runs:
+        raise unknown_name("drill", name, policy.drills)
     if as_json:
         print_json({"runs": [_history_item(run) for run in runs]})
         return
@@ -74,7 +87,7 @@ def _history_item(run: DrillRun) -> dict[str, Any]:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"removed": [...]} on stdout.')
+@json_option(help='Print {"removed": [...]} on stdout.')
 @pass_session
 def janitor(session: Session, dry_run: bool, as_json: bool) -> None:
     """Remove what dead drill runs left behind: scratch processes, directories, databases, buckets;

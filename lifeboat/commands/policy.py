@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from lifeboat.context import EXIT_USAGE, Session, print_json
+from lifeboat.context import EXIT_USAGE, Session, json_option, print_json
 from policies.errors import ConfigError
 from policies.model import Policy
 
@@ -17,7 +17,7 @@ def policy() -> None:
 
 
 @policy.command("validate")
-@click.option("--json", "as_json", is_flag=True, help="Print {ok, errors: [{path, message}]} on stdout.")
+@json_option(help="Print {ok, errors: [{path, message}]} on stdout.")
 @click.pass_context
 def validate(ctx: click.Context, as_json: bool) -> None:
     """Validate the policy file and list every error, each with its path."""
@@ -28,7 +28,8 @@ def validate(ctx: click.Context, as_json: bool) -> None:
         if not as_json:
             raise
         errors = [{"path": i.path, "message": session.redactor.text(i.message), "line": i.line} for i in exc.issues]
-        print_json({"ok": False, "file": exc.file, "errors": errors})
+        error = {"kind": "config", "message": session.redactor.text(str(exc)), "file": exc.file, "errors": errors}
+        print_json({"ok": False, "file": exc.file, "errors": errors, "error": error})
         ctx.exit(EXIT_USAGE)
     summary = _summary(loaded)
     if as_json:

@@ -8,7 +8,7 @@ import click
 
 from backup.repository import init_repository
 from backup.sources.base import consistency_summary
-from lifeboat.context import EXIT_FAILED, Session, pass_session, print_json
+from lifeboat.context import EXIT_FAILED, Session, find_header, json_option, pass_session, print_json, unknown_name
 from lifeboat.operations import open_operations
 from policies.sizes import human_bytes
 
@@ -19,12 +19,18 @@ def repo() -> None:
 
 
 @repo.command("init")
+@json_option(help='Print {"created", "encrypted", "key_file"} on stdout.')
 @pass_session
-def repo_init(session: Session) -> None:
-    """Create the configured repository (and its key file, when encryption is configured and it is absent)."""
+def repo_init(session: Session, as_json: bool) -> None:
+    """Create the configured repository (and its key file, when encryption is configured and it is
+    absent). The only command that creates one: the others say how when it is missing (exit 2)."""
     repository = init_repository(session.policy().repository)
     repository.close()
     encryption = session.policy().repository.encryption
+    if as_json:
+        key_file = str(encryption.key_file) if encryption else None
+        print_json({"created": repository.url, "encrypted": encryption is not None, "key_file": key_file})
+        return
     how = (
         f"encrypted with {encryption.key_file}: keep a copy of that key outside this machine"
         if encryption
@@ -40,11 +46,16 @@ def snapshots() -> None:
 
 @snapshots.command("list")
 @click.option("--source", help="Only this source's snapshots.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"snapshots": [...]} on stdout.')
+@json_option(help='Print {"snapshots": [...]} on stdout.')
 @pass_session
 def snapshots_list(session: Session, source: str | None, as_json: bool) -> None:
-    """Every snapshot in the repository, oldest first."""
-    headers = session.repository().list_snapshots(source)
+    """Every snapshot in the repository, oldest first (--source: a source of the policy, or one
+    whose snapshots are still in the repository)."""
+    policy = session.policy()
+    repository = session.repository()
+    headers = repository.list_snapshots(source)
+    if source is not None and source not in policy.sources and not headers:
+        raise unknown_name("source", source, policy.sources)
     if as_json:
         print_json({"snapshots": [header.summary() for header in headers]})
         return
@@ -59,12 +70,13 @@ def snapshots_list(session: Session, source: str | None, as_json: bool) -> None:
 
 
 @snapshots.command("show")
-@click.argument("snapshot_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole header as JSON.")
+@click.argument("snapshot_id", metavar="ID")
+@json_option(help="Print the whole header as JSON.")
 @pass_session
 def snapshots_show(session: Session, snapshot_id: str, as_json: bool) -> None:
-    """One snapshot: times, status, size, fingerprint and census."""
-    header = session.repository().read_header(snapshot_id)
+    """One snapshot: times, status, size, fingerprint and census. ID: a snapshot id, a unique start
+    of one, or latest (the newest snapshot of any source)."""
+    header = find_header(session.repository(), snapshot_id)
     document = {
         **header.summary(),
         "tool_version": header.tool_version,
@@ -91,7 +103,7 @@ def snapshots_show(session: Session, snapshot_id: str, as_json: bool) -> None:
 @click.command()
 @click.option("--read-data", is_flag=True, help="Also read and re-hash every chunk.")
 @click.option("--read-data-subset", "subset", metavar="PCT", help="Also read and re-hash a random share, e.g. 10%.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "problems": [...]} on stdout.')
+@json_option(help='Print {"ok", "problems": [...]} on stdout.')
 @pass_session
 def check(session: Session, read_data: bool, subset: str | None, as_json: bool) -> None:
     """Prove every snapshot's manifest parses and every chunk it needs exists (exit 1 if not).
@@ -120,7 +132,7 @@ def check(session: Session, read_data: bool, subset: str | None, as_json: bool) 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten and deleted; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"forgotten", "kept", "chunks_deleted", ...} on stdout.')
+@json_option(help='Print {"forgotten", "kept", "chunks_deleted", ...} on stdout.')
 @pass_session
 def prune(session: Session, dry_run: bool, as_json: bool) -> None:
     """Apply every source's retention, then delete chunks no snapshot uses (after the grace period).

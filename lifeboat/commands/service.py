@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lifeboat.context import Session, pass_session, print_json
+from lifeboat.context import Session, json_option, pass_session, print_json
 from lifeboat.service import ServiceError
 from lifeboat.service.cron import next_fire_times
 from lifeboat.service.instance_lock import running_service_pid
@@ -78,7 +78,7 @@ def _signal_reload(session: Session, policy: Policy) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document on stdout.")
+@json_option(help="Print the status as one JSON document on stdout.")
 @pass_session
 def status(session: Session, as_json: bool) -> None:
     """Per source: last success and failure, snapshots, next runs; per drill: the last verdict.

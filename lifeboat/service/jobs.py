@@ -53,25 +53,27 @@ def job_specs(policy: Policy) -> list[JobSpec]:
     return specs
 
 
-RepositoryFor = Callable[[bool], Repository]  # open the repository (creating it when True), once per job
+# Open the repository once per job; never creates it (only `lifeboat repo init` does): a missing one
+# fails the job with RepositoryNotFound's "create it with `lifeboat repo init`", recorded and notified.
+RepositoryFor = Callable[[], Repository]
 JobRunner = Callable[[Operations, JobSpec, RepositoryFor, Callable[[int], None]], None]
 
 
 def _run_backup(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.backup(spec.name, repository=lambda: repository(True), progress=progress)
+    operations.backup(spec.name, repository=repository, progress=progress)
 
 
 def _run_prune(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.prune(repository=lambda: repository(False))
+    operations.prune(repository=repository)
 
 
 def _run_check(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
     share = operations.policy.repository.check.read_data_subset or 0.0
-    operations.check(repository=lambda: repository(False), read_data=share)
+    operations.check(repository=repository, read_data=share)
 
 
 def _run_drill(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.drill(spec.name, repository=lambda: repository(False))
+    operations.drill(spec.name, repository=repository)
 
 
 def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:

@@ -289,8 +289,8 @@ class LifeboatService:
         )
         with contextlib.ExitStack() as opened:
 
-            def repository(create: bool) -> Repository:
-                return opened.enter_context(open_repository(policy.repository, create=create))
+            def repository() -> Repository:
+                return opened.enter_context(open_repository(policy.repository))
 
             JOB_RUNNERS[spec.kind](operations, spec, repository, job.progress)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
@@ -114,7 +115,7 @@ def setup(
             Bucket=s3_bucket, Key=f"models/m{i}.bin", Body=os.urandom(1000 + i * 500), ContentType="application/octet-stream"
         )
     policy = drill_policy(tmp_path, etcd_server, clickhouse_server, s3_server, smtp_inbox, clickhouse_database, s3_bucket)
-    config = policy.write(tmp_path / "lifeboat.yaml")
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
     result = lifeboat(config, "backup", "run", "--json")
     assert result.exit_code == 0, result.output
     return Setup(config, tmp_path, clickhouse_database, s3_bucket)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
@@ -20,7 +21,7 @@ def config(tmp_path: Path, smtp: Any) -> Path:
     policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db")
     policy.source("k8s-etcd", "etcd", endpoints=[f"http://127.0.0.1:{free_port()}"], timeout="20s")
     policy.email("team", port=smtp.port, to=["ml-platform@example.org"], on=["backup-failure"])
-    return policy.write(tmp_path / "lifeboat.yaml")
+    return init_repository(policy.write(tmp_path / "lifeboat.yaml"))
 
 
 @pytest.mark.parametrize("inside_a_job", [False, True], ids=["cli", "kubernetes-job"])

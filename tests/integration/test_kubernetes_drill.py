@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import init_repository
 from k8s_fake import FakeKubernetes, Key, api_client, serve, statefulset_pods
 from policy_builder import PolicyBuilder
 
@@ -274,7 +275,7 @@ def config(tmp_path: Path, etcd_server: EtcdProcess, s3_server: Any, s3_bucket: 
     policy.source("k8s-etcd", "etcd", endpoints=[etcd_server.endpoint])
     policy.scratch("kubernetes", kubernetes={"access": "port-forward", "ready_timeout": "2m", "teardown_timeout": "30s"})
     policy.drill("nightly", sources=["k8s-etcd"], objectives={"rto": "30m", "rpo": "1h"}, faults=list(ALL_FAULTS))
-    path = policy.write(tmp_path / "lifeboat.yaml")
+    path = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
     backup = CliRunner().invoke(cli, ["--config", str(path), "backup", "run", "--json"], catch_exceptions=False)
     assert backup.exit_code == 0, backup.output
     return path

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
+from helpers import init_repository
 from k8s_fake import FakeKubernetes, Request, api_client, finish_job, job_pods, serve
 from policy_builder import PolicyBuilder
 from unit.deploy.test_manifests import Access, manifest_problems, parse_invocation, rbac_allows
@@ -172,14 +173,21 @@ def test_a_job_that_succeeds_is_recorded_as_an_ok_run_with_the_pods_figures(
     assert not history.open_incidents()
 
 
+@pytest.mark.parametrize("exit_4_fails_the_job", [True, False])
 def test_a_suspicious_snapshot_in_the_job_is_a_suspicious_run(
-    fake: FakeKubernetes, policy: Policy, history: RunHistory, repository: Repository
+    fake: FakeKubernetes, policy: Policy, history: RunHistory, repository: Repository, exit_4_fails_the_job: bool
 ) -> None:
+    """The pod's `backup run` exits 4 for a suspicious snapshot: the Job's podFailurePolicy fails it
+    without a retry, and the snapshot it committed is still the run's (a cluster without pod failure
+    policies retries and may complete it)."""
     suspicious = {**SNAPSHOT, "status": "suspicious", "anomalies": ["keys shrank by 90% (1000 -> 100)"]}
 
     def cluster(sleeps: int) -> None:
-        name = fake.of("jobs")[0]["metadata"]["name"]
-        finish_job(fake, NS, name, succeeded=True, log=job_log({"snapshots": [suspicious], "errors": []}))
+        job = fake.of("jobs")[0]
+        [rule] = job["spec"]["podFailurePolicy"]["rules"]
+        assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [4]
+        log = job_log({"snapshots": [suspicious], "errors": []})
+        finish_job(fake, NS, job["metadata"]["name"], succeeded=not exit_4_fails_the_job, log=log)
 
     operations(policy, history, fake, FakeClock(cluster)).backup(SOURCE, repository=lambda: repository)
 
@@ -281,7 +289,7 @@ def sharded_config(tmp_path: Path, s3_server: S3Endpoint) -> Path:
     keys = {"access_key_id": "testing", "secret_access_key": "testing"}
     policy.source(SHARDED, "s3", endpoint_url=s3_server.endpoint_url, **keys, buckets=buckets)
     policy.executor("kubernetes", kubernetes={"poll_interval": "5s", "active_deadline": "1m", "shards": {SHARDED: 3}})
-    return policy.write(tmp_path / "lifeboat.yaml")
+    return init_repository(policy.write(tmp_path / "lifeboat.yaml"))
 
 
 def run_pod(config: Path, job: dict[str, Any]) -> str:

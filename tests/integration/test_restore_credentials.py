@@ -48,6 +48,7 @@ def test_the_restore_policy_restores_and_cannot_delete_a_backup(
     with moto_auth(s3_server.endpoint_url, {"service": [ALLOW_S3], "drill": restore_statements(s3_bucket, prefix)}) as users:
         service = write_policy(tmp_path, s3_server.endpoint_url, s3_bucket, prefix, etcd_server.endpoint, users["service"])
         drill = write_policy(tmp_path, s3_server.endpoint_url, s3_bucket, prefix, etcd_server.endpoint, users["drill"])
+        assert lifeboat(service, "repo", "init").exit_code == 0
         for _ in range(2):  # two snapshots: keep_last 1 gives prune something to forget
             backed_up = lifeboat(service, "backup", "run", "--json")
             assert backed_up.exit_code == 0, backed_up.stderr

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import ServerLogs, SmtpSink, require_binaries
+from helpers import ServerLogs, SmtpSink, init_repository, require_binaries
 from policy_builder import PolicyBuilder
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -150,7 +150,7 @@ def test_the_service_runs_every_kind_of_job_exports_figures_and_mails_a_failure_
     dead = f"http://127.0.0.1:{free_port()}"
     port = free_port()
     policy = service_policy(tmp_path, etcd=etcd.endpoint, broken=dead, smtp=smtp_inbox, port=port)
-    config = policy.write(tmp_path / "lifeboat.yaml")
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
     service = LifeboatService(config, redactor=Redactor())
     service.start()
     try:
@@ -231,6 +231,25 @@ def test_the_service_runs_every_kind_of_job_exports_figures_and_mails_a_failure_
     assert all(len(item["next_runs"]) == 3 for item in document["sources"])
 
 
+def test_the_service_fails_a_backup_into_a_missing_repository_and_creates_none(
+    tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
+) -> None:
+    """Only `lifeboat repo init` creates a repository: a typo in repository.url must not start a new,
+    empty one. The job fails (recorded, mailed) saying how to create it."""
+    policy = service_policy(tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=free_port())
+    config = policy.write(tmp_path / "lifeboat.yaml")
+    service = LifeboatService(config, redactor=Redactor())
+    service.start()
+    try:
+        run = run_job(service, "backup:k8s-etcd", RunKind.BACKUP, "k8s-etcd")
+    finally:
+        assert service.stop() is True
+    assert run.status is RunStatus.FAILED and "lifeboat repo init" in (run.error or "")
+    assert not (tmp_path / "repo").exists()
+    [mail] = smtp_inbox.wait_for(1)
+    assert "lifeboat repo init" in mail.get_content()
+
+
 # ---- `lifeboat serve` as a process: signals ---------------------------------------------------------
 
 
@@ -282,7 +301,7 @@ def test_sigterm_during_a_backup_aborts_it_cleanly_and_a_bad_reload_changes_noth
     good = service_policy(
         tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper)
     )
-    config = good.write(tmp_path / "lifeboat.yaml")
+    config = init_repository(good.write(tmp_path / "lifeboat.yaml"))
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:
@@ -334,7 +353,7 @@ def test_sigterm_lets_a_backup_that_ends_within_the_stop_timeout_finish(
         etcdctl=str(wrapper),
         stop_timeout="60s",
     )
-    config = policy.write(tmp_path / "lifeboat.yaml")
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:
@@ -358,7 +377,7 @@ def test_a_service_killed_mid_backup_shows_an_interrupted_run_after_a_restart(
     policy = service_policy(
         tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=port, etcdctl=str(wrapper)
     )
-    config = policy.write(tmp_path / "lifeboat.yaml")
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
     log = tmp_path / "serve.log"
     process = start_serve(config, log, "--run-now", "backup:k8s-etcd")
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.repository.repository import Repository
@@ -89,7 +90,7 @@ def write_policy(directory: Path, server: ClickHouseProcess, database: str, *, s
     )
     if strategy == "logical":
         policy.executor("kubernetes", kubernetes={"shards": {SOURCE: SHARDS}})
-    return Lifeboat(policy.write(directory / "lifeboat.yaml"), directory / "repo")
+    return Lifeboat(init_repository(policy.write(directory / "lifeboat.yaml")), directory / "repo")
 
 
 @pytest.fixture

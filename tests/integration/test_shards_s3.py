@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
@@ -85,7 +86,7 @@ def write_policy(directory: Path, endpoint: str, buckets: list[str]) -> Lifeboat
     keys = {"access_key_id": "testing", "secret_access_key": "testing"}
     policy.source(SOURCE, "s3", endpoint_url=endpoint, **keys, buckets=buckets, parallel=4, retention={"keep_last": 10})
     policy.executor("kubernetes", kubernetes={"shards": {SOURCE: 3}})
-    return Lifeboat(policy.write(directory / "lifeboat.yaml"), directory / "repo")
+    return Lifeboat(init_repository(policy.write(directory / "lifeboat.yaml")), directory / "repo")
 
 
 @pytest.fixture

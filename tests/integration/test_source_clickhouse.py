@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from clickhouse_driver import Client
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
@@ -124,7 +125,7 @@ def write_policy(directory: Path, *, host: str, port: int, http_port: int, datab
         retention={"keep_last": 10},
         **settings,
     )
-    return policy.write(directory / "lifeboat.yaml")
+    return init_repository(policy.write(directory / "lifeboat.yaml"))
 
 
 def lifeboat(config: Path, *args: str) -> Result:

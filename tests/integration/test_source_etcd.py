@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import ServerLogs, require_binaries
+from helpers import ServerLogs, init_repository, require_binaries
 from policy_builder import PolicyBuilder
 
 from backup.execute import ManagedProcess, free_port, free_ports, run, start
@@ -169,7 +169,7 @@ def write_policy(directory: Path, endpoints: list[str], **settings: Any) -> Path
     """``settings``: the source's other keys (etcdctl, tls, user, password...)."""
     policy = PolicyBuilder(directory / "repo", state=directory / "state.db")
     policy.source(SOURCE, "etcd", endpoints=endpoints, **settings)
-    return policy.write(directory / "lifeboat.yaml")
+    return init_repository(policy.write(directory / "lifeboat.yaml"))
 
 
 def lifeboat(config: Path, *args: str, env: dict[str, str] | None = None) -> Result:

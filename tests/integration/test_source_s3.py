@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port, start
@@ -272,7 +273,7 @@ def _write_policy(
         parallel=8,
         **settings,
     )
-    return Cli(policy.write(directory / "lifeboat.yaml"), repository)
+    return Cli(init_repository(policy.write(directory / "lifeboat.yaml")), repository)
 
 
 def _source(cli_endpoint: str, bucket: str) -> S3Source:

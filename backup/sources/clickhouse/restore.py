@@ -47,7 +47,7 @@ from backup.sources.clickhouse.sql import (
     qualified,
     quote_ident,
 )
-from policies.errors import RestoreError
+from policies.errors import RestoreError, RestoreUsageError
 from policies.model import ClickHouseSettings
 from policies.sizes import human_bytes
 
@@ -86,9 +86,9 @@ def target_from_options(options: RestoreOptions, settings: ClickHouseSettings, *
     if foreign:
         named = ", ".join(map(flag_of, foreign))
         verb = "does" if len(foreign) == 1 else "do"
-        raise RestoreError(f"{named} {verb} not apply to a ClickHouse source; {_USAGE}")
+        raise RestoreUsageError(f"{named} {verb} not apply to a ClickHouse source; {_USAGE}")
     if not options.get("to_host") or not options.get("to_database"):
-        raise RestoreError(f"a ClickHouse restore needs --to-host and --to-database; {_USAGE}")
+        raise RestoreUsageError(f"a ClickHouse restore needs --to-host and --to-database; {_USAGE}")
     endpoint = Endpoint(
         host=options.get("to_host"),
         port=options.get("to_port") or DEFAULT_PORT,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from backup.sources.base import RestoreOptions, flag_of
 from backup.sources.etcd.kind import KIND
-from policies.errors import RestoreError
+from policies.errors import RestoreUsageError
 from policies.model import EtcdTls
 
 _MEMBER_OPTIONS = ("name", "initial_cluster", "initial_advertise_peer_urls")
@@ -61,18 +61,18 @@ def parse_restore_target(options: RestoreOptions, *, source: str, etcd_bin: str)
     if foreign:
         flags = ", ".join(flag_of(name) for name in foreign)
         verb = "does" if len(foreign) == 1 else "do"
-        raise RestoreError(f"{flags} {verb} not apply to etcd source '{source}'; {TARGET_HELP}")
+        raise RestoreUsageError(f"{flags} {verb} not apply to etcd source '{source}'; {TARGET_HELP}")
     if bool(options.get("to_file")) == bool(options.get("to_data_dir")):
         both = "give only one of --to-file and --to-data-dir" if options.get("to_file") else "say where to restore"
-        raise RestoreError(f"{both}: {TARGET_HELP}")
+        raise RestoreUsageError(f"{both}: {TARGET_HELP}")
     members = options.given(*_MEMBER_OPTIONS)
     if options.get("to_file"):
         if members:
-            raise RestoreError(f"{', '.join(map(flag_of, members))} apply only with --to-data-dir")
+            raise RestoreUsageError(f"{', '.join(map(flag_of, members))} apply only with --to-data-dir")
         return EtcdFileTarget(Path(options.get("to_file")).expanduser().absolute())
     missing = [flag_of(name) for name in _MEMBER_OPTIONS if name not in members]
     if missing:
-        raise RestoreError(f"--to-data-dir also needs {', '.join(missing)}: the member's identity in its cluster")
+        raise RestoreUsageError(f"--to-data-dir also needs {', '.join(missing)}: the member's identity in its cluster")
     name, cluster, peer_urls = (str(options.get(option)) for option in _MEMBER_OPTIONS)
     check_membership(name, cluster, peer_urls)
     data_dir = Path(options.get("to_data_dir")).expanduser().absolute()
@@ -102,12 +102,12 @@ def check_membership(name: str, initial_cluster: str, advertise_urls: str) -> No
     try:
         members = parse_initial_cluster(initial_cluster)
     except ValueError as exc:
-        raise RestoreError(f"--initial-cluster '{initial_cluster}': {exc}") from None
+        raise RestoreUsageError(f"--initial-cluster '{initial_cluster}': {exc}") from None
     if name not in members:
-        raise RestoreError(f"--name {name} is not a member of --initial-cluster ({', '.join(members)})")
+        raise RestoreUsageError(f"--name {name} is not a member of --initial-cluster ({', '.join(members)})")
     urls = sorted(filter(None, (url.strip() for url in advertise_urls.split(","))))
     if urls != sorted(members[name]):
-        raise RestoreError(
+        raise RestoreUsageError(
             f"--initial-advertise-peer-urls {advertise_urls} must be member {name}'s URLs in --initial-cluster "
             f"({','.join(members[name])})"
         )

@@ -37,7 +37,7 @@ from backup.sources.s3.targets import (
     same_endpoint,
 )
 from backup.sources.s3.verify import verify_entries, verify_fingerprint
-from policies.errors import LifeboatError, RestoreError, SourceError
+from policies.errors import LifeboatError, RestoreError, RestoreUsageError, SourceError
 from policies.model import S3Settings, reveal
 from policies.sizes import human_bytes
 
@@ -264,14 +264,14 @@ class S3Source:
         foreign = options.foreign(KIND.target_options)
         if foreign:
             named = ", ".join(map(flag_of, foreign))
-            raise RestoreError(f"{named}: not an option for s3 source '{self.name}'; {_TARGET_USAGE}")
+            raise RestoreUsageError(f"{named}: not an option for s3 source '{self.name}'; {_TARGET_USAGE}")
         select = options.get("prefix") or ""
         if options.get("to_dir"):
             if options.given("to_endpoint", "to_bucket", "to_prefix", "in_place"):
-                raise RestoreError(f"--to-dir cannot be combined with a bucket target; {_TARGET_USAGE}")
+                raise RestoreUsageError(f"--to-dir cannot be combined with a bucket target; {_TARGET_USAGE}")
             return DirectoryTarget(Path(options.get("to_dir")).absolute(), select=select)
         if not options.get("to_bucket"):
-            raise RestoreError(f"no restore target given for s3 source '{self.name}'; {_TARGET_USAGE}")
+            raise RestoreUsageError(f"no restore target given for s3 source '{self.name}'; {_TARGET_USAGE}")
         bucket = str(options.get("to_bucket"))
         endpoint = self._target_endpoint(options.get("to_endpoint"))
         prefix = options.get("to_prefix") or ""
@@ -282,7 +282,7 @@ class S3Source:
                 "writing over it needs --in-place --yes; to restore beside it, choose another --to-bucket"
             )
         if options.get("in_place") and not in_place:
-            raise RestoreError(f"--in-place: s3://{bucket} at {endpoint} is not a bucket of source '{self.name}'")
+            raise RestoreUsageError(f"--in-place: s3://{bucket} at {endpoint} is not a bucket of source '{self.name}'")
         return BucketTarget(
             endpoint_url=endpoint,
             bucket=bucket,
@@ -298,7 +298,7 @@ class S3Source:
             return self.settings.endpoint_url
         parsed = urlparse(given)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise RestoreError(f"--to-endpoint '{given}' is not an http(s) URL like http://minio:9000")
+            raise RestoreUsageError(f"--to-endpoint '{given}' is not an http(s) URL like http://minio:9000")
         return given.rstrip("/")
 
     def _side(self, target: S3Target) -> TargetSide:
@@ -458,7 +458,7 @@ def _given_keys(options: RestoreOptions) -> tuple[str, str] | None:
     if options.get("to_access_key_id") is None and options.get("to_secret_access_key") is None:
         return None
     if not options.get("to_access_key_id") or not options.get("to_secret_access_key"):
-        raise RestoreError("give both the target's access key id and its secret access key, or neither")
+        raise RestoreUsageError("give both the target's access key id and its secret access key, or neither")
     return options.get("to_access_key_id"), options.get("to_secret_access_key")
 
 

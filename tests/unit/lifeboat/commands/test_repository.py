@@ -67,7 +67,7 @@ def test_repo_init_with_encryption_creates_the_key_file(tmp_path: Path) -> None:
 
 def test_commands_on_a_missing_repository_say_how_to_create_it(config: Path) -> None:
     result = lifeboat(config, "snapshots", "list")
-    assert result.exit_code == 1 and "lifeboat repo init" in result.stderr and "Traceback" not in result.stderr
+    assert result.exit_code == 2 and "lifeboat repo init" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_snapshots_list_and_show(config: Path) -> None:
