@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from lifeboat.state import StateError
 from lifeboat.state.records import timestamp_text, utc_now
@@ -92,7 +93,8 @@ def damage_of(path: Path, *, busy_timeout: float) -> str | None:
     if size == 0:
         return "it is empty although Lifeboat has run jobs with it" if _used_before(path) else None
     try:
-        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        # Read-only: a read-write connection to a damaged file deletes its -wal when it closes.
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=busy_timeout, isolation_level=None)
         try:
             rows = db.execute("PRAGMA quick_check").fetchall()
         finally:
