@@ -106,7 +106,7 @@ def state_damaged_message(state: str, damage: StateDamage) -> Notification:
         event="state-damaged",
         subject=f"[lifeboat] state DB {state} was DAMAGED and replaced",
         text=f"Lifeboat found its state DB {state} damaged at {damage.found:%Y-%m-%d %H:%M:%S} UTC: {damage.reason}.\n\n"
-        f"The damaged file was moved to {damage.moved_to} (with any -wal and -shm beside it) and a fresh state DB "
+        f"The damaged file was moved to {damage.moved_to} (with its -wal, if it held anything) and a fresh state DB "
         "was made: backups, prunes and drills go on, and the run history starts again from then. Snapshots are "
         "not affected (they live in the repository). Keep the damaged file to inspect it (sqlite3 .recover), "
         "and look at the disk it lives on.\n\n"

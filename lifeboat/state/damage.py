@@ -1,5 +1,5 @@
 """A damaged state DB never stops backups: ``set_aside_if_damaged`` finds it when it is opened and moves
-it (with its ``-wal`` and ``-shm``) to ``state.db.damaged-<time>``, so that a fresh DB records the runs
+it (with a ``-wal`` that holds anything) to ``state.db.damaged-<time>``, so that a fresh DB records the runs
 again; the caller warns loudly and tells the team (``lifeboat.operations``), and ``lifeboat status``
 shows the ``StateDamage`` that the fresh DB keeps.
 
@@ -31,7 +31,7 @@ from lifeboat.state import StateError
 from lifeboat.state.records import timestamp_text, utc_now
 
 META_KEY = "state_damage"  # the fresh DB's meta row telling what happened to the one before
-SIDE_FILES = ("-wal", "-shm")  # moved along: SQLite reads them with the file they belong to
+WAL, SHM = "-wal", "-shm"  # a WAL with content is moved along (SQLite reads it with its file); the -shm is derived
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,11 @@ def set_aside_if_damaged(path: Path, *, busy_timeout: float) -> StateDamage | No
         moved_to = _free_name(path, f"{path.name}.damaged-{found:%Y%m%dT%H%M%SZ}")
         try:
             path.rename(moved_to)
-            for suffix in SIDE_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"{path}{suffix}").rename(f"{moved_to}{suffix}")
+            wal = Path(f"{path}{WAL}")
+            if wal.exists() and wal.stat().st_size > 0:
+                wal.rename(f"{moved_to}{WAL}")
+            wal.unlink(missing_ok=True)
+            Path(f"{path}{SHM}").unlink(missing_ok=True)
         except OSError as exc:
             raise StateError(
                 f"the state DB {path} is damaged ({reason}) and cannot be moved aside: {exc.strerror}; "
