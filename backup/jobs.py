@@ -24,7 +24,7 @@ from backup.repository.repository import Repository, SnapshotNotFound, WriteStat
 from backup.sources import make_source, part_merge
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verification
 from backup.sources.parts import PART_META, Merging
-from policies.errors import LifeboatError, SourceError
+from policies.errors import LifeboatError, RestoreError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
 
 log = structlog.get_logger(__name__)
@@ -248,10 +248,13 @@ def run_restore(
     source = make_source(name, settings)
     target = source.parse_target(options)  # option mistakes first, before any I/O
     header = repository.find_snapshot(name, snapshot=options.snapshot, at=options.at)
-    if options.dry_run:
-        return source.restore(repository, header, target, options=options, progress=progress)
-    with repository.lock("shared", f"restore {name}", stale_after=stale_after):
-        return source.restore(repository, header, target, options=options, progress=progress)
+    try:
+        if options.dry_run:
+            return source.restore(repository, header, target, options=options, progress=progress)
+        with repository.lock("shared", f"restore {name}", stale_after=stale_after):
+            return source.restore(repository, header, target, options=options, progress=progress)
+    except OSError as exc:  # the sources name their target's failures; one they did not foresee is no traceback
+        raise RestoreError(f"restore of {name} failed: {exc.strerror or exc}: {exc.filename or 'the target'}") from exc
 
 
 @dataclass(frozen=True)

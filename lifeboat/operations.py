@@ -50,6 +50,7 @@ from lifeboat.notify.wording import (
     check_failure_message,
     drill_notification,
     recovery_message,
+    state_damaged_message,
     suspicious_message,
 )
 from lifeboat.service.abort import JobAborted
@@ -326,6 +327,13 @@ class Operations:
         run.finish(failed, figures=figures, error=error)
         return error
 
+    def tell_of_damage(self) -> None:
+        """If opening the state DB moved a damaged one aside, tell the team (once: only the process
+        that moved it knows); ``lifeboat status`` keeps showing it."""
+        damage = self.history.found_damaged
+        if damage is not None:
+            self._send("state-damaged", state_damaged_message(str(self.history.path), damage))
+
     def _open_incident(self, event: str, name: str, run_id: int, message: Notification) -> None:
         incident = self.history.open_incident(event, name, run_id=run_id, message=message.text[:2000])
         if incident.notified:
@@ -392,9 +400,12 @@ def refresh_inventory(
 
 @contextlib.contextmanager
 def open_operations(policy: Policy, *, redact: Callable[[str], str] = str, origin: str = "cli") -> Iterator[Operations]:
-    """Operations on ``policy`` with its state DB open; closed when the block ends. Raises StateError."""
+    """Operations on ``policy`` with its state DB open (a damaged one replaced, and the team told);
+    closed when the block ends. Raises StateError."""
     with RunHistory.open(policy.state) as history:
-        yield Operations(policy, history, SourceLocks(history.lock_dir), redact=redact, origin=origin)
+        operations = Operations(policy, history, SourceLocks(history.lock_dir), redact=redact, origin=origin)
+        operations.tell_of_damage()
+        yield operations
 
 
 # ---- figures stored with a run -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from policies.errors import ConfigError, ConfigIssue
 from policies.schedule import expand_cron
 
 FAULTS = ("corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target", "disaster", "verifier-canary")
-NOTIFY_EVENTS = ("drill", "drill-failure", "backup-failure", "check-failure", "suspicious")
+NOTIFY_EVENTS = ("drill", "drill-failure", "backup-failure", "check-failure", "suspicious", "state-damaged")
 SNAPSHOT_ID = re.compile(r"^(?P<source>[a-z0-9][a-z0-9_-]*)-(?P<time>\d{8}T\d{6}Z)-(?P<suffix>[0-9a-f]{4})$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from lifeboat.context import Session, json_option, pass_session, print_json
+from lifeboat.operations import open_operations
 from lifeboat.service import ServiceError
 from lifeboat.service.cron import next_fire_times
 from lifeboat.service.instance_lock import running_service_pid
@@ -88,8 +89,8 @@ def status(session: Session, as_json: bool) -> None:
     policy = session.policy()
     now = utc_now()
     counts, listing_error = _snapshot_counts(session)
-    with RunHistory.open(policy.state) as history:
-        document = status_document(policy, history, counts, now=now)
+    with open_operations(policy, redact=session.redactor.text) as operations:  # a damaged DB: replaced, told
+        document = status_document(policy, operations.history, counts, now=now)
     document["repository"]["error"] = listing_error
     if as_json:
         print_json(document)
@@ -168,6 +169,7 @@ def status_document(
     return {
         "generated": now.isoformat(),
         "state": str(policy.state),
+        "state_damage": damage.as_dict() if (damage := history.damage()) else None,
         "service": {"running": service_pid is not None, "pid": service_pid if service_pid and service_pid > 0 else None},
         "repository": {"url": policy.repository.url, "error": None},
         "sources": sources,
@@ -185,6 +187,12 @@ def _print_status(document: dict[str, Any]) -> None:
     service = document["service"]
     running = f"lifeboat serve is running (pid {service['pid']})" if service["running"] else "no lifeboat serve running"
     click.echo(f"state {document['state']}; {running}; repository {document['repository']['url']}")
+    damage = document["state_damage"]
+    if damage:
+        click.echo(
+            f"  WARNING: the state DB was damaged ({damage['reason']}) and was moved to {damage['moved_to']} at "
+            f"{damage['found']}; the run history starts again from then"
+        )
     if document["repository"]["error"]:
         click.echo(f"  repository not listed: {document['repository']['error']}")
     rows: list[tuple[str, ...]] = [

@@ -39,8 +39,12 @@ NotifierSettings = EmailSettings | WebhookSettings
 NotifierFactory = Callable[[str, Any], Notifier]
 NOTIFIERS: dict[str, NotifierFactory] = {"email": EmailNotifier, "webhook": WebhookNotifier}
 
-# Which subscriptions receive an event: a failed drill is also a drill, so ``on: [drill]`` gets it.
-RECEIVED_BY = {"drill-failure": ("drill", "drill-failure")}
+# Which subscriptions receive an event: a failed drill is also a drill, so ``on: [drill]`` gets it; a
+# damaged state DB goes to whoever wants to hear of failures (the default ``on`` included).
+RECEIVED_BY = {
+    "drill-failure": ("drill", "drill-failure"),
+    "state-damaged": ("state-damaged", "backup-failure", "check-failure"),
+}
 
 
 def build_notifiers(settings: Mapping[str, NotifierSettings], names: Iterable[str] | None = None) -> list[Notifier]:

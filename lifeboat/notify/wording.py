@@ -14,6 +14,7 @@ from backup.jobs import BackupResult
 from drills.model import DrillRun, Status
 from drills.report import render_html, render_json, render_junit, render_text, report_file_names, subject_line
 from lifeboat.notify.base import Attachment, Notification
+from lifeboat.state.damage import StateDamage
 from lifeboat.state.records import utc_now
 
 PROBLEMS_KEPT = 50  # check problems kept in a run's figures and a notification's summary (the CLI prints them all)
@@ -96,6 +97,21 @@ def check_failure_message(problems: list[str]) -> Notification:
         subject=f"[lifeboat] repository check FAILED: {len(problems)} problem(s)",
         text=f"The repository check found:\n{listed}{more}" + _footer("check-failure"),
         summary={"event": "check-failure", "problems": problems[:PROBLEMS_KEPT], "recovered": False},
+    )
+
+
+def state_damaged_message(state: str, damage: StateDamage) -> Notification:
+    """The state DB ``state`` was found damaged and moved aside (``damage``); backups go on in a fresh one."""
+    return Notification(
+        event="state-damaged",
+        subject=f"[lifeboat] state DB {state} was DAMAGED and replaced",
+        text=f"Lifeboat found its state DB {state} damaged at {damage.found:%Y-%m-%d %H:%M:%S} UTC: {damage.reason}.\n\n"
+        f"The damaged file was moved to {damage.moved_to} (with its -wal, if it held anything) and a fresh state DB "
+        "was made: backups, prunes and drills go on, and the run history starts again from then. Snapshots are "
+        "not affected (they live in the repository). Keep the damaged file to inspect it (sqlite3 .recover), "
+        "and look at the disk it lives on.\n\n"
+        f"Host: {socket.gethostname()}. `lifeboat status` shows this too. (Lifeboat event: state-damaged)\n",
+        summary={"event": "state-damaged", "state": state, **damage.as_dict()},
     )
 
 

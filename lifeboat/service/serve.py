@@ -116,6 +116,8 @@ class LifeboatService:
             self._resources.close()
             raise
         threading.Thread(target=self._refresh_inventory, name="lifeboat-inventory", daemon=True).start()
+        told = Operations(policy, self._history, self._locks, redact=self.redactor.text, origin="service")
+        threading.Thread(target=told.tell_of_damage, name="lifeboat-state-damage", daemon=True).start()
         self._schedule(policy)
         self._scheduler.start()
         log.info("service.started", url=self._http.url, state=str(policy.state), jobs=self.jobs())

@@ -5,6 +5,7 @@
 - ``schema``: the SQLite schema of the state DB, and the migrations from older versions.
 - ``history``: ``RunHistory``, the state DB itself.
 - ``source_locks``: ``SourceLocks``, the per-source file locks kept in ``locks/`` beside it.
+- ``damage``: a damaged state DB found on opening, moved aside for a fresh one.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import structlog
 
 from drills.model import Status
 from lifeboat.state import StateError
+from lifeboat.state.damage import META_KEY, StateDamage, set_aside_if_damaged
 from lifeboat.state.records import (
     Incident,
     Inventory,
@@ -61,28 +62,60 @@ class RunHistory:
         self._mutex = threading.RLock()
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._owner_fd: int | None = None
+        self.found_damaged: StateDamage | None = None  # set when this open moved a damaged DB aside
 
     # ---- opening and closing ---------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: Path) -> RunHistory:
         """Open (creating the directory, file and schema) the state DB at ``path``; mark runs whose
-        process died as interrupted. Raises StateError naming the path when it cannot."""
+        process died as interrupted. A damaged DB is moved aside and a fresh one made (see
+        ``lifeboat.state.damage``; ``found_damaged`` says so, and the caller tells the team). Raises
+        StateError naming the path when it cannot."""
+        hint = "set `state:` in the policy to a writable path"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             (path.parent / "locks").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot open the state DB {path}: {exc}; {hint}") from exc
+        damaged = set_aside_if_damaged(path, busy_timeout=BUSY_TIMEOUT_SECONDS)
+        try:
             connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            hint = "set `state:` in the policy to a writable path"
             raise StateError(f"cannot open the state DB {path}: {exc}; {hint}") from exc
         history = cls(path, connection)
         try:
             history._prepare()
+            if damaged is not None:
+                history._record_damage(damaged)
             history.reap_interrupted()
         except (sqlite3.Error, StateError) as exc:
             connection.close()
             raise StateError(f"cannot use the state DB {path}: {exc}") from exc
+        if damaged is not None:
+            history.found_damaged = damaged
+            log.error(
+                "state.damaged",
+                path=str(path),
+                moved_to=str(damaged.moved_to),
+                reason=damaged.reason,
+                message=damaged.sentence(),
+            )
         return history
+
+    def _record_damage(self, damage: StateDamage) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (META_KEY, damage.to_json()))
+
+    def damage(self) -> StateDamage | None:
+        """The damaged state DB this one replaced, if any (kept for ``lifeboat status``)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (META_KEY,))
+        if not rows:
+            return None
+        try:
+            return StateDamage.from_json(rows[0]["value"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _prepare(self) -> None:
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -8,11 +8,12 @@ trailer (checked by us for a file, by ``snapshot restore`` for a data dir).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from backup.sources.base import Progress, RestoreOptions
 from backup.sources.etcd.etcdctl import Etcdctl
 from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError, verify_trailer
 from backup.sources.etcd.targets import EtcdDataDirTarget, EtcdFileTarget
+from backup.sources.unfinished import MARK_SUFFIX, RestoreMark, cannot_write, remove_leftovers
 from policies.errors import IntegrityError, RestoreError, SourceError
 
 log = structlog.get_logger(__name__)
@@ -52,6 +54,10 @@ def restore_to_file(
     ]
     if exists:
         plan.append(f"replace the existing {path}" + ("" if options.yes else " (refused without --yes)"))
+    mark = RestoreMark(_beside(path, MARK_SUFFIX))
+    earlier = mark.earlier()
+    if earlier:
+        plan.append(f"{earlier}: its part files are removed")
     next_steps = [
         f"check it where it is used: etcdctl snapshot status {path} -w table (revision {entry.meta.get('revision')})",
         f"restore each member from it: etcdctl (3.4) or etcdutl (3.5+) snapshot restore {path} --data-dir DIR "
@@ -62,14 +68,20 @@ def restore_to_file(
     if path.is_dir():
         raise RestoreError(f"--to-file {path} is a directory; give a file path")
     if exists and not options.yes:
-        raise RestoreError(f"{path} exists; add --yes to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.lifeboat-{os.getpid()}.part")
-    try:
-        write_verified_snapshot(repository, header, entry, partial, progress)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+        raise RestoreError(f"{path} exists; add --yes to replace it" + (f"; {earlier}" if earlier else ""))
+    if earlier:
+        log.warning("etcd.restore.earlier_unfinished", source=source, path=str(path), earlier=earlier)
+    _make_parent(path)
+    partial = _beside(path, f"lifeboat-{os.getpid()}.part")
+    with mark.held(snapshot=header.id, keep_on_failure=False):
+        try:
+            write_verified_snapshot(repository, header, entry, partial, progress)
+            partial.replace(path)
+        except OSError as exc:  # a full disk, a read-only mount: the target's, named
+            raise cannot_write(path, exc) from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        remove_leftovers(_siblings(path, ".lifeboat-", ".part"))
     log.info("etcd.restore.file", source=source, snapshot=header.id, path=str(path), bytes=entry.size)
     return plan, next_steps
 
@@ -102,29 +114,89 @@ def restore_to_data_dir(
             f"move the current contents of {data_dir} to {aside}" + ("" if options.yes else " (refused without --yes)")
         )
     plan.append(f"put the restored member data in place at {data_dir}")
+    mark = RestoreMark(_beside(data_dir, MARK_SUFFIX))
+    earlier = mark.earlier()
+    if earlier:
+        plan.append(f"{earlier}: its work directories are removed")
     next_steps = cluster_next_steps(source, header, target, moved_aside=aside if occupied else None)
     if options.dry_run:
         return plan, next_steps
     if occupied and not options.yes:
         raise RestoreError(
             f"{data_dir} is not empty; add --yes to move its contents aside to {aside.name} and restore in its place"
+            + (f"; {earlier}" if earlier else "")
         )
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    # snapshot restore refuses an existing data dir: restore into a sibling (same filesystem), then rename.
-    work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.lifeboat-restore-", dir=data_dir.parent))
+    if earlier:
+        log.warning("etcd.restore.earlier_unfinished", source=source, data_dir=str(data_dir), earlier=earlier)
+    _make_parent(data_dir)
+    moved = aside if occupied else None
+    with mark.held(snapshot=header.id, keep_on_failure=False, aside=moved):
+        _restore_member(repository, header, entry, target, etcdctl=etcdctl, aside=moved, progress=progress)
+        remove_leftovers(_siblings(data_dir, WORK_INFIX, ""))
+    log.info("etcd.restore.data_dir", source=source, snapshot=header.id, data_dir=str(data_dir), member=target.name)
+    return plan, next_steps
+
+
+WORK_INFIX = ".lifeboat-restore-"  # .<data dir>.lifeboat-restore-XXXX: where snapshot restore writes
+
+
+def _restore_member(
+    repository: Repository,
+    header: SnapshotHeader,
+    entry: Entry,
+    target: EtcdDataDirTarget,
+    *,
+    etcdctl: Etcdctl,
+    aside: Path | None,
+    progress: Progress | None,
+) -> None:
+    """``snapshot restore`` into a sibling of the data dir (same file system; it refuses an existing
+    data dir), then swap it in. Raises RestoreError naming the data dir."""
+    data_dir = target.data_dir
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}{WORK_INFIX}", dir=data_dir.parent))
+    except OSError as exc:
+        raise cannot_write(data_dir, exc) from exc
     try:
         snapshot = work / SNAPSHOT_ENTRY
         # No trailer pass of ours here: snapshot restore checks etcd's sha256 trailer itself.
-        write_snapshot_file(repository, header, entry, snapshot, progress, durable=False)
+        try:
+            write_snapshot_file(repository, header, entry, snapshot, progress, durable=False)
+        except OSError as exc:
+            raise RestoreError(f"cannot write {data_dir}: {exc.strerror or exc} (the snapshot db, in {work})") from exc
         try:
             etcdctl.snapshot_restore(snapshot, work / "data", target)
         except (CommandError, SourceError) as exc:
             raise RestoreError(f"snapshot restore into {data_dir} failed: {exc}") from exc
-        _swap_in(work / "data", data_dir, aside if occupied else None)
+        _swap_in(work / "data", data_dir, aside)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("etcd.restore.data_dir", source=source, snapshot=header.id, data_dir=str(data_dir), member=target.name)
-    return plan, next_steps
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    """``.<name>.<suffix>`` next to ``path``."""
+    return path.with_name(f".{path.name}.{suffix}")
+
+
+def _siblings(path: Path, infix: str, suffix: str) -> Iterator[Path]:
+    """What earlier restores of ``path`` left beside it: ``.<name><infix>...<suffix>``."""
+    start = f".{path.name}{infix}"
+    try:
+        found = [
+            item
+            for item in path.parent.iterdir()
+            if item.name.startswith(start) and item.name.endswith(suffix) and not item.name.endswith(MARK_SUFFIX)
+        ]
+    except OSError as exc:
+        raise RestoreError(f"cannot list {path.parent}: {exc.strerror}") from exc
+    yield from found
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RestoreError(f"cannot create {path.parent}: {exc.strerror}") from exc
 
 
 def snapshot_entry(repository: Repository, header: SnapshotHeader) -> Entry:
@@ -171,10 +243,18 @@ class _ProgressFile(io.FileIO):
         self._progress = progress
 
     def write(self, data: Any) -> int:
-        written = super().write(data)
-        if self._progress and written:
-            self._progress(written)
-        return written or 0
+        """Write all of ``data``: a raw file may take less at once (a disk filling up), then the rest
+        fails with the reason (ENOSPC) instead of leaving a short file behind."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            written = super().write(view[done:]) or 0
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
+            if self._progress and written:
+                self._progress(written)
+        return done
 
 
 def _non_empty(path: Path) -> bool:

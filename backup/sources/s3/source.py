@@ -338,6 +338,9 @@ class S3Source:
         view = View.of(header, target)
         occupied = side.first_item()
         plan = _plan(target, view, occupied)
+        earlier = side.unfinished()
+        if earlier:
+            plan.append(f"{earlier}: what it left is replaced, its part files removed")
         if options.dry_run:
             count, size = _count(repository, header, view)
             plan.insert(0, f"would restore {count} objects ({human_bytes(size)}) of snapshot {header.id}")
@@ -347,10 +350,13 @@ class S3Source:
         if occupied is not None and not options.yes:
             raise RestoreError(
                 f"{side.describe()} is not empty (it holds '{occupied}'): add --yes to write into it "
-                "(objects of the same name are replaced)"
+                "(objects of the same name are replaced)" + (f"; {earlier}" if earlier else "")
             )
+        if earlier:
+            log.warning("s3.restore.earlier_unfinished", source=self.name, target=side.describe(), earlier=earlier)
         side.prepare()
-        count, size = self._restore_objects(repository, header, side, view, progress)
+        with side.writing(header.id):
+            count, size = self._restore_objects(repository, header, side, view, progress)
         plan.insert(0, f"restored {count} objects ({human_bytes(size)}) of snapshot {header.id}, each verified (SHA-256)")
         log.info("s3.restore.completed", source=self.name, snapshot=header.id, target=side.describe(), objects=count)
         return self._result(header, side, started, False, count, size, plan)

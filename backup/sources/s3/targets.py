@@ -4,6 +4,7 @@ a snapshot's objects they hold (``View``), and how restore writes and verify rea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -32,6 +33,7 @@ from backup.sources.s3.digest import (
 )
 from backup.sources.s3.keypath import key_to_path, path_to_key
 from backup.sources.s3.listing import list_bucket
+from backup.sources.unfinished import MARK_SUFFIX, RestoreMark, cannot_write, remove_leftovers
 from policies.errors import RestoreError
 
 log = structlog.get_logger(__name__)
@@ -151,7 +153,9 @@ class TargetSide(Protocol):
 
     def describe(self) -> str: ...
     def first_item(self) -> str | None: ...
+    def unfinished(self) -> str | None: ...
     def prepare(self) -> None: ...
+    def writing(self, snapshot: str) -> contextlib.AbstractContextManager[None]: ...
     def write(self, repository: Repository, entry: Entry, relative: str, snapshot: str) -> int: ...
     def scan(self) -> Iterator[tuple[str, int]]: ...
     def read(self, relative: str, *, tags: bool = False) -> Observed | None: ...
@@ -197,6 +201,13 @@ class BucketSide:
 
     def _explain(self, exc: ClientError | BotoCoreError) -> str:
         return explain(exc, endpoint=self.target.endpoint_url or "AWS S3", bucket=self.target.bucket, hints=self.hints)
+
+    def unfinished(self) -> str | None:
+        """Nothing to tell: each object is written whole or not at all (an aborted upload is no object)."""
+        return None
+
+    def writing(self, snapshot: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def prepare(self) -> None:
         if self._bucket_exists:
@@ -333,8 +344,13 @@ def put_arguments(meta: Mapping[str, Any], *, storage_class: bool = False) -> di
     return arguments
 
 
+PART_PREFIX, PART_SUFFIX = ".lifeboat-", ".part"  # an object's file while it is written
+MARK_NAME = f".{MARK_SUFFIX}"  # in the target directory while a restore writes it
+
+
 class DirectorySide:
-    """A target directory: each object a file at ``key_to_path``, written atomically, never outside."""
+    """A target directory: each object a file at ``key_to_path``, written atomically, never outside;
+    marked (``MARK_NAME``) while a restore writes it."""
 
     has_metadata = False
     keeps_storage_class = False
@@ -342,6 +358,7 @@ class DirectorySide:
     def __init__(self, target: DirectoryTarget) -> None:
         self.root = target.path
         self.target = target
+        self.mark = RestoreMark(self.root / MARK_NAME)
 
     def describe(self) -> str:
         return str(self.root)
@@ -351,7 +368,27 @@ class DirectorySide:
             return None
         if not self.root.is_dir():
             raise RestoreError(f"{self.root} exists and is not a directory")
-        return next((entry.name for entry in self.root.iterdir()), None)
+        return next((entry.name for entry in self.root.iterdir() if entry.name != MARK_NAME), None)
+
+    def unfinished(self) -> str | None:
+        return self.mark.earlier() if self.root.is_dir() else None
+
+    @contextlib.contextmanager
+    def writing(self, snapshot: str) -> Iterator[None]:
+        """The directory is marked while the block restores into it; once it has succeeded, the part files
+        of earlier restores that were killed are removed too. A failed restore keeps the mark: the
+        directory holds part of the snapshot."""
+        with self.mark.held(snapshot=snapshot, keep_on_failure=True):
+            yield
+            removed = remove_leftovers(self._part_files())
+            if removed:
+                log.info("s3.restore.leftovers_removed", target=self.describe(), files=removed)
+
+    def _part_files(self) -> Iterator[Path]:
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX):
+                    yield Path(folder, name)
 
     def prepare(self) -> None:
         try:
@@ -363,7 +400,10 @@ class DirectorySide:
         """Write one object's verified bytes to its file (temporary file, then rename into place)."""
         path = self.root / key_to_path(relative)
         parent = self._parent(path, relative)
-        handle, temporary = tempfile.mkstemp(dir=parent, prefix=".lifeboat-", suffix=".part")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=parent, prefix=PART_PREFIX, suffix=PART_SUFFIX)
+        except OSError as exc:
+            raise cannot_write(path, exc) from exc
         try:
             os.fchmod(handle, 0o644)
             with os.fdopen(handle, "wb") as out:
@@ -372,6 +412,9 @@ class DirectorySide:
         except IsADirectoryError as exc:
             Path(temporary).unlink(missing_ok=True)
             raise RestoreError(self._clash(relative)) from exc
+        except OSError as exc:  # a full disk, a read-only or vanished mount: the target's, named
+            Path(temporary).unlink(missing_ok=True)
+            raise cannot_write(path, exc) from exc
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -426,4 +469,7 @@ def _set_mtime(path: Path, last_modified: Any) -> None:
             moment = datetime.fromisoformat(last_modified).timestamp()
         except ValueError:
             return
-        os.utime(path, (moment, moment))
+        try:
+            os.utime(path, (moment, moment))
+        except OSError as exc:
+            raise cannot_write(path, exc) from exc
