@@ -41,6 +41,7 @@ COMMANDS = {
     "snapshots": "lifeboat.commands.repository:snapshots",
     "check": "lifeboat.commands.repository:check",
     "prune": "lifeboat.commands.repository:prune",
+    "unlock": "lifeboat.commands.repository:unlock",
     "drill": "lifeboat.commands.drill:drill",
     "janitor": "lifeboat.commands.drill:janitor",
     "demo": "lifeboat.demo:demo",

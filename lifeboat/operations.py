@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from backup.jobs import BackupResult, merge_parts, run_backup, run_part_backup
+from backup.repository.locks import remove_locks
 from backup.repository.maintenance import CheckReport, PruneReport
 from backup.repository.maintenance import check as check_repository
 from backup.repository.maintenance import prune as prune_repository
@@ -275,15 +276,27 @@ class Operations:
 
     # ---- janitor ---------------------------------------------------------------------------------
 
-    def janitor(self, *, dry_run: bool = False) -> list[str]:
-        """Clean up after dead drill runs (``drills.scratch.clean_leftovers``); returns what went.
-        A dry run changes nothing and is not recorded. Raises what the cleanup raises (recorded)."""
+    def janitor(self, *, dry_run: bool = False, repository: RepositoryOpener | None = None) -> list[str]:
+        """Clean up after dead drill runs (``drills.scratch.clean_leftovers``) and, given the
+        ``repository``, remove the stale repository locks of dead runs; returns what went. A dry run
+        changes nothing and is not recorded. Raises what the cleanup raises (recorded); a repository
+        that cannot be reached is a warning (the scratch cleanup does not depend on it)."""
         if dry_run:
-            return clean_leftovers(self.policy.scratch, dry_run=True)
+            return clean_leftovers(self.policy.scratch, dry_run=True) + self._stale_locks(repository, dry_run=True)
         with self.recorded_run(RunKind.JANITOR, SCRATCH_NAME) as run:
-            removed = clean_leftovers(self.policy.scratch)
+            removed = clean_leftovers(self.policy.scratch) + self._stale_locks(repository, dry_run=False)
             run.finish(RunStatus.OK, figures={"removed": len(removed), "seconds": round(run.seconds, 3)})
         return removed
+
+    def _stale_locks(self, repository: RepositoryOpener | None, *, dry_run: bool) -> list[str]:
+        if repository is None:
+            return []
+        try:
+            sweep = remove_locks(repository().store, stale_after=self.stale_after, dry_run=dry_run)
+        except LifeboatError as exc:
+            log.warning("janitor.locks_skipped", error=self.redact(str(exc)))
+            return []
+        return [f"stale repository {lock.describe()}: {reason}" for lock, reason in sweep.removed]
 
     # ---- recording and incidents -----------------------------------------------------------------
 

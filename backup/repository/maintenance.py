@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from backup.repository.locks import list_locks
+from backup.repository.locks import ThisHost, list_locks, stale_reason
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import StoredPart
 from backup.repository.repository import Repository, SnapshotNotFound, chunk_key
@@ -79,7 +79,11 @@ class CheckReport:
 
 def check(repository: Repository, *, read_data: float = 0.0, stale_after: float = 1800.0) -> CheckReport:
     """Prove every snapshot is restorable: manifests parse, chunks exist, and (``read_data`` > 0)
-    that share of the stored chunks still hashes to its id. Never raises for what it finds."""
+    that share of the stored chunks still hashes to its id. Never raises for what it finds.
+
+    A stale lock (``locks.stale_reason``) still in the store is a ``stale-lock`` problem. Run under
+    a lock (``lifeboat check`` takes a shared one), taking the lock has removed them already: they
+    are logged as ``lock.stale_removed`` and are no problem of the repository any more."""
     report = CheckReport()
     users: dict[str, list[str]] = {}
     for header in _headers(repository, report):
@@ -95,9 +99,10 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
         report.problems.append(Problem("missing-chunk", message, chunk=chunk_id, snapshot=users[chunk_id][0]))
     if read_data > 0:
         _read_chunks(repository, sorted(stored), read_data, users, report)
+    here = ThisHost.current()
     for lock in list_locks(repository.store):
-        if lock.age_seconds > stale_after:
-            message = f"stale {lock.describe()}: no heartbeat for {lock.age_seconds:.0f}s; the next locker breaks it"
+        if reason := stale_reason(lock, stale_after=stale_after, here=here):
+            message = f"stale {lock.describe()}: {reason}; the next lock taker or `lifeboat unlock` removes it"
             report.problems.append(Problem("stale-lock", message))
     log.info("check.finished", ok=report.ok, problems=len(report.problems), snapshots=report.snapshots)
     return report

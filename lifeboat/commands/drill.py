@@ -91,9 +91,10 @@ def _history_item(run: DrillRun) -> dict[str, Any]:
 @pass_session
 def janitor(session: Session, dry_run: bool, as_json: bool) -> None:
     """Remove what dead drill runs left behind: scratch processes, directories, databases, buckets;
-    on Kubernetes, expired drill namespaces and old finished pods and Jobs of configured namespaces."""
+    on Kubernetes, expired drill namespaces and old finished pods and Jobs of configured namespaces;
+    and the repository's stale locks (as `lifeboat unlock` does)."""
     with open_operations(session.policy(), redact=session.redactor.text) as operations:
-        removed = operations.janitor(dry_run=dry_run)
+        removed = operations.janitor(dry_run=dry_run, repository=session.repository)
     if as_json:
         print_json({"dry_run": dry_run, "removed": removed})
         return

@@ -1,15 +1,18 @@
-"""Repository commands: ``repo init``, ``snapshots list|show``, ``check``, ``prune``."""
+"""Repository commands: ``repo init``, ``snapshots list|show``, ``check``, ``prune``, ``unlock``."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import click
 
 from backup.repository import init_repository
+from backup.repository.locks import LockInfo, ThisHost, list_locks, remove_locks, stale_reason
 from backup.sources.base import consistency_summary
 from lifeboat.context import EXIT_FAILED, Session, find_header, json_option, pass_session, print_json, unknown_name
 from lifeboat.operations import open_operations
+from policies.durations import human_duration
 from policies.sizes import human_bytes
 
 
@@ -155,6 +158,50 @@ def prune(session: Session, dry_run: bool, as_json: bool) -> None:
         f"({human_bytes(report.bytes_deleted)}); {report.chunks_in_grace} unreferenced chunk(s) still in the grace period"
         + (f"; {report.chunks_locked} under Object Lock, skipped" if report.chunks_locked else "")
     )
+
+
+@click.command()
+@click.option("--all", "live_too", is_flag=True, help="Also remove live locks: asks first, or give --yes.")
+@click.option("--yes", is_flag=True, help="With --all: remove live locks without asking.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"removed": [...], "kept": [...]} on stdout.')
+@pass_session
+def unlock(session: Session, live_too: bool, yes: bool, as_json: bool) -> None:
+    """Remove stale repository locks: of processes gone from this host (or from before its last
+    reboot), and any whose heartbeat is older than repository.lock_stale_after. With --all, live
+    locks too (their runs lose the protection from prune): only after a confirmation or --yes."""
+    store, stale_after = session.repository().store, session.stale_after
+    live: bool | list[str] = live_too
+    if live_too and not yes:
+        live = _confirmed_live_locks(list_locks(store), stale_after)
+    sweep = remove_locks(store, stale_after=stale_after, live_too=live)
+    if as_json:
+        removed = [{**lock.as_dict(), "stale": reason} for lock, reason in sweep.removed]
+        print_json({"removed": removed, "kept": [{**lock.as_dict(), "stale": None} for lock in sweep.kept]})
+        return
+    for lock, reason in sweep.removed:
+        why = f": {reason}" if reason else ""
+        click.echo(f"removed {'stale' if reason else 'live'} {lock.describe()}, heartbeat {_ago(lock)}{why}")
+    for lock in sweep.kept:
+        click.echo(f"kept live {lock.describe()}, heartbeat {_ago(lock)}")
+    click.echo(f"removed {len(sweep.removed)} lock(s), kept {len(sweep.kept)}")
+
+
+def _confirmed_live_locks(locks: list[LockInfo], stale_after: float) -> list[str]:
+    """The keys of the live locks the user agreed to remove; UsageError without a terminal to ask on."""
+    here = ThisHost.current()
+    live = [lock for lock in locks if stale_reason(lock, stale_after=stale_after, here=here) is None]
+    if not live:
+        return []
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"--all would remove {len(live)} live lock(s) and nobody can be asked: add --yes")
+    for lock in live:
+        click.echo(f"live {lock.describe()}, heartbeat {_ago(lock)}", err=True)
+    click.confirm(f"remove these {len(live)} live lock(s)? Their runs lose the protection from prune", abort=True, err=True)
+    return [lock.key for lock in live]
+
+
+def _ago(lock: LockInfo) -> str:
+    return f"{human_duration(max(lock.age_seconds, 0.0))} ago"
 
 
 def _percent(text: str) -> float:

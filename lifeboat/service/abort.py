@@ -18,7 +18,8 @@ did not finish within ``service.stop_timeout``):
 The jobs get ``ABORT_GRACE_SECONDS`` to unwind. A thread stuck in a C call that never returns (a
 socket read without a timeout) cannot be unwound: its run is recorded ``interrupted`` anyway, and
 ``serve`` exits 1 without waiting for it; the kernel frees the source file locks, and a repository
-lock it held goes stale and is broken after ``repository.lock_stale_after``.
+lock it held is stale as soon as the process is gone (``backup.repository.locks``): the next lock
+taker on this host removes it.
 """
 
 from __future__ import annotations

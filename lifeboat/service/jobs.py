@@ -77,7 +77,7 @@ def _run_drill(operations: Operations, spec: JobSpec, repository: RepositoryFor,
 
 
 def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]) -> None:
-    operations.janitor()
+    operations.janitor(repository=repository)
 
 
 JOB_RUNNERS: dict[RunKind, JobRunner] = {
