@@ -195,8 +195,9 @@ class Operations:
 
     # ---- prune and check -------------------------------------------------------------------------
 
-    def prune(self, *, repository: RepositoryOpener, dry_run: bool = False) -> PruneReport:
-        """Apply every source's retention and delete unreferenced chunks, holding every source's lock.
+    def prune(self, *, repository: RepositoryOpener, dry_run: bool = False, forget_damaged: bool = False) -> PruneReport:
+        """Apply every source's retention and delete unreferenced chunks, holding every source's lock;
+        ``forget_damaged`` also forgets snapshots whose manifest is damaged (kept otherwise).
 
         A dry run changes nothing and is neither locked nor recorded. Raises PruneRefused,
         StoreError, SourceBusy, JobAborted (recorded)."""
@@ -204,7 +205,15 @@ class Operations:
         grace, stale_after = self.policy.repository.prune.grace, self.stale_after
         hooks = prune_hooks()  # what each kind keeps outside chunks (ClickHouse native backups) and may go
         if dry_run:
-            return prune_repository(repository(), retention, grace=grace, dry_run=True, stale_after=stale_after, hooks=hooks)
+            return prune_repository(
+                repository(),
+                retention,
+                grace=grace,
+                dry_run=True,
+                stale_after=stale_after,
+                hooks=hooks,
+                forget_damaged=forget_damaged,
+            )
         with self.recorded_run(RunKind.PRUNE, REPOSITORY_NAME) as run:
             with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
                 repo = repository()
@@ -217,6 +226,7 @@ class Operations:
                     expected_sources=expected,
                     stale_after=stale_after,
                     hooks=hooks,
+                    forget_damaged=forget_damaged,
                 )
             run.finish(RunStatus.OK, figures=prune_figures(report, run.seconds))
         self._refresh_inventory(repo)

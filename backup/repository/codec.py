@@ -3,7 +3,9 @@
 A stored object is one header byte and a body:
 
 * ``0x00`` raw: the plaintext itself (data zstd cannot shrink, like already compressed models);
-* ``0x01`` zstd: one zstd frame of the plaintext;
+* ``0x01`` zstd: one zstd frame of the plaintext, with its content checksum (since repository format 2;
+  frames written before carry none and still read). A frame must end exactly where the object ends:
+  a truncated frame, trailing bytes or a checksum mismatch is a corrupt object, never garbage;
 * ``0x02`` sealed: 12-byte nonce + AES-256-GCM(inner object) where the inner object is ``0x00`` or
   ``0x01`` as above. The associated data is the object's name (its chunk id), so a chunk copied
   under another name fails authentication.
@@ -131,15 +133,23 @@ class Codec:
             return stored[1:]
         if kind == ZSTD:
             try:
-                return self._decompressor().decompress(stored[1:])
+                # A stream decoder, not decompress(): it allocates as it goes (a damaged content size
+                # in the frame header cannot ask for terabytes) and tells where the frame ended.
+                reader = self._decompressor().decompressobj()
+                plaintext = reader.decompress(stored[1:])
             except zstandard.ZstdError as exc:
                 raise CorruptObject(f"zstd frame is damaged: {exc}") from None
+            if not reader.eof:
+                raise CorruptObject("zstd frame is truncated")
+            if reader.unused_data:
+                raise CorruptObject(f"{len(reader.unused_data)} bytes follow the zstd frame")
+            return plaintext
         raise CorruptObject(f"unknown object type {kind}")
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
-            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
         return compressor
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:

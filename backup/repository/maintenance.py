@@ -10,6 +10,13 @@ merge may still be pending. ``check`` proves their chunks exist like a snapshot'
 deletes parts older than the grace period (abandoned: a run lasts at most the executor's active
 deadline, and a completed run deletes its parts) and counts the chunks of the others as referenced.
 
+A damaged manifest (unreadable, holding another snapshot than its name says, entries that disagree
+with its header) is a ``manifest`` problem for ``check``, naming it. ``prune`` never deletes one
+unasked: it applies retention to the readable snapshots and reports the damaged ones, but deletes
+no chunk while one is there (nobody knows which chunks it needs: a copy of the file put back would
+make it whole again). ``forget_damaged`` (``lifeboat prune --forget-damaged``) is the consent to
+delete those manifests; their chunks then go like any other unreferenced chunk.
+
 Some kinds keep data in the store outside chunks and manifests (ClickHouse's server-side native
 backups under ``native/``). ``prune`` is given their ``PruneHook``s by kind (the sources registry's
 ``prune_hooks()``): the repository layer knows no source.
@@ -29,7 +36,7 @@ import structlog
 from backup.repository.locks import ThisHost, list_locks, stale_reason
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import StoredPart
-from backup.repository.repository import Repository, SnapshotNotFound, chunk_key
+from backup.repository.repository import DamagedManifest, Repository, SnapshotNotFound, chunk_key
 from backup.repository.store import ObjectLockedError
 from policies.errors import IntegrityError, LifeboatError, StoreError
 from policies.model import Retention
@@ -134,6 +141,8 @@ def _chunk_ids(repository: Repository, header: SnapshotHeader, report: CheckRepo
     try:
         for entry in repository.entries(header):
             yield from (chunk_id for chunk_id, _ in entry.chunks)
+    except DamagedManifest as exc:
+        report.problems.append(Problem("manifest", str(exc), snapshot=header.id))
     except IntegrityError:
         pass  # the entries stream's own chunks are reported as missing or corrupt by the chunk checks
     except LifeboatError as exc:
@@ -170,6 +179,8 @@ class PruneReport:
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
     incomplete_removed: int = 0  # leftovers of writes that never finished (.tmp- files, multipart uploads)
     parts_deleted: list[str] = field(default_factory=list)  # abandoned part manifests of sharded runs
+    damaged: list[str] = field(default_factory=list)  # snapshots whose manifest is damaged (forgotten only when asked)
+    chunks_kept_because: str | None = None  # why no unreferenced chunk was deleted (a damaged manifest kept)
     native_deleted: list[str] = field(default_factory=list)  # a kind's data outside chunks (ClickHouse BACKUPs) removed
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,6 +216,7 @@ def prune(
     expected_sources: frozenset[str] = frozenset(),
     stale_after: float = 1800.0,
     hooks: Mapping[str, PruneHook] | None = None,
+    forget_damaged: bool = False,
 ) -> PruneReport:
     """Forget snapshots that no retention rule keeps, then delete unreferenced chunks past ``grace``.
 
@@ -212,16 +224,19 @@ def prune(
     the repository but not configured are kept whole. ``expected_sources`` are sources the run
     history says have snapshots: if the listing shows none for one, prune refuses. ``hooks`` (by
     kind) say which of a kind's data outside chunks may go with the forgotten snapshots; without
-    one, that data is kept.
+    one, that data is kept. Damaged manifests are listed in ``damaged``; they are kept, and so is
+    every chunk, unless ``forget_damaged``: then they are forgotten too (module docstring).
     """
     now = now or datetime.now(UTC)
     report = PruneReport(dry_run=dry_run)
     hooks = hooks or {}
     if dry_run:
-        _prune(repository, retention, grace, now, expected_sources, hooks, report)
+        _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged)
     else:
         with repository.lock("exclusive", "prune", stale_after=stale_after):
-            _prune(repository, retention, grace, now, expected_sources, hooks, report)
+            _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged)
+    if report.chunks_kept_because:
+        log.warning("prune.chunks_kept", reason=report.chunks_kept_because, damaged=report.damaged)
     log.info("prune.finished", dry_run=dry_run, forgotten=len(report.forgotten), chunks_deleted=report.chunks_deleted)
     return report
 
@@ -234,11 +249,15 @@ def _prune(
     expected_sources: frozenset[str],
     hooks: Mapping[str, PruneHook],
     report: PruneReport,
+    forget_damaged: bool,
 ) -> None:
     try:
-        headers = repository.list_snapshots()
+        listing = repository.scan_snapshots()
     except StoreError as exc:
         raise PruneRefused(f"cannot list snapshots, so nothing was pruned: {exc}") from exc
+    headers = listing.headers
+    for damaged in listing.damaged:
+        _damaged(repository, damaged, forget_damaged, report)
     by_source: dict[str, list[SnapshotHeader]] = {}
     for header in headers:
         by_source.setdefault(header.source, []).append(header)
@@ -262,7 +281,7 @@ def _prune(
     for kind, hook in sorted(hooks.items()):
         _delete_outside_chunks(repository, hook, [header for header in survivors if header.kind == kind], report)
     pending = _pending_parts(repository, grace, now, report)
-    _collect_garbage(repository, survivors + pending, grace, now, report)
+    _collect_garbage(repository, survivors + pending, grace, now, report, forget_damaged)
     if not report.dry_run:  # a write older than the grace period that never finished never will
         report.incomplete_removed = repository.store.remove_incomplete(now - grace)
 
@@ -308,14 +327,46 @@ def _decide(headers: list[SnapshotHeader], rules: Retention | None, now: datetim
     return select(refs, rules, now=now)
 
 
+def _damaged(repository: Repository, damaged: DamagedManifest, forget: bool, report: PruneReport) -> None:
+    """Forget a damaged snapshot when asked to; else keep it, and every chunk with it."""
+    report.damaged.append(damaged.snapshot)
+    if forget:
+        report.forgotten.append(damaged.snapshot)
+        report.reasons[damaged.snapshot] = [f"damaged manifest, forgotten as asked: {damaged}"]
+        if not report.dry_run:
+            repository.forget_id(damaged.snapshot)
+        return
+    report.kept.append(damaged.snapshot)
+    report.reasons[damaged.snapshot] = [f"damaged manifest, kept (prune --forget-damaged removes it): {damaged}"]
+    report.chunks_kept_because = (
+        f"{len(report.damaged)} damaged manifest(s) ({', '.join(report.damaged)}): which chunks they need is unknown, so "
+        "no chunk was deleted; put a good copy back, or remove them with `lifeboat prune --forget-damaged`"
+    )
+
+
 def _collect_garbage(
-    repository: Repository, survivors: list[SnapshotHeader], grace: timedelta, now: datetime, report: PruneReport
+    repository: Repository,
+    survivors: list[SnapshotHeader],
+    grace: timedelta,
+    now: datetime,
+    report: PruneReport,
+    forget_damaged: bool,
 ) -> None:
     referenced: set[str] = set()
     for header in survivors:
         referenced.update(chunk_id for chunk_id, _ in header.entries_chunks)
-        for entry in repository.entries(header):  # an unreadable kept snapshot raises: never delete blind
-            referenced.update(chunk_id for chunk_id, _ in entry.chunks)
+        try:
+            for entry in repository.entries(header):
+                referenced.update(chunk_id for chunk_id, _ in entry.chunks)
+        except IntegrityError as exc:  # its entries cannot be read whole: never delete blind
+            if header.id not in report.reasons:  # a part of a sharded run awaiting its merge
+                report.chunks_kept_because = f"the entries of part {header.id} are unreadable ({exc}): no chunk was deleted"
+                continue
+            if header.id in report.kept:
+                report.kept.remove(header.id)
+            _damaged(repository, DamagedManifest(str(exc), snapshot=header.id), forget_damaged, report)
+    if report.chunks_kept_because:
+        return
     for info in repository.store.list("chunks/"):
         chunk_id = info.key.rsplit("/", 1)[-1]
         if chunk_id in referenced:

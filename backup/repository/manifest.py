@@ -5,10 +5,18 @@ A manifest is a small object ``snapshots/<source>/<snapshot-id>.json.zst`` holdi
 JSON lines, one per file / table partition / object, stored through the same chunk path as data.
 So a manifest of a million entries is written and read one chunk at a time, and it is verified,
 deduplicated and encrypted exactly like the data it describes.
+
+Format 2 (repository format 2) protects the header in every repository, encrypted or not: the JSON
+document is followed by a line holding its SHA-256, so a changed byte is an integrity error, never a
+silently different digest. The entries stream needs no checksum of its own: the header names its
+chunks by their hashes. What the header says of its entries (their count and bytes) is checked when
+they are read (``Repository.entries``), and the id and source against the manifest's name
+(``Repository.read_header``). Format 1 manifests (no checksum line) still read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -18,7 +26,8 @@ from typing import Any, Literal
 
 from policies.model import SNAPSHOT_ID
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+READABLE_MANIFEST_FORMATS = (1, 2)
 SnapshotStatus = Literal["good", "suspicious"]
 _TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -116,13 +125,19 @@ class SnapshotHeader:
             "census": self.census,
             "meta": self.meta,
         }
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        document = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()  # never a raw newline
+        return document + b"\n" + hashlib.sha256(document).hexdigest().encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> SnapshotHeader:
-        doc = json.loads(data)
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"manifest format {doc.get('format')} is not one this Lifeboat reads ({MANIFEST_FORMAT})")
+        """The header in ``data``; raises ValueError (or KeyError) when it is damaged or of another format."""
+        document, _, checksum = data.partition(b"\n")
+        doc = json.loads(document)
+        version = doc.get("format") if isinstance(doc, dict) else None
+        if version not in READABLE_MANIFEST_FORMATS:
+            raise ValueError(f"manifest format {version} is not one this Lifeboat reads ({READABLE_MANIFEST_FORMATS})")
+        if version >= 2 and checksum.rstrip(b"\n").decode(errors="replace") != hashlib.sha256(document).hexdigest():
+            raise ValueError("its checksum does not match its content (bytes changed)")
         return cls(
             id=doc["id"],
             source=doc["source"],

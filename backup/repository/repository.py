@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, BinaryIO
 
 import structlog
 
 from backup.repository.codec import Codec, CorruptObject, Keys
-from backup.repository.locks import LockKind, repository_lock
+from backup.repository.locks import LockKind, list_locks, repository_lock
 from backup.repository.manifest import (
     ChunkRef,
     Entry,
@@ -49,10 +50,17 @@ from backup.repository.manifest import (
 )
 from backup.repository.parts import PARTS_PREFIX, PartOf, Shard, StoredPart, parse_part_key, run_prefix
 from backup.repository.retry import RetryingStore, RetryPolicy
-from backup.repository.store import ObjectNotFound, Store, get_bytes, put_bytes
+from backup.repository.store import ObjectLockedError, ObjectNotFound, Store, get_bytes, put_bytes
 from policies.errors import IntegrityError, LifeboatError, StoreError
 
-REPOSITORY_FORMAT = 1
+# Format 2: zstd frames carry their checksum and manifests a SHA-256 line (codec.py, manifest.py).
+# Format 1 repositories still open and read; what is written into them from now on is format 2.
+REPOSITORY_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+INTEGRITY = {
+    "zstd_frames": "content checksum (format 2+)",
+    "manifests": "SHA-256 line; id, source and entry totals checked on read (format 2+)",
+}
 CONFIG_KEY = "config.json"
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_WORKERS = 4
@@ -70,6 +78,23 @@ class RepositoryNotFound(StoreError):
 
 class SnapshotNotFound(LifeboatError):
     """No snapshot matches what was asked for."""
+
+
+class DamagedManifest(IntegrityError):
+    """A manifest that cannot be trusted: unreadable, holding another snapshot than its name says, or
+    whose entries disagree with its header. ``snapshot`` is the id its name gives."""
+
+    def __init__(self, message: str, *, snapshot: str) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
+
+
+@dataclass(frozen=True)
+class SnapshotListing:
+    """The snapshots a listing could read, oldest first, and the manifests it could not."""
+
+    headers: list[SnapshotHeader]
+    damaged: list[DamagedManifest]
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -92,6 +117,7 @@ class RepositoryConfig:
             "chunker": {"kind": "fixed", "size": self.chunk_size},
             "compression": {"kind": "zstd", "level": self.compression_level},
             "encryption": self.encryption,
+            "integrity": INTEGRITY,
         }
         return json.dumps(doc, indent=2).encode() + b"\n"
 
@@ -102,10 +128,11 @@ class RepositoryConfig:
             version = doc["format"]
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{where}: config.json is not a Lifeboat repository configuration") from None
-        if version != REPOSITORY_FORMAT:
+        if version not in READABLE_FORMATS:
+            readable = " and ".join(str(number) for number in READABLE_FORMATS)
             raise StoreError(
                 f"{where}: repository format {version} is not one this Lifeboat ({_VERSION}) understands "
-                f"(it reads format {REPOSITORY_FORMAT}); use a Lifeboat release that does"
+                f"(it reads formats {readable}); use a Lifeboat release that does"
             )
         return cls(doc["id"], doc["created"], doc["chunker"]["size"], doc["compression"]["level"], doc["encryption"])
 
@@ -119,6 +146,7 @@ class WriteStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    written: set[str] = field(default_factory=set, repr=False, compare=False)  # ids of chunks this write put (or tried)
 
     def add(self, *, read: int = 0, stored: int = 0, new: int = 0, reused: int = 0) -> None:
         with self._lock:
@@ -215,6 +243,8 @@ class Repository:
             stats.add(reused=1)
             return chunk_id, len(data)
         sealed = self.codec.encode(data, name=chunk_id)
+        with stats._lock:
+            stats.written.add(chunk_id)  # before the put: a put that fails half-way may leave it behind
         put_bytes(self.store, chunk_key(chunk_id), sealed)
         known.add(chunk_id)
         stats.add(stored=len(sealed), new=1)
@@ -325,9 +355,12 @@ class Repository:
         except ObjectNotFound:
             raise SnapshotNotFound(f"no part {stored.part.shard} of run {stored.part.run} of '{stored.source}'") from None
         try:
-            return SnapshotHeader.from_json(self.codec.decode(sealed, name=stored.key))
-        except (CorruptObject, ValueError, KeyError) as exc:
+            header = SnapshotHeader.from_json(self.codec.decode(sealed, name=stored.key))
+        except (CorruptObject, ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"manifest of part {stored.key} is unreadable: {exc}") from None
+        if header.source != stored.source:
+            raise IntegrityError(f"manifest of part {stored.key} is of source '{header.source}', not '{stored.source}'")
+        return header
 
     def delete_part(self, stored: StoredPart) -> None:
         """Remove a part manifest; its chunks go at a later prune unless a snapshot uses them."""
@@ -350,24 +383,68 @@ class Repository:
         except ObjectNotFound:
             raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.url}") from None
         try:
-            return SnapshotHeader.from_json(self.codec.decode(sealed, name=key))
-        except (CorruptObject, ValueError, KeyError) as exc:
-            raise IntegrityError(f"manifest of snapshot {snapshot_id} is unreadable: {exc}") from None
+            header = SnapshotHeader.from_json(self.codec.decode(sealed, name=key))
+        except (CorruptObject, ValueError, KeyError, TypeError) as exc:
+            raise DamagedManifest(
+                f"manifest {key} of snapshot {snapshot_id} is unreadable: {exc}", snapshot=snapshot_id
+            ) from None
+        if header.id != snapshot_id or header.source != source:
+            raise DamagedManifest(
+                f"manifest {key} holds snapshot {header.id} of source '{header.source}', not {snapshot_id}: it was "
+                "copied over another snapshot's file; refusing to use it",
+                snapshot=snapshot_id,
+            )
+        return header
+
+    def scan_snapshots(self, source: str | None = None) -> SnapshotListing:
+        """Every committed snapshot's header, oldest first (by start time: ids only have seconds), and
+        the manifests that could not be read apart; raises StoreError when the listing itself fails."""
+        headers: list[SnapshotHeader] = []
+        damaged: list[DamagedManifest] = []
+        for snapshot_id in self.snapshot_ids(source):
+            try:
+                headers.append(self.read_header(snapshot_id))
+            except SnapshotNotFound:
+                continue  # forgotten since the listing
+            except DamagedManifest as exc:
+                damaged.append(exc)
+        return SnapshotListing(sorted(headers, key=lambda header: (header.started, header.id)), damaged)
 
     def list_snapshots(self, source: str | None = None) -> list[SnapshotHeader]:
-        """Headers of committed snapshots, oldest first (by start time: ids only have seconds)."""
-        headers = [self.read_header(snapshot_id) for snapshot_id in self.snapshot_ids(source)]
-        return sorted(headers, key=lambda header: (header.started, header.id))
+        """Headers of committed snapshots, oldest first; a damaged manifest is left out with a warning
+        (``check`` reports it, ``prune --forget-damaged`` removes it)."""
+        listing = self.scan_snapshots(source)
+        for damaged in listing.damaged:
+            log.warning("snapshot.damaged", snapshot=damaged.snapshot, error=str(damaged), advice=_DAMAGED_ADVICE)
+        return listing.headers
 
     def entries(self, header: SnapshotHeader) -> Iterator[Entry]:
-        """A snapshot's entries, streamed: one chunk of the entries stream in memory at a time."""
+        """A snapshot's entries, streamed: one chunk of the entries stream in memory at a time.
+
+        Read to its end, it raises DamagedManifest if the entries are not the count and bytes the header
+        promises (a manifest edited, or pointed at another snapshot's entries): a restore that wrote
+        them all fails instead of reporting them verified."""
         pending = b""
+        count = size = 0
         for block in self.iter_chunks(header.entries_chunks, snapshot=header.id):
             lines = (pending + block).split(b"\n")
             pending = lines.pop()
-            yield from (Entry.from_line(line) for line in lines if line)
+            for line in lines:
+                if line:
+                    entry = _entry(line, header)
+                    count, size = count + 1, size + entry.size
+                    yield entry
         if pending:
-            yield Entry.from_line(pending)
+            entry = _entry(pending, header)
+            count, size = count + 1, size + entry.size
+            yield entry
+        if (count, size) != (header.entry_count, header.size):
+            raise DamagedManifest(
+                f"snapshot {header.id}: its entries are {count} items of {size} bytes, but its manifest promises "
+                f"{header.entry_count} of {header.size}: the manifest was edited or its entries are another "
+                "snapshot's; what was read from it cannot be trusted",
+                snapshot=header.id,
+            )
 
     def find_snapshot(self, source: str, *, snapshot: str = "latest", at: datetime | None = None) -> SnapshotHeader:
         """``latest`` good snapshot of ``source`` (at or before ``at`` when given), or one by id."""
@@ -383,7 +460,11 @@ class Repository:
                 continue  # started in a later second than ``at``: too new, no need to read it
             if best is not None and second < best.started.replace(microsecond=0):
                 break  # ids sort by second; within one second only the headers know the order
-            header = self.read_header(snapshot_id)
+            try:
+                header = self.read_header(snapshot_id)
+            except DamagedManifest as exc:  # one bad manifest must not stop a source: take an older one
+                log.warning("snapshot.damaged", snapshot=snapshot_id, error=str(exc), advice=_DAMAGED_ADVICE)
+                continue
             fits = header.status == "good" and (at is None or header.started <= at)
             if fits and (best is None or header.started > best.started):
                 best = header
@@ -395,6 +476,52 @@ class Repository:
     def forget(self, header: SnapshotHeader) -> None:
         """Remove a snapshot's manifest; its chunks go at the next prune after the grace period."""
         self.store.delete(manifest_key(header.source, header.id))
+
+    def forget_id(self, snapshot_id: str) -> None:
+        """Remove the manifest named ``snapshot_id`` without reading it (a damaged one)."""
+        self.store.delete(manifest_key(snapshot_source(snapshot_id), snapshot_id))
+
+    def commit_marks(self) -> frozenset[tuple[str, int, datetime]]:
+        """Every snapshot and part manifest as (key, size, modified), by the store's own clock: what
+        one of these has that an earlier one lacks was committed (or rewritten) in between."""
+        return frozenset(
+            (info.key, info.size, info.modified)
+            for prefix in ("snapshots/", PARTS_PREFIX)
+            for info in self.store.list(prefix)
+        )
+
+    def discard_failed_write(
+        self, written: Iterable[str], marks: frozenset[tuple[str, int, datetime]], *, purpose: str, stale_after: float
+    ) -> int:
+        """Delete at once the chunks a write that failed stored new, when nothing else can use them;
+        returns how many went (0: they are left to prune, after its grace period).
+
+        Called after the failed writer released its shared lock. The chunks were absent from the
+        store when the writer listed it (or it would have reused them), so the only ones that can
+        name them are writers that found them in the store after they were written, or wrote the
+        same bytes themselves, while this one ran. Such a writer either still holds its lock, or has
+        committed a manifest since ``marks`` was taken (before the writer's chunk listing), or failed
+        too. So they are deleted only when no other lock is there at all (not even a stale one: its
+        process may only be paused), no manifest is new since ``marks``, and under an exclusive lock
+        (no writer can start and find them meanwhile). Otherwise prune removes them once they are
+        past its grace period, as it does for any unreferenced chunk.
+        """
+        chunks = sorted(set(written))
+        try:
+            if others := list_locks(self.store):
+                return _left_to_prune(chunks, f"{others[0].describe()} may use them")
+            with self.lock("exclusive", f"discard the chunks of the failed {purpose}", stale_after=stale_after):
+                if fresh := sorted(key for key, _, _ in self.commit_marks() - marks):
+                    return _left_to_prune(chunks, f"{fresh[0]} was committed meanwhile and may use them")
+                deleted = 0
+                for chunk_id in chunks:
+                    with contextlib.suppress(ObjectLockedError):  # under Object Lock: prune takes it later
+                        self.store.delete(chunk_key(chunk_id))
+                        deleted += 1
+        except LifeboatError as exc:
+            return _left_to_prune(chunks, str(exc))
+        log.info("chunks.discarded", purpose=purpose, chunks=deleted)
+        return deleted
 
     # ---- locks -----------------------------------------------------------------------------
 
@@ -423,6 +550,8 @@ class SnapshotWriter:
         self._stale_after = stale_after
         self._exit = contextlib.ExitStack()
         self._known: set[str] | None = None
+        self._marks: frozenset[tuple[str, int, datetime]] = frozenset()
+        self._committed = False
         self.source = source
         self.kind = kind
         self.part = part
@@ -440,14 +569,27 @@ class SnapshotWriter:
         """The share of the source this writer takes (a part of a sharded run), None for all of it."""
         return self.part.shard if self.part else None
 
+    @property
+    def _purpose(self) -> str:
+        return f"backup {self.source}" + (f" shard {self.part.shard}" if self.part else "")
+
     def __enter__(self) -> SnapshotWriter:
-        purpose = f"backup {self.source}" + (f" shard {self.part.shard}" if self.part else "")
-        self._exit.enter_context(self.repository.lock("shared", purpose, stale_after=self._stale_after))
+        self._exit.enter_context(self.repository.lock("shared", self._purpose, stale_after=self._stale_after))
+        self._marks = self.repository.commit_marks()  # before the chunk listing: see discard_failed_write
         self._known = self.repository.stored_chunk_ids()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._exit.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        """Release the lock; after a failure before the commit, remove the chunks this write stored
+        new when no other writer can use them (``Repository.discard_failed_write``), so a failed
+        backup on a full disk frees the disk at once."""
+        try:
+            self._exit.close()
+        finally:
+            if kind is not None and not self._committed and self.stats.written:
+                self.repository.discard_failed_write(
+                    self.stats.written, self._marks, purpose=self._purpose, stale_after=self._stale_after
+                )
 
     @property
     def known(self) -> set[str]:
@@ -500,10 +642,26 @@ class SnapshotWriter:
             key = self.part.key(self.source) if self.part else manifest_key(self.source, self.id)
             sealed = self.repository.codec.encode(header.to_json(), name=key)
             put_bytes(self.repository.store, key, sealed)
+            self._committed = True
             self.stats.add(stored=len(sealed))
         event = "part.committed" if self.part else "snapshot.committed"
         log.info(event, snapshot=self.id, source=self.source, entries=self._count, status=status, key=key)
         return header
+
+
+_DAMAGED_ADVICE = "left out; `lifeboat check` names it, `lifeboat prune --forget-damaged` removes it"
+
+
+def _left_to_prune(chunks: list[str], why: str) -> int:
+    log.info("chunks.left_to_prune", chunks=len(chunks), reason=why)
+    return 0
+
+
+def _entry(line: bytes, header: SnapshotHeader) -> Entry:
+    try:
+        return Entry.from_line(line)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DamagedManifest(f"snapshot {header.id}: an entry is unreadable: {exc}", snapshot=header.id) from None
 
 
 def _retrying(store: Store) -> Store:

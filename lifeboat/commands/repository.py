@@ -135,15 +135,21 @@ def check(session: Session, read_data: bool, subset: str | None, as_json: bool) 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten and deleted; change nothing.")
+@click.option(
+    "--forget-damaged",
+    is_flag=True,
+    help="Also forget snapshots whose manifest is damaged (`check` names them); without it they are kept, and no chunk "
+    "is deleted while one is there.",
+)
 @json_option(help='Print {"forgotten", "kept", "chunks_deleted", ...} on stdout.')
 @pass_session
-def prune(session: Session, dry_run: bool, as_json: bool) -> None:
+def prune(session: Session, dry_run: bool, forget_damaged: bool, as_json: bool) -> None:
     """Apply every source's retention, then delete chunks no snapshot uses (after the grace period).
 
     Holds every source's lock (no backup or drill of this machine runs meanwhile); recorded in the state DB."""
     repository = session.repository()
     with open_operations(session.policy(), redact=session.redactor.text) as operations:
-        report = operations.prune(repository=lambda: repository, dry_run=dry_run)
+        report = operations.prune(repository=lambda: repository, dry_run=dry_run, forget_damaged=forget_damaged)
     if as_json:
         print_json(report.as_dict())
         return
@@ -158,6 +164,8 @@ def prune(session: Session, dry_run: bool, as_json: bool) -> None:
         f"({human_bytes(report.bytes_deleted)}); {report.chunks_in_grace} unreferenced chunk(s) still in the grace period"
         + (f"; {report.chunks_locked} under Object Lock, skipped" if report.chunks_locked else "")
     )
+    if report.chunks_kept_because:
+        click.echo(f"warning: {report.chunks_kept_because}", err=True)
 
 
 @click.command()

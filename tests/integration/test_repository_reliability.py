@@ -209,3 +209,69 @@ def test_backups_racing_an_aggressive_prune_never_lose_a_chunk(store_spec: dict[
         assert restored(repository, ids[-1])[1] == 11 % 3  # the newest snapshot is always kept
     finally:
         repository.close()
+
+
+# ---- a failed backup's own chunks -----------------------------------------------------------------
+
+
+class SourceWentAway(Exception):
+    pass
+
+
+def chunk_ids(repository: Repository) -> set[str]:
+    return repository.stored_chunk_ids()
+
+
+def test_a_failed_backup_removes_the_chunks_it_wrote_and_nothing_else(store_spec: dict[str, Any]) -> None:
+    Repository.init(make_store(store_spec)).close()
+    with Repository.open(make_store(store_spec)) as repository:
+        with repository.begin_snapshot("crash", "test") as writer:
+            stored = writer.write_stream(io.BytesIO(payload(1)))
+            writer.add(Entry("payload", stored.size, stored.sha256, stored.chunks, {"seed": 1}))
+            kept = writer.commit()
+        before = chunk_ids(repository)
+
+        with pytest.raises(SourceWentAway), repository.begin_snapshot("crash", "test") as writer:
+            writer.write_stream(io.BytesIO(payload(2)))  # half of it is shared with payload(1): reused, not new
+            assert writer.stats.chunks_new > 0 and writer.stats.chunks_reused > 0
+            raise SourceWentAway
+
+        assert chunk_ids(repository) == before  # the new chunks went at once, the reused ones stayed
+        assert list(repository.store.list("locks/")) == []
+        assert restored(repository, kept.id) == (payload(1), 1)
+
+
+def test_a_failed_backup_leaves_its_chunks_to_prune_while_another_writer_may_use_them(
+    store_spec: dict[str, Any],
+) -> None:
+    """Writer B starts after A stored its chunks and finds them in the store: it reuses them, not
+    uploads them again. When A fails while B is still writing, A must leave them alone."""
+    Repository.init(make_store(store_spec)).close()
+    with Repository.open(make_store(store_spec)) as repository:
+        first = repository.begin_snapshot("crash", "test").__enter__()
+        first.write_stream(io.BytesIO(payload(3)))
+        with repository.begin_snapshot("crash", "test") as second:
+            stored = second.write_stream(io.BytesIO(payload(3)))
+            assert second.stats.chunks_new == 0  # every chunk reused from the failing writer
+            first.__exit__(SourceWentAway, SourceWentAway(), None)  # A fails while B still writes
+            second.add(Entry("payload", stored.size, stored.sha256, stored.chunks, {"seed": 3}))
+            header = second.commit()
+        assert restored(repository, header.id) == (payload(3), 3)
+        assert check(repository, read_data=1.0).ok
+
+
+def test_a_failed_backup_keeps_chunks_a_snapshot_committed_meanwhile_uses(store_spec: dict[str, Any]) -> None:
+    """B starts after A stored its chunks, reuses them and commits before A fails: B's lock is gone,
+    but its manifest names A's chunks."""
+    Repository.init(make_store(store_spec)).close()
+    with Repository.open(make_store(store_spec)) as repository:
+        with pytest.raises(SourceWentAway), repository.begin_snapshot("crash", "test") as first:
+            first.write_stream(io.BytesIO(payload(4)))
+            with repository.begin_snapshot("crash", "test") as second:
+                stored = second.write_stream(io.BytesIO(payload(4)))
+                assert second.stats.chunks_new == 0
+                second.add(Entry("payload", stored.size, stored.sha256, stored.chunks, {"seed": 4}))
+                header = second.commit()
+            raise SourceWentAway
+        assert restored(repository, header.id) == (payload(4), 4)
+        assert check(repository, read_data=1.0).ok

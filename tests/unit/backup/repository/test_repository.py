@@ -217,6 +217,22 @@ def test_damaged_chunks_are_never_restored(repo: Repository, damage: str) -> Non
     assert len(out.getvalue()) <= 1 * MiB  # nothing past the damaged chunk was written
 
 
+def test_zstd_frames_carry_a_checksum_and_must_end_with_the_object() -> None:
+    import zstandard
+
+    from backup.repository.codec import ZSTD, Codec, CorruptObject
+
+    codec = Codec(None)
+    plaintext = b"feature,value\n" * 1000
+    stored = codec.encode(plaintext, name="x")
+    assert stored[0] == ZSTD and zstandard.get_frame_parameters(stored[1:]).has_checksum
+    old = bytes([ZSTD]) + zstandard.ZstdCompressor(level=3).compress(plaintext)  # repository format 1
+    assert codec.decode(old, name="x") == plaintext
+    for damaged in (stored[:-3], stored + b"\x00\x00", stored[:-1] + bytes([stored[-1] ^ 1])):
+        with pytest.raises(CorruptObject):
+            codec.decode(damaged, name="x")
+
+
 # ---- snapshots ----------------------------------------------------------------------------------
 
 
@@ -372,6 +388,7 @@ def test_a_permanent_store_error_is_reported_once_without_retries(tmp_path: Path
         with pytest.raises(StoreError, match="cannot write") as caught:
             backup_bytes(repository, os.urandom(4 * MiB))
         assert "chunks" in str(caught.value)
-    # 4 chunks and one lock file: each put tried once; retrying a permanent error would make 4 x 6
-    assert counting.calls["put"] - before <= 5
+    # 4 chunks and two lock files (the backup's; the one under which its failure removes what it
+    # stored): each put tried once; retrying a permanent error would make 4 x 6
+    assert counting.calls["put"] - before <= 6
     assert not list(LocalStore(tmp_path / "repo").list("snapshots/"))
