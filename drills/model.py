@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 REPORT_SCHEMA = "lifeboat.drill-report/v1"
+NOT_RUN_PREFIX = "not run: "  # how a step that never ran begins its message (the reason follows)
 
 
 class Status(StrEnum):
@@ -38,7 +39,11 @@ def combine(statuses: list[Status]) -> Status:
 @dataclass
 class Step:
     """One recorded step: ``select-snapshot``, ``rpo``, ``provision``, ``restore``, ``verify``,
-    ``fault:corrupt-chunk``, ..., ``teardown``."""
+    ``fault:corrupt-chunk``, ..., ``teardown``.
+
+    ``ran`` is False for a step that never ran because an earlier one did not pass: its verdict is
+    ERROR (nothing was proven), its message ``not run: <reason>``, and it took no time.
+    """
 
     name: str
     verdict: Status
@@ -46,6 +51,12 @@ class Step:
     finished: datetime
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    ran: bool = True
+
+    @classmethod
+    def not_run(cls, name: str, reason: str, at: datetime) -> Step:
+        """The record of step ``name``, which did not run because of ``reason``."""
+        return cls(name, Status.ERROR, at, at, NOT_RUN_PREFIX + reason, ran=False)
 
     @property
     def seconds(self) -> float:
@@ -60,17 +71,22 @@ class Step:
             "seconds": round(self.seconds, 3),
             "message": self.message,
             "details": self.details,
+            "ran": self.ran,
         }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Step:
+        verdict, message = Status(doc["verdict"]), doc["message"]
+        # Reports written before "ran" existed marked a step that never ran by its message alone.
+        ran = doc.get("ran", not (verdict is Status.ERROR and message.startswith(NOT_RUN_PREFIX)))
         return cls(
             doc["name"],
-            Status(doc["verdict"]),
+            verdict,
             datetime.fromisoformat(doc["started"]),
             datetime.fromisoformat(doc["finished"]),
-            doc["message"],
+            message,
             doc.get("details") or {},
+            bool(ran),
         )
 
 

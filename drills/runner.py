@@ -24,7 +24,7 @@ from drills.drift import check_drift
 from drills.faults import FAULTS, DrillContext
 from drills.model import DrillRun, Objectives, SourceRun, Status
 from drills.scratch.base import ScratchEnvironment, Slot
-from drills.steps import StepFailed, StepUnverified, step
+from drills.steps import StepFailed, StepUnverified, record_not_run, step
 from policies.durations import human_duration
 from policies.errors import IntegrityError, VerificationFailed
 from policies.model import Drill, Policy, SnapshotSelector
@@ -57,13 +57,26 @@ def run_drill(
         with step(run.steps, "lock-repository") as outcome:
             cleanup.enter_context(repository.lock("shared", f"drill {name}", stale_after=stale_after))
             outcome.message = "shared lock held: prune waits until the drill ends"
-        if run.steps[-1].verdict is Status.PASS:
-            for source_name in drill.sources:
-                source = make_source(source_name, policy.sources[source_name])
-                run.sources.append(_drill_source(source, drill, repository, scratch, clock))
+        locked = run.steps[-1]
+        for source_name in drill.sources:
+            if locked.verdict is Status.PASS:
+                record = _drill_source(
+                    make_source(source_name, policy.sources[source_name]), drill, repository, scratch, clock
+                )
+            else:
+                record = SourceRun(source=source_name, kind=policy.sources[source_name].kind)
+            record_not_run(record.steps, planned_steps(drill), cause=None if locked.verdict is Status.PASS else locked)
+            run.sources.append(record)
     run.finished = clock()
     log.info("drill.finished", drill=name, run_id=run.run_id, verdict=run.verdict.value, rto_seconds=run.rto_seconds)
     return run
+
+
+def planned_steps(drill: Drill) -> tuple[str, ...]:
+    """The steps a source goes through when each passes (teardown aside): those missing from a
+    source's record are recorded as not run, so a report never leaves them silently out."""
+    faults = (f"fault:{fault}" for fault in drill.faults)
+    return ("select-snapshot", "rpo", "provision", "restore", "rto", "verify", "drift", *faults)
 
 
 def _teardown(run: DrillRun, scratch: ScratchEnvironment) -> None:

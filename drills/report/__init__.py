@@ -1,7 +1,8 @@
-"""Drill reports (DESIGN section 6): JSON, JUnit XML, a self-contained HTML page, a text summary.
+"""Drill reports (DESIGN section 6): JSON, JUnit XML, a self-contained HTML page, a text summary,
+and the mail's HTML part.
 
-Every renderer is a pure function of a ``DrillRun`` (the HTML page also of earlier runs, for its
-trend charts); ``write_reports`` puts all four in a directory.
+Every renderer is a pure function of a ``DrillRun`` (the HTML page and the mail also of earlier
+runs, for their trends); ``write_reports`` puts the first four in a directory.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from drills.model import DrillRun
 from drills.report.html import render_html, trend_runs
 from drills.report.json_report import load_json, render_json
 from drills.report.junit import render_junit
+from drills.report.mail import render_email_html
 from drills.report.text import render_text, subject_line
 
 __all__ = [
     "REPORT_FILES",
     "load_json",
+    "render_email_html",
     "render_html",
     "render_json",
     "render_junit",

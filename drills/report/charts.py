@@ -1,8 +1,11 @@
 """Inline SVG trend charts for the HTML report: RTO and snapshot age (RPO) over the last runs.
 
 Plain SVG written by hand: no script, no external asset, so the page renders the same in a browser,
-a CI artifact viewer or a file opened months later. Every point carries a ``<title>`` tooltip.
-A run that did not measure a value leaves a gap in its line rather than a fake zero.
+a CI artifact viewer or a file opened months later. Every point carries a ``<title>`` tooltip with
+its value. A run that did not measure a value leaves a gap in its line rather than a fake zero.
+
+The y axis is scaled to the data, so sub-second restores still show their ups and downs; the
+objective is a dashed line when it is near the data, and a note above the plot when it is far above.
 """
 
 from __future__ import annotations
@@ -25,9 +28,37 @@ MAX_X_LABELS = 6
 PALETTE = ("#0969da", "#8250df", "#1b7c83", "#9a6700", "#bf3989", "#6e7781", "#0550ae", "#953800")
 TOTAL_COLOR = "#24292f"
 OBJECTIVE_COLOR = "#cf222e"
-# Gridline steps a reader can take in at a glance, in seconds: 1s .. 1w.
-NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
+# Gridline steps a reader can take in at a glance, in seconds: 10ms .. 1w.
+NICE_STEPS = (
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    172800,
+    604800,
+)
 MAX_TICKS = 5
+OBJECTIVE_IN_SCALE = 2.0  # an objective up to this many times the highest value is drawn; above, it is noted
 
 
 @dataclass(frozen=True)
@@ -142,15 +173,17 @@ class _Scale:
 
 
 def _scale(chart: Chart) -> _Scale:
-    """A y axis from 0 to a little above the largest value or the objective, in nice steps."""
+    """A y axis from 0 to a little above the largest value, in nice steps; it reaches up to the
+    objective too when the objective is near (within OBJECTIVE_IN_SCALE times the largest value)."""
     values = [value for series in chart.series for value in series.values if value is not None]
-    if chart.objective_seconds is not None:
-        values.append(chart.objective_seconds)
-    wanted = max(values, default=0.0) * 1.05  # headroom: a point on the top edge is hard to read
+    highest = max(values, default=0.0)
+    if chart.objective_seconds is not None and (highest <= 0 or chart.objective_seconds <= OBJECTIVE_IN_SCALE * highest):
+        highest = max(highest, chart.objective_seconds)
+    wanted = max(highest * 1.05, NICE_STEPS[0])  # headroom: a point on the top edge is hard to read
     step = next((nice for nice in NICE_STEPS if wanted / nice <= MAX_TICKS), None)
     if step is None:
         step = math.ceil(wanted / MAX_TICKS / NICE_STEPS[-1]) * NICE_STEPS[-1]
-    return _Scale(len(chart.runs), max(step, math.ceil(wanted / step) * step), step)
+    return _Scale(len(chart.runs), max(step, math.ceil(round(wanted / step, 6)) * step), step)
 
 
 def _grid(scale: _Scale) -> list[str]:
@@ -158,14 +191,24 @@ def _grid(scale: _Scale) -> list[str]:
     for index in range(round(scale.top / scale.step) + 1):
         tick = index * scale.step
         y = scale.y(tick)
+        label = _tick_label(tick, scale.step)
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + PLOT_W}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_tick_label(tick)}</text>')
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{label}</text>')
     return parts
 
 
-def _tick_label(seconds: float) -> str:
-    """An axis label: ``0``, ``30s``, ``5m``, ``1h30m``, ``18h``, ``1w``."""
-    return "0" if seconds <= 0 else objective(round(seconds))
+def _tick_label(seconds: float, step: float) -> str:
+    """An axis label: ``0``, ``0.25s``, ``0.5s``, ``30s``, ``5m``, ``1h30m``, ``18h``, ``1w``."""
+    if seconds <= 0:
+        return "0"
+    if step < 1:
+        return f"{seconds:.{1 if step >= 0.1 else 2}f}s"
+    return objective(round(seconds))
+
+
+def value_label(seconds: float) -> str:
+    """A measured value precise enough to tell sub-second runs apart: ``0.26s``, ``4.2s``, ``4m12s``."""
+    return f"{seconds:.2f}s" if seconds < 1 else measured(seconds)
 
 
 def _x_labels(runs: list[DrillRun], scale: _Scale) -> list[str]:
@@ -184,14 +227,21 @@ def _x_labels(runs: list[DrillRun], scale: _Scale) -> list[str]:
 
 
 def _objective_line(chart: Chart, scale: _Scale) -> list[str]:
+    """The objective as a dashed line, or, when it is far above the data, a note above the plot."""
     if chart.objective_seconds is None:
         return []
-    y = scale.y(chart.objective_seconds)
     label = f"objective {objective(chart.objective_seconds)}"
+    if chart.objective_seconds > scale.top:
+        return [
+            f'<text x="{LEFT + PLOT_W}" y="20" text-anchor="end" class="objective-label" fill="{OBJECTIVE_COLOR}">'
+            f"\u25b2 {escape(label)}, above the chart<title>{escape(label)}: far above every value shown"
+            "</title></text>"
+        ]
+    y = scale.y(chart.objective_seconds)
     return [
         f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + PLOT_W}" y2="{y:.1f}" class="objective" '
-        f'stroke="{OBJECTIVE_COLOR}" stroke-width="1.5" stroke-dasharray="6 4"/>',
-        f'<text x="{LEFT + PLOT_W}" y="{y - 5:.1f}" text-anchor="end" class="objective-label" '
+        f'stroke="{OBJECTIVE_COLOR}" stroke-width="1.5" stroke-dasharray="6 4"><title>{escape(label)}</title></line>',
+        f'<text x="{LEFT + 4}" y="{y - 5:.1f}" class="objective-label" '  # left: the newest points sit right
         f'fill="{OBJECTIVE_COLOR}">{escape(label)}</text>',
     ]
 
@@ -211,7 +261,7 @@ def _series(series: Series, runs: list[DrillRun], scale: _Scale) -> str:
             continue
         x, y = scale.x(index), scale.y(value)
         stretch.append(f"{x:.1f},{y:.1f}")
-        tip = f"{runs[index].started.isoformat(timespec='minutes')} {series.name}: {measured(value)}"
+        tip = f"{runs[index].started.isoformat(timespec='minutes')} {series.name}: {value_label(value)}"
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{series.color}" class="point">'
             f"<title>{escape(tip)}</title></circle>"

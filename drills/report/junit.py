@@ -3,6 +3,7 @@
 One ``<testsuite>`` per source (and one for run-level steps, if any), one ``<testcase>`` per step
 with ``classname="<drill>.<source>"``. FAIL becomes ``<failure>``, ERROR becomes ``<error>``: the
 two must stay apart, because "verified and wrong" and "could not verify" call for different work.
+A step that never ran (an earlier one did not pass) is ``<skipped>`` with the reason.
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ def _suite_element(suite: _Suite, run: DrillRun) -> ET.Element:
 def _set_counts(element: ET.Element, steps: list[Step]) -> None:
     element.set("tests", str(len(steps)))
     element.set("failures", str(sum(step.verdict is Status.FAIL for step in steps)))
-    element.set("errors", str(sum(step.verdict is Status.ERROR for step in steps)))
-    element.set("skipped", "0")
+    element.set("errors", str(sum(step.verdict is Status.ERROR and step.ran for step in steps)))
+    element.set("skipped", str(sum(not step.ran for step in steps)))
     element.set("time", _seconds(sum(step.seconds for step in steps)))
 
 
 def _testcase(classname: str, step: Step) -> ET.Element:
     case = ET.Element("testcase", classname=_clean(classname), name=_clean(step.name), time=_seconds(step.seconds))
+    if not step.ran:
+        ET.SubElement(case, "skipped", message=_clean(step.message)[:_MESSAGE_ATTRIBUTE_CHARS])
+        return case
     child = _CHILD_FOR.get(step.verdict)
     if child is not None:
         message = _clean(step.message) or "(no message)"

@@ -5,14 +5,16 @@ from __future__ import annotations
 from backup.sources.base import consistency_summary
 from drills.model import DrillRun, SourceRun
 from drills.report.common import (
-    VERDICT_MEANING,
     against,
     measured,
+    not_run_steps,
     objective,
     plural,
     run_seconds,
+    source_rto,
     unsuccessful_scopes,
     unsuccessful_steps,
+    verdict_meaning,
 )
 
 SUBJECT_PREFIX = "[lifeboat]"
@@ -38,13 +40,23 @@ def subject_line(run: DrillRun) -> str:
 
 
 def render_text(run: DrillRun) -> str:
-    """A short plain-text summary: the verdict, one line per source, then every failed or errored step."""
+    """A short plain-text summary: the verdict, what went wrong (each failed or errored step, then
+    what never ran), then one line per source."""
     lines = [
-        f"Lifeboat drill {run.drill}: {run.verdict.value} - {VERDICT_MEANING[run.verdict]}",
+        f"Lifeboat drill {run.drill}: {run.verdict.value} - {verdict_meaning(run)}",
         f"run {run.run_id}, started {run.started.isoformat(timespec='seconds')}, took {measured(run_seconds(run))}",
         f"total RTO {against(run.rto_seconds, run.objectives.rto_seconds)}",
         "",
     ]
+    problems = unsuccessful_steps(run)
+    skipped = not_run_steps(run)
+    if problems or skipped:
+        lines.append("What went wrong:")
+        for scoped in problems:
+            head = f"  {scoped.step.verdict.value:<5} {scoped.scope} / {scoped.step.name}: "
+            lines.append(head + _indent(scoped.step.message or "(no message)", " " * len(head)))
+        lines += [f"  {never.line()}" for never in skipped]
+        lines.append("")
     width = max((len(source.source) for source in run.sources), default=0)
     for source in run.sources:
         lines.append(_source_line(source, run, width))
@@ -52,17 +64,11 @@ def render_text(run: DrillRun) -> str:
             lines.append(f"  {'':<{width}}  consistency window {consistency_summary(source.consistency)}")
     if not run.sources:
         lines.append("no source was drilled")
-    problems = unsuccessful_steps(run)
-    if problems:
-        lines += ["", "Failed or errored steps:"]
-        for scoped in problems:
-            head = f"  {scoped.step.verdict.value:<5} {scoped.scope} / {scoped.step.name}: "
-            lines.append(head + _indent(scoped.step.message or "(no message)", " " * len(head)))
     return "\n".join(lines) + "\n"
 
 
 def _source_line(source: SourceRun, run: DrillRun, width: int) -> str:
-    rto = against(source.rto_seconds, run.objectives.rto_seconds)
+    rto = source_rto(source, run.objectives.rto_seconds)
     rpo = against(source.rpo_seconds, run.objectives.rpo_seconds)
     snapshot = source.snapshot or "no snapshot"
     return f"  {source.source:<{width}}  {source.verdict.value:<5}  RTO {rto}, RPO {rpo}, {snapshot}"

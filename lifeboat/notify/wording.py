@@ -12,7 +12,15 @@ from collections.abc import Sequence
 
 from backup.jobs import BackupResult
 from drills.model import DrillRun, Status
-from drills.report import render_html, render_json, render_junit, render_text, report_file_names, subject_line
+from drills.report import (
+    render_email_html,
+    render_html,
+    render_json,
+    render_junit,
+    render_text,
+    report_file_names,
+    subject_line,
+)
 from lifeboat.notify.base import Attachment, Notification
 from lifeboat.state.damage import StateDamage
 from lifeboat.state.records import utc_now
@@ -37,15 +45,18 @@ def drill_event(run: DrillRun) -> str:
 
 
 def drill_notification(run: DrillRun, *, history: Sequence[DrillRun] = ()) -> Notification:
-    """The notification of a drill run: subject line, text summary, HTML report (with trend charts over
-    ``history``, earlier runs of the drill), JSON + JUnit reports attached; event ``drill`` or ``drill-failure``."""
+    """The notification of a drill run: subject line, text summary, the mail-client HTML (failures
+    first, the last runs of ``history`` as a table), and attached the full HTML page (with trend
+    charts over ``history``, earlier runs of the drill), the JSON and the JUnit reports; event
+    ``drill`` or ``drill-failure``."""
     names = report_file_names(run)
     return Notification(
         event=drill_event(run),
         subject=subject_line(run),
         text=render_text(run),
-        html=render_html(run, history),
+        html=render_email_html(run, history),
         attachments=(
+            Attachment(names["html"], render_html(run, history).encode("utf-8"), "text/html"),
             Attachment(names["json"], render_json(run).encode("utf-8"), "application/json"),
             Attachment(names["junit"], render_junit(run).encode("utf-8"), "application/xml"),
         ),

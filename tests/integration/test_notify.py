@@ -31,7 +31,7 @@ from report_samples import failing_run, history, passing_run
 
 from backup.execute import free_port
 from backup.repository.retry import RetryPolicy
-from drills.report import render_json, render_junit, render_text, subject_line
+from drills.report import render_email_html, render_json, render_junit, render_text, subject_line
 from lifeboat.notify import (
     DeliveryResult,
     EmailNotifier,
@@ -95,9 +95,16 @@ def test_drill_mail_arrives_with_subject_bodies_and_reports(smtp_inbox: SmtpSink
     assert mail.get_content_type() == "multipart/mixed"
     assert mail.get_body(preferencelist=("plain",)).get_content() == render_text(run)
     html = mail.get_body(preferencelist=("html",)).get_content()
-    assert "FAIL</div>" in html and 'id="rto-chart"' in html
+    assert html == render_email_html(run, earlier)  # mail-client HTML: inline styles, no SVG, failures first
+    assert "<svg" not in html and "<style" not in html and "What went wrong" in html
     attachments = {part.get_filename(): part for part in mail.iter_attachments()}
-    assert sorted(attachments) == ["nightly-20260611T040000Z-0001.junit.xml", "nightly-20260611T040000Z-0001.report.json"]
+    assert sorted(attachments) == [
+        "nightly-20260611T040000Z-0001.junit.xml",
+        "nightly-20260611T040000Z-0001.report.html",
+        "nightly-20260611T040000Z-0001.report.json",
+    ]
+    page = attachments["nightly-20260611T040000Z-0001.report.html"]
+    assert page.get_content_type() == "text/html" and b'id="rto-chart"' in page.get_payload(decode=True)
     json_part = attachments["nightly-20260611T040000Z-0001.report.json"]
     junit_part = attachments["nightly-20260611T040000Z-0001.junit.xml"]
     assert json_part.get_content_type() == "application/json"

@@ -197,6 +197,7 @@ def test_a_mismatch_fails_the_verify_step_and_the_faults_are_not_run(policy: Pol
     assert "restored data differs from the snapshot: verification says mismatch" in message(run, "verify")
     assert steps["fault:verifier-canary"] is Status.ERROR
     assert "not run" in message(run, "fault:verifier-canary")
+    assert [step.name for step in run.sources[0].steps if not step.ran] == ["fault:verifier-canary"]
     assert not scratch.slots[0].tampered
     assert_cleaned_up(run, scratch)
 
@@ -208,9 +209,12 @@ def test_a_restore_that_raises_is_an_error_never_a_pass(policy: Policy, reposito
 
     assert run.verdict is Status.ERROR and run.sources[0].verdict is Status.ERROR
     steps = verdicts(run)
-    assert list(steps) == ["select-snapshot", "rpo", "provision", "restore", "drift", "fault:verifier-canary", "teardown"]
+    assert list(steps) == SOURCE_STEPS  # what never ran is recorded as not run, in its place
     assert steps["restore"] is Status.ERROR and "the scratch etcd refused the data dir" in message(run, "restore")
-    assert steps["fault:verifier-canary"] is Status.ERROR
+    not_run = [step for step in run.sources[0].steps if not step.ran]
+    assert [step.name for step in not_run] == ["rto", "verify", "fault:verifier-canary"]
+    assert all(step.verdict is Status.ERROR and step.message.startswith("not run: ") for step in not_run)
+    assert message(run, "rto") == "not run: restore ended in ERROR"
     assert run.sources[0].rto_seconds is None and run.rto_seconds is None
     assert_cleaned_up(run, scratch)
 
@@ -244,3 +248,38 @@ def test_an_unverifiable_copy_is_an_error(policy: Policy, repository: Repository
     assert run.verdict is Status.ERROR
     assert verdicts(run)["verify"] is Status.ERROR and "could not verify" in message(run, "verify")
     assert_cleaned_up(run, scratch)
+
+
+def test_a_source_whose_scratch_cannot_be_provisioned_lists_what_never_ran(policy: Policy, repository: Repository) -> None:
+    scratch = FakeScratch()
+    scratch.slot = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no space left on device"))  # type: ignore[method-assign]
+    run = drill(policy, repository, FakeSource(SOURCE), scratch)
+
+    assert run.verdict is Status.ERROR
+    steps = run.sources[0].steps
+    assert [(step.name, step.ran) for step in steps] == [
+        ("select-snapshot", True),
+        ("rpo", True),
+        ("provision", True),
+        ("restore", False),
+        ("rto", False),
+        ("verify", False),
+        ("drift", True),  # needs no scratch copy: the snapshot is still compared with the live source
+        ("fault:verifier-canary", False),
+    ]
+    assert message(run, "verify") == "not run: provision ended in ERROR"
+    assert run.sources[0].rto_seconds is None
+
+
+def test_a_drill_that_cannot_lock_the_repository_shows_every_source_as_not_run(
+    policy: Policy, repository: Repository
+) -> None:
+    with repository.lock("exclusive", "prune (test)", stale_after=3600):
+        run = drill(policy, repository, FakeSource(SOURCE), FakeScratch())
+
+    assert run.verdict is Status.ERROR
+    [source] = run.sources
+    assert source.source == SOURCE and source.kind == "etcd"
+    assert [step.name for step in source.steps] == SOURCE_STEPS[:-1]
+    assert not any(step.ran for step in source.steps)
+    assert all(step.message == "not run: lock-repository ended in ERROR" for step in source.steps)

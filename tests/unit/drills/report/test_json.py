@@ -52,3 +52,21 @@ def test_odd_step_details_do_not_stop_the_report() -> None:
 def test_anything_but_a_v1_report_is_refused_clearly(text: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         load_json(text)
+
+
+def test_a_step_that_never_ran_says_so_and_reads_back() -> None:
+    document = json.loads(render_json(erroring_run()))
+    models = document["sources"][2]["steps"]
+    assert [(step["name"], step["ran"]) for step in models] == [
+        ("select-snapshot", True),
+        ("rpo", True),
+        ("provision", True),
+        ("restore", False),
+        ("verify", False),
+        ("fault:corrupt-chunk", False),
+    ]
+    assert set(models[0]) == {"name", "verdict", "started", "finished", "seconds", "message", "details", "ran"}
+    for step in models:
+        del step["ran"]  # a report written before the key existed
+    again = DrillRun.from_dict(document)
+    assert [step.ran for step in again.sources[2].steps] == [True, True, True, False, False, False]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from report_samples import PROVISION_ERROR, VERIFY_FAILED, erroring_run, failing_run, passing_run, step
+from report_samples import PROVISION_ERROR, PROVISION_NOT_RUN, VERIFY_FAILED, erroring_run, failing_run, passing_run, step
 
 from drills.model import Status
 from drills.report import render_junit
@@ -45,7 +45,7 @@ def test_a_failed_step_is_a_failure_not_an_error() -> None:
     root = parse(render_junit(failing_run()))
     assert counts(root) == (21, 1, 0)
     suite = root.find("testsuite[@name='nightly.features']")
-    assert suite is not None and counts(suite) == (7, 1, 0)
+    assert suite is not None and counts(suite) == (7, 1, 0) and suite.get("skipped") == "1"
     [failure] = root.iter("failure")
     assert list(root.iter("error")) == []
     verify = suite.find("testcase[@name='verify']")
@@ -55,9 +55,9 @@ def test_a_failed_step_is_a_failure_not_an_error() -> None:
 
 def test_an_errored_step_is_an_error_not_a_failure() -> None:
     root = parse(render_junit(erroring_run()))
-    assert counts(root) == (18, 0, 1)
+    assert counts(root) == (20, 0, 1)
     suite = root.find("testsuite[@name='nightly.models']")
-    assert suite is not None and counts(suite) == (4, 0, 1)
+    assert suite is not None and counts(suite) == (6, 0, 1)
     [error] = root.iter("error")
     assert list(root.iter("failure")) == []
     assert error.get("message") == PROVISION_ERROR and error.get("type") == "ERROR"
@@ -80,3 +80,16 @@ def test_any_message_still_gives_a_parsable_file() -> None:
     [failure] = parse(render_junit(run)).iter("failure")
     assert failure.get("message") == 'clickhouse said "<Code: 60> & table missing" \ufffd[31mred\ufffd[0m \ufffd'
     assert failure.text is not None and failure.text.endswith("\nsecond line")
+
+
+def test_steps_that_never_ran_are_skipped_with_the_reason() -> None:
+    root = parse(render_junit(erroring_run()))
+    assert root.get("skipped") == "3"
+    suite = root.find("testsuite[@name='nightly.models']")
+    assert suite is not None and suite.get("skipped") == "3"
+    skipped = {case.get("name"): case.find("skipped") for case in suite.findall("testcase")}
+    for name in ("restore", "verify", "fault:corrupt-chunk"):
+        element = skipped[name]
+        assert element is not None and element.get("message") == f"not run: {PROVISION_NOT_RUN}"
+    [error] = root.iter("error")
+    assert skipped["provision"] is None and error.get("message") == PROVISION_ERROR

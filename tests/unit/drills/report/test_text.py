@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from report_samples import PROVISION_ERROR, VERIFY_FAILED, drill_run, erroring_run, failing_run, passing_run, source_run
+from report_samples import (
+    PROVISION_ERROR,
+    VERIFY_FAILED,
+    drill_run,
+    erroring_run,
+    failing_run,
+    late_run,
+    passing_run,
+    source_run,
+)
 
 from drills.model import Status
 from drills.report import render_text, subject_line
@@ -38,18 +47,22 @@ def test_summary_of_a_passing_run() -> None:
     assert not any("Failed or errored" in line for line in lines)
 
 
-def test_summary_lists_the_failed_step_with_its_message() -> None:
+def test_summary_lists_the_failed_step_with_its_message_before_the_sources() -> None:
     text = render_text(failing_run())
     assert text.startswith("Lifeboat drill nightly: FAIL")
-    assert "Failed or errored steps:\n  FAIL  features / verify: " + VERIFY_FAILED + "\n" in text
+    assert "What went wrong:\n  FAIL  features / verify: " + VERIFY_FAILED + "\n" in text
+    assert "  not run on features: fault:corrupt-chunk (the restored copy it needs was not verified)\n" in text
+    assert text.index("What went wrong:") < text.index("  k8s-etcd ")
 
 
 def test_summary_of_an_unverified_run_says_it_is_not_a_pass() -> None:
     text = render_text(erroring_run())
     assert text.splitlines()[0] == "Lifeboat drill nightly: ERROR - something could not be verified: this is not a pass"
     assert "total RTO n/a (objective 30m)" in text
-    assert "  models    ERROR  RTO n/a (objective 30m), RPO 30m00s of 26h objective" in text
+    assert "  models    ERROR  RTO not run, RPO 30m00s of 26h objective" in text
     assert f"  ERROR models / provision: {PROVISION_ERROR}" in text
+    assert "  not run on models: restore, verify, fault:corrupt-chunk (provision ended in ERROR)" in text
+    assert "ERROR models / restore" not in text  # a step that never ran is not a cause
 
 
 def test_a_multi_line_message_stays_readable() -> None:
@@ -86,3 +99,11 @@ def test_each_report_shows_a_snapshots_consistency_window() -> None:
     assert "features.a at 2026-11-30T02:00:03+00:00 (pinned again)" in lines[at + 1]
     assert "consistency window 3.0s" in render_html(run)
     assert load_json(render_json(run)).sources[1].consistency == window
+
+
+def test_a_fail_on_objectives_alone_says_which_and_by_how_much() -> None:
+    first = render_text(late_run()).splitlines()[0]
+    assert first == (
+        "Lifeboat drill nightly: FAIL - missed its objectives: features RTO 35m00s, 5m00s over the 30m objective; "
+        "models RPO 30h00m, 4h00m over the 26h objective"
+    )
