@@ -806,8 +806,7 @@ def test_an_auth_enabled_snapshot_verifies_with_the_sources_credentials(tmp_path
         server_logs.register("etcd (locked)", etcd.log_tail)
         seed_leases_and_auth(etcd.endpoint)
         etcdctl_as(etcd.endpoint, "auth", "enable")
-        extra = "    user: root\n    password: pw-root\n"
-        config = write_policy(tmp_path / "lifeboat", [etcd.endpoint], extra=extra)
+        config = write_policy(tmp_path / "lifeboat", [etcd.endpoint], user="root", password="pw-root")
         snapshot = backup_json(config)
         header = header_of(config, snapshot["id"])
         source = EtcdSource(SOURCE, EtcdSettings(kind="etcd", endpoints=[etcd.endpoint], user="root", password="pw-root"))
