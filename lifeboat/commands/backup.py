@@ -224,7 +224,8 @@ def _options(
 @pass_session
 def restore(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
     """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes.
-    A suspicious snapshot (given by id) is restored with a WARNING line on stderr."""
+    A suspicious snapshot (given by id) is restored with a WARNING line on stderr. Exit 3 when the
+    copy was written but could not be verified (the plan says why)."""
     options, header = _options(session, source, at_text, values)
     anomalies = _warn_if_suspicious(header)
     repository = session.repository()
@@ -236,6 +237,8 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
         print_json({**result.as_dict(), "suspicious": anomalies is not None, "anomalies": anomalies or []})
     else:
         _print_restore(result)
+    if result.figures.get("verification", {}).get("verdict") == Verdict.UNVERIFIED:
+        click.get_current_context().exit(EXIT_UNVERIFIED)
 
 
 @click.command()

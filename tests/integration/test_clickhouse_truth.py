@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from clickhouse_driver import Client
+from helpers import init_repository
+from policy_builder import PolicyBuilder
 
 from backup.jobs import run_backup
 from backup.repository import open_repository
@@ -247,32 +248,12 @@ def test_a_user_that_may_lift_its_limits_or_has_none_backs_up_every_row(
 
 
 def _policy(root: Path, server: ClickHouseProcess, database: str) -> Path:
-    config = root / "lifeboat.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            repository: {{url: "file://{root}/repo"}}
-            state: {root}/state.db
-            sources:
-              {SOURCE}:
-                kind: clickhouse
-                host: 127.0.0.1
-                port: {server.tcp_port}
-                http_port: {server.http_port}
-                databases: [{database}]
-            scratch:
-              kind: local
-              local:
-                workdir: {root}/scratch
-                clickhouse: {{host: 127.0.0.1, port: {server.tcp_port}, http_port: {server.http_port}}}
-            drills:
-              nightly:
-                sources: [{SOURCE}]
-                objectives: {{rto: 30m, rpo: 1h}}
-            """
-        )
-    )
-    return config
+    ports = {"port": server.tcp_port, "http_port": server.http_port}
+    policy = PolicyBuilder(root / "repo", state=root / "state.db")
+    policy.source(SOURCE, "clickhouse", host="127.0.0.1", **ports, databases=[database])
+    policy.scratch("local", local={"workdir": root / "scratch", "clickhouse": {"host": "127.0.0.1", **ports}})
+    policy.drill("nightly", sources=[SOURCE], objectives={"rto": "30m", "rpo": "1h"})
+    return init_repository(policy.write(root / "lifeboat.yaml"))
 
 
 def lifeboat(config: Path, *args: str) -> Result:
@@ -334,5 +315,47 @@ def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
         assert steps["restore"][0] == "FAIL", steps
         assert "differs from the snapshot" in steps["restore"][1] and "partition 202609" in steps["restore"][1]
         assert (report["verdict"], run["verdict"], drilled.exit_code) == ("FAIL", "FAIL", 1)
+    finally:
+        http(clickhouse_server, f"DROP DATABASE IF EXISTS {copy}")
+
+
+def _forget_definitions(repository: Repository, snapshot_id: str) -> None:
+    """Rewrite the snapshot's manifest as an older Lifeboat wrote it: no recorded table definitions."""
+    header = repository.read_header(snapshot_id)
+    fingerprint = {key: value for key, value in header.fingerprint.items() if key != "definitions"}
+    key = manifest_key(header.source, header.id)
+    put_bytes(repository.store, key, repository.codec.encode(replace(header, fingerprint=fingerprint).to_json(), name=key))
+
+
+def test_a_snapshot_without_recorded_definitions_restores_but_is_never_called_verified(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db, copy = clickhouse_database, f"{clickhouse_database}_old"
+    http(clickhouse_server, f"CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree ORDER BY k")
+    http(clickhouse_server, f"INSERT INTO {db}.events SELECT toDate('2026-09-01'), number FROM numbers(100)")
+    config = _policy(tmp_path, clickhouse_server, db)
+    backed = lifeboat(config, "backup", "run", "--json")
+    assert backed.exit_code == 0, backed.output
+    [snapshot] = json.loads(backed.stdout)["snapshots"]
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
+    try:
+        _forget_definitions(repository, snapshot["id"])
+    finally:
+        repository.close()
+
+    target = ["--to-host", "127.0.0.1", "--to-port", str(clickhouse_server.tcp_port), "--to-database", copy]
+    target += ["--to-http-port", str(clickhouse_server.http_port)]
+    try:
+        restored = lifeboat(config, "restore", SOURCE, *target, "--json")
+        assert restored.exit_code == 3, restored.output  # written, not proven
+        document = json.loads(restored.stdout)
+        assert document["verification"]["verdict"] == "unverified"
+        assert any(line.startswith("NOT VERIFIED: ") and "records no table definitions" in line for line in document["plan"])
+        assert http(clickhouse_server, f"SELECT count() FROM {copy}.events").strip() == b"100"
+
+        drilled = lifeboat(config, "drill", "run", "nightly", "--json", "--no-email")
+        [run] = json.loads(drilled.stdout)["sources"]
+        steps = {step["name"]: step["verdict"] for step in run["steps"]}
+        assert (steps["restore"], steps["verify"], drilled.exit_code) == ("PASS", "ERROR", 3)
     finally:
         http(clickhouse_server, f"DROP DATABASE IF EXISTS {copy}")
