@@ -47,6 +47,7 @@ COMMANDS = {
     "demo": "lifeboat.demo:demo",
     "status": "lifeboat.commands.service:status",
     "serve": "lifeboat.commands.service:serve",
+    "doctor": "lifeboat.commands.doctor:doctor",
 }
 COMMAND_LINE = "lifeboat.command_line"  # ctx.meta: the words after `lifeboat`
 EXIT_INTERRUPTED = 130

@@ -22,6 +22,7 @@ from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
 
 if TYPE_CHECKING:
+    from backup.doctor import Finding
     from backup.repository.maintenance import PruneHook
 
 SOURCES: dict[str, str] = {
@@ -58,6 +59,12 @@ def prune_hooks() -> dict[str, PruneHook]:
     """The prune hook of every kind that has one, by kind: what ``prune`` is given."""
     kinds = [source_kind(kind) for kind in SOURCES]
     return {kind.name: _resolve(kind.prune_hook)() for kind in kinds if kind.prune_hook}
+
+
+def source_doctor(kind: str) -> Callable[..., list[Finding]] | None:
+    """The preflight checks of ``kind`` (``lifeboat doctor``), or None for a kind without any."""
+    checks = source_kind(kind).doctor
+    return None if checks is None else _resolve(checks)
 
 
 def restore_flags() -> dict[RestoreFlag, list[str]]:

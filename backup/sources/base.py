@@ -108,6 +108,7 @@ class SourceKind:
     target_credentials: tuple[str, ...] = ()  # target options drills set for scratch servers; never CLI flags
     part_merge: str | None = None  # (Merging) -> SnapshotOutcome, for a kind whose backups can be sharded
     prune_hook: str | None = None  # a PruneHook class, for a kind that keeps data outside chunks and manifests
+    doctor: str | None = None  # (name, settings, *, repository) -> list[Finding], for ``lifeboat doctor``
 
     @property
     def target_options(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from backup.doctor import Finding
 from backup.repository.retry import RetryPolicy
 from policies.errors import ConfigError
 from policies.model import Secret, reveal
@@ -79,6 +80,10 @@ class Notifier(Protocol):
 
     def send(self, message: Notification) -> DeliveryResult:
         """Deliver ``message`` with retries; never raise."""
+        ...
+
+    def doctor(self) -> list[Finding]:
+        """Check the channel without sending anything (``lifeboat doctor``); never raise."""
         ...
 
 

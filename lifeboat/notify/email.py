@@ -14,11 +14,13 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
+from backup.doctor import DOCTOR_TIMEOUT, Finding, Problem, probe
 from lifeboat.notify.base import (
     Notification,
     PermanentDeliveryError,
     RetryingNotifier,
     describe,
+    mask,
     read_secret,
     secret_values,
 )
@@ -61,6 +63,47 @@ class EmailNotifier(RetryingNotifier[EmailSettings]):
                 client.send_message(mail, from_addr=self.settings.sender, to_addrs=list(self.settings.to))
             except smtplib.SMTPException as exc:
                 raise _classify(exc) from exc
+
+    def doctor(self) -> list[Finding]:
+        """Connect, EHLO, STARTTLS and AUTH as configured, then QUIT: no mail is sent."""
+        return [
+            probe(
+                f"notifier {self.name}",
+                f"smtp {self.target()}",
+                self._handshake,
+                fix="check notify.*.smtp host, port, TLS and credentials",
+            )
+        ]
+
+    def _handshake(self) -> str:
+        smtp = self.settings.smtp
+        timeout = min(smtp.timeout.total_seconds(), DOCTOR_TIMEOUT)
+        context = ssl.create_default_context()
+        try:
+            client = (
+                smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=timeout, context=context)
+                if smtp.ssl
+                else smtplib.SMTP(smtp.host, smtp.port, timeout=timeout)
+            )
+        except OSError as exc:
+            raise Problem(f"cannot connect to {self.target()}: {describe(exc)}", "check smtp.host and smtp.port") from None
+        done = ["connected"]
+        with client:
+            try:
+                client.ehlo()
+                if smtp.starttls:
+                    client.starttls(context=context)
+                    done.append("STARTTLS")
+                password = read_secret(smtp.password)
+                if smtp.user is not None and password is not None:
+                    client.login(smtp.user, password)
+                    done.append(f"logged in as {smtp.user}")
+            except (smtplib.SMTPException, OSError) as exc:
+                text = mask(describe(exc), self.secrets())
+                raise Problem(
+                    f"{', '.join(done)}, then: {text}", "check smtp.starttls / ssl, smtp.user and smtp.password"
+                ) from None
+        return ", ".join(done) + "; nothing sent"
 
 
 def build_email(settings: EmailSettings, message: Notification) -> EmailMessage:

@@ -8,10 +8,13 @@ other 4xx answers are not, since the same request would be refused again.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from backup.doctor import DOCTOR_TIMEOUT, Finding, Problem, probe
 from lifeboat import __version__
 from lifeboat.notify.base import (
     Notification,
@@ -57,6 +60,30 @@ class WebhookNotifier(RetryingNotifier[WebhookSettings]):
                 raise PermanentDeliveryError(f"the value of header {name} holds a line break")
             headers[name] = value
         return headers
+
+    def doctor(self) -> list[Finding]:
+        """A TCP connection to the webhook's host and port (TLS handshake for https): nothing is sent."""
+        return [
+            probe(
+                f"notifier {self.name}",
+                f"webhook {self.target()}",
+                self._connect,
+                fix="check the webhook url and the network",
+            )
+        ]
+
+    def _connect(self) -> str:
+        parts = urlsplit(self.settings.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        timeout = min(self.settings.timeout.total_seconds(), DOCTOR_TIMEOUT)
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as connection:
+                if parts.scheme == "https":
+                    ssl.create_default_context().wrap_socket(connection, server_hostname=host).close()
+        except OSError as exc:
+            raise Problem(f"cannot connect to {host}:{port}: {exc}") from None
+        return f"{host}:{port} accepts connections" + (" and TLS" if parts.scheme == "https" else "") + "; nothing sent"
 
 
 def webhook_body(message: Notification) -> bytes:

@@ -15,4 +15,5 @@ KIND = SourceKind(
     target_credentials=("to_user", "to_password"),
     part_merge="backup.sources.clickhouse.merge:merge_parts",
     prune_hook="backup.sources.clickhouse.chain:NativeBackupPruning",
+    doctor="backup.sources.clickhouse.doctor:doctor",
 )

@@ -96,6 +96,15 @@ class EtcdGateway:
         self._send("GET", "/version")
         return str(self._receive("/version").get("etcdserver", "unknown"))
 
+    def health(self) -> dict[str, Any]:
+        """``/health``: ``{"health": "true"}`` on a member that has a leader and answers reads."""
+        self._send("GET", "/health")
+        return self._receive("/health")
+
+    def status(self) -> dict[str, Any]:
+        """The maintenance status call (``/v3/maintenance/status``): version, db size, leader, raft term."""
+        return self._call("/v3/maintenance/status", {})
+
     def request_keys(self, start: bytes, *, revision: int = 0, limit: int = CENSUS_PAGE, values: bool = False) -> None:
         """Ask for up to ``limit`` keys >= ``start`` in key order at ``revision`` (0: the current one),
         with their values and revisions when ``values``; ``read_keys`` collects the answer, so the

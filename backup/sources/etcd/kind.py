@@ -12,4 +12,5 @@ KIND = SourceKind(
         RestoreFlag("initial_cluster", "e.g. n1=https://10.0.0.11:2380,n2=..."),
         RestoreFlag("initial_advertise_peer_urls", "this member's peer URLs."),
     ),
+    doctor="backup.sources.etcd.doctor:doctor",
 )

@@ -15,4 +15,5 @@ KIND = SourceKind(
     ),
     target_credentials=("to_access_key_id", "to_secret_access_key"),
     part_merge="backup.sources.s3.merge:merge_parts",
+    doctor="backup.sources.s3.doctor:doctor",
 )
