@@ -23,7 +23,9 @@ from policies.sizes import human_bytes
     help="The policy file of the target: its `repository:` section (URL, credentials, key) is used.",
 )
 @click.option("--source", "sources", multiple=True, help="Only this source's snapshots (repeatable).")
-@click.option("--snapshot", "snapshot_ids", multiple=True, metavar="ID", help="Only this snapshot (repeatable; latest, prefixes).")
+@click.option(
+    "--snapshot", "snapshot_ids", multiple=True, metavar="ID", help="Only this snapshot (repeatable; latest, prefixes)."
+)
 @json_option(help='Print {"ok", "target", "snapshots": [{"id", "status", ...}], "chunks_written", "bytes_written"}.')
 @pass_session
 def copy(
