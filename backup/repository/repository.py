@@ -3,6 +3,7 @@
 Layout under the store's prefix::
 
     config.json                                 format, id, chunk size, encryption parameters
+    keys/<key id>.json                          the data key wrapped by one key file (keys.py)
     chunks/ab/<chunk id>                        one sealed chunk (see codec.py)
     snapshots/<source>/<snapshot id>.json.zst   a manifest: the commit point of a snapshot
     locks/<uuid>.json                           shared / exclusive locks (locks.py)
@@ -35,7 +36,8 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from backup.repository.codec import Codec, CorruptObject, Keys
+from backup.repository.codec import KEY_BYTES, Codec, CorruptObject, Keys
+from backup.repository.keys import WRAPPED_KEYS, RepositoryKeyError, unwrap_data_key, wrap, write_key
 from backup.repository.locks import LockKind, list_locks, repository_lock
 from backup.repository.manifest import (
     ChunkRef,
@@ -66,10 +68,6 @@ CHUNK_SIZE = 1024 * 1024
 DEFAULT_WORKERS = 4
 _VERSION = "0.1.0"
 log = structlog.get_logger(__name__)
-
-
-class RepositoryKeyError(LifeboatError):
-    """The key given does not open this repository (or one is missing)."""
 
 
 class RepositoryNotFound(StoreError):
@@ -166,10 +164,21 @@ class StoredStream:
 class Repository:
     """Chunks and snapshots in one store. Thread-safe; holds a small pool of transfer threads."""
 
-    def __init__(self, store: Store, config: RepositoryConfig, codec: Codec, *, workers: int = DEFAULT_WORKERS):
+    def __init__(
+        self,
+        store: Store,
+        config: RepositoryConfig,
+        codec: Codec,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        data_key: bytes | None = None,
+        key_id: str | None = None,
+    ):
         self.store = store
         self.config = config
         self.codec = codec
+        self.data_key = data_key  # the master of codec's keys (key rotation wraps it: keys.py)
+        self.key_id = key_id  # the key object the key file opened; None before key objects
         self.url = store.url
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lifeboat-chunk")
@@ -178,47 +187,63 @@ class Repository:
 
     @classmethod
     def init(cls, store: Store, *, key: bytes | None = None, chunk_size: int = CHUNK_SIZE, level: int = 3) -> Repository:
-        """Create a repository in an empty store; refuse if one is there already."""
+        """Create a repository in an empty store; refuse if one is there already. With ``key`` (a key
+        file's), it is encrypted with a new random data key that ``key`` wraps (keys.py)."""
         store = _retrying(store)
         if store.exists(CONFIG_KEY):
             raise StoreError(f"{store.url} already holds a repository (config.json exists); not touching it")
+        repository_id = uuid.uuid4().hex
         encryption = None
-        keys = None
+        keys = data_key = identity = None
         if key is not None:
-            salt = os.urandom(16)
-            keys = Keys.derive(key, salt)
-            encryption = {"cipher": "AES-256-GCM", "kdf": "HKDF-SHA256", "salt": salt.hex(), "key_check": keys.check_value()}
-        config = RepositoryConfig(uuid.uuid4().hex, datetime.now(UTC).isoformat(), chunk_size, level, encryption)
+            salt, data_key = os.urandom(16), os.urandom(KEY_BYTES)
+            keys = Keys.derive(data_key, salt)
+            encryption = {
+                "cipher": "AES-256-GCM",
+                "kdf": "HKDF-SHA256",
+                "salt": salt.hex(),
+                "key_check": keys.check_value(),
+                "wrapped_keys": WRAPPED_KEYS,
+            }
+            wrapped = wrap(data_key, key, repository_id=repository_id)
+            write_key(store, wrapped)  # before config.json: a repository is there once config.json is
+            identity = wrapped.id
+        config = RepositoryConfig(repository_id, datetime.now(UTC).isoformat(), chunk_size, level, encryption)
         put_bytes(store, CONFIG_KEY, config.to_json())
         log.info("repository.created", url=store.url, encrypted=key is not None)
-        return cls(store, config, Codec(keys, level=level))
+        return cls(store, config, Codec(keys, level=level), data_key=data_key, key_id=identity)
 
     @classmethod
     def open(cls, store: Store, *, key: bytes | None = None) -> Repository:
-        """Open an existing repository; raises StoreError (none there, unknown format) or RepositoryKeyError."""
+        """Open an existing repository with a key file's ``key``; raises StoreError (none there, unknown
+        format) or RepositoryKeyError (missing, wrong or removed key)."""
         store = _retrying(store)
         try:
             raw = get_bytes(store, CONFIG_KEY)
         except ObjectNotFound:
             raise RepositoryNotFound(f"no repository at {store.url}: create it with `lifeboat repo init`") from None
         config = RepositoryConfig.from_json(raw, store.url)
-        keys = None
+        keys = data_key = identity = None
         if config.encryption:
             if key is None:
                 raise RepositoryKeyError(f"{store.url} is encrypted: set repository.encryption.key_file")
-            keys = Keys.derive(key, bytes.fromhex(config.encryption["salt"]))
+            if config.encryption.get("wrapped_keys"):
+                data_key, identity = unwrap_data_key(store, key, repository_id=config.id)
+            else:  # made before key objects: the key file is the data key (keys.py)
+                data_key = key
+            keys = Keys.derive(data_key, bytes.fromhex(config.encryption["salt"]))
             if keys.check_value() != config.encryption["key_check"]:
                 raise RepositoryKeyError(f"wrong repository key: it does not open {store.url}")
         elif key is not None:
             raise RepositoryKeyError(f"{store.url} is not encrypted, but a key file is configured: remove one or the other")
-        return cls(store, config, Codec(keys, level=config.compression_level))
+        return cls(store, config, Codec(keys, level=config.compression_level), data_key=data_key, key_id=identity)
 
     def with_store(self, wrap: Callable[[Store], Store], *, retry: RetryPolicy | None = None) -> Repository:
         """The same repository read through ``wrap(store)`` (the drills' fault injection sits there,
         between the retries and the real store). Close it when done."""
         inner = self.store.inner if isinstance(self.store, RetryingStore) else self.store
         store = RetryingStore(wrap(inner), retry) if retry else RetryingStore(wrap(inner))
-        return Repository(store, self.config, self.codec, workers=self.workers)
+        return Repository(store, self.config, self.codec, workers=self.workers, data_key=self.data_key, key_id=self.key_id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,13 +1,18 @@
-"""Repository commands: ``repo init``, ``snapshots list|show``, ``check``, ``prune``, ``unlock``."""
+"""Repository commands: ``repo init``, ``repo key add|list|remove``, ``snapshots list|show``, ``check``,
+``prune``, ``unlock``."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
 from backup.repository import init_repository
+from backup.repository.codec import new_key_file as new_key_file_
+from backup.repository.codec import read_key_file
+from backup.repository.key_rotation import add_key, remove_key, repository_keys
 from backup.repository.locks import LockInfo, ThisHost, list_locks, remove_locks, stale_reason
 from backup.sources.base import consistency_summary
 from lifeboat.context import EXIT_FAILED, Session, find_header, json_option, pass_session, print_json, unknown_name
@@ -18,7 +23,7 @@ from policies.sizes import human_bytes
 
 @click.group()
 def repo() -> None:
-    """Create the configured repository."""
+    """Create the configured repository; rotate its key."""
 
 
 @repo.command("init")
@@ -40,6 +45,80 @@ def repo_init(session: Session, as_json: bool) -> None:
         else "unencrypted"
     )
     click.echo(f"created repository {repository.url} ({how})")
+
+
+@repo.group("key")
+def repo_key() -> None:
+    """Rotate the repository key without rewriting data: the data key is wrapped by each key file
+    (keys/<id>.json); add a new key file, point repository.encryption.key_file at it, remove the old."""
+
+
+@repo_key.command("add")
+@click.option(
+    "--new-key-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The new key file; generated (mode 0600) when it does not exist.",
+)
+@json_option(help='Print {"added": {"id", "created", "key_file"}, "migrated", "in_use"} on stdout.')
+@pass_session
+def repo_key_add(session: Session, new_key_file: Path, as_json: bool) -> None:
+    """Let a new key file open the repository too (the configured key file must open it now). The
+    first key add on a repository from before key objects migrates it in place (no data rewritten)."""
+    repository = session.repository()
+    repository_keys(repository)  # an unencrypted repository: say so before making a key file
+    created = not new_key_file.exists()
+    if created:
+        new_key_file_(new_key_file)
+    added, migrated = add_key(repository, read_key_file(new_key_file))
+    if as_json:
+        document = {**added.summary(), "key_file": str(new_key_file), "generated": created}
+        print_json({"added": document, "migrated": migrated, "in_use": repository.key_id})
+        return
+    if migrated:
+        click.echo(f"migrated {repository.url} to key objects: key {repository.key_id} is the configured key file")
+    made = "generated " if created else ""
+    click.echo(f"added key {added.id} ({made}{new_key_file}) to {repository.url}")
+    click.echo(
+        f"next: set repository.encryption.key_file to {new_key_file} in the policy, then retire the old key with "
+        f"`lifeboat repo key remove {repository.key_id}`; keep a copy of the new key outside this machine"
+    )
+
+
+@repo_key.command("list")
+@json_option(help='Print {"wrapped", "keys": [{"id", "created", "in_use"}]} on stdout.')
+@pass_session
+def repo_key_list(session: Session, as_json: bool) -> None:
+    """The repository's keys: id, when it was added, which one the configured key file is."""
+    repository = session.repository()
+    listing = repository_keys(repository)
+    if as_json:
+        keys = [{**wrapped.summary(), "in_use": wrapped.id == listing.in_use} for wrapped in listing.keys]
+        print_json({"wrapped": listing.wrapped, "keys": keys})
+        return
+    if not listing.wrapped:
+        click.echo(
+            f"{repository.url}: one key, the configured key file, which is the data key itself "
+            "(from before key objects); `lifeboat repo key add` wraps it and adds another"
+        )
+        return
+    rows = [(w.id, w.created[:19].replace("T", " "), "yes" if w.id == listing.in_use else "") for w in listing.keys]
+    _table(("ID", "CREATED (UTC)", "IN USE"), rows)
+
+
+@repo_key.command("remove")
+@click.argument("key_id", metavar="ID")
+@json_option(help='Print {"removed": ID} on stdout.')
+@pass_session
+def repo_key_remove(session: Session, key_id: str, as_json: bool) -> None:
+    """Remove a key: its key file no longer opens the repository. Refuses the last key and the one
+    the policy's key file is."""
+    repository = session.repository()
+    removed = remove_key(repository, key_id)
+    if as_json:
+        print_json({"removed": removed.id})
+        return
+    click.echo(f"removed key {removed.id} from {repository.url}")
 
 
 @click.group()

@@ -137,6 +137,8 @@ JSON_COMMANDS = [
     ("drill", "run", "nightly", "--json"),
     ("drill", "history", "--json"),
     ("janitor", "--json"),
+    ("copy", "--to", "/nonexistent/other.yaml", "--json"),
+    ("repo", "key", "list", "--json"),
 ]
 
 
