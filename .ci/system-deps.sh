@@ -3,7 +3,8 @@
 # without starting their services: the tests start their own on free loopback ports.
 set -euo pipefail
 # chromium + fonts: the HTML drill report is checked in a real browser; zstd: the repository benchmark's floor
-packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd)
+# prometheus: its promtool checks and unit-tests the alert rules in deploy/
+packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd prometheus)
 need=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need+=("$package")
@@ -24,6 +25,6 @@ fi
 trap '[ -n "$added_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd; do
+for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd promtool; do
   command -v "$binary" >/dev/null || { echo "error: $binary is still missing after apt-get install" >&2; exit 1; }
 done

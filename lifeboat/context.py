@@ -15,6 +15,7 @@ from backup.repository import Repository, open_repository
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import SnapshotNotFound
 from lifeboat.logs import Redactor
+from lifeboat.notify import policy_secrets
 from policies.errors import UsageError
 from policies.loader import load_policy
 from policies.model import Policy
@@ -47,7 +48,7 @@ class Session:
         """The validated policy (loaded once); raises ConfigError."""
         if self._policy is None:
             self._policy = load_policy(self.config_path)
-            self.redactor.add(self._policy.secret_values())
+            self.redactor.add(policy_secrets(self._policy))
         return self._policy
 
     def repository(self) -> Repository:

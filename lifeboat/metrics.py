@@ -26,28 +26,48 @@ lifeboat_check_ok                              (none)         newest finished ch
                                                               or the check failed
 lifeboat_last_check_timestamp_seconds          (none)         end of that check
 lifeboat_last_prune_success_timestamp_seconds  (none)         end of the newest successful prune
+lifeboat_backup_runs_total                     source,        finished backup runs (counter): status ok, failed,
+                                               status         suspicious, interrupted
+lifeboat_drill_runs_total                      drill, verdict finished drill runs (counter): PASS, FAIL, ERROR,
+                                                              interrupted
+lifeboat_prune_runs_total                      status         finished prune runs (counter): ok, failed, interrupted
+lifeboat_check_runs_total                      status         finished check runs (counter): ok, failed, interrupted
+lifeboat_job_duration_seconds                  kind           histogram of finished runs' durations: backup, prune,
+                                                              check, drill, janitor
+lifeboat_build_info                            version        1; the running Lifeboat's version
+lifeboat_backup_schedule_interval_seconds      source         longest gap between two runs of the source's schedule
+lifeboat_last_backup_suspicious                source         1 when the newest finished backup is suspicious
+lifeboat_drill_rpo_seconds                     drill, source  the newest run's measured RPO (snapshot age); NaN: none
+lifeboat_drill_rto_objective_seconds           drill, source  the drill's RTO objective (policy)
+lifeboat_drill_rpo_objective_seconds           drill, source  the drill's RPO objective (policy)
 =============================================  =============  =====================================================
 
-Suggested alerts: ``time() - lifeboat_last_success_timestamp_seconds > 2 * <backup interval>``,
-``lifeboat_drill_verdict < 1``, ``lifeboat_suspicious_snapshots > 0``, ``lifeboat_check_ok == 0``.
+Counters and the histogram are counted from the runs in the state DB (never reset by a restart).
+Alert rules over these: deploy/prometheus/lifeboat-rules.yaml (and the PrometheusRule in
+deploy/kubernetes/); a dashboard: deploy/grafana/lifeboat.json.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
 
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from drills.model import Status
+from lifeboat import __version__
+from lifeboat.service.cron import next_fire_times
 from lifeboat.state.history import RunHistory
 from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus
 from policies.errors import LifeboatError
@@ -76,6 +96,8 @@ class StateCollector(Collector):
         yield from self._backups(list(policy.sources))
         yield from self._drills({name: drill.sources for name, drill in policy.drills.items()})
         yield from self._repository()
+        yield from self._runs(policy)
+        yield from self._policy_figures(policy)
 
     def _backups(self, sources: list[str]) -> Iterator[Metric]:
         history = self._history
@@ -110,6 +132,9 @@ class StateCollector(Collector):
         rto = GaugeMetricFamily(
             "lifeboat_drill_rto_seconds", "Restore time measured by the newest drill run (NaN: none).", labels=labels
         )
+        rpo = GaugeMetricFamily(
+            "lifeboat_drill_rpo_seconds", "RPO (snapshot age) measured by the newest drill run (NaN: none).", labels=labels
+        )
         last = GaugeMetricFamily(
             "lifeboat_drill_last_run_timestamp_seconds", "End of the newest finished drill run.", labels=["drill"]
         )
@@ -124,7 +149,9 @@ class StateCollector(Collector):
                 verdict.add_metric([drill, source], VERDICT_VALUES[_verdict(item.get("verdict"))])
                 seconds = item.get("rto_seconds")
                 rto.add_metric([drill, source], float(seconds) if seconds is not None else NAN)
-        yield from (verdict, rto, last)
+                age = item.get("rpo_seconds")
+                rpo.add_metric([drill, source], float(age) if age is not None else NAN)
+        yield from (verdict, rto, rpo, last)
 
     def _repository(self) -> Iterator[Metric]:
         check = self._history.last_run(RunKind.CHECK, REPOSITORY_NAME, [RunStatus.OK, RunStatus.FAILED])
@@ -141,6 +168,76 @@ class StateCollector(Collector):
             )
             pruned.add_metric([], _end(prune))
             yield pruned
+
+    def _runs(self, policy: Policy) -> Iterator[Metric]:
+        """Counters of finished runs per outcome, and the histogram of their durations per job kind."""
+        counted = {(kind, name, status): n for kind, name, status, n in self._history.run_counts()}
+        backups = CounterMetricFamily("lifeboat_backup_runs", "Finished backup runs.", labels=["source", "status"])
+        for source in policy.sources:
+            for status in BACKUP_OUTCOMES:
+                backups.add_metric([source, status], counted.get((RunKind.BACKUP, source, status), 0))
+        drills = CounterMetricFamily("lifeboat_drill_runs", "Finished drill runs.", labels=["drill", "verdict"])
+        for drill in policy.drills:
+            for verdict in DRILL_OUTCOMES:
+                drills.add_metric([drill, verdict], counted.get((RunKind.DRILL, drill, verdict), 0))
+        yield from (backups, drills)
+        for kind in (RunKind.PRUNE, RunKind.CHECK):
+            counter = CounterMetricFamily(f"lifeboat_{kind.value}_runs", f"Finished {kind.value} runs.", labels=["status"])
+            for status in REPOSITORY_OUTCOMES:
+                counter.add_metric([status], counted.get((kind, REPOSITORY_NAME, status), 0))
+            yield counter
+        durations = self._history.run_durations()
+        histogram = HistogramMetricFamily(
+            "lifeboat_job_duration_seconds", "Duration of finished runs, per job kind.", labels=["kind"]
+        )
+        for kind in RunKind:
+            seconds = durations.get(kind.value, [])
+            buckets = [(_bound(bound), sum(value <= bound for value in seconds)) for bound in DURATION_BUCKETS]
+            histogram.add_metric([kind.value], [*buckets, ("+Inf", len(seconds))], sum_value=sum(seconds))
+        yield histogram
+        build = GaugeMetricFamily("lifeboat_build_info", "The running Lifeboat.", labels=["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+
+    def _policy_figures(self, policy: Policy) -> Iterator[Metric]:
+        """What the policy promises, for alert rules: schedule intervals, drill objectives; and the
+        newest backup's suspicious flag per source."""
+        interval = _gauge("backup_schedule_interval_seconds", "Longest gap between two scheduled backups.")
+        for name, source in policy.sources.items():
+            if source.schedule:
+                interval.add_metric([name], schedule_interval(source.schedule))
+        completed = self._history.last_runs(RunKind.BACKUP, FINISHED_BACKUP)
+        suspicious = _gauge("last_backup_suspicious", "1 when the newest finished backup is suspicious.")
+        for name in policy.sources:
+            if (run := completed.get(name)) is not None:
+                suspicious.add_metric([name], 1.0 if run.status is RunStatus.SUSPICIOUS else 0.0)
+        labels = ["drill", "source"]
+        rto = GaugeMetricFamily("lifeboat_drill_rto_objective_seconds", "The drill's RTO objective.", labels=labels)
+        rpo = GaugeMetricFamily("lifeboat_drill_rpo_objective_seconds", "The drill's RPO objective.", labels=labels)
+        for drill_name, drill in policy.drills.items():
+            for member in drill.sources:
+                rto.add_metric([drill_name, member], drill.objectives.rto.total_seconds())
+                rpo.add_metric([drill_name, member], drill.objectives.rpo.total_seconds())
+        yield from (interval, suspicious, rto, rpo)
+
+
+BACKUP_OUTCOMES = ("ok", "failed", "suspicious", "interrupted")
+DRILL_OUTCOMES = ("PASS", "FAIL", "ERROR", "interrupted")
+REPOSITORY_OUTCOMES = ("ok", "failed", "interrupted")
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+def _bound(value: float) -> str:
+    return f"{float(value)}"
+
+
+@functools.lru_cache(maxsize=256)
+def schedule_interval(expression: str) -> float:
+    """The longest gap (seconds) between consecutive firings of cron ``expression`` over the next ones
+    (a week of an hourly schedule, months of a weekly one)."""
+    times = next_fire_times(expression, now=datetime(2026, 1, 1, tzinfo=UTC), count=200)
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    return max(gaps, default=0.0)
 
 
 def _gauge(name: str, documentation: str, extra_labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -177,15 +274,16 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
 class MetricsServer:
     """``/metrics`` and ``/healthz`` on ``listen`` (``host:port``), served from a daemon thread.
 
+    ``/metrics`` is prometheus_client's own WSGI app (text or OpenMetrics, gzip when asked);
     ``/healthz`` answers 200 when ``health()`` says healthy and 503 otherwise, with its JSON body.
+    GET and HEAD, HTTP/1.1 (one request per connection), on prometheus_client's WSGI server.
     """
 
     def __init__(self, listen: str, registry: CollectorRegistry, health: Health) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
-        self._registry = registry
-        self._health = health
-        self._server: ThreadingHTTPServer | None = None
+        self._app = lifeboat_app(registry, health)
+        self._server: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -195,10 +293,9 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve; raises ListenError when the address is taken or invalid."""
-        handler = _handler(self._registry, self._health)
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server_class = _IPv6Server if ":" in self.host else ThreadingWSGIServer
         try:
-            self._server = server_class((self.host, self.port), handler)
+            self._server = make_server(self.host, self.port, self._app, server_class, handler_class=_Handler)
         except OSError as exc:
             raise ListenError(f"cannot listen on {self.host}:{self.port} (service.listen): {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._server.serve_forever, name="lifeboat-http", daemon=True)
@@ -215,33 +312,69 @@ class MetricsServer:
             self._thread = None
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _IPv6Server(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "lifeboat"
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                encode, content_type = choose_encoder(self.headers.get("Accept", ""))  # text or OpenMetrics
-                self._answer(200, encode(registry), content_type)
-            elif path == "/healthz":
-                healthy, body = health()
-                self._answer(200 if healthy else 503, json.dumps(body, default=str).encode(), "application/json")
-            else:
-                self._answer(404, b'{"error": "not found: try /healthz or /metrics"}', "application/json")
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def lifeboat_app(registry: CollectorRegistry, health: Health) -> WsgiApp:
+    """The WSGI app: ``/metrics`` (prometheus_client's ``make_wsgi_app``), ``/healthz``, 404 elsewhere;
+    HEAD answers as GET would, without the body."""
+    metrics = make_wsgi_app(registry)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http.request", client=self.client_address[0], request=format % args)
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        head = environ["REQUEST_METHOD"] == "HEAD"
+        if head:
+            environ = {**environ, "REQUEST_METHOD": "GET"}
+        path = environ.get("PATH_INFO", "")
+        answered: list[Any] = []
+        if path == "/metrics":
+            body = b"".join(metrics(environ, lambda status, headers, *_: answered.extend([status, headers])))
+            status, headers = answered
+        elif path == "/healthz" and environ["REQUEST_METHOD"] == "GET":
+            healthy, document = health()
+            body = json.dumps(document, default=str).encode()
+            status, headers = ("200 OK" if healthy else "503 Service Unavailable"), [("Content-Type", "application/json")]
+        else:
+            body = b'{"error": "not found: try /healthz or /metrics"}'
+            status, headers = "404 Not Found", [("Content-Type", "application/json")]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [] if head else [body]
 
-    return Handler
+    return app
+
+
+class _ServerHandler(ServerHandler):
+    http_version = "1.1"
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()
+        self.headers["Connection"] = "close"  # type: ignore[attr-defined]  # one request per connection, said so as HTTP/1.1 requires
+
+
+class _Handler(WSGIRequestHandler):
+    """wsgiref's request handler answering in HTTP/1.1, logging requests at debug level."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        handler = _ServerHandler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=True,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # as wsgiref does, for its logging
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http.request", client=self.client_address[0], request=format % args)

@@ -43,8 +43,9 @@ from drills.model import DrillRun, Status
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import clean_leftovers, make_scratch
-from lifeboat.notify import Notification, build_notifiers, notify, notify_all
+from lifeboat.notify import Notification, build_notifiers, notify, notify_all, ping_job
 from lifeboat.notify.base import NOTIFICATIONS_ENV
+from lifeboat.notify.ping import job_id
 from lifeboat.notify.wording import (
     PROBLEMS_KEPT,
     backup_failure_message,
@@ -81,6 +82,8 @@ class RecordedRun:
     id: int
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
+    status: RunStatus | Status | None = None
+    error: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -96,6 +99,7 @@ class RecordedRun:
     ) -> None:
         """Record how the run ended; ``error`` must already have its secrets masked."""
         self.finished = True  # set first: a failure to record the end is not the run's own failure
+        self.status, self.error = status, error
         self.history.finish_run(self.id, status, figures=figures, snapshot_id=snapshot_id, error=error)
 
 
@@ -323,8 +327,11 @@ class Operations:
         ``run.finish(status, ...)``. An exception out of the block before that finishes the run as
         ``failed`` (or ``interrupted``, see ``_record_failure``), calls ``on_failure(run id, masked
         error)`` unless it was an abort, and propagates. A block that ends without finishing its run
-        is a bug: recorded as a failure (AssertionError)."""
+        is a bug: recorded as a failure (AssertionError). The ping notifiers following the job are
+        pinged at its start and end (``_ping``)."""
         run = RecordedRun(self.history, self.history.start_run(kind, name, origin=self.origin))
+        job = job_id(kind.value, name)
+        self._ping(job, "start", f"{job} started (run {run.id}, {self.origin})")
         try:
             yield run
             if not run.finished:
@@ -336,6 +343,25 @@ class Operations:
             if error is not None and on_failure is not None:
                 on_failure(run.id, error)
             raise
+        finally:
+            self._ping_end(job, run)
+
+    def _ping(self, job: str, phase: str, text: str) -> None:
+        """Ping ``phase`` of ``job`` to the ping notifiers following it; never raises (a ping only warns).
+        A backup running as a Kubernetes Job leaves it to the service, as it does notifications."""
+        if os.environ.get(NOTIFICATIONS_ENV) == "off":
+            return
+        try:
+            ping_job(self.policy.notify, job, phase, self.redact(text))
+        except Exception:  # a bug in pinging must not change the job's outcome
+            log.exception("ping.crashed", job=job, phase=phase)
+
+    def _ping_end(self, job: str, run: RecordedRun) -> None:
+        """``success`` for a run that ended ok (a drill: PASS), ``fail`` for any other end."""
+        status = run.status.value if run.status is not None else "failed"
+        phase = "success" if run.status in (RunStatus.OK, Status.PASS) else "fail"
+        error = f": {run.error}" if run.error else ""
+        self._ping(job, phase, f"{job} ended {status} after {run.seconds:.1f} s (run {run.id}){error}")
 
     def _record_failure(self, run: RecordedRun, exc: BaseException, *, failed: RunStatus | Status) -> str | None:
         """Finish the run as failed (or interrupted); return the masked error to notify, None for an abort."""

@@ -551,7 +551,58 @@ class WebhookNotifier(Frozen):
     on: Events = ["drill", "backup-failure"]
 
 
-Notifier = Annotated[EmailNotifier | WebhookNotifier, Field(discriminator="kind")]
+def _notification_url(value: Secret) -> Secret:
+    """An apprise URL written inline must at least be ``scheme://...``; one in a file is read when used."""
+    if isinstance(value, SecretStr) and not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", value.get_secret_value()):
+        raise ValueError("not a notification URL like slack://..., msteams://..., ntfys://ntfy.sh/topic")
+    return value
+
+
+class AppriseNotifier(Frozen):
+    """The team's chat and paging channels by URL (Slack, Teams, Telegram, ntfy, PagerDuty, Opsgenie...),
+    sent through apprise; each URL is a secret (inline, ``${ENV}`` or ``{file: PATH}``), masked everywhere."""
+
+    kind: Literal["apprise"]
+    urls: Annotated[list[Annotated[Secret, AfterValidator(_notification_url)]], Field(min_length=1)]
+    timeout: Duration = timedelta(seconds=10)
+    on: Events = ["drill-failure", "backup-failure", "check-failure", "suspicious", "state-damaged"]
+
+
+def _ping_url(value: Secret | None) -> Secret | None:
+    if isinstance(value, SecretStr):
+        _http_url(value.get_secret_value())
+    return value
+
+
+PingUrl = Annotated[Secret | None, AfterValidator(_ping_url)]
+
+
+class PingNotifier(Frozen):
+    """A dead man's switch (healthchecks.io style): each chosen job pings ``start`` when it begins and
+    ``success`` or ``fail`` when it ends. ``url`` alone means ``url/start``, ``url``, ``url/fail``.
+    ``jobs`` are job ids or patterns: ``backup:*``, ``backup:etcd``, ``prune``, ``check``, ``drill:*``."""
+
+    kind: Literal["ping"]
+    url: PingUrl = None
+    start: PingUrl = None
+    success: PingUrl = None
+    fail: PingUrl = None
+    jobs: Annotated[list[str], Field(min_length=1)] = ["*"]
+    timeout: Duration = timedelta(seconds=10)
+
+    @property
+    def on(self) -> list[str]:
+        """A ping follows jobs, not events: it receives no notification."""
+        return []
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> PingNotifier:
+        if self.url is None and self.success is None:
+            raise ValueError("give url (https://hc-ping.com/<uuid>) or at least success (and start, fail)")
+        return self
+
+
+Notifier = Annotated[EmailNotifier | WebhookNotifier | AppriseNotifier | PingNotifier, Field(discriminator="kind")]
 
 
 # ---- the whole file ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from backup.repository import Repository, open_repository
 from lifeboat.logs import Redactor
 from lifeboat.metrics import MetricsServer, metrics_registry
+from lifeboat.notify import policy_secrets
 from lifeboat.operations import Operations, refresh_inventory
 from lifeboat.service import ServiceError
 from lifeboat.service.abort import ABORT_GRACE_SECONDS, JobAborted, RunningJob, abort_jobs
@@ -63,7 +64,7 @@ class LifeboatService:
         self.config_path = config_path
         self.redactor = redactor or Redactor()
         self.policy = policy or load_policy(config_path)
-        self.redactor.add(self.policy.secret_values())
+        self.redactor.add(policy_secrets(self.policy))
         self.policy_loaded = datetime.now(UTC)
         self.reload_error: str | None = None
         self._scheduler = BackgroundScheduler(
@@ -239,7 +240,7 @@ class LifeboatService:
             self.reload_error = "; ".join(errors)
             log.error("policy.reload_rejected", file=str(self.config_path), errors=errors, kept="the running policy")
             return False
-        self.redactor.add(policy.secret_values())
+        self.redactor.add(policy_secrets(policy))
         for setting, running, wanted in (
             ("state", self.policy.state, policy.state),
             ("service.listen", self.policy.service.listen, policy.service.listen),

@@ -239,6 +239,22 @@ class RunHistory:
         rows = self._query(f"SELECT * FROM runs WHERE id IN (SELECT MAX(id) FROM runs {where} GROUP BY name)", parameters)
         return {row["name"]: _run(row) for row in rows}
 
+    def run_counts(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, name, status, runs)`` of every finished run, counted (for the metrics' counters)."""
+        rows = self._query("SELECT kind, name, status, COUNT(*) AS n FROM runs WHERE status != 'running' GROUP BY 1, 2, 3")
+        return [(row["kind"], row["name"], row["status"], row["n"]) for row in rows]
+
+    def run_durations(self) -> dict[str, list[float]]:
+        """Per kind, the duration in seconds of every finished run (for the metrics' histogram)."""
+        rows = self._query(
+            "SELECT kind, (julianday(finished) - julianday(started)) * 86400.0 AS seconds FROM runs "
+            "WHERE finished IS NOT NULL AND status != 'running'"
+        )
+        found: dict[str, list[float]] = {}
+        for row in rows:
+            found.setdefault(row["kind"], []).append(max(0.0, float(row["seconds"] or 0.0)))
+        return found
+
     def reap_interrupted(self) -> list[int]:
         """Mark ``running`` runs whose process is gone as ``interrupted``; return their ids."""
         rows = self._query("SELECT id, owner, host, pid FROM runs WHERE status = 'running' AND owner != ?", (self.owner,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import urllib.error
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backup.execute import free_port
 from drills.model import Status
+from lifeboat import __version__
 from lifeboat.metrics import ListenError, MetricsServer, metrics_registry, render_metrics
 from lifeboat.state.history import RunHistory
 from lifeboat.state.records import RunKind, RunStatus
@@ -154,5 +156,49 @@ def test_the_http_endpoints_answer_healthz_and_metrics(history: RunHistory, poli
         assert unhealthy.value.code == 503
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
             MetricsServer(f"127.0.0.1:{port}", metrics_registry(history, lambda: policy), lambda: (True, {})).start()
+    finally:
+        server.stop()
+
+
+def test_run_counters_histogram_and_build_info(history: RunHistory, policy: Policy) -> None:
+    for status in (RunStatus.OK, RunStatus.OK, RunStatus.FAILED, RunStatus.SUSPICIOUS):
+        record(history, RunKind.BACKUP, "k8s-etcd", status)
+    record(history, RunKind.DRILL, "nightly", Status.FAIL, sources=[{"source": "models", "rpo_seconds": 7200.0}])
+    record(history, RunKind.CHECK, "repository", RunStatus.FAILED)
+    metrics = scrape(history, policy)
+
+    assert metrics[("lifeboat_backup_runs_total", (("source", "k8s-etcd"), ("status", "ok")))] == 2
+    assert metrics[("lifeboat_backup_runs_total", (("source", "k8s-etcd"), ("status", "failed")))] == 1
+    assert metrics[("lifeboat_backup_runs_total", (("source", "models"), ("status", "failed")))] == 0
+    assert metrics[("lifeboat_drill_runs_total", (("drill", "nightly"), ("verdict", "FAIL")))] == 1
+    assert metrics[("lifeboat_check_runs_total", (("status", "failed"),))] == 1
+    assert metrics[("lifeboat_prune_runs_total", (("status", "ok"),))] == 0
+    assert metrics[("lifeboat_job_duration_seconds_count", (("kind", "backup"),))] == 4
+    assert metrics[("lifeboat_job_duration_seconds_bucket", (("kind", "backup"), ("le", "+Inf")))] == 4
+    assert metrics[("lifeboat_build_info", (("version", __version__),))] == 1
+    assert metrics[("lifeboat_last_backup_suspicious", (("source", "k8s-etcd"),))] == 1
+    assert metrics[("lifeboat_drill_rpo_seconds", (("drill", "nightly"), ("source", "models")))] == 7200.0
+    assert metrics[("lifeboat_drill_rto_objective_seconds", (("drill", "nightly"), ("source", "models")))] == 1800
+
+
+def test_the_endpoint_speaks_http_1_1_and_answers_head(history: RunHistory, policy: Policy) -> None:
+    server = MetricsServer(f"127.0.0.1:{free_port()}", metrics_registry(history, lambda: policy), lambda: (True, {}))
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("HEAD", "/metrics")
+        head = connection.getresponse()
+        assert head.status == 200 and head.version == 11 and head.read() == b""
+        length = int(head.headers["Content-Length"])
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/metrics")
+        got = connection.getresponse()
+        text = got.read().decode()
+        assert got.status == 200 and len(text.encode()) == length
+        names = {family.name for family in text_string_to_metric_families(text)}
+        assert {"lifeboat_backup_runs", "lifeboat_job_duration_seconds", "lifeboat_build_info"} <= names
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("HEAD", "/healthz")
+        assert connection.getresponse().status == 200
     finally:
         server.stop()

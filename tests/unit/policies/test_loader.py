@@ -233,7 +233,7 @@ notify:
     assert "pattern" in found["notify.team.from"] or "match" in found["notify.team.from"]
     assert "at least 1" in found["notify.team.to"]
     assert "unknown event 'everything'" in found["notify.team.on[0]"]
-    assert found["notify.pager.kind"] == "unknown kind 'pager'; known kinds: email, webhook"
+    assert found["notify.pager.kind"] == "unknown kind 'pager'; known kinds: email, webhook, apprise, ping"
 
 
 SCRATCH_SOURCES = """
