@@ -10,11 +10,13 @@ did are not sent twice. apprise is imported when used (it takes most of a second
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from typing import Any
 from urllib.parse import unquote
 
+from backup.doctor import Finding, Problem, probe
 from lifeboat.notify.base import Notification, PermanentDeliveryError, RetryingNotifier, mask, read_secret
 from policies.errors import ConfigError
 from policies.model import AppriseNotifier as AppriseSettings
@@ -36,6 +38,18 @@ class AppriseNotifier(RetryingNotifier[AppriseSettings]):
 
     def target(self) -> str:
         return ", ".join(_public(secret) for secret in self.settings.urls)
+
+    def doctor(self) -> list[Finding]:
+        """Each URL is one apprise understands (nothing is sent: the services behind apprise URLs
+        are too many kinds to reach without notifying)."""
+        return [
+            probe(
+                f"notifier {self.name}",
+                f"apprise urls[{index}] {_public(secret)}",
+                functools.partial(_understood, secret),
+            )
+            for index, secret in enumerate(self.settings.urls)
+        ]
 
     def secrets(self) -> tuple[str, ...]:
         found: list[str] = []
@@ -114,3 +128,12 @@ def _public(secret: Any) -> str:
         return "<unreadable secret file>"
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     return str(plugin.url(privacy=True)).split("?", 1)[0] if plugin else url.split(":", 1)[0] + "://***"
+
+
+def _understood(secret: Any) -> str:
+    import apprise
+
+    plugin = apprise.Apprise.instantiate(read_secret(secret) or "", suppress_exceptions=True)
+    if not plugin:
+        raise Problem("apprise does not understand this URL (see https://appriseit.com/services/)")
+    return f"a {plugin.service_name} URL; nothing sent"

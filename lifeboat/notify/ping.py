@@ -12,9 +12,11 @@ never changes the job's outcome.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import urllib.error
 import urllib.request
 
+from backup.doctor import Finding, probe
 from backup.repository.retry import RetryPolicy
 from lifeboat import __version__
 from lifeboat.notify.base import (
@@ -25,7 +27,7 @@ from lifeboat.notify.base import (
     read_secret,
     secret_values,
 )
-from lifeboat.notify.webhook import RETRY_STATUSES, public_url
+from lifeboat.notify.webhook import RETRY_STATUSES, public_url, reachable
 from policies.errors import ConfigError
 from policies.model import PingNotifier as PingSettings
 from policies.model import Secret, reveal
@@ -64,6 +66,20 @@ class PingNotifier(RetryingNotifier[PingSettings]):
             return public_url(reveal(self.settings.url or self.settings.success) or "")
         except ConfigError:
             return "<unreadable secret file>"
+
+    def doctor(self) -> list[Finding]:
+        """Each configured ping URL's host accepts a connection (nothing is pinged)."""
+        urls = {phase: read_secret(getattr(self.settings, phase) or self.settings.url) or "" for phase in PHASES}
+        return [
+            probe(
+                f"notifier {self.name}",
+                f"ping {phase} {public_url(url)}",
+                functools.partial(reachable, url, timeout=self.settings.timeout.total_seconds()),
+                fix="check the ping URL and the network",
+            )
+            for phase, url in urls.items()
+            if url
+        ]
 
     def secrets(self) -> tuple[str, ...]:
         settings = self.settings

@@ -73,17 +73,22 @@ class WebhookNotifier(RetryingNotifier[WebhookSettings]):
         ]
 
     def _connect(self) -> str:
-        parts = urlsplit(self.settings.url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        timeout = min(self.settings.timeout.total_seconds(), DOCTOR_TIMEOUT)
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as connection:
-                if parts.scheme == "https":
-                    ssl.create_default_context().wrap_socket(connection, server_hostname=host).close()
-        except OSError as exc:
-            raise Problem(f"cannot connect to {host}:{port}: {exc}") from None
-        return f"{host}:{port} accepts connections" + (" and TLS" if parts.scheme == "https" else "") + "; nothing sent"
+        return reachable(self.settings.url, timeout=self.settings.timeout.total_seconds())
+
+
+def reachable(url: str, *, timeout: float) -> str:
+    """Connect to ``url``'s host and port (and shake hands for https) without sending anything;
+    says what answered. Raises Problem when nothing does."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, DOCTOR_TIMEOUT)) as connection:
+            if parts.scheme == "https":
+                ssl.create_default_context().wrap_socket(connection, server_hostname=host).close()
+    except OSError as exc:
+        raise Problem(f"cannot connect to {host}:{port}: {exc}") from None
+    return f"{host}:{port} accepts connections" + (" and TLS" if parts.scheme == "https" else "") + "; nothing sent"
 
 
 def webhook_body(message: Notification) -> bytes:

@@ -22,6 +22,7 @@ from helpers import init_repository
 from policy_builder import PolicyBuilder
 from report_samples import failing_run, passing_run
 
+from backup.doctor import Status
 from backup.execute import free_port
 from backup.repository.retry import RetryPolicy
 from lifeboat.cli import cli
@@ -209,3 +210,17 @@ def test_failing_ping_and_chat_servers_change_no_outcome(tmp_path: Path) -> None
     status = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
     assert PASSWORD not in status.output
     assert '"failed"' in status.output
+
+
+def test_doctor_checks_each_channel_without_sending_anything() -> None:
+    with recording_server() as server:
+        understood = AppriseNotifier("chat", apprise_settings(server.url.replace("http://", "json://")))
+        assert [finding.status for finding in understood.doctor()] == [Status.PASS]
+        nonsense = AppriseNotifier("chat", apprise_settings("nonsense://what"))
+        [finding] = nonsense.doctor()
+        assert finding.status is Status.FAIL and "does not understand" in finding.message
+        reached = PingNotifier("hc", ping_settings(url=server.url + "/ping/uuid-1"))
+        assert {finding.status for finding in reached.doctor()} == {Status.PASS}
+        assert server.received == []  # doctor never sends
+    closed = PingNotifier("hc", ping_settings(url=f"http://127.0.0.1:{free_port()}/ping"))
+    assert {finding.status for finding in closed.doctor()} == {Status.FAIL}
