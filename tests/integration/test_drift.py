@@ -10,7 +10,6 @@ import base64
 import http.client
 import json
 import os
-import textwrap
 import threading
 import urllib.request
 import uuid
@@ -23,7 +22,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
+from helpers import init_repository
+from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
 from backup.repository import open_repository
@@ -124,42 +126,23 @@ class Site:
     resource: str  # an etcd resource of this test only: /registry/<resource>/<namespace>/<name>
 
     def config(self, *, sources: str, s3_endpoint: str | None = None, name: str = "lifeboat.yaml") -> Path:
-        path = self.root / name
-        path.write_text(
-            textwrap.dedent(
-                f"""
-                repository: {{url: "file://{self.root}/repo"}}
-                state: {self.root}/state.db
-                sources:
-                  k8s-etcd: {{kind: etcd, endpoints: ["{self.etcd.endpoint}"]}}
-                  features:
-                    kind: clickhouse
-                    host: 127.0.0.1
-                    port: {self.clickhouse.tcp_port}
-                    http_port: {self.clickhouse.http_port}
-                    databases: [{self.database}]
-                  models:
-                    kind: s3
-                    endpoint_url: {s3_endpoint or self.s3.endpoint_url}
-                    access_key_id: testing
-                    secret_access_key: testing
-                    buckets: [{self.bucket}]
-                scratch:
-                  kind: local
-                  local:
-                    workdir: {self.root}/scratch
-                    etcd_bin: etcd
-                    clickhouse: {{host: 127.0.0.1, port: {self.clickhouse.tcp_port}, http_port: {self.clickhouse.http_port}}}
-                    s3: {{endpoint_url: "{self.s3.endpoint_url}", access_key_id: testing, secret_access_key: testing}}
-                drills:
-                  nightly:
-                    sources: {sources}
-                    objectives: {{rto: 30m, rpo: 1h}}
-                    faults: []
-                """
-            )
-        )
-        return path
+        """The policy of these sources (``sources``: a YAML list, "[models]"), its repository made."""
+        keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+        ports = {"port": self.clickhouse.tcp_port, "http_port": self.clickhouse.http_port}
+        policy = PolicyBuilder(self.root / "repo", state=self.root / "state.db")
+        policy.source("k8s-etcd", "etcd", endpoints=[self.etcd.endpoint])
+        policy.source("features", "clickhouse", host="127.0.0.1", **ports, databases=[self.database])
+        policy.source("models", "s3", endpoint_url=s3_endpoint or self.s3.endpoint_url, **keys, buckets=[self.bucket])
+        local = {
+            "workdir": self.root / "scratch",
+            "etcd_bin": "etcd",
+            "clickhouse": {"host": "127.0.0.1", **ports},
+            "s3": {"endpoint_url": self.s3.endpoint_url, **keys},
+        }
+        policy.scratch("local", local=local)
+        objectives = {"rto": "30m", "rpo": "1h"}
+        policy.drill("nightly", sources=yaml.safe_load(sources), objectives=objectives, faults=[])
+        return init_repository(policy.write(self.root / name))
 
 
 @pytest.fixture

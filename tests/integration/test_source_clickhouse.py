@@ -370,7 +370,7 @@ def test_the_source_database_is_never_a_target(store: Store, same: str) -> None:
 
 def test_options_of_another_kind_are_refused(store: Store) -> None:
     result = lifeboat(store.config, "restore", SOURCE, "--to-bucket", "models", "--to-database", "x")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage mistake
     assert "--to-bucket does not apply to a ClickHouse source" in result.stderr and "--to-host" in result.stderr
 
 

@@ -241,9 +241,9 @@ class Cli:
         document: dict[str, Any] = json.loads(done.stdout)
         return document
 
-    def snapshot(self, *, child: bool = False) -> dict[str, Any]:
-        """`backup run --source models --json`: the one snapshot it reports."""
-        report = self.json("backup", "run", "--source", "models", child=child)
+    def snapshot(self, *, child: bool = False, code: int = 0) -> dict[str, Any]:
+        """`backup run --source models --json`: the one snapshot it reports (exit 4: it is suspicious)."""
+        report = self.json("backup", "run", "--source", "models", child=child, code=code)
         assert report["errors"] == []
         [snapshot] = report["snapshots"]
         return snapshot
@@ -468,7 +468,7 @@ def test_ransomware_is_flagged_kept_out_of_retention_and_undone(s3_server: S3End
         key = f"model-{n:02d}.bin"
         client.put_object(Bucket=bucket, Key=key, Body=os.urandom(1_000 + len(key)))
 
-    encrypted = cli.snapshot()
+    encrypted = cli.snapshot(code=4)  # cron sees a suspicious snapshot as a non-zero exit
     assert good["status"] == "good"
     assert encrypted["status"] == "suspicious"
     assert encrypted["objects_changed"] == 24
@@ -548,7 +548,7 @@ def test_dry_run_counts_and_writes_nothing(small: tuple[Cli, str, dict[str, str]
 def test_options_of_other_kinds_are_refused_naming_the_s3_ones(small: tuple[Cli, str, dict[str, str]]) -> None:
     cli, _, _ = small
     done = cli("restore", "models", "--to-host", "ch-1", "--to-database", "x")
-    assert done.code == 1
+    assert done.code == 2  # a usage mistake
     assert "--to-host" in done.stderr and "--to-bucket" in done.stderr and "--to-dir" in done.stderr
 
 
