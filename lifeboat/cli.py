@@ -44,6 +44,7 @@ COMMANDS = {
     "unlock": "lifeboat.commands.repository:unlock",
     "drill": "lifeboat.commands.drill:drill",
     "janitor": "lifeboat.commands.drill:janitor",
+    "evidence": "lifeboat.commands.evidence:evidence",
     "demo": "lifeboat.demo:demo",
     "status": "lifeboat.commands.service:status",
     "serve": "lifeboat.commands.service:serve",

@@ -22,6 +22,8 @@ lifeboat_drill_verdict                         drill, source  newest finished ru
 lifeboat_drill_rto_seconds                     drill, source  that run's measured restore time; NaN when the restore
                                                               did not complete
 lifeboat_drill_last_run_timestamp_seconds      drill          end of the drill's newest finished run
+lifeboat_rto_forecast_seconds                  drill, source  next month's forecast restore time (lifeboat.forecast);
+                                                              absent before two drill runs measured a restore
 lifeboat_check_ok                              (none)         newest finished check: 1 no problem, 0 problems found
                                                               or the check failed
 lifeboat_last_check_timestamp_seconds          (none)         end of that check
@@ -48,8 +50,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from drills.model import Status
+from lifeboat.forecast import forecasts
 from lifeboat.state.history import RunHistory
-from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus
+from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -76,6 +79,18 @@ class StateCollector(Collector):
         yield from self._backups(list(policy.sources))
         yield from self._drills({name: drill.sources for name, drill in policy.drills.items()})
         yield from self._repository()
+        yield self._forecast(policy)
+
+    def _forecast(self, policy: Policy) -> Metric:
+        gauge = GaugeMetricFamily(
+            "lifeboat_rto_forecast_seconds",
+            "Forecast restore time 30 days ahead (lifeboat.forecast).",
+            labels=["drill", "source"],
+        )
+        for name, forecast in forecasts(policy, self._history, now=utc_now()).items():
+            for source, seconds in forecast.sources.items():
+                gauge.add_metric([name, source], seconds)
+        return gauge
 
     def _backups(self, sources: list[str]) -> Iterator[Metric]:
         history = self._history

@@ -44,6 +44,7 @@ NOTIFIERS: dict[str, NotifierFactory] = {"email": EmailNotifier, "webhook": Webh
 RECEIVED_BY = {
     "drill-failure": ("drill", "drill-failure"),
     "state-damaged": ("state-damaged", "backup-failure", "check-failure"),
+    "rto-forecast": ("rto-forecast", "drill", "drill-failure"),  # a drill's warning: its subscribers hear it
 }
 
 
