@@ -290,7 +290,7 @@ class Operations:
             single = run.sources[0].snapshot if len(run.sources) == 1 else None
             figures = {**drill_figures(run, manifests), "evidence": evidence}
             recorded.finish(run.verdict, figures=figures, snapshot_id=single)
-        self._watch_forecast(name, run, recorded.id)
+        self.warn_of_rto_forecast(name, run, recorded.id)
         if notify:
             # A failed delivery is logged by the notifier and never changes the verdict.
             notify_all(
@@ -323,7 +323,7 @@ class Operations:
         log.info("evidence.written", drill=run.drill, run_id=run.run_id, key=stored)
         return stored
 
-    def _watch_forecast(self, name: str, run: DrillRun, run_id: int) -> None:
+    def warn_of_rto_forecast(self, name: str, run: DrillRun, run_id: int) -> None:
         """Open the ``rto-forecast`` incident of drill ``name`` (notified once) when next month's forecast
         RTO exceeds the objective while the run just measured still meets it; close it when the forecast
         is back under. A run over the objective already is the drill's own failure, told by the drill."""

@@ -213,7 +213,7 @@ def render_html(document: dict[str, Any]) -> str:
             span = f"{e(gap['from'][:16])} to {e(gap['to'][:16])}{still}"
             parts.append(
                 f"<p class='gap'>{source['successful']} successful restore test(s); longest gap between successful "
-                f"tests: <b>{e(human_duration(gap['seconds']))}</b>, {span}.</p>"
+                f"tests: <b>{e(_long(gap['seconds']))}</b>, {span}.</p>"
             )
             if not source["runs"]:
                 parts.append("<p class='warn'>No restore test in the period.</p>")
@@ -238,6 +238,12 @@ def _html_row(row: dict[str, Any]) -> str:
         f"<td>{_against(row['rpo_seconds'], row['rpo_objective_seconds'], row['rpo_met'])}</td>"
         f"<td>{e(segregated[row['segregated']])}</td><td>{e(row['evidence'] or 'none')}</td></tr>"
     )
+
+
+def _long(seconds: float) -> str:
+    """A gap in days (``40.5 days``) once it is two days or more."""
+    days = seconds / 86400
+    return f"{days:.1f} days".replace(".0 days", " days") if days >= 2 else human_duration(seconds)
 
 
 def _against(value: float | None, objective: float, met: bool | None) -> str:
