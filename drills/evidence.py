@@ -331,7 +331,8 @@ def verify_chains(
     checked = 0
     for drill, chain in sorted(chains.items()):
         for index, (key, data) in enumerate(chain):
-            if since is not None and _key_time(key) is not None and _key_time(key) < since:  # type: ignore[operator]
+            started = _key_time(key)
+            if since is not None and started is not None and started < since:
                 continue
             checked += 1
             previous = chain[index - 1] if index else None
