@@ -45,6 +45,7 @@ COMMANDS = {
     "copy": "lifeboat.commands.copy:copy",
     "drill": "lifeboat.commands.drill:drill",
     "janitor": "lifeboat.commands.drill:janitor",
+    "evidence": "lifeboat.commands.evidence:evidence",
     "demo": "lifeboat.demo:demo",
     "status": "lifeboat.commands.service:status",
     "serve": "lifeboat.commands.service:serve",

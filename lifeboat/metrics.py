@@ -22,6 +22,8 @@ lifeboat_drill_verdict                         drill, source  newest finished ru
 lifeboat_drill_rto_seconds                     drill, source  that run's measured restore time; NaN when the restore
                                                               did not complete
 lifeboat_drill_last_run_timestamp_seconds      drill          end of the drill's newest finished run
+lifeboat_rto_forecast_seconds                  drill, source  next month's forecast restore time (lifeboat.forecast);
+                                                              absent before two drill runs measured a restore
 lifeboat_check_ok                              (none)         newest finished check: 1 no problem, 0 problems found
                                                               or the check failed
 lifeboat_last_check_timestamp_seconds          (none)         end of that check
@@ -67,9 +69,10 @@ from prometheus_client.registry import Collector
 
 from drills.model import Status
 from lifeboat import __version__
+from lifeboat.forecast import forecasts
 from lifeboat.service.cron import next_fire_times
 from lifeboat.state.history import RunHistory
-from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus
+from lifeboat.state.records import DRILL_VERDICTS, FINISHED_BACKUP, REPOSITORY_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.errors import LifeboatError
 from policies.model import Policy
 
@@ -98,6 +101,18 @@ class StateCollector(Collector):
         yield from self._repository()
         yield from self._runs(policy)
         yield from self._policy_figures(policy)
+        yield self._forecast(policy)
+
+    def _forecast(self, policy: Policy) -> Metric:
+        gauge = GaugeMetricFamily(
+            "lifeboat_rto_forecast_seconds",
+            "Forecast restore time 30 days ahead (lifeboat.forecast).",
+            labels=["drill", "source"],
+        )
+        for name, forecast in forecasts(policy, self._history, now=utc_now()).items():
+            for source, seconds in forecast.sources.items():
+                gauge.add_metric([name, source], seconds)
+        return gauge
 
     def _backups(self, sources: list[str]) -> Iterator[Metric]:
         history = self._history

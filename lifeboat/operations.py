@@ -38,11 +38,21 @@ from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
 from backup.sources import prune_hooks
 from backup.sources.base import Progress
+from drills.evidence import (
+    build_record,
+    load_signing_key,
+    manifest_digests,
+    policy_sha256,
+    scratch_identity,
+    write_record,
+)
 from drills.history import load_history, store_report
 from drills.model import DrillRun, Status
 from drills.report import write_reports
 from drills.runner import new_run_id, run_drill
 from drills.scratch import clean_leftovers, make_scratch
+from lifeboat import __version__
+from lifeboat.forecast import forecasts
 from lifeboat.notify import Notification, build_notifiers, notify, notify_all, ping_job
 from lifeboat.notify.base import NOTIFICATIONS_ENV
 from lifeboat.notify.ping import job_id
@@ -52,6 +62,7 @@ from lifeboat.notify.wording import (
     check_failure_message,
     drill_notification,
     recovery_message,
+    rto_forecast_message,
     state_damaged_message,
     suspicious_message,
 )
@@ -60,7 +71,7 @@ from lifeboat.state.history import RunHistory
 from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunStatus, utc_now
 from lifeboat.state.source_locks import SourceLocks
 from policies.errors import LifeboatError
-from policies.model import Policy
+from policies.model import Policy, reveal
 
 if TYPE_CHECKING:
     from lifeboat.executor import KubernetesBackupExecutor
@@ -278,8 +289,12 @@ class Operations:
             directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id
             run.report_files = {kind: str(path) for kind, path in write_reports(run, directory, history).items()}
             store_report(repo, run)
+            manifests = manifest_digests(repo, run)
+            evidence = self._write_evidence(repo, run, manifests)
             single = run.sources[0].snapshot if len(run.sources) == 1 else None
-            recorded.finish(run.verdict, figures=drill_figures(run), snapshot_id=single)
+            figures = {**drill_figures(run, manifests), "evidence": evidence}
+            recorded.finish(run.verdict, figures=figures, snapshot_id=single)
+        self.warn_of_rto_forecast(name, run, recorded.id)
         if notify:
             # A failed delivery is logged by the notifier and never changes the verdict.
             notify_all(
@@ -287,6 +302,43 @@ class Operations:
                 drill_notification(run, history=history),
             )
         return run
+
+    def _write_evidence(self, repo: Repository, run: DrillRun, manifests: dict[str, dict[str, Any]]) -> str:
+        """Write the run's signed evidence record (``drills.evidence``); return its key, ``off`` without
+        a signing key, or ``not written: <why>`` (logged as an error: the drill's verdict stands)."""
+        secret = self.policy.evidence.signing_key
+        if secret is None:
+            log.info("evidence.off", drill=run.drill, reason="no evidence.signing_key in the policy")
+            return "off"
+        try:
+            key = load_signing_key(reveal(secret) or "")
+            record = build_record(
+                run,
+                policy_hash=policy_sha256(self.policy),
+                manifests=manifests,
+                scratch=scratch_identity(self.policy, run.run_id),
+                version=__version__,
+            )
+            stored = write_record(repo, record, key)
+        except LifeboatError as exc:
+            error = self.redact(str(exc))
+            log.error("evidence.not_written", drill=run.drill, run_id=run.run_id, error=error)
+            return f"not written: {error}"
+        log.info("evidence.written", drill=run.drill, run_id=run.run_id, key=stored)
+        return stored
+
+    def warn_of_rto_forecast(self, name: str, run: DrillRun, run_id: int) -> None:
+        """Open the ``rto-forecast`` incident of drill ``name`` (notified once) when next month's forecast
+        RTO exceeds the objective while the run just measured still meets it; close it when the forecast
+        is back under. A run over the objective already is the drill's own failure, told by the drill."""
+        forecast = forecasts(self.policy, self.history, now=utc_now()).get(name)
+        if forecast is None or forecast.seconds is None:
+            return
+        measured = run.rto_seconds
+        if forecast.over_objective and measured is not None and measured <= forecast.objective_seconds:
+            self._open_incident("rto-forecast", name, run_id, rto_forecast_message(forecast, measured))
+        elif not forecast.over_objective:
+            self._close_incident("rto-forecast", name, run_id)
 
     # ---- janitor ---------------------------------------------------------------------------------
 
@@ -471,13 +523,19 @@ def check_figures(report: CheckReport, seconds: float) -> dict[str, Any]:
     return {**document, "seconds": round(seconds, 3), "problems": document["problems"][:PROBLEMS_KEPT]}
 
 
-def drill_figures(run: DrillRun) -> dict[str, Any]:
+def drill_figures(run: DrillRun, manifests: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's verdict and RTO, per source also its restored snapshot's ``bytes`` (from ``manifests``,
+    for the RTO forecast)."""
     per_source = ("source", "kind", "snapshot", "verdict", "rto_seconds", "rpo_seconds")
     document = run.to_dict()
+    sizes = {name: item.get("bytes") for name, item in (manifests or {}).items()}
     return {
         "run_id": run.run_id,
         "verdict": run.verdict.value,
         "rto_seconds": document["rto_seconds"],
-        "sources": [{key: source[key] for key in per_source} for source in document["sources"]],
+        "sources": [
+            {**{key: source[key] for key in per_source}, "bytes": sizes.get(source["source"])}
+            for source in document["sources"]
+        ],
         "report_files": run.report_files,
     }

@@ -29,7 +29,15 @@ from policies.errors import ConfigError, ConfigIssue
 from policies.schedule import expand_cron
 
 FAULTS = ("corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target", "disaster", "verifier-canary")
-NOTIFY_EVENTS = ("drill", "drill-failure", "backup-failure", "check-failure", "suspicious", "state-damaged")
+NOTIFY_EVENTS = (
+    "drill",
+    "drill-failure",
+    "backup-failure",
+    "check-failure",
+    "suspicious",
+    "state-damaged",
+    "rto-forecast",
+)
 SNAPSHOT_ID = re.compile(r"^(?P<source>[a-z0-9][a-z0-9_-]*)-(?P<time>\d{8}T\d{6}Z)-(?P<suffix>[0-9a-f]{4})$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -621,6 +629,14 @@ class Service(Frozen):
     stop_timeout: Duration = timedelta(minutes=2)
 
 
+class Evidence(Frozen):
+    """Signed, chained evidence records of drill runs (``drills.evidence``): ``signing_key`` is the
+    Ed25519 private key (PEM) that ``lifeboat evidence keygen`` writes, a secret like the others.
+    Without it no record is written (never an unsigned one)."""
+
+    signing_key: Secret | None = None
+
+
 class Policy(Frozen):
     repository: Repository = Repository()
     state: Path = Path("/var/lib/lifeboat/state.db")
@@ -630,6 +646,7 @@ class Policy(Frozen):
     executor: Executor = Executor()
     drills: dict[Name, Drill] = {}
     notify: dict[Name, Notifier] = {}
+    evidence: Evidence = Evidence()
 
     def secret_values(self) -> list[str]:
         """Every secret the file holds, so that logs and errors can mask it wherever it appears."""

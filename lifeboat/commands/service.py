@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from lifeboat.context import Session, json_option, pass_session, print_json
+from lifeboat.forecast import forecasts
 from lifeboat.operations import open_operations
 from lifeboat.service import ServiceError
 from lifeboat.service.cron import next_fire_times
@@ -20,6 +21,7 @@ from lifeboat.service.jobs import job_specs
 from lifeboat.service.serve import LifeboatService
 from lifeboat.state.history import RunHistory
 from lifeboat.state.records import DRILL_VERDICTS, REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunRecord, RunStatus, utc_now
+from policies.durations import human_duration
 from policies.errors import LifeboatError
 from policies.model import Policy
 from policies.sizes import human_bytes
@@ -152,6 +154,7 @@ def status_document(
         for kind, name in MAINTENANCE
     }
     drills = []
+    forecast = forecasts(policy, history, now=now)
     for name, drill in policy.drills.items():
         verdict = history.last_run(RunKind.DRILL, name, DRILL_VERDICTS)
         drills.append(
@@ -163,6 +166,7 @@ def status_document(
                 "last_verdict": verdict.status.value if verdict else None,
                 "last_verdict_run": run(verdict),
                 "last_run": run(history.last_run(RunKind.DRILL, name)),
+                "rto_forecast": forecast[name].as_dict(),
             }
         )
     service_pid = running_service_pid(policy.state)
@@ -172,6 +176,12 @@ def status_document(
         "state_damage": damage.as_dict() if (damage := history.damage()) else None,
         "service": {"running": service_pid is not None, "pid": service_pid if service_pid and service_pid > 0 else None},
         "repository": {"url": policy.repository.url, "error": None},
+        "evidence": {
+            "on": policy.evidence.signing_key is not None,
+            "why": "signed records under evidence/ in the repository"
+            if policy.evidence.signing_key is not None
+            else "off: no evidence.signing_key in the policy (`lifeboat evidence keygen` makes one)",
+        },
         "sources": sources,
         **maintenance,
         "drills": drills,
@@ -238,11 +248,26 @@ def _print_status(document: dict[str, Any]) -> None:
                 )
             )
         _table(rows)
+        for item in document["drills"]:
+            click.echo(_forecast_line(item["rto_forecast"]))
+    click.echo(f"evidence: {'on, ' if document['evidence']['on'] else ''}{document['evidence']['why']}")
     for incident in document["incidents"]:
         click.echo(
             f"OPEN INCIDENT {incident['event']} {incident['name']}: since {incident['opened'][:19]}, "
             f"{incident['occurrences']} failed run(s); {incident['message'].splitlines()[0] if incident['message'] else ''}"
         )
+
+
+def _forecast_line(forecast: dict[str, Any]) -> str:
+    drill = forecast["drill"]
+    if forecast["rto_seconds"] is None:
+        return f"RTO forecast {drill}: not yet (needs two drill runs with a measured restore)"
+    crossing = forecast["crossing"]
+    over = f"crosses the objective around {crossing[:10]}" if crossing else "within the objective for a year"
+    return (
+        f"RTO forecast {drill}: {human_duration(forecast['rto_seconds'])} by {forecast['at'][:10]} "
+        f"(objective {human_duration(forecast['objective_seconds'])}); {over}"
+    )
 
 
 def _when(run: dict[str, Any] | None) -> str:

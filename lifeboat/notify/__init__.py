@@ -59,6 +59,7 @@ NOTIFIERS: dict[str, NotifierFactory] = {
 RECEIVED_BY = {
     "drill-failure": ("drill", "drill-failure"),
     "state-damaged": ("state-damaged", "backup-failure", "check-failure"),
+    "rto-forecast": ("rto-forecast", "drill", "drill-failure"),  # a drill's warning: its subscribers hear it
 }
 
 

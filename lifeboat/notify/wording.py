@@ -21,9 +21,11 @@ from drills.report import (
     report_file_names,
     subject_line,
 )
+from lifeboat.forecast import METHOD, DrillForecast
 from lifeboat.notify.base import Attachment, Notification
 from lifeboat.state.damage import StateDamage
 from lifeboat.state.records import utc_now
+from policies.durations import human_duration
 
 PROBLEMS_KEPT = 50  # check problems kept in a run's figures and a notification's summary (the CLI prints them all)
 PROBLEMS_LISTED = 20  # check problems listed in a notification's text
@@ -33,6 +35,7 @@ RECOVERED = {
     "backup-failure": "backups of {name} succeed again",
     "suspicious": "snapshots of {name} look normal again",
     "check-failure": "the repository check passes again",
+    "rto-forecast": "the RTO forecast of drill {name} is within its objective again",
 }
 
 
@@ -135,4 +138,23 @@ def recovery_message(event: str, name: str, occurrences: int, since: str) -> Not
         text=f"Recovered: {what} (at {utc_now():%Y-%m-%d %H:%M:%S} UTC), after {occurrences} failed run(s) "
         f"since {since}.\n(Lifeboat event: {event})\n",
         summary={"event": event, "name": name, "recovered": True, "occurrences": occurrences, "since": since},
+    )
+
+
+def rto_forecast_message(forecast: DrillForecast, measured: float) -> Notification:
+    """Drill ``forecast.drill`` still meets its RTO objective (``measured`` seconds now), but its forecast
+    for next month does not: told once, before a drill fails it."""
+    objective, seconds = forecast.objective_seconds, forecast.seconds or 0.0
+    crossing = f"{forecast.crossing:%Y-%m-%d}" if forecast.crossing else "within the month"
+    per_source = "\n".join(f"- {name}: {human_duration(value)}" for name, value in forecast.sources.items())
+    return Notification(
+        event="rto-forecast",
+        subject=f"[lifeboat] {forecast.drill}: RTO forecast {human_duration(seconds)} will exceed the objective "
+        f"{human_duration(objective)} around {crossing}",
+        text=f"Drill '{forecast.drill}' restores within its RTO objective today ({human_duration(measured)} of "
+        f"{human_duration(objective)}), but at the present trends its restores will take {human_duration(seconds)} "
+        f"by {forecast.at:%Y-%m-%d}, crossing the objective around {crossing}.\n\nForecast per source:\n{per_source}\n\n"
+        f"Method: {METHOD}.\nAct before a drill fails: faster restores (more parallelism, a closer repository), "
+        "smaller sources, or a new objective." + _footer("rto-forecast"),
+        summary={"event": "rto-forecast", **forecast.as_dict(), "measured_seconds": measured, "recovered": False},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -373,3 +374,36 @@ def test_each_s3_tamper_kind_is_a_mismatch_naming_the_object(setup: Setup, s3_se
                 for item in page.get("Contents", []):
                     client.delete_object(Bucket=target.bucket, Key=item["Key"])
             client.delete_bucket(Bucket=target.bucket)
+
+
+def test_each_drill_run_writes_a_signed_chained_evidence_record_that_verifies(
+    setup: Setup, etcd_server: Any, clickhouse_server: Any, s3_server: Any, smtp_inbox: Any
+) -> None:
+    key_file = setup.root / "evidence"
+    assert CliRunner().invoke(cli, ["evidence", "keygen", "--out", str(key_file)]).exit_code == 0
+    policy = drill_policy(
+        setup.root, etcd_server, clickhouse_server, s3_server, smtp_inbox, setup.database, setup.bucket, faults=()
+    )
+    policy.set("evidence", {"signing_key": {"file": key_file}})
+    policy.write(setup.config)
+
+    runs = [json.loads(lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email").stdout) for _ in range(2)]
+
+    assert [run["verdict"] for run in runs] == ["PASS", "PASS"]
+    verified = lifeboat(setup.config, "evidence", "verify", "--json", "--public-key", f"{key_file}.pub")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["records"] == 2
+    records = sorted((setup.root / "repo" / "evidence" / "nightly").glob("*.json"))
+    first, second = (json.loads(path.read_bytes()) for path in records)
+    assert [first["run_id"], second["run_id"]] == [run["run_id"] for run in runs]
+    assert (first["sequence"], first["previous"], second["sequence"]) == (1, None, 2)
+    assert second["previous"] == hashlib.sha256(records[0].read_bytes()).hexdigest()
+    assert {source["source"] for source in second["sources"]} == {"k8s-etcd", "features", "models"}
+    assert all(len(source["manifest_sha256"]) == 64 and source["bytes"] > 0 for source in second["sources"])
+    scratch = second["scratch"]  # the local scratch servers are the sources' own test servers here
+    assert scratch["kind"] == "local" and scratch["database"].startswith("lifeboat_drill_")
+    assert scratch["shares_server_with_source"] is True and any("clickhouse" in s for s in scratch["shared_servers"])
+    assert second["rto_met"] is True and second["lifeboat"]["version"] and second["policy_sha256"]
+    assert [step["name"] for step in second["sources"][0]["steps"]][:3] == ["select-snapshot", "rpo", "provision"]
+    report = json.loads(lifeboat(setup.config, "evidence", "report", "--format", "json").stdout)
+    rows = report["drills"][0]["sources"][0]["runs"]
+    assert [row["segregated"] for row in rows] == [False, False]  # said plainly: not segregated scratch
