@@ -2,8 +2,9 @@
 # Install the Debian packages the tests and the demo run for real (etcd 3.4, ClickHouse 18.16),
 # without starting their services: the tests start their own on free loopback ports.
 set -euo pipefail
-# chromium + fonts: the HTML drill report is checked in a real browser; zstd: the repository benchmark's floor
-packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd)
+# chromium + fonts: the HTML drill report is checked in a real browser; zstd: the repository benchmark's floor;
+# podman + runc + debootstrap: the image is built on a debootstrap base and run (tests/integration/test_image.py)
+packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd podman runc debootstrap)
 need=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need+=("$package")
@@ -24,6 +25,6 @@ fi
 trap '[ -n "$added_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd; do
+for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd podman runc debootstrap; do
   command -v "$binary" >/dev/null || { echo "error: $binary is still missing after apt-get install" >&2; exit 1; }
 done
