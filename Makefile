@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test test-fast lint bench system-deps venv clean
+.PHONY: demo test test-fast lint bench image system-deps venv clean
 
 # The whole story on local servers: etcd, ClickHouse, S3, SMTP; two backups; a drill with every fault.
 demo: system-deps venv
@@ -23,6 +23,13 @@ test-fast: venv
 # Benchmarks: each prints Lifeboat against the bare tool doing the same work, measured in the same run.
 bench: system-deps venv
 	@for script in tests/bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# The container image (deploy/docker/Dockerfile) from a wheelhouse built here; docker, else podman.
+# BASE_IMAGE=... for another Debian bookworm base with Python 3.11; IMAGE=... for the tag.
+IMAGE ?= lifeboat:0.1.0
+BASE_IMAGE ?= python:3.11-slim-bookworm
+image: venv
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) PYTHON=$(BIN)/python bash deploy/docker/build.sh
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,9 +2,10 @@
 # Install the Debian packages the tests and the demo run for real (etcd 3.4, ClickHouse 18.16),
 # without starting their services: the tests start their own on free loopback ports.
 set -euo pipefail
-# chromium + fonts: the HTML drill report is checked in a real browser; zstd: the repository benchmark's floor
-# prometheus: its promtool checks and unit-tests the alert rules in deploy/
-packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd prometheus)
+# chromium + fonts: the HTML drill report is checked in a real browser; zstd: the repository benchmark's floor;
+# prometheus: its promtool checks and unit-tests the alert rules in deploy/;
+# podman + runc + debootstrap: the image is built on a debootstrap base and run (tests/integration/test_image.py)
+packages=(etcd-server etcd-client clickhouse-server clickhouse-client chromium fonts-liberation zstd prometheus podman runc debootstrap)
 need=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need+=("$package")
@@ -25,6 +26,6 @@ fi
 trap '[ -n "$added_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd promtool; do
+for binary in etcd etcdctl clickhouse-server clickhouse-client chromium zstd promtool podman runc debootstrap; do
   command -v "$binary" >/dev/null || { echo "error: $binary is still missing after apt-get install" >&2; exit 1; }
 done
