@@ -94,9 +94,7 @@ def test_rules_and_their_test_series_name_only_metrics_lifeboat_exports() -> Non
         read = series_names(rule["expr"])
         assert read, alert
         assert read <= exported, f"{alert} reads {sorted(read - exported)}, which Lifeboat does not export"
-    fed = {
-        series["series"].split("{", 1)[0] for case in load(RULE_TESTS)["tests"] for series in case["input_series"]
-    }
+    fed = {series["series"].split("{", 1)[0] for case in load(RULE_TESTS)["tests"] for series in case["input_series"]}
     assert fed <= exported, f"the unit tests feed {sorted(fed - exported)}, which Lifeboat does not export"
 
 
