@@ -42,7 +42,7 @@ from policies.schedule import expand_cron
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
-VARIANTS = ("base", "cronjob")
+VARIANTS = ("base", "cronjob", "monitoring")  # monitoring: optional, for the prometheus-operator
 EXAMPLE_SUFFIX = ".example.yaml"
 LIFEBOAT_SA = ("lifeboat", "lifeboat")  # (namespace, name) of the identity `lifeboat serve` runs as
 RUNNER_SA = ("lifeboat", "lifeboat-runner")
@@ -145,13 +145,27 @@ def is_namespaced(document: Document) -> bool | None:
     return None
 
 
+# Custom resources of the prometheus-operator (deploy/kubernetes/monitoring/, an optional kustomization).
+# The kubernetes client has no model for a CRD's object, so only their envelope is checked here (the
+# top-level keys, metadata against V1ObjectMeta, the namespace); their specs are checked by
+# test_alert_rules.py: the rules by promtool and against the plain rules file, the ServiceMonitor's
+# selector and port against the Service. (apiVersion, kind) -> namespaced.
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): True,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): True,
+}
+
+
 def manifest_problems(document: Document) -> list[str]:
     """Every field of ``document`` that the API server would refuse, drop or read differently.
 
     Deserializes into the client's model (which raises on wrong types and missing required fields),
     then compares the re-serialized object with the input, key by key: the deserializer drops
-    unknown fields without a word, and that comparison is what catches them.
+    unknown fields without a word, and that comparison is what catches them. A custom resource of
+    ``CUSTOM_RESOURCES`` has no model: only its envelope is checked (``custom_resource_problems``).
     """
+    if (document.get("apiVersion"), document.get("kind")) in CUSTOM_RESOURCES:
+        return custom_resource_problems(document)
     name = model_name(document)
     if not hasattr(kubernetes.client, name):
         return [f"apiVersion {document.get('apiVersion')!r} kind {document.get('kind')!r}: no such model ({name})"]
@@ -172,6 +186,26 @@ def manifest_problems(document: Document) -> list[str]:
     except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
         return [f"{name}: {exc}"]
     return _differences(document, client.sanitize_for_serialization(model), name)
+
+
+def custom_resource_problems(document: Document) -> list[str]:
+    """The envelope of a custom resource: only apiVersion, kind, metadata and spec; metadata a valid
+    ObjectMeta; a namespace when the kind is namespaced. Its spec is left to tests that know it."""
+    kind = str(document["kind"])
+    unknown = sorted(set(document) - {"apiVersion", "kind", "metadata", "spec"})
+    if unknown:
+        return [f"{kind}: unknown top-level fields {unknown}"]
+    if "spec" not in document:
+        return [f"{kind}: no spec"]
+    metadata = document.get("metadata", {})
+    if CUSTOM_RESOURCES[(document["apiVersion"], kind)] != ("namespace" in metadata):
+        return [f"{kind}: metadata.namespace must be set ({kind} is namespaced)"]
+    client = _api_client()
+    try:
+        model = client._ApiClient__deserialize(copy.deepcopy(metadata), "V1ObjectMeta")  # type: ignore[attr-defined]
+    except (ValueError, TypeError) as exc:
+        return [f"{kind}.metadata: {exc}"]
+    return _differences(metadata, client.sanitize_for_serialization(model), f"{kind}.metadata")
 
 
 def _differences(sent: Any, kept: Any, path: str) -> list[str]:
@@ -223,6 +257,31 @@ def _broken(mutate: str) -> Document:
     elif mutate == "no-namespace":
         del document["metadata"]["namespace"]
     return document
+
+
+def _broken_custom_resource(mutate: str) -> Document:
+    document = copy.deepcopy(find("PrometheusRule", "lifeboat", variant="monitoring"))
+    if mutate == "metadata-typo":
+        document["metadata"]["label"] = document["metadata"].pop("labels")
+    elif mutate == "spec-beside-spec":
+        document["groups"] = document["spec"]["groups"]
+    elif mutate == "no-namespace":
+        del document["metadata"]["namespace"]
+    return document
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named"),
+    [
+        ("metadata-typo", "PrometheusRule.metadata.label"),
+        ("spec-beside-spec", "unknown top-level fields ['groups']"),
+        ("no-namespace", "metadata.namespace must be set"),
+    ],
+)
+def test_the_validator_checks_the_envelope_of_custom_resources(mutate: str, named: str) -> None:
+    assert manifest_problems(find("PrometheusRule", "lifeboat", variant="monitoring")) == []
+    problems = manifest_problems(_broken_custom_resource(mutate))
+    assert named in " ".join(problems), problems
 
 
 @pytest.mark.parametrize(
