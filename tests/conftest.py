@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+import rgw
 from helpers import (  # tests/ is on sys.path: pytest puts a rootdir conftest's directory there
     CapturedLog,
     ServerLogs,
@@ -129,8 +130,40 @@ class S3Endpoint:
         }
 
 
+S3_SERVERS = ("moto", "rgw")
+"""The S3 servers a test can run on: ``@on_both_s3_servers`` (helpers.py) runs it on each."""
+
+
 @pytest.fixture(scope="session")
-def s3_server(server_logs: ServerLogs) -> Iterator[S3Endpoint]:
+def s3_server(request: pytest.FixtureRequest) -> S3Endpoint:
+    """The test's S3 server: moto, unless the test is parametrised over ``S3_SERVERS`` (indirectly)."""
+    name = getattr(request, "param", "moto")
+    if name not in S3_SERVERS:
+        raise ValueError(f"unknown S3 server {name!r}: one of {', '.join(S3_SERVERS)}")
+    endpoint: S3Endpoint = request.getfixturevalue(f"{name}_server")
+    return endpoint
+
+
+@pytest.fixture(scope="session")
+def rgw_server(server_logs: ServerLogs) -> Iterator[S3Endpoint]:
+    """Ceph's RADOS Gateway (single-node Ceph on loopback, memstore OSD), started once per session (~15-30 s).
+
+    Its user has the keys the tests give moto ("testing"/"testing"). Teardown stops every daemon
+    (SIGKILL after a timeout) and removes the cluster's temp dir.
+    """
+    require_binaries(*rgw.BINARIES, hint=rgw.INSTALL_HINT)
+    with rgw.start_rgw() as cluster:
+        # radosgw's own logs: the mon's, mgr's and OSD's are noisy and rarely the story
+        server_logs.register("radosgw", lambda lines: cluster.log_tail(lines, only=("radosgw", "client.admin")))
+        yield S3Endpoint(
+            endpoint_url=cluster.endpoint_url,
+            access_key_id=cluster.access_key_id,
+            secret_access_key=cluster.secret_access_key,
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_server(server_logs: ServerLogs) -> Iterator[S3Endpoint]:
     """moto's S3 API on a free loopback port, in-process (buckets are shared by the whole session)."""
     from moto.server import ThreadedMotoServer
 

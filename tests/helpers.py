@@ -37,11 +37,26 @@ def missing_requirement(message: str) -> None:
     pytest.skip(message)
 
 
-def require_binaries(*names: str) -> None:
+def require_binaries(*names: str, hint: str = INSTALL_HINT) -> None:
     """Skip (or fail in CI) unless every binary in ``names`` is on PATH."""
     missing = [name for name in names if shutil.which(name) is None]
     if missing:
-        missing_requirement(f"not on PATH: {', '.join(missing)}; install with: {INSTALL_HINT}")
+        missing_requirement(f"not on PATH: {', '.join(missing)}; install with: {hint}")
+
+
+def on_both_s3_servers(*, rgw_xfail: str = "", moto_xfail: str = "") -> pytest.MarkDecorator:
+    """Run the test on moto and on Ceph RGW (its ``s3_server`` fixture, and everything built on it).
+
+    A server the test cannot pass on gets a strict xfail whose reason names the server difference:
+    visible in every run, and an error the day the server starts to pass.
+    """
+
+    def server(name: str, reason: str) -> Any:
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        return pytest.param(name, marks=marks, id=name)
+
+    servers = [server("moto", moto_xfail), server("rgw", rgw_xfail)]
+    return pytest.mark.parametrize("s3_server", servers, indirect=True, scope="session")
 
 
 def require_module(name: str) -> ModuleType:

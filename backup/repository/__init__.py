@@ -46,13 +46,30 @@ def open_repository(settings: RepositorySettings, *, create: bool = False, store
 
 
 def init_repository(settings: RepositorySettings, *, store: Store | None = None) -> Repository:
-    """Create the configured repository; an encryption key file that does not exist yet is generated."""
+    """Create the configured repository; an encryption key file that does not exist yet is generated.
+
+    The store is asked first whether it can keep what the policy asks (an S3 bucket without Object
+    Lock cannot); when creating fails, a key file generated here is removed again: nothing is left."""
     store = store or open_store(settings)
+    if settings.object_lock is not None:
+        from backup.repository.s3store import S3Store
+
+        if isinstance(store, S3Store):
+            store.require_object_lock()
     key_file = settings.encryption.key_file if settings.encryption else None
+    generated = False
     if key_file and not key_file.exists():
         new_key_file(key_file)
+        generated = True
+    try:
+        repository = Repository.init(store, key=read_key_file(key_file) if key_file else None)
+    except BaseException:
+        if generated and key_file:
+            key_file.unlink(missing_ok=True)  # it encrypts nothing: a later init makes a new one
+        raise
+    if generated:
         log.warning("repository.key_created", key_file=str(key_file), advice="keep a copy outside this machine")
-    return Repository.init(store, key=read_key_file(key_file) if key_file else None)
+    return repository
 
 
 __all__ = ["STORES", "Repository", "RepositoryNotFound", "init_repository", "open_repository", "open_store"]

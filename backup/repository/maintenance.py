@@ -176,6 +176,8 @@ class PruneReport:
     chunks_deleted: int = 0
     bytes_deleted: int = 0
     chunks_locked: int = 0  # under Object Lock retention: skipped, deleted by a later prune
+    snapshots_locked: list[str] = field(default_factory=list)  # forgotten, manifest under Object Lock: deleted later
+    manifests_deleted: list[str] = field(default_factory=list)  # forgotten earlier, deleted now their retention ended
     chunks_in_grace: int = 0  # unreferenced but younger than the grace period
     incomplete_removed: int = 0  # leftovers of writes that never finished (.tmp- files, multipart uploads)
     parts_deleted: list[str] = field(default_factory=list)  # abandoned part manifests of sharded runs
@@ -251,6 +253,8 @@ def _prune(
     report: PruneReport,
     forget_damaged: bool,
 ) -> None:
+    if not report.dry_run:  # snapshots forgotten under Object Lock: their manifests go once it ends
+        report.manifests_deleted, report.snapshots_locked = repository.delete_forgotten()
     try:
         listing = repository.scan_snapshots()
     except StoreError as exc:
@@ -276,8 +280,8 @@ def _prune(
             target.append(decision.snapshot.id)
             if decision.keep:
                 survivors.append(index[decision.snapshot.id])
-            elif not report.dry_run:
-                repository.forget(index[decision.snapshot.id])
+            elif not report.dry_run and not repository.forget(index[decision.snapshot.id]):
+                report.snapshots_locked.append(decision.snapshot.id)
     for kind, hook in sorted(hooks.items()):
         _delete_outside_chunks(repository, hook, [header for header in survivors if header.kind == kind], report)
     pending = _pending_parts(repository, grace, now, report)
@@ -333,8 +337,8 @@ def _damaged(repository: Repository, damaged: DamagedManifest, forget: bool, rep
     if forget:
         report.forgotten.append(damaged.snapshot)
         report.reasons[damaged.snapshot] = [f"damaged manifest, forgotten as asked: {damaged}"]
-        if not report.dry_run:
-            repository.forget_id(damaged.snapshot)
+        if not report.dry_run and not repository.forget_id(damaged.snapshot):
+            report.snapshots_locked.append(damaged.snapshot)
         return
     report.kept.append(damaged.snapshot)
     report.reasons[damaged.snapshot] = [f"damaged manifest, kept (prune --forget-damaged removes it): {damaged}"]

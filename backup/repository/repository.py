@@ -6,6 +6,7 @@ Layout under the store's prefix::
     keys/<key id>.json                          the data key wrapped by one key file (keys.py)
     chunks/ab/<chunk id>                        one sealed chunk (see codec.py)
     snapshots/<source>/<snapshot id>.json.zst   a manifest: the commit point of a snapshot
+    forgotten/<source>/<snapshot id>            a tombstone: forgotten, but its manifest is under Object Lock
     locks/<uuid>.json                           shared / exclusive locks (locks.py)
     drills/<drill>/<run id>.json                drill reports
     parts/<source>/<run>/<i>of<n>.json.zst      part manifests of a sharded run, until merged (parts.py)
@@ -93,6 +94,14 @@ class SnapshotListing:
 
     headers: list[SnapshotHeader]
     damaged: list[DamagedManifest]
+
+
+TOMBSTONE_PREFIX = "forgotten/"
+
+
+def tombstone_key(source: str, snapshot_id: str) -> str:
+    """Where the forget of a snapshot whose manifest is under Object Lock is recorded."""
+    return f"{TOMBSTONE_PREFIX}{source}/{snapshot_id}"
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -392,10 +401,18 @@ class Repository:
         self.store.delete(stored.key)
 
     def snapshot_ids(self, source: str | None = None) -> list[str]:
-        """Ids of committed snapshots, oldest first (ids sort by time within a source)."""
+        """Ids of committed snapshots, oldest first (ids sort by time within a source); forgotten ones
+        whose manifest is still there (a tombstone, see ``forget``) are left out."""
         prefix = f"snapshots/{source}/" if source else "snapshots/"
         found = [parsed for info in self.store.list(prefix) if (parsed := parse_manifest_key(info.key))]
+        forgotten = set(self.forgotten_ids(source)) if found else set()
+        found = [(source_name, snapshot_id) for source_name, snapshot_id in found if snapshot_id not in forgotten]
         return [snapshot_id for _, snapshot_id in sorted(found, key=lambda pair: (pair[1].rsplit("-", 2)[-2], pair[1]))]
+
+    def forgotten_ids(self, source: str | None = None) -> list[str]:
+        """Ids of snapshots forgotten while their manifest was under Object Lock (their tombstones)."""
+        prefix = f"{TOMBSTONE_PREFIX}{source}/" if source else TOMBSTONE_PREFIX
+        return sorted(info.key.rsplit("/", 1)[-1] for info in self.store.list(prefix) if info.key.count("/") == 2)
 
     def read_header(self, snapshot_id: str) -> SnapshotHeader:
         try:
@@ -474,6 +491,12 @@ class Repository:
     def find_snapshot(self, source: str, *, snapshot: str = "latest", at: datetime | None = None) -> SnapshotHeader:
         """``latest`` good snapshot of ``source`` (at or before ``at`` when given), or one by id."""
         if snapshot != "latest":
+            with contextlib.suppress(ValueError):
+                if self.store.exists(tombstone_key(snapshot_source(snapshot), snapshot)):
+                    raise SnapshotNotFound(
+                        f"snapshot {snapshot} was forgotten by prune in {self.url} (its manifest stays until its Object "
+                        "Lock retention ends)"
+                    )
             header = self.read_header(snapshot)
             if header.source != source:
                 raise SnapshotNotFound(f"snapshot {snapshot} belongs to source '{header.source}', not '{source}'")
@@ -498,13 +521,44 @@ class Repository:
         when = f" at or before {at.isoformat()}" if at else ""
         raise SnapshotNotFound(f"no good snapshot of source '{source}'{when} in {self.url}")
 
-    def forget(self, header: SnapshotHeader) -> None:
-        """Remove a snapshot's manifest; its chunks go at the next prune after the grace period."""
-        self.store.delete(manifest_key(header.source, header.id))
+    def forget(self, header: SnapshotHeader) -> bool:
+        """Remove a snapshot's manifest; its chunks go at the next prune after the grace period.
 
-    def forget_id(self, snapshot_id: str) -> None:
-        """Remove the manifest named ``snapshot_id`` without reading it (a damaged one)."""
-        self.store.delete(manifest_key(snapshot_source(snapshot_id), snapshot_id))
+        True when the manifest is gone. False when it is under Object Lock: then a tombstone records
+        the forget (listings, ``find_snapshot`` and retention no longer see the snapshot), and
+        ``delete_forgotten`` removes both once the retention has ended."""
+        return self.forget_id(header.id)
+
+    def forget_id(self, snapshot_id: str) -> bool:
+        """``forget`` by id, without reading the manifest (a damaged one)."""
+        source = snapshot_source(snapshot_id)
+        try:
+            self.store.delete(manifest_key(source, snapshot_id))
+        except ObjectLockedError as exc:
+            record = {"snapshot": snapshot_id, "forgotten": datetime.now(UTC).isoformat(), "manifest": str(exc)}
+            put_bytes(self.store, tombstone_key(source, snapshot_id), json.dumps(record).encode())
+            log.info("snapshot.forgotten_locked", snapshot=snapshot_id, reason=str(exc))
+            return False
+        return True
+
+    def delete_forgotten(self) -> tuple[list[str], list[str]]:
+        """Delete the manifests of snapshots forgotten under Object Lock whose retention has ended, and
+        their tombstones; returns (deleted, still locked) snapshot ids."""
+        deleted: list[str] = []
+        locked: list[str] = []
+        for snapshot_id in self.forgotten_ids():
+            try:
+                source = snapshot_source(snapshot_id)
+            except ValueError:
+                continue  # not a tombstone of ours
+            try:
+                self.store.delete(manifest_key(source, snapshot_id))
+            except ObjectLockedError:
+                locked.append(snapshot_id)
+                continue
+            self.store.delete(tombstone_key(source, snapshot_id))  # after the manifest: a crash between leaves it hidden
+            deleted.append(snapshot_id)
+        return deleted, locked
 
     def commit_marks(self) -> frozenset[tuple[str, int, datetime]]:
         """Every snapshot and part manifest as (key, size, modified), by the store's own clock: what

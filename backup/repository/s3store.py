@@ -40,7 +40,33 @@ _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 # A HEAD answer has no body, so a missing bucket comes back as a bare "404" there.
 _NO_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound"}
-UNLOCKED_PREFIXES = ("locks/",)  # lock files are rewritten and removed all the time: no retention
+# Lock files are rewritten and removed all the time, and a tombstone (repository.py) must go with its
+# manifest once that one's retention ends: neither carries retention.
+UNLOCKED_PREFIXES = ("locks/", "forgotten/")
+OBJECT_LOCK_FIX = (
+    "create the bucket with Object Lock enabled (aws s3api create-bucket --bucket {bucket} "
+    "--object-lock-enabled-for-bucket; it cannot be switched on for an existing bucket everywhere), "
+    "or remove object_lock from the repository in the policy"
+)
+
+
+def bucket_object_lock(client: Any, bucket: str) -> bool | None:
+    """Whether ``bucket`` has Object Lock enabled, asked with GetObjectLockConfiguration.
+
+    True or False; None when the answer says nothing (not allowed to ask, or an error that is not
+    about Object Lock). A missing bucket, or an unreachable server, raises the botocore error.
+    AWS, moto and Ceph RGW all answer ``ObjectLockConfigurationNotFoundError`` for a bucket without it
+    (where a locked write on RGW gets a bare ``InvalidRequest`` with no message).
+    """
+    try:
+        answer = client.get_object_lock_configuration(Bucket=bucket)
+    except ClientError as exc:
+        if _code(exc) == "ObjectLockConfigurationNotFoundError":
+            return False
+        if _code(exc) == "NoSuchBucket":
+            raise
+        return None
+    return answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
 
 class S3Store:
@@ -76,6 +102,27 @@ class S3Store:
             addressing_style=s3.addressing_style,
         )
         return cls(client, settings.bucket, settings.prefix, part_size=s3.part_size, object_lock=settings.object_lock)
+
+    def require_object_lock(self) -> None:
+        """Raise StoreError saying what to fix if Object Lock is configured but the bucket lacks it.
+
+        Asked before a repository is created, so that nothing is written to a bucket that would
+        refuse (or, on a server that ignores the lock headers, silently not keep) the retention."""
+        if self.object_lock is None:
+            return
+        try:
+            enabled = bucket_object_lock(self.client, self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            self._fail(exc, "ask the Object Lock configuration of", "")
+        if enabled is False:
+            raise self._no_object_lock()
+
+    def _no_object_lock(self) -> StoreError:
+        return StoreError(
+            f"bucket '{self.bucket}' at {self._endpoint} has no Object Lock enabled, but repository.object_lock "
+            f"asks for {self.object_lock.mode if self.object_lock else ''} retention: "
+            + OBJECT_LOCK_FIX.format(bucket=self.bucket)
+        )
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -297,12 +344,19 @@ class S3Store:
                 f"access denied to {where} ({code}): check repository.s3.access_key_id / secret_access_key "
                 "and the bucket policy"
             ) from exc
-        if code == "InvalidRequest" and "objectlockconfiguration" in _message(exc).replace(" ", "").lower():
-            raise StoreError(
-                f"cannot {what} {where}: bucket '{self.bucket}' has no Object Lock enabled; create it with "
-                "Object Lock, or remove repository.object_lock"
-            ) from exc
+        if code == "InvalidRequest" and self.object_lock is not None and self._lacks_object_lock(exc):
+            raise StoreError(f"cannot {what} {where}: {self._no_object_lock()}") from exc
         raise StoreError(f"cannot {what} {where}: {code}: {exc}") from exc
+
+    def _lacks_object_lock(self, exc: ClientError) -> bool:
+        """Whether an InvalidRequest is the bucket's missing Object Lock: moto says so in its message,
+        Ceph RGW sends no message at all, so then the bucket is asked."""
+        if "objectlockconfiguration" in _message(exc).replace(" ", "").lower():
+            return True
+        try:
+            return bucket_object_lock(self.client, self.bucket) is False
+        except (ClientError, BotoCoreError):
+            return False
 
     def _no_such_bucket(self) -> StoreError:
         return StoreError(f"bucket '{self.bucket}' does not exist at {self._endpoint}: create it, or fix repository.url")

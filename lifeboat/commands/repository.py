@@ -242,6 +242,16 @@ def prune(session: Session, dry_run: bool, forget_damaged: bool, as_json: bool) 
         f"{verb} {len(report.forgotten)} snapshot(s), kept {len(report.kept)}; {deleted} {report.chunks_deleted} chunk(s) "
         f"({human_bytes(report.bytes_deleted)}); {report.chunks_in_grace} unreferenced chunk(s) still in the grace period"
         + (f"; {report.chunks_locked} under Object Lock, skipped" if report.chunks_locked else "")
+        + (
+            f"; {len(report.snapshots_locked)} forgotten snapshot(s) under Object Lock, deleted later"
+            if report.snapshots_locked
+            else ""
+        )
+        + (
+            f"; deleted the manifests of {len(report.manifests_deleted)} forgotten earlier"
+            if report.manifests_deleted
+            else ""
+        )
     )
     if report.chunks_kept_because:
         click.echo(f"warning: {report.chunks_kept_because}", err=True)

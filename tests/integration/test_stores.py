@@ -1,6 +1,7 @@
 """The store contract, run over every store through one fixture, then what only one store promises.
 
-The S3 store talks to the session's real moto server (no mocks). Findings about moto 5.2 that
+The S3 store talks to the session's real moto server (no mocks); the contract, multipart and Object
+Lock tests run on Ceph's RADOS Gateway too (``on_both_s3_servers``). Findings about moto 5.2 that
 shape these tests:
 
 * moto checks no credentials until its auth is switched on (``POST /moto-api/reset-auth`` with
@@ -29,6 +30,7 @@ from typing import Any
 
 import boto3
 import pytest
+from helpers import on_both_s3_servers
 
 from backup.execute import free_port
 from backup.repository.retry import RetryingStore, RetryPolicy
@@ -93,13 +95,16 @@ def head(store: S3Store, key: str) -> dict[str, Any]:
 # --- the contract, over every store ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "moto", "rgw"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """Each store, empty; the S3 one under a prefix of a fresh bucket, so keys outside it exist nowhere."""
+    """Each store, empty; the S3 ones (on moto and on Ceph RGW) under a prefix of a fresh bucket, so keys
+    outside it exist nowhere."""
     if request.param == "local":
         return LocalStore(tmp_path / "repo")
-    endpoint = request.getfixturevalue("s3_server")
-    return s3_store(endpoint.endpoint_url, request.getfixturevalue("s3_bucket"))
+    endpoint = request.getfixturevalue(f"{request.param}_server")
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    endpoint.client().create_bucket(Bucket=bucket)
+    return s3_store(endpoint.endpoint_url, bucket)
 
 
 def test_put_then_open_gives_back_the_same_bytes(store: Store) -> None:
@@ -352,6 +357,7 @@ def test_local_refuses_keys_that_escape_or_hide(tmp_path: Path, key: str) -> Non
 # --- S3Store: multipart ----------------------------------------------------------------------------------
 
 
+@on_both_s3_servers()
 def test_s3_multipart_put_round_trips_and_is_really_multipart(s3_server: Any, s3_bucket: str) -> None:
     store = s3_store(s3_server.endpoint_url, s3_bucket, part_size=PART_SIZE)
     data = os.urandom(12 * MiB + 4321)  # 5 + 5 + 2 MiB and a tail: three parts
@@ -362,6 +368,7 @@ def test_s3_multipart_put_round_trips_and_is_really_multipart(s3_server: Any, s3
     assert head(store, "chunks/ab/big")["ETag"].strip('"').endswith("-3")
 
 
+@on_both_s3_servers()
 def test_s3_failed_multipart_put_aborts_the_upload_and_keeps_the_old_object(s3_server: Any, s3_bucket: str) -> None:
     store = s3_store(s3_server.endpoint_url, s3_bucket, part_size=PART_SIZE)
     put_bytes(store, "chunks/ab/big", b"old")
@@ -400,6 +407,7 @@ STORE_CALLS = {
 }
 
 
+@on_both_s3_servers()
 @pytest.mark.parametrize("call", STORE_CALLS.values(), ids=STORE_CALLS.keys())
 def test_s3_missing_bucket_fails_at_once_naming_the_bucket(s3_server: Any, call: Any) -> None:
     bucket = f"missing-{uuid.uuid4().hex[:12]}"
@@ -414,6 +422,7 @@ def test_s3_missing_bucket_fails_at_once_naming_the_bucket(s3_server: Any, call:
     assert "repository.url" in str(raised.value)
 
 
+@on_both_s3_servers()
 def test_s3_object_lock_on_a_bucket_without_it_says_so(s3_server: Any, s3_bucket: str) -> None:
     store = s3_store(s3_server.endpoint_url, s3_bucket, object_lock=LOCK)
 
@@ -540,6 +549,7 @@ def assert_retained_for_a_day(store: S3Store, key: str) -> None:
     assert abs(until - (datetime.now(UTC) + timedelta(days=1))) < timedelta(minutes=5)
 
 
+@on_both_s3_servers()
 def test_s3_every_put_carries_retention_single_and_multipart(locked_store: S3Store) -> None:
     big = os.urandom(12 * MiB + 99)
     put_bytes(locked_store, "chunks/ab/small", b"small chunk")
@@ -551,6 +561,7 @@ def test_s3_every_put_carries_retention_single_and_multipart(locked_store: S3Sto
     assert get_bytes(locked_store, "chunks/cd/big") == big
 
 
+@on_both_s3_servers()
 def test_s3_lock_files_carry_no_retention_and_go_away_whole(locked_store: S3Store) -> None:
     put_bytes(locked_store, "locks/abc.json", b'{"exclusive": false}')
     put_bytes(locked_store, "locks/abc.json", b'{"exclusive": false, "heartbeat": 2}')  # a heartbeat rewrite
@@ -563,6 +574,7 @@ def test_s3_lock_files_carry_no_retention_and_go_away_whole(locked_store: S3Stor
     assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
 
 
+@on_both_s3_servers()
 def test_s3_delete_of_a_retained_object_raises_object_locked_and_keeps_it(locked_store: S3Store) -> None:
     put_bytes(locked_store, "chunks/ab/kept", b"retained")
 
@@ -572,6 +584,7 @@ def test_s3_delete_of_a_retained_object_raises_object_locked_and_keeps_it(locked
     assert get_bytes(locked_store, "chunks/ab/kept") == b"retained"
 
 
+@on_both_s3_servers()
 def test_s3_refused_delete_never_brings_back_an_older_version(s3_server: Any, locked_store: S3Store) -> None:
     put_bytes(locked_store, "snapshots/src/a.json.zst", b"old, retained")
     # The newest version has no retention (written without object_lock), the older one has.
@@ -585,6 +598,7 @@ def test_s3_refused_delete_never_brings_back_an_older_version(s3_server: Any, lo
     assert get_bytes(locked_store, "snapshots/src/a.json.zst") == b"new"
 
 
+@on_both_s3_servers()
 def test_s3_delete_in_a_versioned_bucket_leaves_no_version_behind(s3_server: Any, s3_bucket: str) -> None:
     # Without this, prune would "delete" chunks whose bytes stay billed as noncurrent versions.
     s3_server.client().put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
