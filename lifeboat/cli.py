@@ -42,6 +42,7 @@ COMMANDS = {
     "check": "lifeboat.commands.repository:check",
     "prune": "lifeboat.commands.repository:prune",
     "unlock": "lifeboat.commands.repository:unlock",
+    "stats": "lifeboat.commands.inspect:stats",
     "drill": "lifeboat.commands.drill:drill",
     "janitor": "lifeboat.commands.drill:janitor",
     "demo": "lifeboat.demo:demo",

@@ -104,6 +104,12 @@ SUCCESSES = [
     ("drill", "history", "--json"),
     ("drill", "history", "nightly", "--json"),
     ("janitor", "--dry-run", "--json"),
+    ("snapshots", "ls", "latest", "--json"),
+    ("snapshots", "ls", "latest", "models/*", "--json"),
+    ("snapshots", "diff", "latest", "latest", "--json"),
+    ("stats", "--json"),
+    ("stats", "--source", "models", "--json"),
+    ("snapshots", "list", "--since", "7d", "--status", "good", "--latest", "1", "--json"),
 ]
 
 
@@ -156,6 +162,7 @@ UNKNOWN_NAMES = [
     ("verify", "nope", "--to-dir", "/tmp/x", "--json"),
     ("drill", "run", "nosuch", "--json"),
     ("drill", "history", "nosuch", "--json"),
+    ("stats", "--source", "nope", "--json"),
 ]
 
 
@@ -177,6 +184,8 @@ def test_unknown_names_exit_2_without_json_too(contract: Contract) -> None:
         ("snapshots", "show", "nope", "--json"),
         ("snapshots", "show", "models-19990101T000000Z-ffff", "--json"),
         ("restore", "models", "--snapshot", "nope", "--to-dir", "/tmp/x", "--json"),
+        ("snapshots", "ls", "nope", "--json"),
+        ("snapshots", "diff", "latest", "nope", "--json"),
     ],
     ids=" ".join,
 )
@@ -199,6 +208,10 @@ USAGE_MISTAKES = [
     ("snapshots", "list", "--no-such-option", "--json"),  # parsing error
     ("snapshots", "show", "--json"),  # missing argument
     ("drill", "history", "--limit", "many", "--json"),  # bad type
+    ("snapshots", "list", "--since", "soon", "--json"),
+    ("snapshots", "list", "--status", "bad", "--json"),
+    ("snapshots", "list", "--latest", "0", "--json"),
+    ("snapshots", "diff", "latest", "--json"),  # missing argument
 ]
 
 
