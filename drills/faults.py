@@ -25,7 +25,7 @@ from drills.steps import StepFailed, StepOutcome, StepUnverified
 from policies.errors import IntegrityError, LifeboatError
 
 FLAKY_SHARE = 0.2
-FLAKY_RETRY = RetryPolicy(attempts=10, base_delay=0.02, max_delay=0.5)
+FLAKY_RETRY = RetryPolicy(attempts=10, base_delay=0.02, max_delay=0.5, expected_failures=True)
 
 
 @dataclass
