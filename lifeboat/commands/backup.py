@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -228,7 +229,8 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
     options, header = _options(session, source, at_text, values)
     anomalies = _warn_if_suspicious(header)
     repository = session.repository()
-    with terminal_progress(f"restore {source}") as progress:
+    total = _restore_size(repository, source, options, header) if sys.stderr.isatty() and not options.dry_run else None
+    with terminal_progress(f"restore {source}", total=total) as progress:
         result = run_restore(
             repository, source, session.policy().sources[source], options, stale_after=session.stale_after, progress=progress
         )
@@ -259,6 +261,17 @@ def verify(session: Session, source: str, at_text: str | None, as_json: bool, **
             click.echo(f"  {difference}")
     if found.verdict is not Verdict.MATCH:
         click.get_current_context().exit(EXIT_FAILED if found.verdict is Verdict.MISMATCH else EXIT_UNVERIFIED)
+
+
+def _restore_size(repository: Repository, source: str, options: RestoreOptions, header: SnapshotHeader | None) -> int | None:
+    """The size of the snapshot a restore will read (its progress bar's total), or None when it
+    cannot be found: then the restore itself says why."""
+    if header is not None:
+        return header.size
+    try:
+        return repository.find_snapshot(source, at=options.at).size
+    except LifeboatError:
+        return None
 
 
 def _warn_if_suspicious(header: SnapshotHeader | None) -> list[str] | None:
