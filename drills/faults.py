@@ -22,6 +22,7 @@ from backup.repository.retry import RetryPolicy
 from backup.sources.base import Progress, RestoreResult, Source, Verdict, Verification
 from drills.scratch.base import ScratchEnvironment, Slot
 from drills.steps import StepFailed, StepOutcome, StepUnverified
+from policies.durations import human_duration
 from policies.errors import IntegrityError, LifeboatError
 
 FLAKY_SHARE = 0.2
@@ -209,7 +210,7 @@ class Disaster:
         _require_match(ctx.verify(ctx.main), "after recovery")
         if not noticed:
             raise StepFailed(f"{what}, yet verification matched before recovery: the verifier is blind")
-        outcome.message = f"{what}; recovered and verified in {seconds:.1f}s"
+        outcome.message = f"{what}; recovered and verified in {human_duration(seconds)}"
         outcome.details = {"rto_seconds": round(seconds, 3), "disaster": what}
 
 

@@ -32,6 +32,7 @@ from lifeboat.context import (
 )
 from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
+from policies.durations import human_duration
 from policies.errors import LifeboatError
 from policies.model import SHARDABLE_KINDS, ClickHouseSettings, SourceSettings
 from policies.sizes import human_bytes
@@ -166,7 +167,8 @@ def _backup_line(result: BackupResult) -> str:
     what = f"{item['id']} (part {item['shard']} of run {item['part_of']})" if "shard" in item else item["id"]
     line = (
         f"{what}: {item['status']}, read {human_bytes(item['bytes_read'])}, "
-        f"stored {human_bytes(item['bytes_stored'])} new, {item['seconds']:.1f}s" + (f"; {figures}" if figures else "")
+        f"stored {human_bytes(item['bytes_stored'])} new, {human_duration(item['seconds'])}"
+        + (f"; {figures}" if figures else "")
     )
     return line
 
@@ -291,7 +293,7 @@ def _print_restore(result: RestoreResult) -> None:
     for line in result.plan:
         click.echo(f"  {line}")
     if not result.dry_run:
-        click.echo(f"  {human_bytes(result.bytes)} in {result.seconds:.1f}s")
+        click.echo(f"  {human_bytes(result.bytes)} in {human_duration(result.seconds)}")
     if result.next_steps:
         click.echo("next steps:")
         for number, step in enumerate(result.next_steps, 1):

@@ -320,3 +320,24 @@ def test_the_version_and_completion(contract: Contract) -> None:
         [sys.executable, "-c", "from lifeboat.cli import main; main()"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0 and "_LIFEBOAT_COMPLETE" in done.stdout
+
+
+# ---- a killed drill: status shows its run as interrupted --------------------------------------------
+
+
+def test_status_shows_the_interrupted_run_of_a_killed_drill(contract: Contract) -> None:
+    command = [sys.executable, "-m", "lifeboat", "--config", str(contract.config), "drill", "run", "nightly", "--no-email"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as drill:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [state] = contract.document("status", "--json", code=0)["drills"]
+            if state["last_run"] and state["last_run"]["status"] == "running":
+                break
+            time.sleep(0.05)
+        drill.kill()  # SIGKILL: no chance to record anything
+        drill.wait(timeout=30)
+    [state] = contract.document("status", "--json", code=0)["drills"]
+    assert state["last_run"]["status"] == "interrupted" and "ended first" in state["last_run"]["error"], state
+    text = contract.run("status")
+    assert text.exit_code == 0 and "interrupted" in text.stdout.split("DRILL", 1)[1], text.stdout
+    contract.run("janitor")  # the killed run's scratch leftovers
