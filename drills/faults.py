@@ -22,10 +22,11 @@ from backup.repository.retry import RetryPolicy
 from backup.sources.base import Progress, RestoreResult, Source, Verdict, Verification
 from drills.scratch.base import ScratchEnvironment, Slot
 from drills.steps import StepFailed, StepOutcome, StepUnverified
+from policies.durations import human_duration
 from policies.errors import IntegrityError, LifeboatError
 
 FLAKY_SHARE = 0.2
-FLAKY_RETRY = RetryPolicy(attempts=10, base_delay=0.02, max_delay=0.5)
+FLAKY_RETRY = RetryPolicy(attempts=10, base_delay=0.02, max_delay=0.5, expected_failures=True)
 
 
 @dataclass
@@ -209,7 +210,7 @@ class Disaster:
         _require_match(ctx.verify(ctx.main), "after recovery")
         if not noticed:
             raise StepFailed(f"{what}, yet verification matched before recovery: the verifier is blind")
-        outcome.message = f"{what}; recovered and verified in {seconds:.1f}s"
+        outcome.message = f"{what}; recovered and verified in {human_duration(seconds)}"
         outcome.details = {"rto_seconds": round(seconds, 3), "disaster": what}
 
 

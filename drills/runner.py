@@ -18,6 +18,7 @@ import structlog
 
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
+from backup.repository.retry import failures_expected
 from backup.sources import make_source as default_source_factory
 from backup.sources.base import Source, SourceFactory
 from drills.drift import check_drift
@@ -127,7 +128,7 @@ def _drill_source(
         _drift(source, repository, header, drill, record, context)
         if verified:
             for fault in drill.faults:
-                with step(steps, f"fault:{fault}", context=context) as outcome:
+                with step(steps, f"fault:{fault}", context=context) as outcome, failures_expected():
                     FAULTS[fault]().run(ctx, outcome)
         else:
             for fault in drill.faults:

@@ -43,6 +43,7 @@ COMMANDS = {
     "prune": "lifeboat.commands.repository:prune",
     "unlock": "lifeboat.commands.repository:unlock",
     "copy": "lifeboat.commands.copy:copy",
+    "stats": "lifeboat.commands.inspect:stats",
     "drill": "lifeboat.commands.drill:drill",
     "janitor": "lifeboat.commands.drill:janitor",
     "evidence": "lifeboat.commands.evidence:evidence",

@@ -21,7 +21,10 @@ SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 _MIN_SECRET = 3  # shorter values would mask ordinary words; none of ours are that short in practice
-_NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "apscheduler.executors", "clickhouse_driver")
+_NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "apscheduler.executors")
+# clickhouse-driver logs every connection failure with its traceback, and then raises it: Lifeboat
+# reports the raised error once, clearly; the driver's own account of it is left out.
+_DRIVERS_THAT_RAISE = ("clickhouse_driver",)
 
 LogFormat = Literal["console", "json"]
 
@@ -99,4 +102,6 @@ def configure(log_format: LogFormat | None = None, *, stream: TextIO | None = No
     root.setLevel(level)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _DRIVERS_THAT_RAISE:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return redactor

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import structlog
 
 from backup.repository.store import ObjectInfo, ObjectNotFound, Store, get_bytes, put_bytes
+from policies.durations import human_duration
 from policies.errors import LifeboatError, StoreError
 
 LockKind = Literal["shared", "exclusive"]
@@ -137,7 +138,7 @@ def stale_reason(
     """Why ``lock`` is stale (see the module docstring), or None while its holder may be alive.
     ``process_start(pid)`` gives a process's start time on this host, None when it is gone."""
     if lock.age_seconds > stale_after:
-        return f"no heartbeat for {lock.age_seconds:.0f}s (over {stale_after:.0f}s)"
+        return f"no heartbeat for {human_duration(lock.age_seconds)} (over {human_duration(stale_after)})"
     if lock.host != here.name or lock.boot_id is None or here.boot_id is None:
         return None  # another host, or a lock without identity: only its heartbeat tells
     if lock.boot_id != here.boot_id:

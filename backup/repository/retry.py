@@ -8,13 +8,14 @@ jitter, a bounded number of times. Anything else fails at once.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
@@ -24,11 +25,37 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
+# Set while a drill's fault runs (drills/runner.py): failures are injected on purpose then, so
+# retries are logged at debug. Worker threads see it when their work is submitted through
+# ``contextvars.copy_context().run`` (backup/sources/s3/calls.py run_bounded).
+_FAILURES_EXPECTED: contextvars.ContextVar[bool] = contextvars.ContextVar("lifeboat_failures_expected", default=False)
+
+
+@contextlib.contextmanager
+def failures_expected() -> Iterator[None]:
+    """Within: retries are expected (a fault injected the failures) and logged at debug, not warning."""
+    token = _FAILURES_EXPECTED.set(True)
+    try:
+        yield
+    finally:
+        _FAILURES_EXPECTED.reset(token)
+
+
+def log_retry(logger: Any, event: str, *, policy: RetryPolicy | None = None, **fields: Any) -> None:
+    """Log one retry: a warning (a store or source in trouble), or debug when the failure was
+    expected (``policy.expected_failures`` or within ``failures_expected()``)."""
+    expected = _FAILURES_EXPECTED.get() or (policy is not None and policy.expected_failures)
+    (logger.debug if expected else logger.warning)(event, **fields)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 6
     base_delay: float = 0.2  # seconds before the second attempt, doubling each time
     max_delay: float = 10.0
+    # Failures injected on purpose (a drill's flaky-storage fault): their retries are logged at debug,
+    # so that a passing drill does not read like a struggling store. The final failure is raised either way.
+    expected_failures: bool = False
 
     def delay(self, attempt: int) -> float:
         """Full jitter: a random wait up to the capped exponential bound."""
@@ -60,7 +87,16 @@ class RetryingStore:
         if attempt == self.policy.attempts:
             raise TransientStoreError(f"{what} {key}: still failing after {attempt} attempts: {exc}") from exc
         wait = self.policy.delay(attempt)
-        log.warning("store.retry", operation=what, key=key, attempt=attempt, wait=round(wait, 3), error=str(exc))
+        log_retry(
+            log,
+            "store.retry",
+            policy=self.policy,
+            operation=what,
+            key=key,
+            attempt=attempt,
+            wait=round(wait, 3),
+            error=str(exc),
+        )
         self._sleep(wait)
 
     def put(self, key: str, stream: BinaryIO) -> None:

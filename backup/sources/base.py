@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
+from policies.durations import human_duration
 from policies.model import SourceSettings
 
 Progress = Callable[[int], None]  # called with a number of bytes moved; a terminal shows it
@@ -222,7 +223,7 @@ def consistency_summary(document: Mapping[str, Any], *, limit: int = 5) -> str:
     seconds = float(document.get("window_seconds", 0))
     moved = document.get("moved", [])
     if not moved:
-        return f"{seconds:.1f}s (every table pinned at {document.get('pinned', '?')})"
+        return f"{human_duration(seconds)} (every table pinned at {document.get('pinned', '?')})"
     named = "; ".join(f"{record['table']} at {record['pinned']} ({record['why']})" for record in moved[:limit])
     more = f"; and {len(moved) - limit} more" if len(moved) > limit else ""
-    return f"{seconds:.1f}s from {document.get('earliest', '?')} to {document.get('latest', '?')}: {named}{more}"
+    return f"{human_duration(seconds)} from {document.get('earliest', '?')} to {document.get('latest', '?')}: {named}{more}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from lifeboat.context import (
 )
 from lifeboat.operations import Operations, open_operations
 from lifeboat.progress import terminal_progress
+from policies.durations import human_duration
 from policies.errors import LifeboatError
 from policies.model import SHARDABLE_KINDS, ClickHouseSettings, SourceSettings
 from policies.sizes import human_bytes
@@ -165,7 +167,8 @@ def _backup_line(result: BackupResult) -> str:
     what = f"{item['id']} (part {item['shard']} of run {item['part_of']})" if "shard" in item else item["id"]
     line = (
         f"{what}: {item['status']}, read {human_bytes(item['bytes_read'])}, "
-        f"stored {human_bytes(item['bytes_stored'])} new, {item['seconds']:.1f}s" + (f"; {figures}" if figures else "")
+        f"stored {human_bytes(item['bytes_stored'])} new, {human_duration(item['seconds'])}"
+        + (f"; {figures}" if figures else "")
     )
     return line
 
@@ -229,7 +232,8 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
     options, header = _options(session, source, at_text, values)
     anomalies = _warn_if_suspicious(header)
     repository = session.repository()
-    with terminal_progress(f"restore {source}") as progress:
+    total = _restore_size(repository, source, options, header) if sys.stderr.isatty() and not options.dry_run else None
+    with terminal_progress(f"restore {source}", total=total) as progress:
         result = run_restore(
             repository, source, session.policy().sources[source], options, stale_after=session.stale_after, progress=progress
         )
@@ -264,6 +268,17 @@ def verify(session: Session, source: str, at_text: str | None, as_json: bool, **
         click.get_current_context().exit(EXIT_FAILED if found.verdict is Verdict.MISMATCH else EXIT_UNVERIFIED)
 
 
+def _restore_size(repository: Repository, source: str, options: RestoreOptions, header: SnapshotHeader | None) -> int | None:
+    """The size of the snapshot a restore will read (its progress bar's total), or None when it
+    cannot be found: then the restore itself says why."""
+    if header is not None:
+        return header.size
+    try:
+        return repository.find_snapshot(source, at=options.at).size
+    except LifeboatError:
+        return None
+
+
 def _warn_if_suspicious(header: SnapshotHeader | None) -> list[str] | None:
     """The anomalies of a suspicious snapshot, announced on stderr; None for a good one (latest is
     always a good one)."""
@@ -281,7 +296,7 @@ def _print_restore(result: RestoreResult) -> None:
     for line in result.plan:
         click.echo(f"  {line}")
     if not result.dry_run:
-        click.echo(f"  {human_bytes(result.bytes)} in {result.seconds:.1f}s")
+        click.echo(f"  {human_bytes(result.bytes)} in {human_duration(result.seconds)}")
     if result.next_steps:
         click.echo("next steps:")
         for number, step in enumerate(result.next_steps, 1):

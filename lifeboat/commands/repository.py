@@ -1,10 +1,11 @@
-"""Repository commands: ``repo init``, ``repo key add|list|remove``, ``snapshots list|show``, ``check``,
-``prune``, ``unlock``."""
+"""Repository commands: ``repo init``, ``repo key add|list|remove``, ``snapshots list|show`` (``ls``, ``diff``:
+inspect.py), ``check``, ``prune``, ``unlock``."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,10 +15,12 @@ from backup.repository.codec import new_key_file as new_key_file_
 from backup.repository.codec import read_key_file
 from backup.repository.key_rotation import add_key, remove_key, repository_keys
 from backup.repository.locks import LockInfo, ThisHost, list_locks, remove_locks, stale_reason
+from backup.repository.manifest import SnapshotHeader
 from backup.sources.base import consistency_summary
+from lifeboat.commands.inspect import snapshots_diff, snapshots_ls
 from lifeboat.context import EXIT_FAILED, Session, find_header, json_option, pass_session, print_json, unknown_name
 from lifeboat.operations import open_operations
-from policies.durations import human_duration
+from policies.durations import human_duration, parse_duration
 from policies.sizes import human_bytes
 
 
@@ -126,18 +129,33 @@ def snapshots() -> None:
     """List and inspect snapshots."""
 
 
+snapshots.add_command(snapshots_ls)
+snapshots.add_command(snapshots_diff)
+
+
 @snapshots.command("list")
 @click.option("--source", help="Only this source's snapshots.")
+@click.option(
+    "--since", metavar="AGE|TIME", help="Only snapshots taken since then: an age like 7d or 12h, or an ISO 8601 time."
+)
+@click.option("--status", type=click.Choice(["good", "suspicious"]), help="Only snapshots of this status.")
+@click.option("--latest", "latest_count", type=click.IntRange(min=1), metavar="N", help="Only the newest N (per source).")
 @json_option(help='Print {"snapshots": [...]} on stdout.')
 @pass_session
-def snapshots_list(session: Session, source: str | None, as_json: bool) -> None:
+def snapshots_list(
+    session: Session, source: str | None, since: str | None, status: str | None, latest_count: int | None, as_json: bool
+) -> None:
     """Every snapshot in the repository, oldest first (--source: a source of the policy, or one
-    whose snapshots are still in the repository)."""
+    whose snapshots are still in the repository), filtered by --since, --status and --latest."""
     policy = session.policy()
+    cutoff = _since(since) if since else None
     repository = session.repository()
     headers = repository.list_snapshots(source)
     if source is not None and source not in policy.sources and not headers:
         raise unknown_name("source", source, policy.sources)
+    headers = [h for h in headers if (cutoff is None or h.started >= cutoff) and (status is None or h.status == status)]
+    if latest_count is not None:
+        headers = _newest(headers, latest_count)
     if as_json:
         print_json({"snapshots": [header.summary() for header in headers]})
         return
@@ -281,6 +299,32 @@ def unlock(session: Session, live_too: bool, yes: bool, as_json: bool) -> None:
     for lock in sweep.kept:
         click.echo(f"kept live {lock.describe()}, heartbeat {_ago(lock)}")
     click.echo(f"removed {len(sweep.removed)} lock(s), kept {len(sweep.kept)}")
+
+
+def _since(text: str) -> datetime:
+    """The cutoff --since names: an age before now (7d, 12h) or an ISO 8601 time (UTC if no zone)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}' is neither an age like 7d or 12h nor an ISO 8601 time like 2026-11-28T02:00:00Z", param_hint="--since"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _newest(headers: list[SnapshotHeader], count: int) -> list[SnapshotHeader]:
+    """The newest ``count`` snapshots of each source, oldest first."""
+    kept: dict[str, int] = {}
+    newest = []
+    for header in reversed(headers):
+        if kept.get(header.source, 0) < count:
+            kept[header.source] = kept.get(header.source, 0) + 1
+            newest.append(header)
+    return newest[::-1]
 
 
 def _confirmed_live_locks(locks: list[LockInfo], stale_after: float) -> list[str]:

@@ -233,7 +233,7 @@ def _print_status(document: dict[str, Any]) -> None:
             f"last run {_status(item['last_run'])}; next {_first(item['next_runs'])}"
         )
     if document["drills"]:
-        rows = [("DRILL", "SOURCES", "LAST VERDICT", "AT", "RTO", "NEXT RUN (UTC)")]
+        rows = [("DRILL", "SOURCES", "LAST VERDICT", "AT", "RTO", "LAST RUN", "NEXT RUN (UTC)")]
         for item in document["drills"]:
             proven = item["last_verdict_run"]
             rto = proven["figures"].get("rto_seconds") if proven else None
@@ -243,7 +243,8 @@ def _print_status(document: dict[str, Any]) -> None:
                     ",".join(item["sources"]),
                     item["last_verdict"] or "-",
                     _when(proven),
-                    "-" if rto is None else f"{rto:.1f}s",
+                    "-" if rto is None else human_duration(rto),
+                    _status(item["last_run"]),  # an interrupted or running one shows here
                     _first(item["next_runs"]),
                 )
             )

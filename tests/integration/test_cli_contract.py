@@ -104,6 +104,12 @@ SUCCESSES = [
     ("drill", "history", "--json"),
     ("drill", "history", "nightly", "--json"),
     ("janitor", "--dry-run", "--json"),
+    ("snapshots", "ls", "latest", "--json"),
+    ("snapshots", "ls", "latest", "models/*", "--json"),
+    ("snapshots", "diff", "latest", "latest", "--json"),
+    ("stats", "--json"),
+    ("stats", "--source", "models", "--json"),
+    ("snapshots", "list", "--since", "7d", "--status", "good", "--latest", "1", "--json"),
 ]
 
 
@@ -158,6 +164,7 @@ UNKNOWN_NAMES = [
     ("verify", "nope", "--to-dir", "/tmp/x", "--json"),
     ("drill", "run", "nosuch", "--json"),
     ("drill", "history", "nosuch", "--json"),
+    ("stats", "--source", "nope", "--json"),
 ]
 
 
@@ -179,6 +186,8 @@ def test_unknown_names_exit_2_without_json_too(contract: Contract) -> None:
         ("snapshots", "show", "nope", "--json"),
         ("snapshots", "show", "models-19990101T000000Z-ffff", "--json"),
         ("restore", "models", "--snapshot", "nope", "--to-dir", "/tmp/x", "--json"),
+        ("snapshots", "ls", "nope", "--json"),
+        ("snapshots", "diff", "latest", "nope", "--json"),
     ],
     ids=" ".join,
 )
@@ -201,6 +210,10 @@ USAGE_MISTAKES = [
     ("snapshots", "list", "--no-such-option", "--json"),  # parsing error
     ("snapshots", "show", "--json"),  # missing argument
     ("drill", "history", "--limit", "many", "--json"),  # bad type
+    ("snapshots", "list", "--since", "soon", "--json"),
+    ("snapshots", "list", "--status", "bad", "--json"),
+    ("snapshots", "list", "--latest", "0", "--json"),
+    ("snapshots", "diff", "latest", "--json"),  # missing argument
 ]
 
 
@@ -309,3 +322,24 @@ def test_the_version_and_completion(contract: Contract) -> None:
         [sys.executable, "-c", "from lifeboat.cli import main; main()"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0 and "_LIFEBOAT_COMPLETE" in done.stdout
+
+
+# ---- a killed drill: status shows its run as interrupted --------------------------------------------
+
+
+def test_status_shows_the_interrupted_run_of_a_killed_drill(contract: Contract) -> None:
+    command = [sys.executable, "-m", "lifeboat", "--config", str(contract.config), "drill", "run", "nightly", "--no-email"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as drill:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [state] = contract.document("status", "--json", code=0)["drills"]
+            if state["last_run"] and state["last_run"]["status"] == "running":
+                break
+            time.sleep(0.05)
+        drill.kill()  # SIGKILL: no chance to record anything
+        drill.wait(timeout=30)
+    [state] = contract.document("status", "--json", code=0)["drills"]
+    assert state["last_run"]["status"] == "interrupted" and "ended first" in state["last_run"]["error"], state
+    text = contract.run("status")
+    assert text.exit_code == 0 and "interrupted" in text.stdout.split("DRILL", 1)[1], text.stdout
+    contract.run("janitor")  # the killed run's scratch leftovers

@@ -153,6 +153,10 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     ]
     assert failed == [] and result.exit_code == 0 and report["verdict"] == "PASS"
     assert [s["source"] for s in report["sources"]] == ["k8s-etcd", "features", "models"]
+    warnings = [json.loads(line) for line in result.stderr.splitlines() if '"level": "warning"' in line]
+    # the flaky-storage fault's retries are its purpose, not news: debug lines, not warnings
+    assert [line for line in warnings if line["event"] == "store.retry"] == [], len(warnings)
+    assert len(warnings) <= 5, [line["event"] for line in warnings]
     for source in report["sources"]:
         names = [step["name"] for step in source["steps"]]
         assert names[:7] == ["select-snapshot", "rpo", "provision", "restore", "rto", "verify", "drift"]

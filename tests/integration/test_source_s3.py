@@ -245,9 +245,9 @@ class Cli:
         document: dict[str, Any] = json.loads(done.stdout)
         return document
 
-    def snapshot(self, *, child: bool = False, code: int = 0) -> dict[str, Any]:
-        """`backup run --source models --json`: the one snapshot it reports (exit 4: it is suspicious)."""
-        report = self.json("backup", "run", "--source", "models", child=child, code=code)
+    def snapshot(self, *, child: bool = False, suspicious: bool = False) -> dict[str, Any]:
+        """`backup run --source models --json`: the one snapshot it reports (exit 4 when suspicious)."""
+        report = self.json("backup", "run", "--source", "models", child=child, code=4 if suspicious else 0)
         assert report["errors"] == []
         [snapshot] = report["snapshots"]
         return snapshot
@@ -473,7 +473,7 @@ def test_ransomware_is_flagged_kept_out_of_retention_and_undone(s3_server: S3End
         key = f"model-{n:02d}.bin"
         client.put_object(Bucket=bucket, Key=key, Body=os.urandom(1_000 + len(key)))
 
-    encrypted = cli.snapshot(code=4)  # cron sees a suspicious snapshot as a non-zero exit
+    encrypted = cli.snapshot(suspicious=True)
     assert good["status"] == "good"
     assert encrypted["status"] == "suspicious"
     assert encrypted["objects_changed"] == 24
@@ -548,8 +548,26 @@ def test_dry_run_counts_and_writes_nothing(small: tuple[Cli, str, dict[str, str]
     assert plan["objects"] == 10
     assert plan["bytes"] == sum(n * 10 for n in range(10))
     assert any("would restore 10 objects" in line for line in plan["plan"])
+    assert any(f"bucket '{target}' does not exist yet: the restore creates it" in line for line in plan["plan"])
     names = [item["Name"] for item in s3_server.client().list_buckets()["Buckets"]]
     assert target not in names
+
+
+def test_dry_run_says_when_the_real_run_would_be_refused(
+    small: tuple[Cli, str, dict[str, str]], s3_server: S3Endpoint
+) -> None:
+    cli, _, _ = small
+    client = s3_server.client()
+    target = f"full-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=target)
+    client.put_object(Bucket=target, Key="already-here", Body=b"precious")
+    plan = cli.json("restore", "models", "--to-bucket", target, "--dry-run")["plan"]
+    assert any("the real run would be refused" in line and "already-here" in line for line in plan), plan
+    assert not any("would create" in line for line in plan)
+    allowed = cli.json("restore", "models", "--to-bucket", target, "--dry-run", "--yes")["plan"]
+    assert not any("refused" in line for line in allowed) and any("replaced" in line for line in allowed), allowed
+    assert _bucket_state(client, target) == {"already-here": _digest(b"precious")}
+    _drop_bucket(client, target)
 
 
 def test_options_of_other_kinds_are_refused_naming_the_s3_ones(small: tuple[Cli, str, dict[str, str]]) -> None:

@@ -88,7 +88,7 @@ from backup.sources.clickhouse.restore import (
     verify_target,
 )
 from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
-from policies.durations import format_duration
+from policies.durations import format_duration, human_duration
 from policies.errors import RestoreError, SourceError, VerificationFailed
 from policies.model import ClickHouseSettings, reveal
 
@@ -332,8 +332,9 @@ def _refuse_wide_window(job: SnapshotJob, consistency: Mapping[str, Any]) -> Non
     limit = job.settings.max_consistency_window
     if limit is None or consistency["window_seconds"] <= limit.total_seconds():
         return
+    apart = human_duration(consistency["window_seconds"])
     raise SourceError(
-        f"source '{job.source}': the snapshot's tables were read {consistency['window_seconds']:.1f}s apart, over "
+        f"source '{job.source}': the snapshot's tables were read {apart} apart, over "
         f"max_consistency_window {format_duration(limit)}; nothing was committed. Consistency window "
         f"{consistency_summary(consistency)}"
     )

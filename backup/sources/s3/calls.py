@@ -3,6 +3,7 @@ errors in an operator's words (naming the policy field or the option to fix)."""
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -13,7 +14,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, SSLError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from backup.repository.retry import RetryPolicy
+from backup.repository.retry import RetryPolicy, log_retry
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -47,7 +48,7 @@ def call_with_retry(
             if attempt == policy.attempts or not is_transient(exc):
                 raise
             pause = policy.delay(attempt)
-            log.warning("s3.retry", operation=what, attempt=attempt, wait=round(pause, 3), error=str(exc))
+            log_retry(log, "s3.retry", policy=policy, operation=what, attempt=attempt, wait=round(pause, 3), error=str(exc))
             sleep(pause)
     raise AssertionError("unreachable")
 
@@ -99,7 +100,7 @@ def run_bounded(workers: int, items: Iterable[T], work: Callable[[T], R], on_res
     pending: set[Future[R]] = set()
     try:
         for item in items:
-            pending.add(pool.submit(work, item))
+            pending.add(pool.submit(contextvars.copy_context().run, work, item))  # see retry.failures_expected
             if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

@@ -337,7 +337,7 @@ class S3Source:
         side = self._side(target)
         view = View.of(header, target)
         occupied = side.first_item()
-        plan = _plan(target, view, occupied)
+        plan = _plan(target, view, occupied, yes=options.yes, creates=side.creates())
         earlier = side.unfinished()
         if earlier:
             plan.append(f"{earlier}: what it left is replaced, its part files removed")
@@ -429,8 +429,9 @@ class S3Source:
             )
 
 
-def _plan(target: S3Target, view: View, occupied: str | None) -> list[str]:
-    """What a restore into ``target`` does, in lines for the operator (and the --dry-run plan)."""
+def _plan(target: S3Target, view: View, occupied: str | None, *, yes: bool, creates: str | None) -> list[str]:
+    """What a restore into ``target`` does, in lines for the operator (and the --dry-run plan): what it
+    creates, and whether the real run would be refused (a non-empty target or the source bucket without --yes)."""
     lines: list[str] = []
     if isinstance(target, BucketTarget) or view.bucket_segment:
         lines.append(view.naming())
@@ -451,11 +452,17 @@ def _plan(target: S3Target, view: View, occupied: str | None) -> list[str]:
         lines.append(f"credentials: {who}")
         if target.in_place:
             lines.append("IN PLACE: objects of the source bucket are overwritten (needs --in-place --yes)")
+            if not yes:
+                lines.append("the real run would be refused: writing over the source bucket needs --in-place --yes")
     else:
         lines.append("keys become paths by key_to_path ('%' escapes; empty, '.' and '..' segments escaped)")
         lines.append("a directory keeps bytes only: no Content-Type or user metadata")
-    if occupied is not None:
-        lines.append(f"target is not empty (holds '{occupied}'): --yes is needed")
+    if creates is not None:
+        lines.append(f"{creates} does not exist yet: the restore creates it")
+    if occupied is not None and not yes:
+        lines.append(f"the real run would be refused: the target is not empty (holds '{occupied}'); add --yes")
+    elif occupied is not None:
+        lines.append(f"the target is not empty (holds '{occupied}'): objects of the same name are replaced (--yes)")
     return lines
 
 

@@ -153,6 +153,7 @@ class TargetSide(Protocol):
 
     def describe(self) -> str: ...
     def first_item(self) -> str | None: ...
+    def creates(self) -> str | None: ...
     def unfinished(self) -> str | None: ...
     def prepare(self) -> None: ...
     def writing(self, snapshot: str) -> contextlib.AbstractContextManager[None]: ...
@@ -198,6 +199,10 @@ class BucketSide:
             raise RestoreError(f"cannot look at {self.describe()}: {self._explain(exc)}") from exc
         contents = page.get("Contents", [])
         return str(contents[0]["Key"]) if contents else None
+
+    def creates(self) -> str | None:
+        """What ``prepare`` will create (known after ``first_item``): the bucket when it is missing."""
+        return None if self._bucket_exists else f"bucket '{self.target.bucket}'"
 
     def _explain(self, exc: ClientError | BotoCoreError) -> str:
         return explain(exc, endpoint=self.target.endpoint_url or "AWS S3", bucket=self.target.bucket, hints=self.hints)
@@ -369,6 +374,9 @@ class DirectorySide:
         if not self.root.is_dir():
             raise RestoreError(f"{self.root} exists and is not a directory")
         return next((entry.name for entry in self.root.iterdir() if entry.name != MARK_NAME), None)
+
+    def creates(self) -> str | None:
+        return None if self.root.exists() else f"directory {self.root}"
 
     def unfinished(self) -> str | None:
         return self.mark.earlier() if self.root.is_dir() else None
