@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backup.sources.base import RestoreFlag, SnapshotOutcome, Source, SourceKind
+from backup.sources.base import CheckRunner, RestoreFlag, SnapshotOutcome, Source, SourceKind
 from backup.sources.parts import Merging
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
@@ -58,6 +58,12 @@ def prune_hooks() -> dict[str, PruneHook]:
     """The prune hook of every kind that has one, by kind: what ``prune`` is given."""
     kinds = [source_kind(kind) for kind in SOURCES]
     return {kind.name: _resolve(kind.prune_hook)() for kind in kinds if kind.prune_hook}
+
+
+def check_runner(kind: str) -> CheckRunner | None:
+    """The drill check runner of ``kind`` (its ``checks.py``), or None for a kind without checks."""
+    runner = source_kind(kind).checks
+    return None if runner is None else _resolve(runner)()
 
 
 def restore_flags() -> dict[RestoreFlag, list[str]]:
