@@ -16,12 +16,13 @@ from typing import Any, ClassVar
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
 from backup.sources.base import Observation, Source
-from backup.sources.clickhouse.client import Endpoint, driver_connector
+from backup.sources.clickhouse.client import ClickHouseError, Endpoint, driver_connector
 from backup.sources.clickhouse.ddl import rewrite_fragment
 from backup.sources.clickhouse.restore import ClickHouseTarget
 from policies.model import ClickHouseCheck
 
 SHOWN_ROWS = 3  # rows of a result quoted in a report
+READONLY = 164  # the server's error code for a change refused in read-only mode
 
 
 class ClickHouseChecks:
@@ -46,7 +47,12 @@ def run_query(endpoint: Endpoint, sql: str) -> Observation:
     """``sql``'s result at ``endpoint``, read-only; raises ClickHouseError (bad SQL, a write, no server)."""
     executor = driver_connector(endpoint)
     try:
-        executor.execute("SET readonly = 1")  # from here on this connection cannot change anything
+        try:
+            executor.execute("SET readonly = 1")  # from here on this connection cannot change anything
+        except ClickHouseError as exc:
+            if exc.code != READONLY:
+                raise
+            # the user's profile is read-only already (and may not even change the setting): so much the better
         rows = [[_plain(value) for value in row] for row in executor.execute(sql)]
     finally:
         executor.close()
