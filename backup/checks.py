@@ -16,7 +16,7 @@ import structlog
 
 from backup.sources import check_runner
 from backup.sources.base import CheckRunner, Observation, Source
-from policies.errors import SourceError
+from policies.errors import LifeboatError, SourceError
 from policies.model import SourceCheck, SourceSettings
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,7 @@ def checks_at_backup(source: Source, settings: SourceSettings) -> tuple[dict[str
                 captured[check.name] = seen.as_dict()
             elif not (judgement := judge(check, seen, None)).passed:
                 problems.append(f"check {check.name} failed on the source at backup time: {judgement.message}")
-        except SourceError as exc:
+        except LifeboatError as exc:
             if capture:
                 captured[check.name] = {"error": str(exc)}
             if check.at_backup:

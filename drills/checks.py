@@ -23,7 +23,7 @@ from backup.execute import run as run_command
 from backup.sources.base import Observation
 from drills.faults import DrillContext
 from drills.steps import StepFailed, StepOutcome, StepUnverified
-from policies.errors import SourceError
+from policies.errors import LifeboatError
 from policies.model import CommandCheck, Policy, SourceCheck, secrets_of
 
 OUTPUT_TAIL_LINES = 20
@@ -53,7 +53,7 @@ def run_source_check(ctx: DrillContext, check: SourceCheck, outcome: StepOutcome
                 else runner.captured(ctx.header, ctx.repository, check)
             )
         judgement = judge(check, seen, captured)
-    except SourceError as exc:
+    except LifeboatError as exc:
         raise StepUnverified(f"could not run: {exc}") from exc
     outcome.details = {"seen": seen.shown}
     if not judgement.passed:

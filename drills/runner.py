@@ -114,15 +114,16 @@ class _Plan:
 def _command_checks(policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]]) -> None:
     """The drill's command checks, as run-level steps, against the kept copies."""
     drill = policy.drills[name]
-    copies = {record.source: _restored_copy(record, ctx) for record, ctx in kept}
+    verified = {record.source: (record, ctx) for record, ctx in kept}
     for check in drill.checks:
         with step(run.steps, step_name(check.name), context={"drill": name}) as outcome:
             if policy.scratch.kind == "kubernetes":
                 unsupported_on_kubernetes(check)
             needed = check.sources or drill.sources
-            if missing := [source for source in needed if source not in copies]:
+            if missing := [source for source in needed if source not in verified]:
                 raise StepUnverified(f"not run: no verified copy of {', '.join(missing)} to check")
-            env, withheld = command_environment(policy, name, run.run_id, [copies[source] for source in needed])
+            copies = [_restored_copy(*verified[source]) for source in needed]
+            env, withheld = command_environment(policy, name, run.run_id, copies)
             run_command_check(check, env, withheld, outcome)
 
 

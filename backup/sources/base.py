@@ -242,7 +242,8 @@ class Observation:
 
 class CheckRunner(Protocol):
     """A kind's drill checks (``SourceKind.checks``): each reads, never writes. Every method raises
-    SourceError when the check cannot run (bad SQL, unreachable server): ERROR, never PASS or FAIL."""
+    a LifeboatError (SourceError, RestoreError) when the check cannot run (bad SQL, an unreachable
+    server): the check is ERROR, never PASS or FAIL."""
 
     captures_at_backup: ClassVar[bool]  # same_as_source results are read from the source at backup time
 
