@@ -87,15 +87,20 @@ def run(
     input: bytes | None = None,
     env: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
+    inherit_env: bool = True,
+    check: bool = True,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion and return its captured (bytes) stdout and stderr.
 
-    ``env`` is laid over the current environment (it adds or overrides variables). ``input`` is
-    fed to stdin; without it stdin is ``/dev/null`` so a command never waits on a terminal.
+    ``env`` is laid over the current environment (it adds or overrides variables); with
+    ``inherit_env=False`` it IS the environment, and nothing of ours reaches the command (a drill
+    check's program: no credential of Lifeboat's). ``input`` is fed to stdin; without it stdin is
+    ``/dev/null`` so a command never waits on a terminal.
 
     Raises :class:`CommandError` if the binary cannot be started, the command runs longer than
-    ``timeout`` seconds (it is killed) or exits non-zero; every string of ``secrets`` is masked
-    as ``***`` in the error.
+    ``timeout`` seconds (it is killed) or, with ``check``, exits non-zero; every string of
+    ``secrets`` is masked as ``***`` in the error.
     """
     args = [os.fspath(arg) for arg in argv]
     command = Path(args[0]).name
@@ -107,8 +112,9 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
-            env=_merged_env(env),
+            env=_merged_env(env) if inherit_env else dict(env or {}),
             check=False,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired as exc:
         tail = _masked_tail(exc.stderr or b"", secrets)
@@ -116,7 +122,7 @@ def run(
     except OSError as exc:
         reason = f"could not be started: {mask_secrets(str(exc), secrets)}"
         raise CommandError(command, None, "", reason=reason) from exc
-    if completed.returncode != 0:
+    if check and completed.returncode != 0:
         raise CommandError(command, completed.returncode, _masked_tail(completed.stderr, secrets))
     return completed
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from backup.checks import CHECKS_META, checks_at_backup
 from backup.repository.manifest import SnapshotHeader, SnapshotStatus
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository, SnapshotNotFound, WriteStats
@@ -74,9 +75,12 @@ def run_backup(
     previous = _previous(repository, name)
     with repository.begin_snapshot(name, settings.kind, stale_after=stale_after) as writer:
         outcome = source.snapshot(writer, previous, progress=progress)
-        anomalies = anomalies_against(previous, outcome, settings.anomaly)
+        captured, unhealthy = checks_at_backup(source, settings)
+        anomalies = anomalies_against(previous, outcome, settings.anomaly) + unhealthy
         status: SnapshotStatus = "suspicious" if anomalies else "good"
-        meta = {**outcome.meta, "anomalies": anomalies} if anomalies else outcome.meta
+        meta = {**outcome.meta, "anomalies": anomalies} if anomalies else dict(outcome.meta)
+        if captured:
+            meta[CHECKS_META] = captured
         header = writer.commit(status=status, fingerprint=outcome.fingerprint, census=outcome.census, meta=meta)
     seconds = time.monotonic() - started
     if anomalies:
@@ -170,10 +174,12 @@ def merge_parts(
             first = min(part.started for part in parts)
             with repository.begin_snapshot(name, settings.kind, stale_after=stale_after, started=first) as writer:
                 outcome = merge(Merging(previous, parts, [repository.entries(part) for part in parts], writer.add))
-                anomalies = anomalies_against(previous, outcome, settings.anomaly)
+                captured, unhealthy = checks_at_backup(make_source(name, settings), settings)
+                anomalies = anomalies_against(previous, outcome, settings.anomaly) + unhealthy
                 status: SnapshotStatus = "suspicious" if anomalies else "good"
                 shards = {"run": run, "count": len(parts), "parts": [part.id for part in parts]}
                 meta = {**outcome.meta, "shards": shards} | ({"anomalies": anomalies} if anomalies else {})
+                meta |= {CHECKS_META: captured} if captured else {}
                 header = writer.commit(status=status, fingerprint=outcome.fingerprint, census=outcome.census, meta=meta)
     except PartsMissing:
         raise

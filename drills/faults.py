@@ -65,6 +65,7 @@ class DrillContext:
 class Fault(Protocol):
     name: ClassVar[str]
     expectation: ClassVar[str]
+    leaves_copy_tampered: ClassVar[bool]  # it changes the main restored copy (others see it changed)
 
     def run(self, ctx: DrillContext, outcome: StepOutcome) -> None: ...
 
@@ -81,6 +82,7 @@ class _DamagedChunk:
     """A chunk is damaged on the read path: the restore must fail, naming the chunk."""
 
     name: ClassVar[str]
+    leaves_copy_tampered: ClassVar[bool] = False
     expectation: ClassVar[str]
     damage: ClassVar[str]  # FaultyStore keyword: corrupt | missing
 
@@ -129,6 +131,7 @@ class MissingChunk(_DamagedChunk):
 
 class FlakyStorage:
     name: ClassVar[str] = "flaky-storage"
+    leaves_copy_tampered: ClassVar[bool] = False
     expectation: ClassVar[str] = (
         f"{FLAKY_SHARE:.0%} of store reads fail transiently: the restore retries, succeeds and verifies"
     )
@@ -160,6 +163,7 @@ class FlakyStorage:
 
 class KillTarget:
     name: ClassVar[str] = "kill-target"
+    leaves_copy_tampered: ClassVar[bool] = False
     expectation: ClassVar[str] = (
         "the scratch server is killed mid-restore: a clear failure or a verified success, never partial data"
     )
@@ -194,6 +198,7 @@ class KillTarget:
 
 class Disaster:
     name: ClassVar[str] = "disaster"
+    leaves_copy_tampered: ClassVar[bool] = False
     expectation: ClassVar[str] = (
         "the source's disaster is staged on the scratch copy and recovered by Lifeboat's restore, verified, timed"
     )
@@ -216,6 +221,7 @@ class Disaster:
 
 class VerifierCanary:
     name: ClassVar[str] = "verifier-canary"
+    leaves_copy_tampered: ClassVar[bool] = True
     expectation: ClassVar[str] = (
         "each tamper kind of the source (a value, a row, an object, a schema, tags...) changes a restored copy: "
         "verification must catch every one"

@@ -1,6 +1,9 @@
 """The drill runner (DESIGN section 6): for each source of a drill, pick the snapshot, check the RPO,
-provision scratch, restore (timed: the RTO), verify, compare the snapshot's census with the live
-source and the previous snapshot (drift), run the fault scenarios, tear down; every step recorded.
+provision scratch, restore (timed: the RTO), verify, run the source's checks on the copy, compare the
+snapshot's census with the live source and the previous snapshot (drift), run the fault scenarios,
+tear down; every step recorded. Then the drill's command checks run against every verified copy
+(kept until then). ``only_checks`` re-runs the checks alone: restore, verify, checks (no RPO, drift
+or faults).
 The repository is held under a shared lock for the whole run, so prune cannot remove the snapshot
 being proven.
 """
@@ -11,7 +14,8 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -21,6 +25,15 @@ from backup.repository.repository import Repository
 from backup.repository.retry import failures_expected
 from backup.sources import make_source as default_source_factory
 from backup.sources.base import Source, SourceFactory
+from drills.checks import (
+    RestoredCopy,
+    command_environment,
+    copy_target,
+    run_command_check,
+    run_source_check,
+    step_name,
+    unsupported_on_kubernetes,
+)
 from drills.drift import check_drift
 from drills.faults import FAULTS, DrillContext
 from drills.model import DrillRun, Objectives, SourceRun, Status
@@ -28,7 +41,7 @@ from drills.scratch.base import ScratchEnvironment, Slot
 from drills.steps import StepFailed, StepUnverified, record_not_run, step
 from policies.durations import human_duration
 from policies.errors import IntegrityError, VerificationFailed
-from policies.model import Drill, Policy, SnapshotSelector
+from policies.model import Drill, Policy, SnapshotSelector, SourceCheck
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -47,8 +60,10 @@ def run_drill(
     scratch: ScratchEnvironment,
     make_source: SourceFactory = default_source_factory,
     clock: Clock = lambda: datetime.now(UTC),
+    only_checks: bool = False,
 ) -> DrillRun:
-    """Run drill ``name`` into ``scratch`` (which it always tears down) and return the record."""
+    """Run drill ``name`` into ``scratch`` (which it always tears down) and return the record;
+    ``only_checks``: restore, verify and the checks only (no RPO, drift or fault steps)."""
     drill = policy.drills[name]
     objectives = Objectives(drill.objectives.rto.total_seconds(), drill.objectives.rpo.total_seconds())
     run = DrillRun(drill=name, run_id=scratch.run_id, started=clock(), objectives=objectives)
@@ -59,25 +74,83 @@ def run_drill(
             cleanup.enter_context(repository.lock("shared", f"drill {name}", stale_after=stale_after))
             outcome.message = "shared lock held: prune waits until the drill ends"
         locked = run.steps[-1]
+        kept: list[tuple[SourceRun, DrillContext]] = []  # verified copies the drill's command checks reach
+        cleanup.callback(_release_kept, kept)
         for source_name in drill.sources:
+            settings = policy.sources[source_name]
+            plan = _Plan(drill, tuple(settings.checks), only_checks, kept if drill.checks else None)
             if locked.verdict is Status.PASS:
-                record = _drill_source(
-                    make_source(source_name, policy.sources[source_name]), drill, repository, scratch, clock
-                )
+                record = _drill_source(make_source(source_name, settings), plan, repository, scratch, clock)
             else:
-                record = SourceRun(source=source_name, kind=policy.sources[source_name].kind)
-            record_not_run(record.steps, planned_steps(drill), cause=None if locked.verdict is Status.PASS else locked)
+                record = SourceRun(source=source_name, kind=settings.kind)
+            planned = planned_steps(drill, settings.checks, only_checks=only_checks)
+            record_not_run(record.steps, planned, cause=None if locked.verdict is Status.PASS else locked)
             run.sources.append(record)
+        _command_checks(policy, name, run, kept)
     run.finished = clock()
     log.info("drill.finished", drill=name, run_id=run.run_id, verdict=run.verdict.value, rto_seconds=run.rto_seconds)
     return run
 
 
-def planned_steps(drill: Drill) -> tuple[str, ...]:
+def planned_steps(drill: Drill, checks: Sequence[SourceCheck] = (), *, only_checks: bool = False) -> tuple[str, ...]:
     """The steps a source goes through when each passes (teardown aside): those missing from a
     source's record are recorded as not run, so a report never leaves them silently out."""
+    checked = tuple(step_name(check.name) for check in checks)
+    if only_checks:
+        return ("select-snapshot", "provision", "restore", "rto", "verify", *checked)
     faults = (f"fault:{fault}" for fault in drill.faults)
-    return ("select-snapshot", "rpo", "provision", "restore", "rto", "verify", "drift", *faults)
+    return ("select-snapshot", "rpo", "provision", "restore", "rto", "verify", *checked, "drift", *faults)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a drill does with one source."""
+
+    drill: Drill
+    checks: tuple[SourceCheck, ...]
+    only_checks: bool
+    keep: list[tuple[SourceRun, DrillContext]] | None  # where a verified copy is kept for command checks
+
+
+def _command_checks(policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]]) -> None:
+    """The drill's command checks, as run-level steps, against the kept copies."""
+    drill = policy.drills[name]
+    verified = {record.source: (record, ctx) for record, ctx in kept}
+    for check in drill.checks:
+        with step(run.steps, step_name(check.name), context={"drill": name}) as outcome:
+            if policy.scratch.kind == "kubernetes":
+                unsupported_on_kubernetes(check)
+            needed = check.sources or drill.sources
+            if missing := [source for source in needed if source not in verified]:
+                raise StepUnverified(f"not run: no verified copy of {', '.join(missing)} to check")
+            copies = [_restored_copy(*verified[source]) for source in needed]
+            env, withheld = command_environment(policy, name, run.run_id, copies)
+            run_command_check(check, env, withheld, outcome)
+
+
+def _restored_copy(record: SourceRun, ctx: DrillContext) -> RestoredCopy:
+    data_dir = ctx.main.restore_options(direct=True).get("to_data_dir")
+    return RestoredCopy(record.source, record.kind, ctx.header.id, copy_target(ctx), data_dir)
+
+
+def _release_kept(kept: list[tuple[SourceRun, DrillContext]]) -> None:
+    for record, ctx in kept:
+        with step(record.steps, "teardown", context={"drill_source": record.source}) as outcome:
+            ctx.main.release()
+            outcome.message = f"released {ctx.main.label} (kept for the drill's command checks)"
+
+
+def _rpo(repository: Repository, name: str, drill: Drill, record: SourceRun, clock: Clock, context: dict[str, str]) -> None:
+    with step(record.steps, "rpo", context=context) as outcome:
+        newest = repository.find_snapshot(name)
+        record.rpo_seconds = age = max((clock() - newest.started).total_seconds(), 0.0)
+        objective = drill.objectives.rpo.total_seconds()
+        if age > objective:
+            over = f"over the RPO objective {human_duration(objective)}"
+            raise StepFailed(f"newest good snapshot {newest.id} is {human_duration(age)} old, {over}")
+        outcome.message = (
+            f"newest good snapshot is {human_duration(age)} old, within the RPO objective {human_duration(objective)}"
+        )
 
 
 def _teardown(run: DrillRun, scratch: ScratchEnvironment) -> None:
@@ -88,9 +161,10 @@ def _teardown(run: DrillRun, scratch: ScratchEnvironment) -> None:
 
 
 def _drill_source(
-    source: Source, drill: Drill, repository: Repository, scratch: ScratchEnvironment, clock: Clock
+    source: Source, plan: _Plan, repository: Repository, scratch: ScratchEnvironment, clock: Clock
 ) -> SourceRun:
     """One source's steps, each recorded; the phases live in helpers."""
+    drill = plan.drill
     name = source.name
     record = SourceRun(source=name, kind=source.kind)
     steps = record.steps
@@ -103,16 +177,8 @@ def _drill_source(
         record.consistency = header.meta.get("consistency") or {}
         taken = human_duration((clock() - header.started).total_seconds())
         outcome.message = f"{header.id} ({drill.snapshot.describe()}), taken {taken} ago"
-    with step(steps, "rpo", context=context) as outcome:
-        newest = repository.find_snapshot(name)
-        record.rpo_seconds = age = max((clock() - newest.started).total_seconds(), 0.0)
-        objective = drill.objectives.rpo.total_seconds()
-        if age > objective:
-            over = f"over the RPO objective {human_duration(objective)}"
-            raise StepFailed(f"newest good snapshot {newest.id} is {human_duration(age)} old, {over}")
-        outcome.message = (
-            f"newest good snapshot is {human_duration(age)} old, within the RPO objective {human_duration(objective)}"
-        )
+    if not plan.only_checks:
+        _rpo(repository, name, drill, record, clock, context)
     if header is None:
         return record
     slot: Slot | None = None
@@ -120,25 +186,50 @@ def _drill_source(
         slot = scratch.slot(name, record.kind, header)
         outcome.message = slot.label
     if slot is None:
-        _drift(source, repository, header, drill, record, context)
+        if not plan.only_checks:
+            _drift(source, repository, header, drill, record, context)
         return record
     ctx = DrillContext(source=source, repository=repository, header=header, scratch=scratch, main=slot)
+    verified = False
     try:
         verified = _restore_and_verify(ctx, record, drill, context)
-        _drift(source, repository, header, drill, record, context)
-        if verified:
-            for fault in drill.faults:
-                with step(steps, f"fault:{fault}", context=context) as outcome, failures_expected():
-                    FAULTS[fault]().run(ctx, outcome)
-        else:
-            for fault in drill.faults:
-                with step(steps, f"fault:{fault}", context=context):
-                    raise StepUnverified("not run: the restored copy it needs was not verified")
+        if record.rto_seconds is not None:  # a copy is there: the team's checks run on it
+            for check in plan.checks:
+                with step(steps, step_name(check.name), context=context) as outcome:
+                    run_source_check(ctx, check, outcome)
+        if not plan.only_checks:
+            _drift(source, repository, header, drill, record, context)
+            _faults(ctx, drill, record, verified, context, keeps_main=plan.keep is not None)
     finally:
-        with step(steps, "teardown", context=context) as outcome:
-            slot.release()
-            outcome.message = f"released {slot.label}"
+        if verified and plan.keep is not None:
+            plan.keep.append((record, ctx))  # released once the drill's command checks ran
+        else:
+            with step(steps, "teardown", context=context) as outcome:
+                slot.release()
+                outcome.message = f"released {slot.label}"
     return record
+
+
+def _faults(
+    ctx: DrillContext, drill: Drill, record: SourceRun, verified: bool, context: dict[str, str], *, keeps_main: bool
+) -> None:
+    """The fault scenarios; the canary, which leaves its copy tampered, gets a copy of its own when
+    the main one is kept for the drill's command checks."""
+    for fault in drill.faults:
+        with step(record.steps, f"fault:{fault}", context=context) as outcome:
+            if not verified:
+                raise StepUnverified("not run: the restored copy it needs was not verified")
+            scenario = FAULTS[fault]()
+            with failures_expected():  # the retries a fault causes on purpose are not warnings
+                if scenario.leaves_copy_tampered and keeps_main:
+                    own = ctx.fresh_slot()
+                    try:
+                        ctx.restore(own)
+                        scenario.run(replace(ctx, main=own), outcome)
+                    finally:
+                        own.release()
+                else:
+                    scenario.run(ctx, outcome)
 
 
 def _restore_and_verify(ctx: DrillContext, record: SourceRun, drill: Drill, context: dict[str, str]) -> bool:

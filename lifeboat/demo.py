@@ -3,8 +3,10 @@
 It starts etcd, ClickHouse, an S3 server (moto, standing in for MinIO) and an SMTP sink on free
 loopback ports, seeds them with an ML platform's data, writes a policy file, and then runs the
 very CLI commands an operator would: two backups of every source (the second one incremental),
-and a drill with every fault scenario, whose report is mailed to the sink. Everything it started
-is stopped at the end, whatever happens.
+and a drill with every fault scenario and the team's own checks (README "Drill checks"), whose
+report is mailed to the sink. With ``--broken``, a broken ETL empties a feature table before the
+second backup: the restore is faithful and verifies, and a check catches the empty table. Everything
+it started is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -137,6 +139,29 @@ def change_some_data(servers: Servers) -> None:
         _etcd_put(servers.etcd.endpoint, f"/registry/pods/ml-training/train-job-{i}", os.urandom(100))
 
 
+def break_the_etl(servers: Servers) -> None:
+    """``--broken``: yesterday's ETL emptied the model scores; a faithful backup keeps them empty."""
+    _clickhouse(servers, "DROP TABLE features.model_scores")
+    _clickhouse(
+        servers,
+        "CREATE TABLE features.model_scores (model String, version UInt32, auc Float64, updated DateTime) "
+        "ENGINE = ReplacingMergeTree(updated) ORDER BY (model, version)",
+    )
+
+
+SMOKE_TEST = """\
+# The team's smoke test, run by the drill against the restored copies (README "Drill checks").
+import os, sys, urllib.request
+
+port, database = os.environ["LIFEBOAT_FEATURES_CLICKHOUSE_HTTP_PORT"], os.environ["LIFEBOAT_FEATURES_CLICKHOUSE_DATABASE"]
+query = f"SELECT count() FROM {database}.user_features".encode()
+with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", data=query), timeout=60) as answer:
+    rows = int(answer.read())
+print(f"the restored feature store serves {rows} feature rows")
+sys.exit(0 if rows > 0 else 1)
+"""
+
+
 def _etcd_put(endpoint: str, key: str, value: bytes) -> None:
     body = json.dumps({"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()}).encode()
     with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/v3/kv/put", data=body, method="POST"), timeout=10):
@@ -157,6 +182,8 @@ def _s3(servers: Servers) -> Any:
 
 def write_policy(workdir: Path, servers: Servers) -> Path:
     path = workdir / "lifeboat.yaml"
+    smoke = workdir / "smoke.py"
+    smoke.write_text(SMOKE_TEST)
     ch = servers.clickhouse
     path.write_text(
         textwrap.dedent(
@@ -165,7 +192,13 @@ def write_policy(workdir: Path, servers: Servers) -> Path:
             repository: {{url: "file://{workdir}/repository"}}
             state: {workdir}/state.db
             sources:
-              k8s-etcd: {{kind: etcd, endpoints: ["{servers.etcd.endpoint}"], retention: {{keep_last: 4, keep_daily: 7}}}}
+              k8s-etcd:
+                kind: etcd
+                endpoints: ["{servers.etcd.endpoint}"]
+                retention: {{keep_last: 4, keep_daily: 7}}
+                checks:
+                  - {{name: training-pods, prefix: /registry/pods/ml-training/, expect: {{min: 10}}}}
+                  - {{name: serving-namespace, kubernetes: {{resource: namespaces, name: ml-serving}}}}
               features:
                 kind: clickhouse
                 host: 127.0.0.1
@@ -173,6 +206,13 @@ def write_policy(workdir: Path, servers: Servers) -> Path:
                 http_port: {ch.http_port}
                 databases: [features]
                 retention: {{keep_daily: 14}}
+                checks:
+                  - name: model-scores-present
+                    sql: "SELECT count() FROM features.model_scores"
+                    expect: {{min: 1}}
+                  - name: users-as-at-backup
+                    sql: "SELECT uniqExact(user_id) FROM features.user_features"
+                    expect: same_as_source
               models:
                 kind: s3
                 endpoint_url: {servers.s3_endpoint}
@@ -180,6 +220,9 @@ def write_policy(workdir: Path, servers: Servers) -> Path:
                 secret_access_key: demo
                 buckets: [models, datasets]
                 retention: {{keep_hourly: 48}}
+                checks:
+                  - {{name: ranker-v3, object: models/ranker/v3/model.bin, expect: same_as_source}}
+                  - {{name: click-logs, prefix: datasets/clicks/, expect: {{min: 10}}}}
             scratch:
               kind: local
               local:
@@ -192,6 +235,8 @@ def write_policy(workdir: Path, servers: Servers) -> Path:
                 objectives: {{rto: 30m, rpo: 26h}}
                 faults: [corrupt-chunk, missing-chunk, flaky-storage, kill-target, disaster, verifier-canary]
                 notify: [team]
+                checks:
+                  - {{name: smoke, command: ["{sys.executable}", "{smoke}"], timeout: 2m}}
             notify:
               team:
                 kind: email
@@ -219,8 +264,9 @@ def lifeboat(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
         raise DemoError(f"`lifeboat {' '.join(args)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}") from None
 
 
-def run_demo(workdir: Path, *, small: bool, say: Callable[[str], None]) -> int:
-    """The whole story; returns the drill's exit code (0 PASS, 1 FAIL, 3 ERROR)."""
+def run_demo(workdir: Path, *, small: bool, say: Callable[[str], None], broken: bool = False) -> int:
+    """The whole story; returns the drill's exit code (0 PASS, 1 FAIL, 3 ERROR). ``broken``: the ETL
+    empties a feature table before the second backup, and the drill's check catches it (exit 1)."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     say(f"Lifeboat demo in {workdir}\n\n1. Starting local servers")
@@ -239,12 +285,15 @@ def run_demo(workdir: Path, *, small: bool, say: Callable[[str], None]) -> int:
         say("\n3. Backing up every source, twice (the second run is incremental)")
         _, first = lifeboat(config, "backup", "run")
         change_some_data(servers)
+        if broken:
+            say("  (--broken: a broken ETL emptied features.model_scores before the second backup)")
+            break_the_etl(servers)
         code, second = lifeboat(config, "backup", "run")
         if code != 0:
             raise DemoError(f"backup failed: {second.get('errors')}")
         _backup_table(first, second, say)
 
-        say("\n4. Drill `nightly`: restore every source into scratch, verify, inject every fault")
+        say("\n4. Drill `nightly`: restore every source into scratch, verify, run the team's checks, inject every fault")
         code, report = lifeboat(config, "drill", "run", "nightly", "--report-dir", str(workdir / "reports"))
         _drill_table(report, say)
         say(f"\n  verdict: {report['verdict']}   total RTO {human_duration(report['rto_seconds'] or 0)}")
@@ -276,14 +325,18 @@ def _drill_table(report: dict[str, Any], say: Callable[[str], None]) -> None:
         passed = sum(Status(step["verdict"]) is Status.PASS for step in source["steps"])
         say(f"  {source['source']:<10} {source['verdict']:<8} {rto:>8} {rpo:>8}  {passed}/{len(source['steps'])} passed")
         for step in source["steps"]:
-            if Status(step["verdict"]) is not Status.PASS:
+            if Status(step["verdict"]) is not Status.PASS or step["name"].startswith("check:"):
                 say(f"    {step['verdict']} {step['name']}: {step['message']}")
+    for step in report["steps"]:
+        if step["name"].startswith("check:") or Status(step["verdict"]) is not Status.PASS:
+            say(f"  drill {step['verdict']} {step['name']}: {step['message']}")
 
 
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/demo"), show_default=True)
 @click.option("--small", is_flag=True, help="Less data (CI): 1e5 feature rows and 60 objects.")
-def demo(workdir: Path, small: bool) -> None:
+@click.option("--broken", is_flag=True, help="A broken ETL empties a feature table: watch a drill check catch it.")
+def demo(workdir: Path, small: bool, broken: bool) -> None:
     """The whole story on this machine: local servers, data, two backups, a drill with every fault."""
-    code = run_demo(workdir.resolve(), small=small, say=click.echo)
+    code = run_demo(workdir.resolve(), small=small, say=click.echo, broken=broken)
     click.get_current_context().exit(code)

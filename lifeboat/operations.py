@@ -273,18 +273,25 @@ class Operations:
     # ---- drill -----------------------------------------------------------------------------------
 
     def drill(
-        self, name: str, *, repository: RepositoryOpener, report_dir: Path | None = None, notify: bool = True
+        self,
+        name: str,
+        *,
+        repository: RepositoryOpener,
+        report_dir: Path | None = None,
+        notify: bool = True,
+        only_checks: bool = False,
     ) -> DrillRun:
         """Run drill ``name`` holding the locks of its sources; write its reports (under ``report_dir``,
         default ``<state dir>/reports/<drill>``), store it in the repository, notify the drill's
-        notifiers (unless ``notify`` is false); return the run. Raises ConfigError, StoreError,
+        notifiers (unless ``notify`` is false); return the run. ``only_checks``: restore, verify and
+        the checks only (``drill run --only-checks``). Raises ConfigError, StoreError,
         SourceBusy, JobAborted (recorded as ERROR, or interrupted)."""
         drill = self.policy.drills[name]
         with self.recorded_run(RunKind.DRILL, name, failed=Status.ERROR) as recorded:
             with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
                 repo = repository()
                 scratch = make_scratch(self.policy.scratch, new_run_id(utc_now()), drill=name, policy=self.policy)
-                run = run_drill(self.policy, name, repository=repo, scratch=scratch)
+                run = run_drill(self.policy, name, repository=repo, scratch=scratch, only_checks=only_checks)
             history = load_history(repo, name, limit=HISTORY_FOR_CHARTS)
             directory = (report_dir or self.policy.state.parent / "reports" / name) / run.run_id
             run.report_files = {kind: str(path) for kind, path in write_reports(run, directory, history).items()}

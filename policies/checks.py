@@ -42,7 +42,43 @@ def reference_issues(data: dict[str, Any]) -> list[Issue]:
 
 def semantic_issues(policy: Policy) -> list[Issue]:
     """Overlaps between scratch targets, the repository and production sources; impossible shards."""
-    return [*_scratch_overlaps(policy), *_repository_overlaps(policy), *_missing_scratch(policy), *_shard_issues(policy)]
+    return [
+        *_scratch_overlaps(policy),
+        *_repository_overlaps(policy),
+        *_missing_scratch(policy),
+        *_shard_issues(policy),
+        *_check_issues(policy),
+    ]
+
+
+def _check_issues(policy: Policy) -> Iterator[Issue]:
+    """Drill checks: names unique within a source (and within a drill, whose step names they become),
+    a command's timeout within the drill's RTO objective, the sources a command names restored by its drill."""
+    for name, source in policy.sources.items():
+        yield from _duplicates(("sources", name, "checks"), [check.name for check in source.checks])
+    for drill_name, drill in policy.drills.items():
+        where: Loc = ("drills", drill_name, "checks")
+        yield from _duplicates(where, [check.name for check in drill.checks])
+        rto = drill.objectives.rto
+        for i, check in enumerate(drill.checks):
+            if check.timeout > rto:
+                yield (
+                    (*where, i, "timeout"),
+                    f"{format_duration(check.timeout)} exceeds the drill's RTO objective {format_duration(rto)}: "
+                    "a check that may run longer than the whole restore is allowed to cannot prove the RTO",
+                )
+            for j, needed in enumerate(check.sources or []):
+                if needed not in drill.sources:
+                    restored = ", ".join(drill.sources)
+                    yield (*where, i, "sources", j), f"unknown source '{needed}'; drill '{drill_name}' restores: {restored}"
+
+
+def _duplicates(where: Loc, names: list[str]) -> Iterator[Issue]:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            yield (*where, i, "name"), f"duplicate check name '{name}': the drill step check:{name} must be unique"
+        seen.add(name)
 
 
 def _scratch_overlaps(policy: Policy) -> Iterator[Issue]:

@@ -229,6 +229,165 @@ class AnomalyGuard(Frozen):
     changed: Fraction = 0.5
 
 
+# ---- checks -----------------------------------------------------------------------------------
+# What "works" means on a restored copy, in the team's own terms (README "Drill checks"). A source's
+# checks are run by its kind's check runner (backup/sources/<kind>/checks.py); a drill's ``command``
+# checks by drills/checks.py. Rules across the file (unique names, a timeout within the RTO): policies.checks.
+
+EXPECTATIONS = ("equals", "min", "max", "rows_min", "min_bytes", "exists", "same_as_source")
+SAME_AS_SOURCE = "same_as_source"
+
+
+class Expect(Frozen):
+    """``expect``: ``same_as_source``, or a mapping of bounds (``{min: 1}``, ``{equals: 42}``,
+    ``{rows_min: 10}``, ``{exists: true}``, ``{min_bytes: N}``); bounds given together all apply."""
+
+    equals: bool | int | float | str | None = None
+    min: float | None = None
+    max: float | None = None
+    rows_min: Annotated[int, Field(ge=0)] | None = None
+    min_bytes: Annotated[int, Field(ge=0)] | None = None
+    exists: Literal[True] | None = None
+    same_as_source: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if value == SAME_AS_SOURCE:
+            return {SAME_AS_SOURCE: True}
+        if isinstance(value, str):
+            raise ValueError(f"'{value}' is not an expectation: write same_as_source or a mapping like {{min: 1}}")
+        if isinstance(value, dict) and not value:
+            raise ValueError(f"expect nothing? give one of {', '.join(EXPECTATIONS)}")
+        return value
+
+    @property
+    def given(self) -> set[str]:
+        """The expectations this one holds, by name."""
+        given = {name for name in EXPECTATIONS if name in self.model_fields_set and getattr(self, name) is not None}
+        return given - ({SAME_AS_SOURCE} if not self.same_as_source else set())
+
+
+def _fits(expect: Expect, allowed: tuple[str, ...], what: str) -> Expect:
+    wrong = sorted(expect.given - set(allowed))
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} does not fit {what}; it takes: {', '.join(allowed)}")
+    return expect
+
+
+class CheckBase(Frozen):
+    name: Name  # unique within its source (or drill); the drill step is "check:<name>"
+    tolerance: Annotated[float, Field(ge=0)] | None = None  # relative, for numbers: 0.01 is 1%
+    at_backup: bool = False  # also run against the source at backup time; failing flags the snapshot suspicious
+
+    def _tolerance_fits(self, expect: Expect) -> None:
+        if self.tolerance is not None and not expect.given & {"same_as_source", "equals"}:
+            raise ValueError("tolerance applies to same_as_source or equals only")
+
+
+class ClickHouseCheck(CheckBase):
+    """A query on the restored copy (names of the source's databases point at the copy), read-only."""
+
+    sql: str
+    expect: Expect
+
+    @model_validator(mode="after")
+    def _shape(self) -> ClickHouseCheck:
+        if not self.sql.strip():
+            raise ValueError("sql is empty: write the query whose result the copy must give")
+        _fits(self.expect, ("equals", "min", "max", "rows_min", "same_as_source"), "a ClickHouse query")
+        self._tolerance_fits(self.expect)
+        return self
+
+
+class KubernetesObjectRef(Frozen):
+    resource: Annotated[str, Field(min_length=1)]
+    namespace: str | None = None  # None: a cluster-scoped object (namespaces, nodes...)
+    name: Annotated[str, Field(min_length=1)]
+
+
+class EtcdCheck(CheckBase):
+    """A key or a prefix (``{min: N}`` keys) that must exist, a Kubernetes object, or a prefix's key
+    count the same as when the snapshot was taken."""
+
+    key: Annotated[str, Field(min_length=1)] | None = None
+    prefix: Annotated[str, Field(min_length=1)] | None = None
+    kubernetes: KubernetesObjectRef | None = None
+    expect: Expect = Expect(exists=True)
+
+    @model_validator(mode="after")
+    def _shape(self) -> EtcdCheck:
+        named = [field for field in ("key", "prefix", "kubernetes") if getattr(self, field) is not None]
+        if len(named) != 1:
+            raise ValueError("give exactly one of key, prefix or kubernetes")
+        if self.prefix is not None:
+            _fits(self.expect, ("exists", "min", "same_as_source"), "a prefix (its key count)")
+        else:
+            _fits(self.expect, ("exists",), f"a {named[0]} (it exists or not)")
+        self._tolerance_fits(self.expect)
+        return self
+
+
+class S3Check(CheckBase):
+    """An object (``bucket/key``) that must exist or hold the bytes it held at backup time, or a
+    prefix (``bucket/prefix``) with a minimum of objects or bytes."""
+
+    object: str | None = None
+    prefix: str | None = None
+    expect: Expect = Expect(exists=True)
+
+    @model_validator(mode="after")
+    def _shape(self) -> S3Check:
+        if (self.object is None) == (self.prefix is None):
+            raise ValueError("give exactly one of object (bucket/key) or prefix (bucket/prefix)")
+        path = self.object if self.object is not None else self.prefix
+        bucket, _, rest = (path or "").partition("/")
+        if not bucket or (self.object is not None and not rest):
+            raise ValueError(f"'{path}' must start with a bucket: bucket/key, like models/resnet/weights.bin")
+        if self.object is not None:
+            _fits(self.expect, ("exists", "same_as_source"), "an object")
+            if self.at_backup and self.expect.same_as_source:
+                raise ValueError("an object's SHA-256 is taken with the snapshot itself: at_backup adds nothing")
+        else:
+            _fits(self.expect, ("exists", "min", "min_bytes"), "a prefix (its objects and bytes)")
+        self._tolerance_fits(self.expect)
+        return self
+
+    @property
+    def bucket(self) -> str:
+        return (self.object or self.prefix or "").partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        """The object's key, or the prefix within the bucket."""
+        return (self.object or self.prefix or "").partition("/")[2]
+
+
+def _argv(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(f"command must be a list of arguments, not a string: write [{', '.join(value.split())}]")
+    return value
+
+
+class CommandCheck(Frozen):
+    """A program the team writes, run against the drill's restored copies (README "Drill checks")."""
+
+    name: Name
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_argv), Field(min_length=1)]
+    timeout: Duration = timedelta(minutes=5)
+    image: str | None = None  # Kubernetes scratch: the image the check's Job runs
+    sources: list[str] | None = None  # the copies it needs (None: every source of the drill)
+
+    @model_validator(mode="after")
+    def _positive(self) -> CommandCheck:
+        if self.timeout.total_seconds() <= 0:
+            raise ValueError("timeout must be a positive duration like 2m")
+        return self
+
+
+SourceCheck = ClickHouseCheck | EtcdCheck | S3Check
+
+
 # ---- sources ----------------------------------------------------------------------------------
 
 
@@ -258,6 +417,7 @@ class EtcdSettings(SourceSettingsBase):
     password: Secret | None = None
     etcdctl: str = "etcdctl"
     timeout: Duration = timedelta(minutes=5)
+    checks: list[EtcdCheck] = []
 
 
 class TableFilter(Frozen):
@@ -285,6 +445,7 @@ class ClickHouseSettings(SourceSettingsBase):
         default=None,
         description="fail a logical backup whose tables were read further apart than this (see the manifest's consistency)",
     )
+    checks: list[ClickHouseCheck] = []
 
 
 class S3Settings(SourceSettingsBase, S3Connection):
@@ -294,6 +455,7 @@ class S3Settings(SourceSettingsBase, S3Connection):
     include: list[str] = []
     exclude: list[str] = []
     parallel: Annotated[int, Field(ge=1, le=256)] = 16
+    checks: list[S3Check] = []
 
 
 SourceSettings = Annotated[EtcdSettings | ClickHouseSettings | S3Settings, Field(discriminator="kind")]
@@ -512,6 +674,7 @@ class Drill(Frozen):
     faults: list[Annotated[str, AfterValidator(_known_fault)]] = []
     notify: list[str] = []
     drift: DriftThresholds = DriftThresholds()
+    checks: list[CommandCheck] = []  # run after every source, against all the restored copies
 
 
 # ---- notify -----------------------------------------------------------------------------------
@@ -653,6 +816,14 @@ class Policy(Frozen):
         found: list[str] = []
         _collect_secrets(self, found)
         return sorted({value for value in found if value})
+
+
+def secrets_of(*nodes: Any) -> list[str]:
+    """Every secret value held anywhere in ``nodes`` (parts of a policy)."""
+    found: list[str] = []
+    for node in nodes:
+        _collect_secrets(node, found)
+    return sorted({value for value in found if value})
 
 
 def _collect_secrets(node: Any, found: list[str]) -> None:

@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backup.sources.base import RestoreFlag, SnapshotOutcome, Source, SourceKind
+from backup.sources.base import CheckRunner, RestoreFlag, SnapshotOutcome, Source, SourceKind
 from backup.sources.parts import Merging
 from policies.errors import ConfigError, ConfigIssue
 from policies.model import SourceSettings
@@ -65,6 +65,12 @@ def source_doctor(kind: str) -> Callable[..., list[Finding]] | None:
     """The preflight checks of ``kind`` (``lifeboat doctor``), or None for a kind without any."""
     checks = source_kind(kind).doctor
     return None if checks is None else _resolve(checks)
+
+
+def check_runner(kind: str) -> CheckRunner | None:
+    """The drill check runner of ``kind`` (its ``checks.py``), or None for a kind without checks."""
+    runner = source_kind(kind).checks
+    return None if runner is None else _resolve(runner)()
 
 
 def restore_flags() -> dict[RestoreFlag, list[str]]:

@@ -110,6 +110,7 @@ class SourceKind:
     part_merge: str | None = None  # (Merging) -> SnapshotOutcome, for a kind whose backups can be sharded
     prune_hook: str | None = None  # a PruneHook class, for a kind that keeps data outside chunks and manifests
     doctor: str | None = None  # (name, settings, *, repository) -> list[Finding], for ``lifeboat doctor``
+    checks: str | None = None  # a CheckRunner class: the kind's drill checks (``checks:`` of its sources)
 
     @property
     def target_options(self) -> tuple[str, ...]:
@@ -214,6 +215,52 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[str, SourceSettings], Source]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a check saw: ``value`` (what ``equals``, ``min``, ``max`` and ``same_as_source`` compare:
+    a query's single value or whole result, a key or object count, an object's SHA-256),
+    ``count`` (rows, keys or objects: ``rows_min``, ``exists``), ``bytes`` (``min_bytes``) and how to
+    say it to people (``shown``)."""
+
+    value: Any
+    count: int
+    shown: str
+    bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "count": self.count, "bytes": self.bytes, "shown": self.shown}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Observation:
+        return cls(
+            document.get("value"),
+            int(document.get("count", 0)),
+            str(document.get("shown", "")),
+            int(document.get("bytes", 0)),
+        )
+
+
+class CheckRunner(Protocol):
+    """A kind's drill checks (``SourceKind.checks``): each reads, never writes. Every method raises
+    a LifeboatError (SourceError, RestoreError) when the check cannot run (bad SQL, an unreachable
+    server): the check is ERROR, never PASS or FAIL."""
+
+    captures_at_backup: ClassVar[bool]  # same_as_source results are read from the source at backup time
+
+    def on_source(self, source: Source, check: Any) -> Observation:
+        """Run ``check`` against the live source (read-only: at backup time)."""
+        ...
+
+    def on_copy(self, source: Source, header: SnapshotHeader, target: Any, check: Any) -> Observation:
+        """Run ``check`` against a restored copy of ``header`` (``target``: what ``Source.verify`` takes)."""
+        ...
+
+    def captured(self, header: SnapshotHeader, repository: Repository, check: Any) -> Observation | None:
+        """What the snapshot says the source gave for a ``same_as_source`` check; None when the kind
+        captures it at backup time (the manifest's meta ``checks``, written by backup/checks.py)."""
+        ...
 
 
 def consistency_summary(document: Mapping[str, Any], *, limit: int = 5) -> str:

@@ -18,6 +18,7 @@ from drills.report.common import (
 )
 
 SUBJECT_PREFIX = "[lifeboat]"
+CHECK_PREFIX = "check:"  # the steps of drill checks (drills/checks.py)
 SUBJECT_NAMES = 3  # past this many failing sources the subject says "+N more": it must stay one readable line
 
 
@@ -64,7 +65,22 @@ def render_text(run: DrillRun) -> str:
             lines.append(f"  {'':<{width}}  consistency window {consistency_summary(source.consistency)}")
     if not run.sources:
         lines.append("no source was drilled")
+    lines += _check_lines(run)
     return "\n".join(lines) + "\n"
+
+
+def _check_lines(run: DrillRun) -> list[str]:
+    """Every drill check that ran, passed or not: the team's own terms for "it works"."""
+    scoped = [(source.source, step) for source in run.sources for step in source.steps]
+    scoped += [(f"drill {run.drill}", step) for step in run.steps]
+    checks = [(scope, step) for scope, step in scoped if step.name.startswith(CHECK_PREFIX) and step.ran]
+    if not checks:
+        return []
+    lines = ["", "Checks:"]
+    for scope, step in checks:
+        head = f"  {step.verdict.value:<5} {scope} / {step.name}: "
+        lines.append(head + _indent(step.message or "(no message)", " " * len(head)))
+    return lines
 
 
 def _source_line(source: SourceRun, run: DrillRun, width: int) -> str:

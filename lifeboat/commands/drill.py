@@ -38,15 +38,22 @@ def drill() -> None:
 @json_option(help="Print the drill report as JSON on stdout.")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="Write the reports here.")
 @click.option("--no-email", is_flag=True, help="Do not notify anyone.")
+@click.option(
+    "--only-checks", is_flag=True, help="Re-run the checks alone: restore, verify, checks; no RPO, drift or faults."
+)
 @pass_session
-def drill_run(session: Session, name: str, as_json: bool, report_dir: Path | None, no_email: bool) -> None:
+def drill_run(
+    session: Session, name: str, as_json: bool, report_dir: Path | None, no_email: bool, only_checks: bool
+) -> None:
     """Run drill NAME now. Exit 0 PASS, 1 FAIL, 3 ERROR (could not verify)."""
     policy = session.policy()
     if name not in policy.drills:
         raise unknown_name("drill", name, policy.drills)
     repository = session.repository()
     with open_operations(policy, redact=session.redactor.text) as operations:
-        run = operations.drill(name, repository=lambda: repository, report_dir=report_dir, notify=not no_email)
+        run = operations.drill(
+            name, repository=lambda: repository, report_dir=report_dir, notify=not no_email, only_checks=only_checks
+        )
     if as_json:
         print_json(run.to_dict())
     else:

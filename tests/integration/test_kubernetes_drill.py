@@ -366,3 +366,35 @@ def test_etcd_drill_on_kubernetes_restores_in_the_init_container_and_proves_what
     assert [key for key in fake.objects if namespace in (key[2], key[3])] == []
     assert len(kubelet.started) == 2
     assert [etcd.process.alive() for etcd in kubelet.started] == [False, False]
+
+
+def test_on_kubernetes_scratch_source_checks_run_and_a_command_check_is_an_error_never_a_pass(
+    fake: FakeKubernetes, kubelet: Kubelet, config: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    document = yaml.safe_load(config.read_text())
+    document["sources"]["k8s-etcd"]["checks"] = [{"name": "pods", "prefix": "/registry/pods/", "expect": {"min": 20}}]
+    document["drills"]["nightly"]["faults"] = []
+    document["drills"]["nightly"]["checks"] = [{"name": "smoke", "command": ["true"], "image": "registry.corp/smoke:1"}]
+    config.write_text(yaml.safe_dump(document))
+    policy = load_policy(config)
+    scratch = KubernetesScratchEnvironment(
+        policy.scratch.kubernetes,
+        new_run_id(datetime.now(UTC)),
+        drill="nightly",
+        policy=policy,
+        api_client=api_client(fake),
+        sleep=lambda _: time.sleep(0.1),
+    )
+    with open_repository(policy.repository) as repository:
+        run = run_drill(policy, "nightly", repository=repository, scratch=scratch, only_checks=True)
+
+    (source,) = run.sources
+    pods = next(step for step in source.steps if step.name == "check:pods")
+    assert pods.verdict is Status.PASS, pods.message  # read through the port-forward to the scratch etcd
+    smoke = next(step for step in run.steps if step.name == "check:smoke")
+    assert smoke.verdict is Status.ERROR
+    assert "not supported on kubernetes scratch yet" in smoke.message
+    assert run.verdict is Status.ERROR
+    assert [step.name for step in source.steps][-1] == "teardown"

@@ -80,3 +80,19 @@ def test_every_executor_kind_runs_here_or_has_a_registered_executor() -> None:
     from policies.model import Executor
 
     assert literal_values(Executor.model_fields["kind"].annotation) == {"local", *REMOTE_EXECUTORS}
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_every_kind_whose_settings_take_checks_has_a_check_runner(kind: str) -> None:
+    """A source's ``checks:`` are run by its kind's runner (``SourceKind.checks``): a kind that accepts
+    checks in the policy and has no runner would leave them unrun at every drill."""
+    from backup.sources import check_runner
+
+    settings = next(
+        model
+        for model in get_args(get_args(SourceSettings)[0])
+        if kind in literal_values(model.model_fields["kind"].annotation)
+    )
+    runner = check_runner(kind)
+    assert ("checks" in settings.model_fields) == (runner is not None)
+    assert runner is None or isinstance(runner.captures_at_backup, bool)

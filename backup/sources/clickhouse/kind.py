@@ -4,6 +4,7 @@ from backup.sources.base import RestoreFlag, SourceKind
 
 KIND = SourceKind(
     name="clickhouse",
+    checks="backup.sources.clickhouse.checks:ClickHouseChecks",
     source="backup.sources.clickhouse.source:ClickHouseSource",
     restore_flags=(
         RestoreFlag("to_host", "server to restore into."),

@@ -131,6 +131,13 @@ class EtcdGateway:
             int(answer["header"]["revision"]), keys, bool(answer.get("more")), int(answer.get("count", 0)), values
         )
 
+    def count(self, key: bytes, *, prefix: bool) -> int:
+        """How many keys are ``key`` (0 or 1), or start with it when ``prefix``, now (no value is read)."""
+        body: dict[str, Any] = {"key": _b64(key), "count_only": True}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        return int(self._call("/v3/kv/range", body).get("count", 0))
+
     def leases(self) -> dict[int, int]:
         """Every lease: id -> TTL as granted. A lease that expires while it is read is left out."""
         ids = [int(item["ID"]) for item in self._call("/v3/lease/leases", {}).get("leases", [])]
@@ -223,6 +230,17 @@ class EtcdGateway:
 
 
 _PERMISSION_TYPES = {"READ": 0, "WRITE": 1, "READWRITE": 2}
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with ``prefix`` (etcd's ``range_end`` of a prefix)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key
 
 
 def _b64(data: bytes) -> str:

@@ -4,6 +4,7 @@ from backup.sources.base import RestoreFlag, SourceKind
 
 KIND = SourceKind(
     name="etcd",
+    checks="backup.sources.etcd.checks:EtcdChecks",
     source="backup.sources.etcd.source:EtcdSource",
     restore_flags=(
         RestoreFlag("to_file", "write the verified snapshot db to this file."),

@@ -4,6 +4,7 @@ from backup.sources.base import RestoreFlag, SourceKind
 
 KIND = SourceKind(
     name="s3",
+    checks="backup.sources.s3.checks:S3Checks",
     source="backup.sources.s3.source:S3Source",
     restore_flags=(
         RestoreFlag("to_endpoint", "endpoint URL of the target."),
