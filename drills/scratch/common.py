@@ -76,6 +76,36 @@ def duplicate_one_row(client: SqlClient, database: str) -> str:
     return f"inserted one duplicate row into {database}.{tables[0][0]}"
 
 
+def add_one_column(client: SqlClient, database: str) -> str:
+    """A ClickHouse schema tamper: one column added to the largest table (its data untouched); says
+    where. Raises ScratchError when no table holds rows."""
+    tables = clickhouse_tables(client, database)
+    if not tables:
+        raise ScratchError(f"{database} holds no table with rows to tamper with")
+    client.execute(f"ALTER TABLE `{database}`.`{tables[0][0]}` ADD COLUMN lifeboat_canary UInt8")
+    return f"added column lifeboat_canary to {database}.{tables[0][0]}"
+
+
+def clickhouse_views(client: SqlClient, database: str) -> list[str]:
+    """The plain views of ``database`` (not materialized ones), by name."""
+    rows = client.execute(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND engine = 'View' ORDER BY name", {"db": database}
+    )
+    return [name for (name,) in rows]
+
+
+def redefine_one_view(client: SqlClient, database: str) -> str:
+    """A ClickHouse view tamper: the first view of ``database`` dropped and created again with another
+    query under the same name; says which. Raises ScratchError when there is no view."""
+    views = clickhouse_views(client, database)
+    if not views:
+        raise ScratchError(f"{database} holds no view to redefine")
+    view = f"`{database}`.`{views[0]}`"
+    client.execute(f"DROP TABLE {view}")
+    client.execute(f"CREATE VIEW {view} AS SELECT 1 AS lifeboat_canary")
+    return f"redefined view {database}.{views[0]} as SELECT 1"
+
+
 # ---- S3 ---------------------------------------------------------------------------------------
 
 

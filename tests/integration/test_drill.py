@@ -110,6 +110,9 @@ def setup(
         f"INSERT INTO {clickhouse_database}.events SELECT toDate('2026-09-01') + number % 90, number, number / 7, "
         "toString(number % 13) FROM system.numbers LIMIT 20000"
     )
+    client.execute(
+        f"CREATE VIEW {clickhouse_database}.daily AS SELECT day, count() AS n FROM {clickhouse_database}.events GROUP BY day"
+    )
     s3 = s3_server.client()
     for i in range(30):
         s3.put_object(
@@ -171,6 +174,12 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     etcd_canary = next(step for step in report["sources"][0]["steps"] if step["name"] == "fault:verifier-canary")
     for tamper in ("delete-key", "value-without-revision", "lease", "auth-user"):
         assert f"{tamper}: " in etcd_canary["message"], etcd_canary["message"]
+    clickhouse_canary = next(step for step in report["sources"][1]["steps"] if step["name"] == "fault:verifier-canary")
+    assert sorted(clickhouse_canary["details"]["tampers"]) == ["add-column", "duplicate-row", "view-redefinition"]
+    assert clickhouse_canary["details"]["blind"] == [] and clickhouse_canary["verdict"] == "PASS"
+    caught = clickhouse_canary["details"]["tampers"]  # each: what it changed; caught: what verify said
+    assert "added column lifeboat_canary" in caught["add-column"] and "differs from snapshot" in caught["add-column"]
+    assert "redefined view" in caught["view-redefinition"] and "differs from snapshot" in caught["view-redefinition"]
 
     [mail] = smtp_inbox.wait_for(1)
     assert mail["Subject"].startswith("[lifeboat] nightly PASS: 3 sources, RTO ")

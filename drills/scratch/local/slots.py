@@ -23,9 +23,11 @@ from drills.scratch.base import Slot
 from drills.scratch.common import (
     ScratchError,
     add_etcd_user,
+    add_one_column,
     add_one_object,
     change_one_tag,
     change_user_metadata,
+    clickhouse_views,
     delete_bucket,
     delete_first_etcd_key,
     drop_largest_table,
@@ -34,6 +36,7 @@ from drills.scratch.common import (
     grant_etcd_lease,
     overwrite_one_object,
     patch_etcd_value,
+    redefine_one_view,
     wipe_bucket,
 )
 from drills.scratch.local.relay import CuttableRelay
@@ -212,7 +215,14 @@ class ClickHouseSlot:
         return drop_largest_table(self._client(), self.database)
 
     def tampers(self) -> dict[str, Callable[[], str]]:
-        return {"duplicate-row": lambda: duplicate_one_row(self._client(), self.database)}
+        """A row, the schema, and a view when the copy has one (a view's definition is all it holds)."""
+        found = {
+            "duplicate-row": lambda: duplicate_one_row(self._client(), self.database),
+            "add-column": lambda: add_one_column(self._client(), self.database),
+        }
+        if clickhouse_views(self._client(), self.database):
+            found["view-redefinition"] = lambda: redefine_one_view(self._client(), self.database)
+        return found
 
     def release(self) -> None:
         for relay in self.relays:
