@@ -263,6 +263,31 @@ def database_exists(sql: SqlExecutor, database: str) -> bool:
     return bool(sql.execute(f"SELECT 1 FROM system.databases WHERE name = {quote_string(database)}"))
 
 
+# Settings of a session that change which CREATE statements the server accepts, or what they create:
+# every ``allow_*`` the session turned on (experimental and suspicious types, codecs, engines) and
+# ``flatten_nested`` (a Nested column stays one column, or becomes arrays). A setting that forbids
+# something (allow_ddl = 0) is never needed to recreate a table, so only enabled ones count.
+DDL_SETTINGS_QUERY = (
+    "SELECT name, value FROM system.settings WHERE changed "
+    "AND ((substring(name, 1, 6) = 'allow_' AND value NOT IN ('0', 'false')) OR name = 'flatten_nested') ORDER BY name"
+)
+
+
+def ddl_settings(sql: SqlExecutor) -> dict[str, str]:
+    """The settings of this session (its user's profile) that its tables' CREATE statements may have
+    needed, recorded with a snapshot so a restore sends them with each CREATE (DDL_SETTINGS_QUERY)."""
+    return {str(name): str(value) for name, value in sql.execute(DDL_SETTINGS_QUERY)}
+
+
+def known_settings(sql: SqlExecutor, names: Iterable[str]) -> dict[str, str]:
+    """The current value of each of ``names`` this server has (a name it does not know is left out)."""
+    wanted = list(names)
+    if not wanted:
+        return {}
+    rows = sql.execute(f"SELECT name, value FROM system.settings WHERE name IN ({_in_list(wanted)})")
+    return {str(name): str(value) for name, value in rows}
+
+
 # ---- parts --------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+from backup.sources.clickhouse.sql import quote_string
 from policies.errors import SourceError
 
 # clickhouse-driver fills a table of every date from 1900 to 2299 when it is imported (0.1 s of each
@@ -79,9 +80,9 @@ class ClickHouseError(SourceError):
 
 
 class SqlExecutor(Protocol):
-    """Runs one SQL statement and returns its rows (an empty list for DDL)."""
+    """Runs one SQL statement (with query ``settings``, if any) and returns its rows (an empty list for DDL)."""
 
-    def execute(self, sql: str) -> list[tuple[Any, ...]]: ...
+    def execute(self, sql: str, settings: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]: ...
 
     def close(self) -> None: ...
 
@@ -122,11 +123,11 @@ class DriverExecutor:
             client_name="lifeboat",
         )
 
-    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, settings: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
         from clickhouse_driver import errors as driver_errors
 
         try:
-            return list(self._client.execute(sql))
+            return list(self._client.execute(sql, settings=dict(settings) if settings else None))
         except driver_errors.ServerException as exc:
             raise server_error(self._endpoint, exc.message, exc.code) from None
         except (driver_errors.Error, OSError, EOFError) as exc:
@@ -144,6 +145,13 @@ def driver_connector(endpoint: Endpoint) -> SqlExecutor:
     return DriverExecutor(endpoint)
 
 
+def set_statement(name: str, value: str) -> str:
+    """``SET name = value``: a number as it is, anything else as a string."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ClickHouseError(f"not a setting name: {name!r}")
+    return f"SET {name} = {value if re.fullmatch(r'-?[0-9]+(?:[.][0-9]+)?', value) else quote_string(value)}"
+
+
 # ---- SQL: chdb ----------------------------------------------------------------------------------
 
 
@@ -157,11 +165,14 @@ class ChdbExecutor:
         self._session = session
         self._lock = threading.Lock()
 
-    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, settings: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
+        """``settings`` are SET on the session first (chdb takes no per-query settings): they stay."""
         import chdb  # a test dependency only: imported where it is used
 
         with self._lock:
             try:
+                for name, value in (settings or {}).items():
+                    self._session.query(set_statement(name, value))
                 text = str(self._session.query(sql, "JSONCompactEachRow"))
             except (chdb.ChdbError, RuntimeError) as exc:
                 message = str(exc)
@@ -193,9 +204,9 @@ class Connections:
                 self._opened.append(executor)
         return executor
 
-    def execute(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run ``sql`` on this thread's connection."""
-        return self.get().execute(sql)
+    def execute(self, sql: str, settings: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (with query ``settings``) on this thread's connection."""
+        return self.get().execute(sql, settings)
 
     def close(self) -> None:
         with self._lock:

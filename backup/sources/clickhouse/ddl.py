@@ -259,6 +259,12 @@ def _rewrite_dictionary_source(sig: list[Token], databases: Collection[str], tar
             sig[at + 1].text = quote_string(target)
 
 
+def uses_low_cardinality(ddl: str) -> bool:
+    """Whether ``ddl`` declares a LowCardinality type (a name, not a string or comment mentioning it):
+    servers of 18.x create it only with ``allow_experimental_low_cardinality_type``."""
+    return any(token.kind == "word" and token.text == "LowCardinality" for token in tokenize(ddl))
+
+
 # ---- order of creation ----------------------------------------------------------------------------
 
 

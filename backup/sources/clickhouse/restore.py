@@ -10,7 +10,7 @@ target is fingerprinted and compared with the snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,11 +22,12 @@ from backup.sources.clickhouse.catalog import (
     Table,
     database_exists,
     existing_tables,
+    known_settings,
     print_by_partition,
     read_definitions,
 )
 from backup.sources.clickhouse.client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
-from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create
+from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create, uses_low_cardinality
 from backup.sources.clickhouse.fingerprint import (
     Definition,
     TableKey,
@@ -58,6 +59,7 @@ DEFAULT_HTTP_PORT = 8123
 _PARTITION_LINES = 24  # per table in a plan; the rest is summed up
 _USAGE = "use --to-host H [--to-port P] [--to-http-port P] --to-database DB [--tables GLOB]..."
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"})
+LOW_CARDINALITY_SETTING = "allow_experimental_low_cardinality_type"  # 18.x-19.x; later servers dropped it
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,17 @@ class RestorePlan:
     entries: dict[TableKey, list[Entry]]  # data entries by table (logical strategy)
     prints: dict[TableKey, TablePrint]
     held_back: dict[TableKey, str] = field(default_factory=dict)  # chosen but not recreated, and why
+    ddl_settings: dict[str, str] = field(default_factory=dict)  # recorded at backup from the source's session
+
+    @property
+    def wanted_settings(self) -> dict[str, str]:
+        """Settings the CREATEs may need: those recorded at backup, and the LowCardinality one when a
+        definition uses the type (the source's profile may have allowed it without the session
+        changing anything, and the target's profile may not)."""
+        wanted = dict(self.ddl_settings)
+        if any(uses_low_cardinality(table.create) for table in self.tables):
+            wanted.setdefault(LOW_CARDINALITY_SETTING, "1")
+        return wanted
 
     @property
     def data_tables(self) -> list[Table]:
@@ -200,6 +213,7 @@ def build_plan(header: SnapshotHeader, entries: Iterable[Entry], globs: Sequence
         entries={key: sorted(found, key=lambda entry: entry.name) for key, found in data.items()},
         prints=table_prints(header.fingerprint),
         held_back={key: why for key, why in held.items() if any(table.key == key for table in picked)},
+        ddl_settings={str(name): str(value) for name, value in (header.meta.get("ddl_settings") or {}).items()},
     )
 
 
@@ -225,6 +239,9 @@ def plan_lines(plan: RestorePlan, target: ClickHouseTarget, header: SnapshotHead
     rows = sum(plan.rows(table) for table in plan.tables)
     size = sum(plan.size(table) for table in plan.tables)
     lines.append(f"{len(plan.tables)} tables, {rows} rows, {human_bytes(size)}")
+    if plan.wanted_settings:
+        shown = ", ".join(f"{name} = {value}" for name, value in sorted(plan.wanted_settings.items()))
+        lines.append(f"CREATE statements are sent with {shown} (those the target server knows)")
     for table in plan.data_tables + plan.definitions + plan.views + plan.view_storage:
         lines.extend(_table_lines(plan, table, target.database))
     for key, why in sorted(plan.held_back.items()):
@@ -257,12 +274,29 @@ def _table_lines(plan: RestorePlan, table: Table, database: str) -> list[str]:
 # ---- the target ---------------------------------------------------------------------------------
 
 
-def prepare_target(sql: SqlExecutor, plan: RestorePlan, target: ClickHouseTarget, *, yes: bool) -> list[str]:
+@dataclass
+class Footprint:
+    """What one restore has done to its target so far: undone when the restore fails."""
+
+    database: str
+    database_created: bool = False
+    tables: list[str] = field(default_factory=list)  # created by this restore, in order
+    replaced: list[str] = field(default_factory=list)  # there before, dropped to be replaced
+
+    @property
+    def empty(self) -> bool:
+        return not (self.database_created or self.tables or self.replaced)
+
+
+def prepare_target(
+    sql: SqlExecutor, plan: RestorePlan, target: ClickHouseTarget, *, yes: bool, footprint: Footprint | None = None
+) -> list[str]:
     """Refuse a non-empty target database without ``yes``; with it, drop the tables this restore
-    replaces. Then create the database. Returns the names dropped."""
-    present = (
-        sorted(name for _, name in existing_tables(sql, [target.database])) if database_exists(sql, target.database) else []
-    )
+    replaces. Then create the database. Returns the names dropped; ``footprint`` records them and
+    whether the database was made here."""
+    footprint = footprint or Footprint(target.database)
+    exists = database_exists(sql, target.database)
+    present = sorted(name for _, name in existing_tables(sql, [target.database])) if exists else []
     if present and not yes:
         shown = ", ".join(present[:10]) + (", ..." if len(present) > 10 else "")
         raise RestoreError(
@@ -274,8 +308,76 @@ def prepare_target(sql: SqlExecutor, plan: RestorePlan, target: ClickHouseTarget
     views_first = sorted(replaced, key=lambda name: name not in {view.name for view in plan.views})
     for name in views_first:
         sql.execute(f"DROP TABLE IF EXISTS {qualified(target.database, name)}")
-    sql.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(target.database)}")
+        footprint.replaced.append(name)
+    if not exists:
+        sql.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(target.database)}")
+        footprint.database_created = True
     return views_first
+
+
+def ddl_settings_for(sql: SqlExecutor, plan: RestorePlan) -> dict[str, str]:
+    """The plan's wanted settings the target server knows (a newer server dropped some, an older one
+    never had others: sending those would fail every CREATE)."""
+    wanted = plan.wanted_settings
+    known = known_settings(sql, wanted)
+    dropped = sorted(set(wanted) - set(known))
+    if dropped:
+        log.info("clickhouse.restore.settings_unknown", settings=dropped, why="the target server does not know them")
+    return {name: value for name, value in wanted.items() if name in known}
+
+
+def undo(sql: SqlExecutor, footprint: Footprint, where: str) -> str:
+    """Remove what the restore recorded in ``footprint`` created (its tables, the database when it made
+    it and nothing else is in it); what was there before stays. Returns what happened, for the error
+    message ("" when the restore had done nothing yet); never raises."""
+    if footprint.empty:
+        return ""
+    database = footprint.database
+    removed: list[str] = []
+    try:
+        for name in reversed(footprint.tables):  # views before the tables they read
+            sql.execute(f"DROP TABLE IF EXISTS {qualified(database, name)}")
+            removed.append(name)
+        others: list[str] = []
+        if footprint.database_created:
+            others = sorted(name for _, name in existing_tables(sql, [database]))
+            if not others:
+                sql.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)}")
+    except ClickHouseError as exc:
+        left = [name for name in footprint.tables if name not in removed]
+        made = f"database {database} (created by this restore) with " if footprint.database_created else ""
+        return (
+            f"; could not remove what this restore created ({exc}): left on {where}: {made}"
+            f"{_count(left)} of database {database}: {', '.join(left) or 'none'}; drop them by hand"
+            + _replaced_note(footprint)
+        )
+    tables = _count(footprint.tables)
+    if footprint.database_created and not others:
+        what = f"database {database}" + (f" with {tables}" if footprint.tables else "")
+        note = f"; removed what this restore created: {what}"
+    else:
+        listed = f" ({', '.join(footprint.tables)})" if footprint.tables else ""
+        note = f"; removed what this restore created: {tables}{listed}" if footprint.tables else ""
+        if footprint.database_created:
+            kept = ", ".join(others)
+            note += f"; database {database}, created by this restore, holds tables it did not create ({kept}): kept"
+        else:
+            note += f"; database {database} was there before and keeps its other tables"
+    return note + _replaced_note(footprint)
+
+
+def _count(names: Sequence[str]) -> str:
+    return f"{len(names)} table{'' if len(names) == 1 else 's'}"
+
+
+def _replaced_note(footprint: Footprint) -> str:
+    if not footprint.replaced:
+        return ""
+    one = len(footprint.replaced) == 1
+    return (
+        f"; {', '.join(footprint.replaced)}, replaced by this restore, {'was' if one else 'were'} dropped before it "
+        f"failed and {'is' if one else 'are'} not in {footprint.database} now"
+    )
 
 
 def rewritten(table: Table, databases: Collection[str], target: str) -> RewrittenDdl:
@@ -286,14 +388,25 @@ def rewritten(table: Table, databases: Collection[str], target: str) -> Rewritte
         raise RestoreError(f"cannot recreate {table.display}: {exc}: {table.create[:200]}") from None
 
 
-def create_tables(sql: SqlExecutor, tables: Sequence[Table], *, databases: Collection[str], target: str) -> None:
-    """Create ``tables`` renamed into ``target``; raises RestoreError naming the table."""
+def create_tables(
+    sql: SqlExecutor,
+    tables: Sequence[Table],
+    *,
+    databases: Collection[str],
+    target: str,
+    settings: Mapping[str, str] | None = None,
+    created: list[str] | None = None,
+) -> None:
+    """Create ``tables`` renamed into ``target``, each CREATE sent with ``settings``; the names made
+    are added to ``created``. Raises RestoreError naming the table."""
     for table in tables:
         statement = rewritten(table, databases, target).sql
         try:
-            sql.execute(statement)
+            sql.execute(statement, settings or None)
         except ClickHouseError as exc:
             raise RestoreError(f"cannot create {display_name(target, table.name)} ({table.engine}): {exc}") from exc
+        if created is not None:
+            created.append(table.name)
         if merging(table.engine):
             sql.execute(f"SYSTEM STOP MERGES {qualified(target, table.name)}")
 
@@ -302,12 +415,22 @@ class DataLoader(Protocol):
     def load(self, tables: Sequence[Table], target_database: str) -> None: ...
 
 
-def load_everything(sql: SqlExecutor, plan: RestorePlan, loader: DataLoader, target: str) -> None:
-    """Tables, their data, definitions, views, views' storage: in that order."""
-    create_tables(sql, plan.data_tables, databases=plan.databases, target=target)
+def load_everything(
+    sql: SqlExecutor,
+    plan: RestorePlan,
+    loader: DataLoader,
+    target: str,
+    *,
+    settings: Mapping[str, str] | None = None,
+    footprint: Footprint | None = None,
+) -> None:
+    """Tables, their data, definitions, views, views' storage: in that order. Every CREATE is sent
+    with ``settings``; ``footprint`` records each table made."""
+    created = footprint.tables if footprint is not None else None
+    create_tables(sql, plan.data_tables, databases=plan.databases, target=target, settings=settings, created=created)
     loader.load(plan.data_tables, target)
-    create_tables(sql, plan.definitions, databases=plan.databases, target=target)
-    create_tables(sql, plan.views, databases=plan.databases, target=target)
+    create_tables(sql, plan.definitions, databases=plan.databases, target=target, settings=settings, created=created)
+    create_tables(sql, plan.views, databases=plan.databases, target=target, settings=settings, created=created)
     loader.load(plan.view_storage, target)
 
 

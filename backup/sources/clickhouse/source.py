@@ -40,6 +40,7 @@ from backup.sources.base import (
 from backup.sources.clickhouse.catalog import (
     Catalog,
     database_exists,
+    ddl_settings,
     discover,
     existing_tables,
     held_back,
@@ -76,8 +77,10 @@ from backup.sources.clickhouse.native import (
 from backup.sources.clickhouse.restore import (
     ClickHouseTarget,
     DataLoader,
+    Footprint,
     RestorePlan,
     build_plan,
+    ddl_settings_for,
     failure_message,
     load_everything,
     next_steps,
@@ -85,11 +88,12 @@ from backup.sources.clickhouse.restore import (
     prepare_target,
     refuse_source_target,
     target_from_options,
+    undo,
     verify_target,
 )
 from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
 from policies.durations import format_duration, human_duration
-from policies.errors import RestoreError, SourceError, VerificationFailed
+from policies.errors import IntegrityError, RestoreError, SourceError, VerificationFailed
 from policies.model import ClickHouseSettings, reveal
 
 log = structlog.get_logger(__name__)
@@ -111,6 +115,7 @@ class SnapshotJob:
     destination: S3Destination | None
     choice: StrategyChoice
     definitions: tuple[Definition, ...] = ()  # of the catalog's tables, read with it
+    ddl_settings: Mapping[str, str] | None = None  # the session's settings its CREATEs may need
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ class ClickHouseSource:
                 destination,
                 choice,
                 tuple(definitions),
+                ddl_settings(connections),
             )
             return SNAPSHOTS[choice.strategy](job)
 
@@ -255,16 +261,38 @@ class ClickHouseSource:
         options: RestoreOptions,
         progress: Progress | None,
     ) -> Verification:
+        footprint = Footprint(target.database)
         try:
             with Connections(self._connect, target.endpoint.using("default")) as admin:
-                prepare_target(admin, plan, target, yes=options.yes)
+                prepare_target(admin, plan, target, yes=options.yes, footprint=footprint)
                 insert_settings = _insert_settings(admin)
+                create_settings = ddl_settings_for(admin, plan)
             with Connections(self._connect, target.endpoint) as sql:
                 job = LoadJob(self.settings, repository, header, plan, target, sql, insert_settings, progress)
-                load_everything(sql, plan, LOADERS[plan.strategy](job), target.database)
+                loader = LOADERS[plan.strategy](job)
+                load_everything(sql, plan, loader, target.database, settings=create_settings, footprint=footprint)
+        except Exception as exc:
+            raise self._undone(exc, target, footprint) from exc
+        try:
+            with Connections(self._connect, target.endpoint) as sql:
                 return verify_target(sql, header, target, parallel=self.settings.parallel)
         except SourceError as exc:
             raise RestoreError(f"restore into {target.describe()} failed: {exc}") from exc
+
+    def _undone(self, exc: Exception, target: ClickHouseTarget, footprint: Footprint) -> Exception:
+        """The error to raise for ``exc``, which failed a restore midway, once what the restore created
+        is removed (undo): it says what happened and what is left."""
+        with Connections(self._connect, target.endpoint.using("default")) as admin:
+            note = undo(admin, footprint, target.describe())
+        log.warning("clickhouse.restore_failed", target=target.describe(), error=str(exc), undone=note)
+        if isinstance(exc, SourceError):
+            return RestoreError(f"restore into {target.describe()} failed: {exc}{note}")
+        if not note:  # refused before anything was done (a non-empty target without --yes)
+            return exc
+        if type(exc) in (RestoreError, IntegrityError):
+            return type(exc)(f"{exc}{note}")
+        exc.add_note(f"restore into {target.describe()} failed{note}")
+        return exc
 
     def _target_state(self, target: ClickHouseTarget) -> str:
         """One plan line on the target as it is now (a dry run only reads)."""
@@ -419,6 +447,7 @@ def _outcome(
                 {"table": table.display, "engine": table.engine, "reason": table.reason} for table in definitions
             ],
             "held_back": [{"table": ".".join(key), "reason": why} for key, why in sorted(held.items())],
+            "ddl_settings": dict(job.ddl_settings or {}),
             **meta,
         },
         figures={
