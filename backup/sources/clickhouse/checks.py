@@ -18,7 +18,7 @@ from backup.repository.repository import Repository
 from backup.sources.base import Observation, Source
 from backup.sources.clickhouse.client import ClickHouseError, Endpoint, driver_connector
 from backup.sources.clickhouse.ddl import rewrite_fragment
-from backup.sources.clickhouse.restore import ClickHouseTarget
+from backup.sources.clickhouse.targets import ClickHouseTarget
 from policies.model import ClickHouseCheck
 
 SHOWN_ROWS = 3  # rows of a result quoted in a report

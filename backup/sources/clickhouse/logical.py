@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +44,6 @@ from backup.sources.clickhouse.catalog import (
     Catalog,
     Part,
     PartSet,
-    Pin,
     Table,
     existing_tables,
     partition_parts,
@@ -61,10 +60,11 @@ from backup.sources.clickhouse.client import (
     SqlExecutor,
     run_parallel,
 )
+from backup.sources.clickhouse.consistency import Window
 from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
 from backup.sources.clickhouse.native_rows import CountingReader, NativeRowCounter
-from backup.sources.clickhouse.sql import TableRole, column_list, display_name, qualified, quote_string
-from policies.errors import IntegrityError, SourceError
+from backup.sources.clickhouse.sql import TableRole, column_list, quote_string
+from policies.errors import SourceError
 
 log = structlog.get_logger(__name__)
 
@@ -236,58 +236,6 @@ class Tally:
             self.retries += retries
             if unpinned:
                 self.unpinned.append(unpinned)
-
-
-@dataclass
-class Window:
-    """The snapshot's consistency window: the pin, and every table read at another time than it."""
-
-    pin: Pin
-    moved: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> partitions, pinned, why
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        for database, name in self.pin.unsettled:
-            self.add(display_name(database, name), "", self.pin.until, "its parts changed while all tables were pinned")
-
-    def add(self, table: str, partition: str, at: datetime, why: str) -> None:
-        with self._lock:
-            record = self.moved.setdefault(table, {"table": table, "partitions": [], "pinned": at, "why": why})
-            if partition and partition not in record["partitions"]:
-                record["partitions"].append(partition)
-            if at >= record["pinned"]:
-                record["pinned"], record["why"] = at, why
-
-    def to_json(self) -> dict[str, Any]:
-        times = [self.pin.at, self.pin.until, *(record["pinned"] for record in self.moved.values())]
-        moved = [
-            {**record, "partitions": sorted(record["partitions"]), "pinned": record["pinned"].isoformat()}
-            for _, record in sorted(self.moved.items())
-        ]
-        return window_document(self.pin.at, min(times), max(times), moved)
-
-
-def window_document(pinned: datetime, earliest: datetime, latest: datetime, moved: list[dict[str, Any]]) -> dict[str, Any]:
-    """A manifest's ``consistency`` meta."""
-    return {
-        "pinned": pinned.isoformat(),
-        "earliest": earliest.isoformat(),
-        "latest": latest.isoformat(),
-        "window_seconds": round((latest - earliest).total_seconds(), 3),
-        "moved": moved,
-    }
-
-
-def merge_windows(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The consistency window of a snapshot made of parts (a sharded run), each pinned on its own."""
-    documents = list(documents)
-    if not documents:
-        return None
-    earliest = min(datetime.fromisoformat(doc["earliest"]) for doc in documents)
-    latest = max(datetime.fromisoformat(doc["latest"]) for doc in documents)
-    pinned = min(datetime.fromisoformat(doc["pinned"]) for doc in documents)
-    moved = sorted((record for doc in documents for record in doc.get("moved", [])), key=lambda record: record["table"])
-    return window_document(pinned, earliest, latest, moved)
 
 
 @dataclass(frozen=True)
@@ -506,56 +454,3 @@ def _empty_print(table: Table) -> TablePrint:
 
 
 # ---- restore ------------------------------------------------------------------------------------
-
-
-class HttpLoader:
-    """Loads a logical snapshot's partitions with ``INSERT .. FORMAT Native`` over HTTP, in parallel."""
-
-    def __init__(
-        self,
-        *,
-        repository: Repository,
-        header: SnapshotHeader,
-        channel: HttpChannel,
-        entries: Mapping[TableKey, list[Entry]],
-        parallel: int,
-        settings: Mapping[str, str],
-        progress: Progress | None,
-    ) -> None:
-        self.repository = repository
-        self.header = header
-        self.channel = channel
-        self.entries = entries
-        self.parallel = parallel
-        self.settings = settings
-        self.progress = progress
-
-    def load(self, tables: Sequence[Table], target_database: str) -> None:
-        """Insert every data entry of ``tables`` (a view's storage goes in through the view)."""
-        work = [
-            (qualified(target_database, table.owner or table.name), table, entry)
-            for table in tables
-            for entry in self.entries.get(table.key, [])
-            if entry.size > 0
-        ]
-        run_parallel(self._insert, work, workers=self.parallel)
-
-    def _insert(self, item: tuple[str, Table, Entry]) -> None:
-        target, table, entry = item
-        label = partition_label(table.display, entry.meta["partition"])
-        columns = f" ({column_list(table.columns)})" if table.columns else ""
-        statement = f"INSERT INTO {target}{columns} FORMAT {entry.meta.get('format', DATA_FORMAT)}"
-        self.channel.insert(statement, self._verified(entry, label), what=f"load of {label}", settings=self.settings)
-
-    def _verified(self, entry: Entry, label: str) -> Iterator[bytes]:
-        """The entry's bytes, each chunk verified on read, and the whole proven at the end."""
-        digest = hashlib.sha256()
-        size = 0
-        for block in self.repository.iter_chunks(entry.chunks, snapshot=self.header.id):
-            digest.update(block)
-            size += len(block)
-            if self.progress:
-                self.progress(len(block))
-            yield block
-        if size != entry.size or digest.hexdigest() != entry.sha256:
-            raise IntegrityError(f"{label}: restored bytes do not match the snapshot's SHA-256 (snapshot {self.header.id})")

@@ -8,8 +8,9 @@ from typing import Any
 
 from backup.sources.base import SnapshotOutcome
 from backup.sources.clickhouse.catalog import Table, held_back
+from backup.sources.clickhouse.consistency import merge_windows
 from backup.sources.clickhouse.fingerprint import changed_fraction, fingerprint_document, snapshot_definitions, table_prints
-from backup.sources.clickhouse.logical import LISTED_EXPORTS, merge_windows
+from backup.sources.clickhouse.logical import LISTED_EXPORTS
 from backup.sources.clickhouse.sql import HASH_METHOD
 from backup.sources.parts import PART_META, Merging, add_up, combine, own_meta, side_by_side
 

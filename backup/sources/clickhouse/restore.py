@@ -17,121 +17,36 @@ from typing import Protocol
 import structlog
 
 from backup.repository.manifest import Entry, SnapshotHeader
-from backup.sources.base import RestoreOptions, Verdict, Verification, flag_of
 from backup.sources.clickhouse.catalog import (
     Table,
     database_exists,
     existing_tables,
     known_settings,
-    print_by_partition,
-    read_definitions,
 )
-from backup.sources.clickhouse.client import ClickHouseError, Connections, Endpoint, SqlExecutor, run_parallel
+from backup.sources.clickhouse.client import ClickHouseError, SqlExecutor
 from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create, uses_low_cardinality
 from backup.sources.clickhouse.fingerprint import (
-    Definition,
     TableKey,
     TablePrint,
-    compare,
-    definition_differences,
     held_back_tables,
-    snapshot_definitions,
     table_prints,
 )
-from backup.sources.clickhouse.kind import KIND
 from backup.sources.clickhouse.sql import (
     TableRole,
-    database_selected,
     display_name,
     glob_matches,
     merging,
     qualified,
     quote_ident,
 )
-from policies.errors import RestoreError, RestoreUsageError
-from policies.model import ClickHouseSettings
+from backup.sources.clickhouse.targets import ClickHouseTarget
+from policies.errors import RestoreError
 from policies.sizes import human_bytes
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT = 9000
-DEFAULT_HTTP_PORT = 8123
 _PARTITION_LINES = 24  # per table in a plan; the rest is summed up
-_USAGE = "use --to-host H [--to-port P] [--to-http-port P] --to-database DB [--tables GLOB]..."
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"})
 LOW_CARDINALITY_SETTING = "allow_experimental_low_cardinality_type"  # 18.x-19.x; later servers dropped it
-
-
-@dataclass(frozen=True)
-class ClickHouseTarget:
-    """Where a restore goes: a server, a database on it (``endpoint.database``), optional table globs."""
-
-    endpoint: Endpoint
-    tables: tuple[str, ...] = ()
-    credentials: str = ""  # how the target is reached, for the plan (never the password itself)
-
-    @property
-    def database(self) -> str:
-        return self.endpoint.database
-
-    def describe(self) -> str:
-        return f"clickhouse://{self.endpoint.host}:{self.endpoint.port}/{self.database}"
-
-
-def target_from_options(options: RestoreOptions, settings: ClickHouseSettings, *, password: str) -> ClickHouseTarget:
-    """The target ``options`` name; raises RestoreError for options of other kinds, missing ones, and a
-    target that is the source itself (same server, a database the source backs up).
-
-    The target is reached with the source's user and ``password`` unless ``to_user`` / ``to_password``
-    (set by drills for their scratch servers, not CLI options) say otherwise."""
-    foreign = options.foreign(KIND.target_options)
-    if foreign:
-        named = ", ".join(map(flag_of, foreign))
-        verb = "does" if len(foreign) == 1 else "do"
-        raise RestoreUsageError(f"{named} {verb} not apply to a ClickHouse source; {_USAGE}")
-    if not options.get("to_host") or not options.get("to_database"):
-        raise RestoreUsageError(f"a ClickHouse restore needs --to-host and --to-database; {_USAGE}")
-    endpoint = Endpoint(
-        host=options.get("to_host"),
-        port=options.get("to_port") or DEFAULT_PORT,
-        http_port=options.get("to_http_port") or DEFAULT_HTTP_PORT,
-        user=options.get("to_user") or settings.user,
-        password=options.get("to_password") if options.get("to_password") is not None else password,
-        secure=settings.secure,
-        database=options.get("to_database"),
-        timeout=settings.timeout.total_seconds(),
-    )
-    if same_server(settings, endpoint) and database_selected(options.get("to_database"), settings.databases):
-        raise RestoreError(_source_refusal(endpoint, "the source backs up that database"))
-    own = options.get("to_user") is not None or options.get("to_password") is not None
-    credentials = f"user {endpoint.user} with {'the target' if own else 'the source'}'s password"
-    return ClickHouseTarget(endpoint, tuple(options.get("tables") or ()), credentials)
-
-
-def same_server(settings: ClickHouseSettings, endpoint: Endpoint) -> bool:
-    """Whether ``endpoint`` is the source's server (loopback names count as one host)."""
-    if _host_key(settings.host) != _host_key(endpoint.host):
-        return False
-    return endpoint.port == settings.port or endpoint.http_port == settings.http_port
-
-
-def _host_key(host: str) -> str:
-    host = host.strip().strip("[]").lower()
-    return "loopback" if host in _LOOPBACK else host
-
-
-def _source_refusal(endpoint: Endpoint, why: str) -> str:
-    return (
-        f"refusing to restore into {endpoint.describe()} database {endpoint.database}: that is the source itself "
-        f"({why}); choose another --to-database or a scratch server"
-    )
-
-
-def refuse_source_target(settings: ClickHouseSettings, header: SnapshotHeader, target: ClickHouseTarget) -> None:
-    """A snapshot's own databases on the source server are never a target (the policy may have
-    changed since the snapshot was taken, so this checks the snapshot's list too)."""
-    if same_server(settings, target.endpoint) and target.database in header.meta.get("databases", []):
-        raise RestoreError(_source_refusal(target.endpoint, f"snapshot {header.id} was taken from it"))
 
 
 # ---- the plan (pure) ------------------------------------------------------------------------------
@@ -448,88 +363,3 @@ def next_steps(plan: RestorePlan, target: str) -> list[str]:
 
 
 # ---- verification -------------------------------------------------------------------------------
-
-
-def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTarget, *, parallel: int) -> Verification:
-    """Fingerprint the target's tables and compare them, and the target's definitions, with the
-    snapshot's; never raises."""
-    held = held_back_tables(header.fingerprint)
-    expected = {
-        key: want
-        for key, want in table_prints(header.fingerprint).items()
-        if key not in held and _picked(want, target.tables)
-    }
-    where = f"{target.endpoint.describe()} database {target.database}"
-    recorded = snapshot_definitions(header.fingerprint)
-    try:
-        if not database_exists(sql, target.database):
-            return Verification(
-                Verdict.UNVERIFIED,
-                f"cannot verify: database {target.database} does not exist on {target.endpoint.describe()}",
-            )
-        present = {name for _, name in existing_tables(sql, [target.database])}
-        found = run_parallel(
-            lambda want: _actual_print(sql, want, target.database, present), list(expected.values()), workers=parallel
-        )
-        copy = read_definitions(sql, [target.database]) if recorded is not None else []
-    except ClickHouseError as exc:
-        return Verification(Verdict.UNVERIFIED, f"cannot verify {where}: {exc}")
-    actual = {want.key: got for want, got in zip(expected.values(), found, strict=True)}
-    result = compare(expected, actual, shown={})
-    databases = tuple(header.meta.get("databases", ())) or tuple({item.database for item in recorded or ()})
-    wanted = [
-        item.retargeted(databases, target.database)
-        for item in recorded or ()
-        if item.key not in held and _definition_picked(item.database, item, target.tables)
-    ]
-    schema = definition_differences(
-        wanted,
-        [item.spelled() for item in copy if any(_definition_picked(db, item, target.tables) for db in databases)],
-    )
-    checked = {"tables": result.tables, "partitions": result.partitions, "rows": result.rows, "definitions": len(wanted)}
-    differences = result.differences + schema
-    if differences:
-        message = f"{where} differs from snapshot {header.id} in {len(differences)} places"
-        return Verification(Verdict.MISMATCH, message, differences + result.unverifiable, checked)
-    if recorded is None:
-        message = (
-            f"{where}: the data matches, but snapshot {header.id} records no table definitions (taken by an older "
-            "Lifeboat), so the definitions could not be compared"
-        )
-        return Verification(Verdict.UNVERIFIED, message, result.unverifiable, checked)
-    if result.verdict is Verdict.UNVERIFIED:
-        message = f"{where}: partitions that changed while backed up differ, so they cannot be verified"
-        return Verification(Verdict.UNVERIFIED, message, result.unverifiable, checked)
-    counts = f"{result.tables} tables, {result.partitions} partitions, {result.rows} rows, {len(wanted)} definitions"
-    return Verification(Verdict.MATCH, f"{where} matches snapshot {header.id}: {counts}", [], checked)
-
-
-def _definition_picked(database: str, item: Definition, globs: Sequence[str]) -> bool:
-    return not globs or any(glob_matches(glob, database, item.owner or item.table) for glob in globs)
-
-
-def _picked(want: TablePrint, globs: Sequence[str]) -> bool:
-    return not globs or any(glob_matches(glob, want.database, want.via or want.table) for glob in globs)
-
-
-def _actual_print(sql: Connections, want: TablePrint, database: str, present: set[str]) -> TablePrint | str:
-    name = want.via or want.table
-    if name not in present:
-        return f"missing from {database}"
-    try:
-        partitions = print_by_partition(sql, qualified(database, name), want.columns, partitions=want.partitioned)
-    except ClickHouseError as exc:
-        if exc.code is None:
-            raise  # the server is gone: nothing can be verified
-        return f"cannot be fingerprinted: {exc}"
-    return TablePrint(want.database, want.table, want.columns, want.partitioned, want.via, partitions)
-
-
-def failure_message(verification: Verification, target: ClickHouseTarget) -> str:
-    shown = "; ".join(verification.differences[:20])
-    more = f" (and {len(verification.differences) - 20} more)" if len(verification.differences) > 20 else ""
-    return (
-        f"restored into {target.describe()} but verification says {verification.verdict}: {verification.message}"
-        + (f": {shown}{more}" if shown else "")
-        + f"; the target holds what was loaded: drop database {target.database} before trying again"
-    )

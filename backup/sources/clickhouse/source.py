@@ -54,7 +54,6 @@ from backup.sources.clickhouse.client import (
     Connector,
     Endpoint,
     HttpChannel,
-    SqlExecutor,
     driver_connector,
 )
 from backup.sources.clickhouse.fingerprint import (
@@ -65,33 +64,29 @@ from backup.sources.clickhouse.fingerprint import (
     fingerprint_document,
     table_prints,
 )
-from backup.sources.clickhouse.logical import LISTED_EXPORTS, HttpLoader, LogicalBackup, table_entry
+from backup.sources.clickhouse.loaders import LOADERS, LoadJob, insert_settings_of
+from backup.sources.clickhouse.logical import LISTED_EXPORTS, LogicalBackup, table_entry
 from backup.sources.clickhouse.native import (
     BACKUP_MARKER,
     NativeBackup,
-    NativeLoader,
     S3Destination,
     plan_native_backup,
     s3_destination,
 )
 from backup.sources.clickhouse.restore import (
-    ClickHouseTarget,
-    DataLoader,
     Footprint,
     RestorePlan,
     build_plan,
     ddl_settings_for,
-    failure_message,
     load_everything,
     next_steps,
     plan_lines,
     prepare_target,
-    refuse_source_target,
-    target_from_options,
     undo,
-    verify_target,
 )
 from backup.sources.clickhouse.sql import HASH_METHOD, StrategyChoice, TableRole, choose_strategy, parse_version
+from backup.sources.clickhouse.targets import ClickHouseTarget, refuse_source_target, target_from_options
+from backup.sources.clickhouse.verify import failure_message, verify_target
 from policies.durations import format_duration, human_duration
 from policies.errors import IntegrityError, RestoreError, SourceError, VerificationFailed
 from policies.model import ClickHouseSettings, reveal
@@ -116,20 +111,6 @@ class SnapshotJob:
     choice: StrategyChoice
     definitions: tuple[Definition, ...] = ()  # of the catalog's tables, read with it
     ddl_settings: Mapping[str, str] | None = None  # the session's settings its CREATEs may need
-
-
-@dataclass(frozen=True)
-class LoadJob:
-    """Everything a restore's data loader needs."""
-
-    settings: ClickHouseSettings
-    repository: Repository
-    header: SnapshotHeader
-    plan: RestorePlan
-    target: ClickHouseTarget
-    connections: Connections
-    insert_settings: Mapping[str, str]
-    progress: Progress | None
 
 
 class ClickHouseSource:
@@ -265,7 +246,7 @@ class ClickHouseSource:
         try:
             with Connections(self._connect, target.endpoint.using("default")) as admin:
                 prepare_target(admin, plan, target, yes=options.yes, footprint=footprint)
-                insert_settings = _insert_settings(admin)
+                insert_settings = insert_settings_of(admin)
                 create_settings = ddl_settings_for(admin, plan)
             with Connections(self._connect, target.endpoint) as sql:
                 job = LoadJob(self.settings, repository, header, plan, target, sql, insert_settings, progress)
@@ -459,47 +440,6 @@ def _outcome(
             **figures,
         },
     )
-
-
-def _http_loader(job: LoadJob) -> DataLoader:
-    return HttpLoader(
-        repository=job.repository,
-        header=job.header,
-        channel=HttpChannel(job.target.endpoint),
-        entries=job.plan.entries,
-        parallel=job.settings.parallel,
-        settings=job.insert_settings,
-        progress=job.progress,
-    )
-
-
-def _native_loader(job: LoadJob) -> DataLoader:
-    destination = s3_destination(job.repository, job.settings.native_endpoint_url)
-    info = NativeBackupInfo.of(job.header)
-    if destination is None or info is None:
-        raise RestoreError(
-            f"snapshot {job.header.id} is a native ClickHouse backup, which lives in an S3 repository; "
-            "this repository is not one (or the snapshot records no backup)"
-        )
-    return NativeLoader(connections=job.connections, destination=destination, info=info)
-
-
-LOADERS: dict[str, Callable[[LoadJob], DataLoader]] = {
-    "logical": _http_loader,
-    "native": _native_loader,
-}
-
-
-_INSERT_SETTINGS = {"optimize_on_insert": "0", "insert_allow_materialized_columns": "1"}
-
-
-def _insert_settings(sql: SqlExecutor) -> dict[str, str]:
-    """INSERT settings that keep rows exactly as backed up on servers that have them: newer servers
-    collapse Replacing/Summing rows within an inserted block unless told not to, and MATERIALIZED
-    columns take their stored values only when allowed (else the server recomputes them)."""
-    names = ", ".join(f"'{name}'" for name in _INSERT_SETTINGS)
-    present = {str(row[0]) for row in sql.execute(f"SELECT name FROM system.settings WHERE name IN ({names})")}
-    return {name: value for name, value in _INSERT_SETTINGS.items() if name in present}
 
 
 def _plan_figures(plan: RestorePlan) -> dict[str, Any]:

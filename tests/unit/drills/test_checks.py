@@ -13,7 +13,7 @@ import pytest
 from backup.checks import CheckCannotRun, judge
 from backup.sources.base import Observation
 from backup.sources.clickhouse.client import Endpoint
-from backup.sources.clickhouse.restore import ClickHouseTarget
+from backup.sources.clickhouse.targets import ClickHouseTarget
 from backup.sources.etcd.targets import EtcdEndpointTarget
 from backup.sources.s3.targets import BucketTarget
 from drills.checks import RestoredCopy, command_environment, run_command_check

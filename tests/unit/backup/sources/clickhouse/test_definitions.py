@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from backup.sources.base import consistency_summary
+from backup.sources.clickhouse.consistency import merge_windows, window_document
 from backup.sources.clickhouse.ddl import canonical, canonical_engine, view_query
 from backup.sources.clickhouse.fingerprint import Definition, definition_differences, fingerprint_document
-from backup.sources.clickhouse.logical import merge_windows, window_document
 
 SOURCE = ("features",)
 
