@@ -38,7 +38,7 @@ def pump(source: Any, sink: Any) -> None:
 class SqlClient(Protocol):
     """The part of ``clickhouse_driver.Client`` used here."""
 
-    def execute(self, query: str, params: Any = None) -> Any: ...
+    def execute(self, query: str, params: Any = None, *, settings: dict[str, Any] | None = None) -> Any: ...
 
 
 # ---- ClickHouse -------------------------------------------------------------------------------
@@ -104,6 +104,52 @@ def redefine_one_view(client: SqlClient, database: str) -> str:
     client.execute(f"DROP TABLE {view}")
     client.execute(f"CREATE VIEW {view} AS SELECT 1 AS lifeboat_canary")
     return f"redefined view {database}.{views[0]} as SELECT 1"
+
+
+def materialized_columns(client: SqlClient, database: str) -> list[tuple[str, str]]:
+    """(table, column) of every MATERIALIZED column of a table holding rows in ``database``."""
+    with_rows = {name for name, _ in clickhouse_tables(client, database)}
+    rows = client.execute(
+        "SELECT table, name FROM system.columns WHERE database = %(db)s AND default_kind = 'MATERIALIZED' "
+        "ORDER BY table, name",
+        {"db": database},
+    )
+    return [(table, column) for table, column in rows if table in with_rows]
+
+
+def change_materialized_value(client: SqlClient, database: str) -> str:
+    """A ClickHouse tamper of a stored MATERIALIZED value: one partition of the first table with such
+    a column is reloaded with that column's value changed in one row (rows, count and every other
+    column unchanged); says where. Raises ScratchError when there is no such column."""
+    found = materialized_columns(client, database)
+    if not found:
+        raise ScratchError(f"{database} holds no MATERIALIZED column to tamper with")
+    table, column = found[0]
+    source, aside = f"`{database}`.`{table}`", f"`{database}`.`lifeboat_canary_{table}`"
+    [(partition, partition_id)] = client.execute(
+        "SELECT partition, partition_id FROM system.parts WHERE database = %(db)s AND table = %(t)s AND active "
+        "ORDER BY partition_id LIMIT 1",
+        {"db": database, "t": table},
+    )
+    described = client.execute(f"DESCRIBE TABLE {source}")  # name, type, default kind, expression: in order
+    stored = [row[0] for row in described if row[2] != "ALIAS"]
+    columns = ", ".join(f"`{name}`" for name in stored)
+    changed = ", ".join(
+        f"if(rowNumberInAllBlocks() = 0, `{name}` + 1, `{name}`)" if name == column else f"`{name}`" for name in stored
+    )
+    allow = {"insert_allow_materialized_columns": 1}
+    client.execute(f"CREATE TABLE {aside} AS {source}")
+    try:
+        client.execute(
+            f"INSERT INTO {aside} ({columns}) SELECT {columns} FROM {source} WHERE _partition_id = %(p)s",
+            {"p": partition_id},
+            settings=allow,
+        )
+        client.execute(f"ALTER TABLE {source} DROP PARTITION {partition}")
+        client.execute(f"INSERT INTO {source} ({columns}) SELECT {changed} FROM {aside}", settings=allow)
+    finally:
+        client.execute(f"DROP TABLE IF EXISTS {aside}")
+    return f"changed the stored {column} of one row of {database}.{table} partition {partition_id}"
 
 
 # ---- S3 ---------------------------------------------------------------------------------------

@@ -103,7 +103,8 @@ def setup(
 
     client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
     client.execute(
-        f"CREATE TABLE {clickhouse_database}.events (day Date, user UInt64, score Float64, tag String) "
+        f"CREATE TABLE {clickhouse_database}.events (day Date, user UInt64, score Float64, tag String, "
+        "doubled UInt64 MATERIALIZED user * 2) "
         "ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (day, user)"
     )
     client.execute(
@@ -175,7 +176,8 @@ def test_nightly_drill_over_three_sources_with_every_fault_passes_and_mails_the_
     for tamper in ("delete-key", "value-without-revision", "lease", "auth-user"):
         assert f"{tamper}: " in etcd_canary["message"], etcd_canary["message"]
     clickhouse_canary = next(step for step in report["sources"][1]["steps"] if step["name"] == "fault:verifier-canary")
-    assert sorted(clickhouse_canary["details"]["tampers"]) == ["add-column", "duplicate-row", "view-redefinition"]
+    kinds = sorted(clickhouse_canary["details"]["tampers"])
+    assert kinds == ["add-column", "duplicate-row", "materialized-value", "view-redefinition"], clickhouse_canary
     assert clickhouse_canary["details"]["blind"] == [] and clickhouse_canary["verdict"] == "PASS"
     caught = clickhouse_canary["details"]["tampers"]  # each: what it changed; caught: what verify said
     assert "added column lifeboat_canary" in caught["add-column"] and "differs from snapshot" in caught["add-column"]

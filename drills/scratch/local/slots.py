@@ -25,6 +25,7 @@ from drills.scratch.common import (
     add_etcd_user,
     add_one_column,
     add_one_object,
+    change_materialized_value,
     change_one_tag,
     change_user_metadata,
     clickhouse_views,
@@ -34,6 +35,7 @@ from drills.scratch.common import (
     duplicate_one_row,
     first_etcd_value,
     grant_etcd_lease,
+    materialized_columns,
     overwrite_one_object,
     patch_etcd_value,
     redefine_one_view,
@@ -215,13 +217,15 @@ class ClickHouseSlot:
         return drop_largest_table(self._client(), self.database)
 
     def tampers(self) -> dict[str, Callable[[], str]]:
-        """A row, the schema, and a view when the copy has one (a view's definition is all it holds)."""
+        """A row, the schema, and, when the copy has them, a view and a stored MATERIALIZED value."""
         found = {
             "duplicate-row": lambda: duplicate_one_row(self._client(), self.database),
             "add-column": lambda: add_one_column(self._client(), self.database),
         }
         if clickhouse_views(self._client(), self.database):
             found["view-redefinition"] = lambda: redefine_one_view(self._client(), self.database)
+        if materialized_columns(self._client(), self.database):
+            found["materialized-value"] = lambda: change_materialized_value(self._client(), self.database)
         return found
 
     def release(self) -> None:
