@@ -145,24 +145,16 @@ def doctor_client(
     *, endpoint_url: str | None, region: str, access_key_id: str | None, secret_access_key: str | None, addressing_style: str
 ) -> Any:
     """An S3 client with short timeouts and no retries, for checks."""
-    import boto3
-    from botocore.config import Config
+    from backup.repository.s3store import make_client
 
-    config = Config(
-        region_name=region,
-        retries={"total_max_attempts": 1, "mode": "standard"},
+    return make_client(
+        endpoint_url=endpoint_url,
+        region=region,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        addressing_style=addressing_style,
         connect_timeout=DOCTOR_TIMEOUT,
         read_timeout=DOCTOR_TIMEOUT,
-        s3={"addressing_style": addressing_style},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        config=config,
     )
 
 

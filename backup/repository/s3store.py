@@ -396,13 +396,15 @@ def make_client(
     secret_access_key: str | None,
     addressing_style: str = "path",
     max_pool: int = 32,
+    connect_timeout: float = 10,
+    read_timeout: float = 120,
 ) -> Any:
     """A boto3 S3 client without botocore retries (the caller's retry policy decides)."""
     config = Config(
         region_name=region,
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         max_pool_connections=max_pool,
         s3={"addressing_style": addressing_style},
         request_checksum_calculation="when_required",
