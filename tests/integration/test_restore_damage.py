@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -179,6 +180,44 @@ def test_a_killed_directory_restore_is_named_and_cleaned_up(s3_server: S3Endpoin
 
     again = cli("restore", "models", "--to-dir", str(target), "--yes")
     assert again.code == 0 and UNFINISHED not in again.output
+
+
+RESTORE_TRIALS = 20
+
+
+def test_restores_killed_at_random_moments_never_leave_a_wrong_copy(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    """The restore writer of the SIGKILL trials: 20 `restore --to-dir --yes` runs into one target, each
+    killed at a random moment (while starting, listing, writing or renaming); then one more run must
+    leave exactly the snapshot, no part file and no mark, and the repository must check clean (the
+    killed runs' shared locks are stale at once on this host and removed)."""
+    objects = {f"weights/shard-{number}.bin": os.urandom(16 * MIB) for number in range(4)}
+    objects.update({f"small/{number:03d}": os.urandom(500 + number) for number in range(40)})
+    cli = _bucket_cli(s3_server, tmp_path, objects)
+    target = tmp_path / "restored"
+    rng = random.Random(2026)
+    killed = 0
+    for _ in range(RESTORE_TRIALS):
+        restore = subprocess.Popen(
+            cli.argv("restore", "models", "--to-dir", str(target), "--yes"),
+            env=cli.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(rng.uniform(0.2, 2.0))  # start-up takes about a second: kills land before and during writes
+            if restore.poll() is None:
+                os.kill(restore.pid, signal.SIGKILL)
+                killed += 1
+        finally:
+            restore.wait()
+    assert killed >= 5, f"only {killed} of {RESTORE_TRIALS} kills landed before the restore ended: the trial proves little"
+
+    done = cli("restore", "models", "--to-dir", str(target), "--yes")
+    assert done.code == 0, done.output[-3000:]
+    assert _litter(target) == []
+    assert _digests(target) == {key: hashlib.sha256(data).hexdigest() for key, data in objects.items()}
+    checked = cli("check", "--json")
+    assert checked.code == 0 and json.loads(checked.stdout)["ok"] is True, checked.output[-3000:]
 
 
 # ---- etcd into a file and a member data dir ------------------------------------------------------------
