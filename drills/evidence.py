@@ -22,7 +22,7 @@ import base64
 import hashlib
 import json
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,47 +123,63 @@ def scratch_identity(policy: Policy, run_id: str) -> dict[str, Any]:
     """Where a drill run restored: the scratch kind, its cluster and context or hosts, the namespace or
     database and bucket names of this run, and whether a scratch server is also a source's server
     (``shares_server_with_source``; ``segregated`` is its opposite)."""
-    scratch = policy.scratch
-    if scratch.kind == "kubernetes":
-        k8s = scratch.kubernetes
-        identity: dict[str, Any] = {
-            "kind": "kubernetes",
-            "cluster": "in-cluster" if k8s.in_cluster else str(k8s.kubeconfig or "~/.kube/config"),
-            "context": k8s.context,
-            "namespace": f"{k8s.namespace_prefix}{run_id}",
-            "shared_servers": [],  # every copy runs in the drill's own namespace, on its own StatefulSets
-        }
-    else:
-        local = scratch.local
-        hosts = ["127.0.0.1 (etcd processes started for the run)"]
-        shared = []
-        source_servers = _source_servers(policy)
-        if local.clickhouse is not None:
-            server = f"{local.clickhouse.host}:{local.clickhouse.port}"
-            hosts.append(f"clickhouse {server}")
-            shared += [f"clickhouse {server} (source {name})" for name in source_servers.get(("clickhouse", server), [])]
-        if local.s3 is not None and local.s3.endpoint_url:
-            server = _netloc(local.s3.endpoint_url)
-            hosts.append(f"s3 {server}")
-            shared += [f"s3 {server} (source {name})" for name in source_servers.get(("s3", server), [])]
-        identity = {
-            "kind": "local",
-            "hosts": hosts,
-            "database": f"{local.clickhouse.database_prefix}{run_id}" if local.clickhouse else None,
-            "bucket": f"{local.s3.bucket_prefix}{run_id}" if local.s3 else None,
-            "shared_servers": shared,
-        }
+    identity = SCRATCH_IDENTITIES[policy.scratch.kind](policy, run_id)
     identity["shares_server_with_source"] = bool(identity["shared_servers"])
     return identity
+
+
+def _kubernetes_identity(policy: Policy, run_id: str) -> dict[str, Any]:
+    k8s = policy.scratch.kubernetes
+    return {
+        "kind": "kubernetes",
+        "cluster": "in-cluster" if k8s.in_cluster else str(k8s.kubeconfig or "~/.kube/config"),
+        "context": k8s.context,
+        "namespace": f"{k8s.namespace_prefix}{run_id}",
+        "shared_servers": [],  # every copy runs in the drill's own namespace, on its own StatefulSets
+    }
+
+
+def _local_identity(policy: Policy, run_id: str) -> dict[str, Any]:
+    local = policy.scratch.local
+    hosts = ["127.0.0.1 (etcd processes started for the run)"]
+    shared = []
+    source_servers = _source_servers(policy)
+    if local.clickhouse is not None:
+        server = f"{local.clickhouse.host}:{local.clickhouse.port}"
+        hosts.append(f"clickhouse {server}")
+        shared += [f"clickhouse {server} (source {name})" for name in source_servers.get(("clickhouse", server), [])]
+    if local.s3 is not None and local.s3.endpoint_url:
+        server = _netloc(local.s3.endpoint_url)
+        hosts.append(f"s3 {server}")
+        shared += [f"s3 {server} (source {name})" for name in source_servers.get(("s3", server), [])]
+    return {
+        "kind": "local",
+        "hosts": hosts,
+        "database": f"{local.clickhouse.database_prefix}{run_id}" if local.clickhouse else None,
+        "bucket": f"{local.s3.bucket_prefix}{run_id}" if local.s3 else None,
+        "shared_servers": shared,
+    }
+
+
+SCRATCH_IDENTITIES: dict[str, Callable[[Policy, str], dict[str, Any]]] = {
+    "local": _local_identity,
+    "kubernetes": _kubernetes_identity,
+}
+# The server a source of each kind lives on, as a scratch server of that kind would be named; kinds
+# whose copies never share a server with the source (etcd: processes of the run) are absent.
+SOURCE_SERVERS: dict[str, Callable[[Any], str | None]] = {
+    "clickhouse": lambda source: f"{source.host}:{source.port}",
+    "s3": lambda source: _netloc(source.endpoint_url) if source.endpoint_url else None,
+}
 
 
 def _source_servers(policy: Policy) -> dict[tuple[str, str], list[str]]:
     servers: dict[tuple[str, str], list[str]] = {}
     for name, source in policy.sources.items():
-        if source.kind == "clickhouse":
-            servers.setdefault(("clickhouse", f"{source.host}:{source.port}"), []).append(name)
-        elif source.kind == "s3" and source.endpoint_url:
-            servers.setdefault(("s3", _netloc(source.endpoint_url)), []).append(name)
+        where = SOURCE_SERVERS.get(source.kind)
+        server = where(source) if where else None
+        if server is not None:
+            servers.setdefault((source.kind, server), []).append(name)
     return servers
 
 

@@ -86,7 +86,7 @@ def run_drill(
             planned = planned_steps(drill, settings.checks, only_checks=only_checks)
             record_not_run(record.steps, planned, cause=None if locked.verdict is Status.PASS else locked)
             run.sources.append(record)
-        _command_checks(policy, name, run, kept)
+        _command_checks(policy, name, run, kept, runs_commands=scratch.runs_command_checks)
     run.finished = clock()
     log.info("drill.finished", drill=name, run_id=run.run_id, verdict=run.verdict.value, rto_seconds=run.rto_seconds)
     return run
@@ -112,13 +112,16 @@ class _Plan:
     keep: list[tuple[SourceRun, DrillContext]] | None  # where a verified copy is kept for command checks
 
 
-def _command_checks(policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]]) -> None:
-    """The drill's command checks, as run-level steps, against the kept copies."""
+def _command_checks(
+    policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]], *, runs_commands: bool
+) -> None:
+    """The drill's command checks, as run-level steps, against the kept copies (ERROR where the
+    scratch environment cannot run a command against its copies)."""
     drill = policy.drills[name]
     verified = {record.source: (record, ctx) for record, ctx in kept}
     for check in drill.checks:
         with step(run.steps, step_name(check.name), context={"drill": name}) as outcome:
-            if policy.scratch.kind == "kubernetes":
+            if not runs_commands:
                 unsupported_on_kubernetes(check)
             needed = check.sources or drill.sources
             if missing := [source for source in needed if source not in verified]:

@@ -55,6 +55,7 @@ class Slot(Protocol):
 
 class ScratchEnvironment(Protocol):
     run_id: str
+    runs_command_checks: bool  # a drill's command checks can run here against its copies
 
     def slot(self, source: str, kind: str, header: SnapshotHeader, *, killable: bool = False) -> Slot:
         """A new, empty target for one restore of ``source``; ``killable``: one that ``interrupt``

@@ -51,6 +51,8 @@ class KubernetesScratchEnvironment:
     ``policy``: the running policy, which the etcd restore pods get a part of (without it, etcd
     slots are refused)."""
 
+    runs_command_checks = False  # not yet: a command check would run as a Job in the drill namespace
+
     def __init__(
         self,
         settings: KubernetesScratch,

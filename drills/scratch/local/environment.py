@@ -34,6 +34,8 @@ class _Marker:
 class LocalScratchEnvironment:
     """Scratch targets on this machine and the configured scratch servers, for one drill run."""
 
+    runs_command_checks = True  # programs run on this machine, reaching the copies on loopback
+
     def __init__(self, settings: LocalScratch, run_id: str) -> None:
         self.settings = settings
         self.run_id = run_id

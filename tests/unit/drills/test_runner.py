@@ -74,6 +74,7 @@ class FakeSlot:
 @dataclass
 class FakeScratch:
     run_id: str = "20261128t120000z-beef"
+    runs_command_checks: bool = True
     slots: list[FakeSlot] = field(default_factory=list)
     torn_down: bool = False
 
