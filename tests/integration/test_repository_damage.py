@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
-from helpers import init_repository
+from helpers import init_repository, missing_requirement
 from policy_builder import PolicyBuilder
 
 from backup.repository.maintenance import check
@@ -222,7 +222,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (root needed): {done.stderr.decode().strip()}")
+        missing_requirement(f"cannot mount a tmpfs (root needed): {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
