@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -307,6 +307,7 @@ class Repository:
         finally:
             for future in window:
                 future.cancel()
+            wait(window)  # a put already running ends before a failed write's chunks are discarded
         return StoredStream(chunks, size, digest.hexdigest())
 
     def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:

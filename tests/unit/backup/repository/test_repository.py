@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -392,3 +393,29 @@ def test_a_permanent_store_error_is_reported_once_without_retries(tmp_path: Path
     # stored): each put tried once; retrying a permanent error would make 4 x 6
     assert counting.calls["put"] - before <= 6
     assert not list(LocalStore(tmp_path / "repo").list("snapshots/"))
+
+
+class FirstChunkFillsTheDisk(LocalStore):
+    """The first chunk put fails at once (disk full); the others are still being written then."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.chunk_puts = 0
+
+    def put(self, key: str, stream: BinaryIO) -> None:
+        if key.startswith("chunks/"):
+            self.chunk_puts += 1
+            if self.chunk_puts == 1:
+                raise StoreError(f"cannot write {key}: [Errno 28] No space left on device")
+            time.sleep(0.3)  # still in flight when the first put's error reaches the writer
+        super().put(key, stream)
+
+
+def test_a_failed_write_waits_for_its_chunks_in_flight_before_discarding_them(tmp_path: Path) -> None:
+    store = FirstChunkFillsTheDisk(tmp_path / "repo")
+    with Repository.init(store, chunk_size=MiB) as repository:
+        with pytest.raises(StoreError, match="No space left"):
+            backup_bytes(repository, os.urandom(8 * MiB))
+    # closing the repository waits for every put: one still running after the discard would be here now
+    assert store.chunk_puts > 1  # other chunks were in flight when the first failed
+    assert list(store.list("chunks/")) == []
