@@ -53,7 +53,8 @@ def semantic_issues(policy: Policy) -> list[Issue]:
 
 def _check_issues(policy: Policy) -> Iterator[Issue]:
     """Drill checks: names unique within a source (and within a drill, whose step names they become),
-    a command's timeout within the drill's RTO objective, the sources a command names restored by its drill."""
+    a command's timeout within the drill's RTO objective, the sources a command names restored by its drill,
+    and on kubernetes scratch the image a command's Job runs."""
     for name, source in policy.sources.items():
         yield from _duplicates(("sources", name, "checks"), [check.name for check in source.checks])
     for drill_name, drill in policy.drills.items():
@@ -66,6 +67,12 @@ def _check_issues(policy: Policy) -> Iterator[Issue]:
                     (*where, i, "timeout"),
                     f"{format_duration(check.timeout)} exceeds the drill's RTO objective {format_duration(rto)}: "
                     "a check that may run longer than the whole restore is allowed to cannot prove the RTO",
+                )
+            if policy.scratch.kind == "kubernetes" and check.image is None:
+                yield (
+                    (*where, i),
+                    "a command check on kubernetes scratch runs as a Job in the drill namespace: add image: "
+                    f"an image that has {check.command[0]} (e.g. image: registry.corp/ml-smoke:1)",
                 )
             for j, needed in enumerate(check.sources or []):
                 if needed not in drill.sources:

@@ -182,3 +182,24 @@ def test_an_expectation_that_does_not_fit_is_refused(check: dict[str, object], m
     )
     found = issues(text)
     assert any(message in text for text, _ in found.values()), found
+
+
+def test_a_command_check_without_an_image_is_refused_on_kubernetes_scratch_only() -> None:
+    drill = """
+        sources:
+          k8s-etcd: {kind: etcd, endpoints: ["http://x:2379"]}
+        drills:
+          nightly:
+            sources: [k8s-etcd]
+            objectives: {rto: 1h, rpo: 1h}
+            checks:
+              - {name: smoke, command: [python3, /etc/smoke.py]}
+              - {name: listed, command: [kubectl, get, deployments], image: "registry.corp/ml-smoke:1"}
+        """
+    found = issues(drill.rstrip(" ") + "        scratch: {kind: kubernetes}\n")
+    assert found["drills.nightly.checks[0]"][0] == (
+        "a command check on kubernetes scratch runs as a Job in the drill namespace: add image: "
+        "an image that has python3 (e.g. image: registry.corp/ml-smoke:1)"
+    )
+    assert list(found) == ["drills.nightly.checks[0]"]
+    assert parse(drill).drills["nightly"].checks[0].image is None  # local scratch needs none
