@@ -4,30 +4,26 @@ all the copies. PASS: the expectation held; FAIL: it did not (the message says w
 what was seen); ERROR: the check could not run (bad SQL, a missing program, a timeout), never a pass.
 
 A command gets an environment of ONLY the documented ``LIFEBOAT_*`` variables that point at the
-scratch copies, plus PATH: nothing of Lifeboat's own environment, and never a credential of the
-repository or a source (a scratch credential that equals one is withheld, and the step says so).
+scratch copies (plus PATH on local scratch): nothing of Lifeboat's own environment, and never a
+credential of the repository or a source (a scratch credential that equals one is withheld, and the
+step says so). The scratch environment runs it (``ScratchEnvironment.run_command``): local scratch on
+this machine, Kubernetes scratch as a Job of the drill namespace from the check's
+``image``, reaching the copies by their services' DNS names (``command_view``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from backup.checks import captured_result, judge, runner_for
-from backup.execute import CommandError
-from backup.execute import run as run_command
 from backup.sources.base import Observation
 from drills.faults import DrillContext
+from drills.scratch.base import CommandRun
 from drills.steps import StepFailed, StepOutcome, StepUnverified
 from policies.errors import LifeboatError
 from policies.model import CommandCheck, Policy, SourceCheck, secrets_of
-
-OUTPUT_TAIL_LINES = 20
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def step_name(name: str) -> str:
@@ -120,11 +116,11 @@ _COPY_VARIABLES: Mapping[str, Callable[[Any, RestoredCopy], dict[str, str]]] = {
 def command_environment(
     policy: Policy, drill: str, run_id: str, copies: list[RestoredCopy]
 ) -> tuple[dict[str, str], list[str]]:
-    """The whole environment of a command check, and the variables withheld because their value is
-    a secret of the repository, a source, a notifier or the executor (the scratch copy may share one)."""
+    """The whole environment of a command check (local scratch adds ``PATH``), and the variables
+    withheld because their value is a secret of the repository, a source, a notifier or the executor
+    (the scratch copy may share one)."""
     protected = set(secrets_of(*(getattr(policy, field) for field in type(policy).model_fields if field != "scratch")))
     env = {
-        "PATH": os.environ.get("PATH", DEFAULT_PATH),
         "LIFEBOAT_DRILL": drill,
         "LIFEBOAT_RUN_ID": run_id,
         "LIFEBOAT_SOURCES": ",".join(copy.source for copy in copies),
@@ -143,30 +139,21 @@ def command_environment(
     return env, withheld
 
 
-def run_command_check(check: CommandCheck, env: dict[str, str], withheld: list[str], outcome: StepOutcome) -> None:
-    """Run ``check.command`` with exactly ``env``: exit 0 PASS, non-zero FAIL, timeout or a program
-    that cannot start ERROR; the tail of its output goes into the step's details."""
-    timeout = check.timeout.total_seconds()
+def run_command_check(
+    check: CommandCheck,
+    env: dict[str, str],
+    withheld: list[str],
+    outcome: StepOutcome,
+    run: Callable[[CommandCheck, dict[str, str]], CommandRun],
+) -> None:
+    """Run ``check.command`` with exactly ``env`` where the scratch environment runs it (``run``: this
+    machine, or a Job of the drill namespace): exit 0 PASS, non-zero FAIL; a timeout or a program
+    that cannot start is ERROR. The tail of its output goes into the step's details."""
     outcome.details = {"command": check.command, "withheld": withheld} if withheld else {"command": check.command}
-    with tempfile.TemporaryDirectory(prefix="lifeboat-check-") as workdir:
-        try:
-            done = run_command(check.command, timeout=timeout, env=env, inherit_env=False, check=False, cwd=Path(workdir))
-        except CommandError as exc:
-            raise StepUnverified(f"could not run {check.command[0]}: {exc}") from exc
-    output = _tail(done.stdout) + _tail(done.stderr)
-    outcome.details["output"] = output
-    if done.returncode != 0:
-        raise StepFailed(f"{' '.join(check.command)} exited with code {done.returncode} (expected 0)", output=output)
+    done = run(check, env)
+    outcome.details["output"] = done.output
+    if done.exit_code is None:
+        raise StepUnverified(f"could not run {check.command[0]}: {done.problem}", output=done.output)
+    if done.exit_code != 0:
+        raise StepFailed(f"{' '.join(check.command)} exited with code {done.exit_code} (expected 0)", output=done.output)
     outcome.message = f"{' '.join(check.command)} exited 0 (expected 0)"
-
-
-def unsupported_on_kubernetes(check: CommandCheck) -> None:
-    """Command checks cannot yet run on Kubernetes scratch (as a Job in the drill namespace): ERROR."""
-    raise StepUnverified(
-        f"command check {check.name} is not supported on kubernetes scratch yet: it did not run; "
-        "run this drill on local scratch to prove it"
-    )
-
-
-def _tail(output: bytes) -> list[str]:
-    return output.decode("utf-8", errors="replace").splitlines()[-OUTPUT_TAIL_LINES:]

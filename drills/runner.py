@@ -32,7 +32,6 @@ from drills.checks import (
     run_command_check,
     run_source_check,
     step_name,
-    unsupported_on_kubernetes,
 )
 from drills.drift import check_drift
 from drills.faults import FAULTS, DrillContext
@@ -86,7 +85,7 @@ def run_drill(
             planned = planned_steps(drill, settings.checks, only_checks=only_checks)
             record_not_run(record.steps, planned, cause=None if locked.verdict is Status.PASS else locked)
             run.sources.append(record)
-        _command_checks(policy, name, run, kept, runs_commands=scratch.runs_command_checks)
+        _command_checks(policy, name, run, kept, scratch)
     run.finished = clock()
     log.info("drill.finished", drill=name, run_id=run.run_id, verdict=run.verdict.value, rto_seconds=run.rto_seconds)
     return run
@@ -113,27 +112,27 @@ class _Plan:
 
 
 def _command_checks(
-    policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]], *, runs_commands: bool
+    policy: Policy, name: str, run: DrillRun, kept: list[tuple[SourceRun, DrillContext]], scratch: ScratchEnvironment
 ) -> None:
-    """The drill's command checks, as run-level steps, against the kept copies (ERROR where the
-    scratch environment cannot run a command against its copies)."""
+    """The drill's command checks, as run-level steps, against the kept copies, run where the scratch
+    environment runs them (this machine, or a Job of the drill namespace)."""
     drill = policy.drills[name]
     verified = {record.source: (record, ctx) for record, ctx in kept}
     for check in drill.checks:
         with step(run.steps, step_name(check.name), context={"drill": name}) as outcome:
-            if not runs_commands:
-                unsupported_on_kubernetes(check)
             needed = check.sources or drill.sources
             if missing := [source for source in needed if source not in verified]:
                 raise StepUnverified(f"not run: no verified copy of {', '.join(missing)} to check")
             copies = [_restored_copy(*verified[source]) for source in needed]
             env, withheld = command_environment(policy, name, run.run_id, copies)
-            run_command_check(check, env, withheld, outcome)
+            run_command_check(check, env, withheld, outcome, scratch.run_command)
 
 
 def _restored_copy(record: SourceRun, ctx: DrillContext) -> RestoredCopy:
+    """The copy as the check's program reaches it (``command_view``: not through this process's relays)."""
     data_dir = ctx.main.restore_options(direct=True).get("to_data_dir")
-    return RestoredCopy(record.source, record.kind, ctx.header.id, copy_target(ctx), data_dir)
+    seen = replace(ctx, main=ctx.scratch.command_view(ctx.main))
+    return RestoredCopy(record.source, record.kind, ctx.header.id, copy_target(seen), data_dir)
 
 
 def _release_kept(kept: list[tuple[SourceRun, DrillContext]]) -> None:

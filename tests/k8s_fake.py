@@ -16,7 +16,8 @@ the error channel, as the kubelet sends it.
 
 What it does not do: controllers, watches, admission, validation, resourceVersion conflicts. A
 test adds the behaviour it needs with ``on_create`` hooks (``statefulset_pods`` makes the pod and
-PVC of a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends) and
+PVC of a StatefulSet, ``job_pods`` the pod of a Job, which ``finish_job`` then ends, ``job_runs`` a
+Job run at once to the end a test gives for its command) and
 ``namespace_linger``: how many reads a deleted namespace stays Terminating; ``on_delete`` hooks see
 every object as it goes (deleted itself, or with its namespace), as a kubelet would notice. Pod logs
 are kept per pod, or per container: ``logs[(namespace, pod, container)]``.
@@ -341,27 +342,80 @@ def job_pods() -> Hook:
     return hook
 
 
-def finish_job(fake: FakeKubernetes, namespace: str, name: str, *, succeeded: bool, log: str = "") -> None:
-    """What the Job controller and kubelet would do at the end: the pod's phase and log, the Job's
-    counts and its Complete or Failed condition (reason BackoffLimitExceeded)."""
+def finish_job(
+    fake: FakeKubernetes,
+    namespace: str,
+    name: str,
+    *,
+    succeeded: bool,
+    log: str = "",
+    exit_code: int | None = None,
+    reason: str = "BackoffLimitExceeded",
+) -> None:
+    """What the Job controller and kubelet would do at the end: the pod's phase and log (with
+    ``exit_code``: its container's terminated state), the Job's counts and its Complete or Failed
+    condition (``reason``: BackoffLimitExceeded, or DeadlineExceeded past activeDeadlineSeconds)."""
     with fake._lock:
         job = fake.get("batch/v1", "jobs", name, namespace)
         assert job is not None, f"no Job {namespace}/{name}"
         for pod in fake.of("pods"):
             if pod["metadata"]["namespace"] == namespace and pod["metadata"]["labels"].get("job-name") == name:
                 pod["status"] = {"phase": "Succeeded" if succeeded else "Failed"}
+                if exit_code is not None:
+                    container = pod["spec"]["containers"][0]["name"]
+                    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
+                    state = {"name": container, "image": "", "imageID": "", "ready": False, "restartCount": 0}
+                    pod["status"]["containerStatuses"] = [{**state, "state": {"terminated": terminated}}]
                 fake.logs[(namespace, pod["metadata"]["name"])] = log
         if succeeded:
             condition = {"type": "Complete", "status": "True"}
             job["status"] = {"succeeded": 1, "completionTime": _now(), "conditions": [condition]}
         else:
-            condition = {
-                "type": "Failed",
-                "status": "True",
-                "reason": "BackoffLimitExceeded",
-                "message": "Job has reached the specified backoff limit",
-            }
+            messages = {"DeadlineExceeded": "Job was active longer than specified deadline"}
+            message = messages.get(reason, "Job has reached the specified backoff limit")
+            condition = {"type": "Failed", "status": "True", "reason": reason, "message": message}
             job["status"] = {"failed": 1, "conditions": [condition]}
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a Job's one pod ends (``job_runs``): its container exits ``exit_code`` after printing
+    ``log``; or it never starts (``waiting``: the container's waiting reason, e.g. ErrImagePull, and
+    the Job stays active); or ``deadline``: it runs past activeDeadlineSeconds (Failed, DeadlineExceeded)."""
+
+    exit_code: int = 0
+    log: str = ""
+    waiting: str | None = None
+    deadline: bool = False
+
+
+def job_runs(ends: dict[str, JobEnd]) -> Hook:
+    """A Job whose container's ``command[0]`` is a key of ``ends`` gets its pod (``job_pods``) and runs
+    to that end at once, as the Job controller and the kubelet would; other Jobs just get their pod."""
+    make_pod = job_pods()
+
+    def hook(fake: FakeKubernetes, key: Key, obj: Object) -> None:
+        if key[1] != "jobs":
+            return
+        make_pod(fake, key, obj)
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        end = ends.get(container["command"][0])
+        if end is None:
+            return
+        if end.waiting is not None:
+            for pod in fake.of("pods"):
+                if pod["metadata"]["namespace"] == key[2] and pod["metadata"]["labels"].get("job-name") == key[3]:
+                    waiting = {"reason": end.waiting, "message": f'Back-off pulling image "{container["image"]}"'}
+                    state = {"name": container["name"], "image": container["image"], "imageID": "", "ready": False}
+                    status = {**state, "restartCount": 0, "state": {"waiting": waiting}}
+                    pod["status"] = {"phase": "Pending", "containerStatuses": [status]}
+            return
+        if end.deadline:
+            finish_job(fake, key[2], key[3], succeeded=False, log=end.log, reason="DeadlineExceeded")
+        else:
+            finish_job(fake, key[2], key[3], succeeded=end.exit_code == 0, log=end.log, exit_code=end.exit_code)
+
+    return hook
 
 
 # ---- serving ---------------------------------------------------------------------------------

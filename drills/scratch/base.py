@@ -9,10 +9,14 @@ how to kill it, stage a disaster on it or tamper with it, and how to remove it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backup.repository.manifest import SnapshotHeader
 from backup.sources.base import RestoreOptions
+from policies.model import CommandCheck
+
+OUTPUT_TAIL_LINES = 20  # of a command check's output, in its step's details
 
 
 class Slot(Protocol):
@@ -53,9 +57,34 @@ class Slot(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class CommandRun:
+    """How a drill's command check ended where the scratch environment ran it: the program's exit
+    code, or None when it could not run (it cannot start, its image cannot be pulled, it outran its
+    timeout) with ``problem`` saying why; and the tail of its output."""
+
+    exit_code: int | None
+    output: list[str]
+    problem: str = ""
+
+
+def tail(output: bytes | str) -> list[str]:
+    """The last ``OUTPUT_TAIL_LINES`` lines of a program's output."""
+    text = output.decode("utf-8", errors="replace") if isinstance(output, bytes) else output
+    return text.splitlines()[-OUTPUT_TAIL_LINES:]
+
+
 class ScratchEnvironment(Protocol):
     run_id: str
-    runs_command_checks: bool  # a drill's command checks can run here against its copies
+
+    def command_view(self, slot: Slot) -> Slot:
+        """``slot`` as a command check's program reaches it (kubernetes: by the service's DNS name from
+        the check's pod, even when this process reaches it through a port-forward)."""
+        ...
+
+    def run_command(self, check: CommandCheck, env: dict[str, str]) -> CommandRun:
+        """Run ``check.command`` with exactly ``env`` (the ``LIFEBOAT_*`` variables) and wait for its end."""
+        ...
 
     def slot(self, source: str, kind: str, header: SnapshotHeader, *, killable: bool = False) -> Slot:
         """A new, empty target for one restore of ``source``; ``killable``: one that ``interrupt``

@@ -273,7 +273,8 @@ class TamperingScratch:
     def __init__(self, inner: Any, tamper: dict[str, Any]) -> None:
         self.inner = inner
         self.run_id = inner.run_id
-        self.runs_command_checks = inner.runs_command_checks
+        self.command_view = inner.command_view
+        self.run_command = inner.run_command
         self.tamper = tamper
 
     def slot(self, source: str, kind: str, header: Any, *, killable: bool = False) -> Slot:

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from helpers import init_repository
-from k8s_fake import FakeKubernetes, Key, api_client, serve, statefulset_pods
+from k8s_fake import FakeKubernetes, JobEnd, Key, api_client, job_runs, serve, statefulset_pods
 from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
@@ -368,7 +368,7 @@ def test_etcd_drill_on_kubernetes_restores_in_the_init_container_and_proves_what
     assert [etcd.process.alive() for etcd in kubelet.started] == [False, False]
 
 
-def test_on_kubernetes_scratch_source_checks_run_and_a_command_check_is_an_error_never_a_pass(
+def test_on_kubernetes_scratch_source_checks_run_and_a_command_check_runs_as_a_job_reaching_the_copy_by_dns(
     fake: FakeKubernetes, kubelet: Kubelet, config: Path, tmp_path: Path
 ) -> None:
     import yaml
@@ -376,12 +376,16 @@ def test_on_kubernetes_scratch_source_checks_run_and_a_command_check_is_an_error
     document = yaml.safe_load(config.read_text())
     document["sources"]["k8s-etcd"]["checks"] = [{"name": "pods", "prefix": "/registry/pods/", "expect": {"min": 20}}]
     document["drills"]["nightly"]["faults"] = []
-    document["drills"]["nightly"]["checks"] = [{"name": "smoke", "command": ["true"], "image": "registry.corp/smoke:1"}]
+    smoke = {"name": "smoke", "command": ["/smoke.py", "--pods"], "image": "registry.corp/smoke:1", "timeout": "2m"}
+    document["drills"]["nightly"]["checks"] = [smoke]
     config.write_text(yaml.safe_dump(document))
+    fake.on_create.append(job_runs({"/smoke.py": JobEnd(exit_code=0, log="20 pods found\n")}))
     policy = load_policy(config)
+    run_id = new_run_id(datetime.now(UTC))
+    namespace = f"lifeboat-drill-{run_id}"
     scratch = KubernetesScratchEnvironment(
         policy.scratch.kubernetes,
-        new_run_id(datetime.now(UTC)),
+        run_id,
         drill="nightly",
         policy=policy,
         api_client=api_client(fake),
@@ -393,8 +397,25 @@ def test_on_kubernetes_scratch_source_checks_run_and_a_command_check_is_an_error
     (source,) = run.sources
     pods = next(step for step in source.steps if step.name == "check:pods")
     assert pods.verdict is Status.PASS, pods.message  # read through the port-forward to the scratch etcd
-    smoke = next(step for step in run.steps if step.name == "check:smoke")
-    assert smoke.verdict is Status.ERROR
-    assert "not supported on kubernetes scratch yet" in smoke.message
-    assert run.verdict is Status.ERROR
+    check = next(step for step in run.steps if step.name == "check:smoke")
+    assert (check.verdict, check.message) == (Status.PASS, "/smoke.py --pods exited 0 (expected 0)")
+    assert check.details["output"] == ["20 pods found"]
+    assert run.verdict is Status.PASS
+    # The Job's pod reaches the copy by its service's DNS name, not this process's port-forward.
+    (job,) = [request.body for request in fake.sent("POST") if request.path.endswith("/jobs")]
+    assert job["metadata"]["namespace"] == namespace
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.corp/smoke:1"
+    assert {entry["name"]: entry["value"] for entry in container["env"]} == {
+        "LIFEBOAT_DRILL": "nightly",
+        "LIFEBOAT_RUN_ID": run_id,
+        "LIFEBOAT_SOURCES": "k8s-etcd",
+        "LIFEBOAT_K8S_ETCD_KIND": "etcd",
+        "LIFEBOAT_K8S_ETCD_SNAPSHOT": source.snapshot,
+        "LIFEBOAT_K8S_ETCD_ETCD_ENDPOINTS": f"http://etcd-1.{namespace}.svc:2379",
+    }
+    assert job["spec"]["activeDeadlineSeconds"] == 120
+    # The copy was kept for the check, then released; teardown deleted the Job, then the namespace.
     assert [step.name for step in source.steps][-1] == "teardown"
+    assert run.steps[-1].details["removed"][0] == f"job {job['metadata']['name']} in namespace {namespace}"
+    assert [key for key in fake.objects if namespace in (key[2], key[3])] == []

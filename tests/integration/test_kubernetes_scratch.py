@@ -17,10 +17,11 @@ from unittest import mock
 
 import pytest
 from click.testing import CliRunner
-from k8s_fake import FakeKubernetes, Request, api_client, serve, statefulset_pods
+from k8s_fake import FakeKubernetes, JobEnd, Request, api_client, job_runs, serve, statefulset_pods
 from policy_builder import PolicyBuilder
 from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
 
+from drills.checks import run_command_check
 from drills.faults import FAULTS, DrillContext
 from drills.model import Status
 from drills.scratch import make_scratch
@@ -33,7 +34,7 @@ from drills.scratch.kubernetes.slots import TargetClients
 from drills.steps import StepOutcome, step
 from lifeboat.cli import cli
 from policies.loader import load_policy
-from policies.model import KubernetesScratch, Policy, Scratch, SecretFile
+from policies.model import CommandCheck, KubernetesScratch, Policy, Scratch, SecretFile
 
 pytestmark = pytest.mark.integration
 
@@ -770,6 +771,154 @@ def test_lifeboat_janitor_cleans_the_cluster_too_when_scratch_is_kubernetes(fake
         removed
     )
     assert ("v1", "namespaces", "", "lifeboat-drill-old") not in fake.objects
+
+
+# ---- command checks: a Job in the drill namespace --------------------------------------------------
+
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+SMOKE_LOG = "".join(f"smoke line {n}\n" for n in range(30))
+
+
+def smoke_check(**overrides: Any) -> CommandCheck:
+    values: dict[str, Any] = {"name": "smoke_test", "command": ["/smoke", "--all"], "timeout": "2m"}
+    return CommandCheck.model_validate({"image": "registry.corp/ml-smoke:1", **values, **overrides})
+
+
+def run_check(scratch: KubernetesScratchEnvironment, check: CommandCheck, env: dict[str, str]) -> Any:
+    """The check as the drill runs it: one step, its record as the report shows it."""
+    steps: list[Any] = []
+    with step(steps, f"check:{check.name}") as outcome:
+        run_command_check(check, env, [], outcome, scratch.run_command)
+    return steps[0]
+
+
+def test_a_command_check_is_a_job_of_the_drill_namespace_reaching_the_copy_by_service_dns(fake: FakeKubernetes) -> None:
+    fake.on_create += [statefulset_pods(ready=True), job_runs({"/smoke": JobEnd(exit_code=0, log=SMOKE_LOG)})]
+    clock = FakeClock()
+    scratch = environment(fake, clock, access="port-forward")  # this process reaches the copy on 127.0.0.1
+    slot = scratch.slot("warehouse", "clickhouse", HEADER)
+    assert slot.restore_options().get("to_host") == "127.0.0.1"
+    seen = scratch.command_view(slot).restore_options()  # what the Job's pod reaches instead
+    assert (seen.get("to_host"), seen.get("to_port"), seen.get("to_http_port")) == (f"clickhouse-1.{NS}.svc", 9000, 8123)
+    credentials = slot.restore_options()
+    env = {
+        "LIFEBOAT_DRILL": "nightly",
+        "LIFEBOAT_WAREHOUSE_CLICKHOUSE_HOST": str(seen.get("to_host")),
+        "LIFEBOAT_WAREHOUSE_CLICKHOUSE_USER": str(credentials.get("to_user")),
+        "LIFEBOAT_WAREHOUSE_CLICKHOUSE_PASSWORD": str(credentials.get("to_password")),
+    }
+
+    record = run_check(scratch, smoke_check(), env)
+    removed = scratch.teardown()
+
+    assert (record.verdict, record.message) == (Status.PASS, "/smoke --all exited 0 (expected 0)")
+    assert record.details["output"] == [f"smoke line {n}" for n in range(10, 30)]  # the tail, as on local scratch
+    (created,) = [request for request in fake.sent("POST") if request.path == JOBS]
+    job = created.body
+    assert manifest_problems(job) == []
+    labels = {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.io/drill": "nightly", "lifeboat.io/check": "smoke_test"}
+    assert job["metadata"] == {"name": "check-1-smoke-test", "namespace": NS, "labels": labels}
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (0, 120, 3600)
+    pod = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == labels
+    assert (pod["restartPolicy"], pod["automountServiceAccountToken"], pod["enableServiceLinks"]) == ("Never", False, False)
+    (container,) = pod["containers"]
+    assert (container["image"], container["command"]) == ("registry.corp/ml-smoke:1", ["/smoke", "--all"])
+    assert "args" not in container
+    password = str(credentials.get("to_password"))
+    assert container["env"] == [
+        {"name": "LIFEBOAT_DRILL", "value": "nightly"},
+        {"name": "LIFEBOAT_WAREHOUSE_CLICKHOUSE_HOST", "value": f"clickhouse-1.{NS}.svc"},
+        {
+            "name": "LIFEBOAT_WAREHOUSE_CLICKHOUSE_PASSWORD",  # from the run's Secret: never in the Job's spec
+            "valueFrom": {"secretKeyRef": {"name": "lifeboat-scratch-clickhouse", "key": "CLICKHOUSE_PASSWORD"}},
+        },
+        {"name": "LIFEBOAT_WAREHOUSE_CLICKHOUSE_USER", "value": str(credentials.get("to_user"))},
+    ]
+    assert password not in json.dumps(job)
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # Followed to the end, its pod's log read; teardown deletes it (Background: its pod goes with it).
+    job_url = f"{JOBS}/check-1-smoke-test"
+    assert ("GET", job_url) in calls(fake)
+    (listed,) = [request for request in fake.sent("GET") if request.path == f"{CORE}/pods" and request.query]
+    assert listed.query == {"labelSelector": "job-name=check-1-smoke-test"}
+    (deleted,) = [request for request in fake.sent("DELETE") if request.path == job_url]
+    assert deleted.query == {"propagationPolicy": "Background"}
+    assert calls(fake).index(("DELETE", job_url)) < calls(fake).index(("DELETE", f"/api/v1/namespaces/{NS}"))
+    assert removed[0] == f"job check-1-smoke-test in namespace {NS}"
+
+
+@pytest.mark.parametrize(
+    ("end", "verdict", "message"),
+    [
+        (JobEnd(exit_code=3, log=SMOKE_LOG), Status.FAIL, "/smoke --all exited with code 3 (expected 0)"),
+        (
+            JobEnd(waiting="ErrImagePull"),
+            Status.ERROR,
+            "could not run /smoke: Job check-1-smoke-test in namespace "
+            f"{NS} cannot start its container: ErrImagePull: "
+            'Back-off pulling image "registry.corp/ml-smoke:1"',
+        ),
+        (
+            JobEnd(deadline=True, log=SMOKE_LOG),
+            Status.ERROR,
+            f"could not run /smoke: Job check-1-smoke-test in namespace {NS} did not finish within the check's "
+            "timeout 2m (DeadlineExceeded: Job was active longer than specified deadline)",
+        ),
+    ],
+    ids=["non-zero-exit", "image-pull-error", "deadline-exceeded"],
+)
+def test_a_command_check_job_that_fails_is_a_fail_and_one_that_cannot_run_an_error(
+    fake: FakeKubernetes, end: JobEnd, verdict: Status, message: str
+) -> None:
+    fake.on_create += [statefulset_pods(ready=True), job_runs({"/smoke": end})]
+    scratch = environment(fake, FakeClock())
+    scratch.slot("objects", "s3", HEADER)
+
+    record = run_check(scratch, smoke_check(), {"LIFEBOAT_DRILL": "nightly"})
+    removed = scratch.teardown()
+
+    assert (record.verdict, record.message) == (verdict, message)
+    expected_tail = [f"smoke line {n}" for n in range(10, 30)] if end.log else []
+    assert record.details["output"] == expected_tail
+    assert ("DELETE", f"{JOBS}/check-1-smoke-test") in calls(fake)
+    assert removed[0] == f"job check-1-smoke-test in namespace {NS}"
+
+
+def test_a_command_check_job_that_never_ends_is_an_error_once_its_timeout_has_passed(fake: FakeKubernetes) -> None:
+    fake.on_create += [statefulset_pods(ready=True), job_runs({})]  # the Job stays active, its pod Pending
+    clock = FakeClock()
+    scratch = environment(fake, clock)
+    scratch.slot("objects", "s3", HEADER)
+
+    record = run_check(scratch, smoke_check(timeout="10s"), {})
+    scratch.teardown()
+
+    assert record.verdict is Status.ERROR
+    assert record.message.startswith(
+        f"could not run /smoke: Job check-1-smoke-test in namespace {NS} did not finish within the check's timeout 10s"
+    )
+    assert clock.now - NOW >= 10  # polled past the deadline, no longer than it and its slack
+    assert ("DELETE", f"{JOBS}/check-1-smoke-test") in calls(fake)
+
+
+def test_a_command_check_without_an_image_on_kubernetes_scratch_is_an_error_naming_what_to_add(
+    fake: FakeKubernetes,
+) -> None:
+    fake.on_create.append(statefulset_pods(ready=True))
+    scratch = environment(fake, FakeClock())
+    scratch.slot("objects", "s3", HEADER)
+
+    record = run_check(scratch, smoke_check(image=None), {})
+    scratch.teardown()
+
+    assert record.verdict is Status.ERROR
+    assert record.message == (
+        "could not run /smoke: a command check on kubernetes scratch runs as a Job in the drill namespace: "
+        "add image: to drill check smoke_test, an image that has /smoke"
+    )
+    assert not [request for request in fake.requests if "/jobs" in request.path]
 
 
 # ---- RBAC: runs last in this module (pytest keeps definition order) -------------------------------

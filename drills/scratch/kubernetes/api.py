@@ -73,6 +73,7 @@ class KubernetesApi:
             "StatefulSet": lambda: self.apps.create_namespaced_stateful_set(namespace, body=body),
             "Secret": lambda: self.core.create_namespaced_secret(namespace, body=body),
             "ConfigMap": lambda: self.core.create_namespaced_config_map(namespace, body=body),
+            "Job": lambda: self.batch.create_namespaced_job(namespace, body=body),
         }
         try:
             creators[kind]()
@@ -95,6 +96,22 @@ def absent(call: Callable[[], Any]) -> bool:
 def pod_ready(pod: Any) -> bool:
     conditions = (pod.status.conditions if pod.status else None) or []
     return any(condition.type == "Ready" and condition.status == "True" for condition in conditions)
+
+
+def job_finished(job: Any) -> tuple[str, str, str] | None:
+    """(Complete or Failed, reason, message) once ``job`` has finished; None while it runs."""
+    for condition in (job.status.conditions if job.status else None) or []:
+        if condition.status == "True" and condition.type in ("Complete", "Failed"):
+            return condition.type, condition.reason or condition.type, condition.message or "no message"
+    return None
+
+
+def container_state(pod: Any, container: str) -> Any:
+    """The current state (``waiting``, ``running`` or ``terminated``) of ``container`` in ``pod``, or None."""
+    for status in (pod.status.container_statuses if pod is not None and pod.status else None) or []:
+        if status.name == container:
+            return status.state
+    return None
 
 
 def failed_init_containers(pod: Any) -> list[tuple[str, str]]:

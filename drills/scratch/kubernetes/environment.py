@@ -1,6 +1,7 @@
 """The ``kubernetes`` scratch environment of one drill run: namespace ``<prefix><run id>`` and its
 fences (made on the first slot), the slots of slots.py, the credentials of the run's servers, the
-waits for a pod to be ready or an object gone, and the teardown (the package docstring says the rest).
+waits for a pod to be ready or an object gone, the drill's command checks as Jobs, and the teardown
+(the package docstring says the rest).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import kubernetes.client
@@ -16,20 +18,26 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 
 from backup.repository.manifest import SnapshotHeader
-from drills.scratch.base import Slot
+from drills.scratch.base import CommandRun, Slot, tail
 from drills.scratch.common import ScratchError
 from drills.scratch.kubernetes.api import (
     KubernetesApi,
     absent,
     api_error,
+    container_state,
     failed_init_containers,
+    job_finished,
     make_api_client,
     pod_ready,
 )
 from drills.scratch.kubernetes.manifests import (
+    CHECK_CONTAINER,
     Credentials,
     Server,
+    check_job_manifest,
+    check_job_name,
     credentials_secret_name,
+    env_entries,
     limit_range_manifest,
     namespace_manifest,
     network_policy_manifest,
@@ -39,19 +47,32 @@ from drills.scratch.kubernetes.manifests import (
     secret_manifest,
 )
 from drills.scratch.kubernetes.slots import SLOTS, KubernetesSlot, TargetClients
-from policies.model import KubernetesScratch, Policy
+from policies.durations import format_duration
+from policies.model import CommandCheck, KubernetesScratch, Policy
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 20
+CHECK_SLACK_SECONDS = 60.0  # past a check Job's activeDeadlineSeconds: time for the Job controller to say Failed
+# A check's container waiting for one of these will not start by itself: ERROR at once.
+CANNOT_START = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+NOT_STARTED = frozenset({"StartError", "ContainerCannotRun"})  # terminated reasons of a program that never ran
 
 
 class KubernetesScratchEnvironment:
     """Scratch targets in namespace ``<prefix><run id>`` of the configured cluster, for one drill run.
     ``policy``: the running policy, which the etcd restore pods get a part of (without it, etcd
     slots are refused)."""
-
-    runs_command_checks = False  # not yet: a command check would run as a Job in the drill namespace
 
     def __init__(
         self,
@@ -83,6 +104,7 @@ class KubernetesScratchEnvironment:
         self._servers = scratch_servers(settings)
         self._slots: list[KubernetesSlot] = []
         self._credentials: dict[str, Credentials] = {}  # kind -> the credentials in its Secret
+        self._jobs: list[str] = []  # the command check Jobs made, deleted by teardown
         self._provisioned = False
 
     def server(self, kind: str) -> Server:
@@ -185,10 +207,107 @@ class KubernetesScratchEnvironment:
             return []
         return [prefix + line for line in str(text or "").splitlines()[-LOG_TAIL_LINES:]]
 
+    # ---- command checks ------------------------------------------------------------------------
+
+    def command_view(self, slot: Slot) -> Slot:
+        """A check's pod reaches a copy by its service's DNS name, whatever ``access`` this process uses."""
+        return slot.in_cluster() if isinstance(slot, KubernetesSlot) else slot
+
+    def run_command(self, check: CommandCheck, env: dict[str, str]) -> CommandRun:
+        """``check`` as a Job of the drill namespace (manifests.check_job_manifest), followed to its
+        end: its container's exit code and the tail of its log; None with the reason when it cannot
+        start (no image, an image that cannot be pulled) or does not finish within its timeout.
+        The scratch servers' passwords reach it from their Secret, not written into the Job."""
+        if check.image is None:
+            return CommandRun(
+                None,
+                [],
+                "a command check on kubernetes scratch runs as a Job in the drill namespace: "
+                f"add image: to drill check {check.name}, an image that has {check.command[0]}",
+            )
+        self.provision()
+        name = check_job_name(len(self._jobs) + 1, check.name)
+        manifest = check_job_manifest(self.namespace, name, check, env_entries(env, self._secret_refs()), drill=self.drill)
+        try:
+            self.api.create(manifest)
+        except ScratchError as exc:
+            return CommandRun(None, [], str(exc))
+        self._jobs.append(name)
+        return self._follow(name, check)
+
+    def _secret_refs(self) -> dict[str, tuple[str, str]]:
+        """Each scratch server password of this run -> (its Secret, the key holding it)."""
+        refs = {}
+        for kind, made in self._credentials.items():
+            as_env = self._servers[kind].credentials_env
+            for key, value in (as_env(made) if as_env else {}).items():
+                if value == made.password:
+                    refs[value] = (credentials_secret_name(kind), key)
+        return refs
+
+    def _follow(self, name: str, check: CommandCheck) -> CommandRun:
+        """Poll Job ``name`` until it ends, its container cannot start, or its timeout (plus slack) passed."""
+        where = f"Job {name} in namespace {self.namespace}"
+        took_too_long = f"{where} did not finish within the check's timeout {format_duration(check.timeout)}"
+        deadline = self.clock() + check.timeout.total_seconds() + CHECK_SLACK_SECONDS
+        while True:
+            try:
+                job = self.api.batch.read_namespaced_job(name, self.namespace)
+                pod = self._check_pod(name)
+            except ApiException as exc:
+                return CommandRun(None, [], str(api_error(f"read {where}", exc)))
+            finished = job_finished(job)
+            state = container_state(pod, CHECK_CONTAINER)
+            if finished is not None:
+                output = self._check_log(pod)
+                kind, reason, message = finished
+                terminated = state.terminated if state else None
+                if kind == "Complete":
+                    return CommandRun(0, output)
+                if reason == "DeadlineExceeded":
+                    return CommandRun(None, output, f"{took_too_long} ({reason}: {message})")
+                if terminated is not None and terminated.reason in NOT_STARTED:
+                    return CommandRun(None, output, f"{where}: its program did not start: {terminated.message or ''}")
+                if terminated is not None and terminated.exit_code is not None:
+                    return CommandRun(terminated.exit_code, output)
+                return CommandRun(None, output, f"{where} failed without an exit code ({reason}: {message})")
+            waiting = state.waiting if state else None
+            if waiting is not None and waiting.reason in CANNOT_START:
+                return CommandRun(
+                    None, self._check_log(pod), f"{where} cannot start its container: {waiting.reason}: {waiting.message}"
+                )
+            if self.clock() >= deadline:
+                phase = pod.status.phase if pod is not None and pod.status else "not created"
+                return CommandRun(None, self._check_log(pod), f"{took_too_long} (its pod: {phase})")
+            self.sleep(POLL_SECONDS)
+
+    def _check_pod(self, job: str) -> Any:
+        """The newest pod of Job ``job``, or None."""
+        pods = self.api.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job}").items
+        return max(pods, key=lambda pod: str(pod.metadata.creation_timestamp if pod.metadata else ""), default=None)
+
+    def _check_log(self, pod: Any) -> list[str]:
+        """The last lines of the check container's log ([] when there is none to read)."""
+        if pod is None:
+            return []
+        try:
+            text = self.api.core.read_namespaced_pod_log(
+                pod.metadata.name, self.namespace, container=CHECK_CONTAINER, tail_lines=LOG_TAIL_LINES
+            )
+        except ApiException:
+            return []
+        return tail(str(text or ""))
+
     def teardown(self) -> list[str]:
-        """Release every slot, delete the namespace with foreground propagation and wait until it is
-        gone (``teardown_timeout``); ScratchError if it is still there (the janitor retries)."""
+        """Delete the check Jobs (background propagation: their pods go with them), release every
+        slot, delete the namespace with foreground propagation and wait until it is gone
+        (``teardown_timeout``); ScratchError if it is still there (the janitor retries)."""
         removed = []
+        for job in self._jobs:
+            with contextlib.suppress(ApiException):  # the namespace's deletion takes it anyway
+                absent(partial(self.api.batch.delete_namespaced_job, job, self.namespace, propagation_policy="Background"))
+            removed.append(f"job {job} in namespace {self.namespace}")
+        self._jobs.clear()
         for made in reversed(self._slots):
             made.release()
             removed.append(made.label)

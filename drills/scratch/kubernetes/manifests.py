@@ -7,6 +7,8 @@ share. Nothing here talks to a cluster.
 from __future__ import annotations
 
 import base64
+import math
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +19,16 @@ from urllib.parse import urlparse
 import yaml
 
 from drills.scratch.common import ScratchError
-from policies.model import KubernetesScratch, Policy, reveal
+from policies.model import CommandCheck, KubernetesScratch, Policy, reveal
 
 Manifest = dict[str, Any]
 MANAGED_BY = "app.kubernetes.io/managed-by"
 DRILL_LABEL = "lifeboat.io/drill"
 EXPIRES_AT = "lifeboat.io/expires-at"
 SLOT_LABEL = "lifeboat.io/slot"
+CHECK_LABEL = "lifeboat.io/check"  # a drill command check's Job and pod: the check's name
+CHECK_CONTAINER = "check"
+CHECK_JOB_TTL = 3600  # seconds a finished check Job outlives a teardown that could not delete it
 POLICY_CONFIGMAP = "lifeboat-policy"  # in the drill namespace: what the restore init container reads
 CREDENTIALS_SECRET = "lifeboat-credentials"
 RESTORE_LABEL = "lifeboat.io/restores-from"  # pods that may reach the repository endpoint
@@ -313,6 +318,60 @@ def etcd_restore_init_containers(source: str, snapshot: str, settings: Kubernete
         ],
     }
     return [restore]
+
+
+def check_job_name(number: int, check: str) -> str:
+    """``check-<n>-<check>``: the ``n``-th command check Job of the run, a DNS-1123 label."""
+    return f"check-{number}-{re.sub(r'[^a-z0-9-]', '-', check)}"[:63].rstrip("-")
+
+
+def env_entries(env: dict[str, str], secret_refs: dict[str, tuple[str, str]]) -> list[Manifest]:
+    """A container's ``env``, by name: a value that is a key of ``secret_refs`` (a scratch server's
+    password) is read from that (Secret, key) instead of being written into the object."""
+    entries: list[Manifest] = []
+    for name, value in sorted(env.items()):
+        if value in secret_refs:
+            secret, key = secret_refs[value]
+            entries.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        else:
+            entries.append({"name": name, "value": value})
+    return entries
+
+
+def check_job_manifest(namespace: str, name: str, check: CommandCheck, env: list[Manifest], *, drill: str) -> Manifest:
+    """A drill's command check as a ``batch/v1`` Job of the drill namespace: one pod from
+    ``check.image`` running ``check.command`` with exactly ``env`` (no service links, no service
+    account token: it needs the copies, not the API), never retried, killed past the check's timeout.
+    Labelled as the drill namespace is (``MANAGED_BY``, ``DRILL_LABEL``), so leftovers go with it."""
+    labels = {MANAGED_BY: "lifeboat", DRILL_LABEL: drill, CHECK_LABEL: check.name}
+    container: Manifest = {
+        "name": CHECK_CONTAINER,
+        "image": check.image,
+        "command": list(check.command),
+        "env": env,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # no <SERVICE>_PORT variables: the environment is the check's alone
+        "containers": [container],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, math.ceil(check.timeout.total_seconds())),
+            "ttlSecondsAfterFinished": CHECK_JOB_TTL,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
 
 
 @dataclass(frozen=True)

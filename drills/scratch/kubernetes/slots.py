@@ -9,6 +9,7 @@ container, created by its ``after_restore`` (the package docstring says why and 
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +171,13 @@ class KubernetesSlot(ABC):
         """Where this process reaches the pod's ``port``: the service, or the local end of its port-forward."""
         relay = self.relays.get(port)
         return ("127.0.0.1", relay.port) if relay else (self.host, port)
+
+    def in_cluster(self) -> KubernetesSlot:
+        """This copy as a pod of the drill namespace reaches it: by its service's DNS name, never
+        through this process's port-forward relays. A view: it shares the copy, is never released."""
+        view = copy.copy(self)
+        view.relays = {}
+        return view
 
     def _credentials(self) -> Credentials:
         if self.credentials is None:

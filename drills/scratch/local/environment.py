@@ -9,16 +9,40 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+from backup.execute import CommandError
+from backup.execute import run as run_program
 from backup.repository.manifest import SnapshotHeader
-from drills.scratch.base import Slot
+from drills.scratch.base import CommandRun, Slot, tail
 from drills.scratch.common import ScratchError
 from drills.scratch.local.leftovers import RUNS, cleanup_leftovers
 from drills.scratch.local.slots import SLOTS
 from policies.errors import LifeboatError
-from policies.model import LocalScratch
+from policies.model import CommandCheck, LocalScratch
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def run_here(check: CommandCheck, env: dict[str, str]) -> CommandRun:
+    """Run a drill's command check on this machine with ``env`` and ``PATH`` (nothing else of
+    Lifeboat's environment), in an empty temporary directory, killed past its timeout."""
+    with tempfile.TemporaryDirectory(prefix="lifeboat-check-") as workdir:
+        try:
+            done = run_program(
+                check.command,
+                timeout=check.timeout.total_seconds(),
+                env={"PATH": os.environ.get("PATH", DEFAULT_PATH), **env},
+                inherit_env=False,
+                check=False,
+                cwd=Path(workdir),
+            )
+        except CommandError as exc:
+            return CommandRun(None, [], str(exc))
+    return CommandRun(done.returncode, tail(done.stdout) + tail(done.stderr))
 
 
 @dataclass
@@ -33,8 +57,6 @@ class _Marker:
 
 class LocalScratchEnvironment:
     """Scratch targets on this machine and the configured scratch servers, for one drill run."""
-
-    runs_command_checks = True  # programs run on this machine, reaching the copies on loopback
 
     def __init__(self, settings: LocalScratch, run_id: str) -> None:
         self.settings = settings
@@ -59,6 +81,13 @@ class LocalScratchEnvironment:
     def record_name(self, kind: str, name: str) -> None:
         self._marker.names.setdefault(kind, []).append(name)
         self._save_marker()
+
+    def command_view(self, slot: Slot) -> Slot:
+        """A command check runs on this machine: it reaches the copy as the verification does."""
+        return slot
+
+    def run_command(self, check: CommandCheck, env: dict[str, str]) -> CommandRun:
+        return run_here(check, env)
 
     def slot(self, source: str, kind: str, header: SnapshotHeader, *, killable: bool = False) -> Slot:
         self._count += 1

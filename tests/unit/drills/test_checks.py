@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from datetime import timedelta
@@ -17,6 +18,7 @@ from backup.sources.clickhouse.targets import ClickHouseTarget
 from backup.sources.etcd.targets import EtcdEndpointTarget
 from backup.sources.s3.targets import BucketTarget
 from drills.checks import RestoredCopy, command_environment, run_command_check
+from drills.scratch.local.environment import run_here
 from drills.steps import StepFailed, StepOutcome, StepUnverified
 from policies.loader import parse_policy
 from policies.model import ClickHouseCheck, CommandCheck, Policy
@@ -92,21 +94,21 @@ def test_a_command_sees_only_lifeboat_variables_of_the_copies_and_never_a_secret
     script = "import sys; open(sys.argv[1], 'wb').write(open('/proc/self/environ', 'rb').read())"
     outcome = StepOutcome()
     command = CommandCheck(name="env", command=[sys.executable, "-c", script, str(dump)])
-    run_command_check(command, env, withheld, outcome)
+    run_command_check(command, env, withheld, outcome, run_here)
     seen = dict(item.split("=", 1) for item in dump.read_text().split("\0") if item)
-    assert seen == env  # exactly that: nothing of this process's environment
+    assert seen == {**env, "PATH": os.environ["PATH"]}  # exactly that: nothing else of this process's environment
 
 
 def test_a_command_exit_code_is_its_verdict_and_its_output_is_kept(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin"}
     failing = CommandCheck(name="f", command=[sys.executable, "-c", "print('no model'); raise SystemExit(2)"])
     with pytest.raises(StepFailed, match="exited with code 2") as caught:
-        run_command_check(failing, env, [], StepOutcome())
+        run_command_check(failing, env, [], StepOutcome(), run_here)
     assert caught.value.details["output"] == ["no model"]
     with pytest.raises(StepUnverified, match="could not run"):
-        run_command_check(CommandCheck(name="m", command=[str(tmp_path / "missing")]), env, [], StepOutcome())
+        run_command_check(CommandCheck(name="m", command=[str(tmp_path / "missing")]), env, [], StepOutcome(), run_here)
     slow = CommandCheck(
         name="s", command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=timedelta(seconds=1)
     )
     with pytest.raises(StepUnverified, match="timed out after 1s"):
-        run_command_check(slow, env, [], StepOutcome())
+        run_command_check(slow, env, [], StepOutcome(), run_here)

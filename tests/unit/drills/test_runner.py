@@ -18,9 +18,11 @@ from backup.repository.store import LocalStore
 from backup.sources.base import RestoreOptions, RestoreResult, Verdict, Verification
 from drills.model import DrillRun, Status
 from drills.runner import run_drill
+from drills.scratch.base import CommandRun
+from drills.scratch.local.environment import run_here
 from policies.errors import IntegrityError, RestoreError
 from policies.loader import parse_policy
-from policies.model import Policy
+from policies.model import CommandCheck, Policy
 
 SOURCE = "k8s-etcd"
 SOURCE_STEPS = [
@@ -74,9 +76,14 @@ class FakeSlot:
 @dataclass
 class FakeScratch:
     run_id: str = "20261128t120000z-beef"
-    runs_command_checks: bool = True
     slots: list[FakeSlot] = field(default_factory=list)
     torn_down: bool = False
+
+    def command_view(self, slot: Any) -> Any:
+        return slot
+
+    def run_command(self, check: CommandCheck, env: dict[str, str]) -> CommandRun:
+        return run_here(check, env)
 
     def slot(self, source: str, kind: str, header: SnapshotHeader, *, killable: bool = False) -> FakeSlot:
         made = FakeSlot(f"scratch slot {len(self.slots)} for {source}", kind)
