@@ -7,7 +7,8 @@ init container as the pod would (the argv of the pod template, the policy of the
 files of the Secret the drill made; only their mount paths are mapped to directories here) through
 the real CLI in a subprocess, then a real etcd on the data dir it restored (free loopback ports), and
 points the fake's port-forward for the pod at that etcd. Deleting the pod stops its etcd; a new PVC
-is a new, empty directory. What a cluster adds (images, uids and fsGroup, NetworkPolicy enforcement,
+is a new, empty directory. A drill's command check Job is run to the end the test gives it
+(``job_runs``). What a cluster adds (images, uids and fsGroup, NetworkPolicy enforcement,
 DNS, controllers' garbage collection) is not exercised.
 """
 

@@ -48,5 +48,9 @@ Choices and limits of that path:
   progress (kill-target) cannot reach an init container; their slot is refused ("could not
   verify"), so they are ERROR, never PASS. disaster deletes the StatefulSet, its pod and PVC (the
   data dir) and recovers by recreating it; verifier-canary deletes one key through the endpoint.
+A drill's command checks run as Jobs of the drill namespace (``environment.run_command``, the Job of
+``manifests.check_job_manifest``), from the check's ``image``, reaching the copies by their
+services' DNS names (``KubernetesSlot.in_cluster``) whatever ``access`` this process uses; teardown
+deletes them before the namespace.
 None of this has run against a real cluster: tests drive the real client against tests/k8s_fake.py.
 """
