@@ -351,9 +351,11 @@ def finish_job(
     log: str = "",
     exit_code: int | None = None,
     reason: str = "BackoffLimitExceeded",
+    start_error: str | None = None,
 ) -> None:
     """What the Job controller and kubelet would do at the end: the pod's phase and log (with
-    ``exit_code``: its container's terminated state), the Job's counts and its Complete or Failed
+    ``exit_code``: its container's terminated state; ``start_error``: the runtime could not start its
+    program, reason StartError with that message), the Job's counts and its Complete or Failed
     condition (``reason``: BackoffLimitExceeded, or DeadlineExceeded past activeDeadlineSeconds)."""
     with fake._lock:
         job = fake.get("batch/v1", "jobs", name, namespace)
@@ -364,6 +366,8 @@ def finish_job(
                 if exit_code is not None:
                     container = pod["spec"]["containers"][0]["name"]
                     terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
+                    if start_error is not None:
+                        terminated = {"exitCode": exit_code, "reason": "StartError", "message": start_error}
                     state = {"name": container, "image": "", "imageID": "", "ready": False, "restartCount": 0}
                     pod["status"]["containerStatuses"] = [{**state, "state": {"terminated": terminated}}]
                 fake.logs[(namespace, pod["metadata"]["name"])] = log
@@ -381,11 +385,14 @@ def finish_job(
 class JobEnd:
     """How a Job's one pod ends (``job_runs``): its container exits ``exit_code`` after printing
     ``log``; or it never starts (``waiting``: the container's waiting reason, e.g. ErrImagePull, and
-    the Job stays active); or ``deadline``: it runs past activeDeadlineSeconds (Failed, DeadlineExceeded)."""
+    the Job stays active); or ``start_error``: its program cannot be started (exit code 128, reason
+    StartError with this message); or ``deadline``: it runs past activeDeadlineSeconds (Failed,
+    DeadlineExceeded)."""
 
     exit_code: int = 0
     log: str = ""
     waiting: str | None = None
+    start_error: str | None = None
     deadline: bool = False
 
 
@@ -413,7 +420,11 @@ def job_runs(ends: dict[str, JobEnd]) -> Hook:
         if end.deadline:
             finish_job(fake, key[2], key[3], succeeded=False, log=end.log, reason="DeadlineExceeded")
         else:
-            finish_job(fake, key[2], key[3], succeeded=end.exit_code == 0, log=end.log, exit_code=end.exit_code)
+            exit_code = 128 if end.start_error is not None else end.exit_code
+            succeeded = exit_code == 0
+            finish_job(
+                fake, key[2], key[3], succeeded=succeeded, log=end.log, exit_code=exit_code, start_error=end.start_error
+            )
 
     return hook
 

@@ -866,8 +866,14 @@ def test_a_command_check_is_a_job_of_the_drill_namespace_reaching_the_copy_by_se
             f"could not run /smoke: Job check-1-smoke-test in namespace {NS} did not finish within the check's "
             "timeout 2m (DeadlineExceeded: Job was active longer than specified deadline)",
         ),
+        (
+            JobEnd(start_error='exec: "/smoke": stat /smoke: no such file or directory'),
+            Status.ERROR,
+            f"could not run /smoke: Job check-1-smoke-test in namespace {NS}: its program did not start: "
+            'exec: "/smoke": stat /smoke: no such file or directory',
+        ),
     ],
-    ids=["non-zero-exit", "image-pull-error", "deadline-exceeded"],
+    ids=["non-zero-exit", "image-pull-error", "deadline-exceeded", "program-missing"],
 )
 def test_a_command_check_job_that_fails_is_a_fail_and_one_that_cannot_run_an_error(
     fake: FakeKubernetes, end: JobEnd, verdict: Status, message: str
