@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -311,13 +311,25 @@ class Repository:
         return StoredStream(chunks, size, digest.hexdigest())
 
     def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:
-        """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error)."""
-        futures = {self._pool.submit(self.read_chunk, chunk_id): chunk_id for chunk_id in chunk_ids}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], len(future.result())
-            except IntegrityError as exc:
-                yield futures[future], exc
+        """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error), in
+        the order they finish. A bounded window of reads is in flight, and a finished read keeps only
+        the size: memory stays at a few chunks, whatever the repository's size."""
+        window: dict[Future[int], str] = {}
+        try:
+            for chunk_id in chunk_ids:
+                window[self._pool.submit(self._verified_size, chunk_id)] = chunk_id
+                if len(window) >= self.workers * 2:
+                    done, _ = wait(window, return_when=FIRST_COMPLETED)
+                    yield from _verified(window, done)
+            while window:
+                done, _ = wait(window, return_when=FIRST_COMPLETED)
+                yield from _verified(window, done)
+        finally:
+            for future in window:
+                future.cancel()
+
+    def _verified_size(self, chunk_id: str) -> int:
+        return len(self.read_chunk(chunk_id))
 
     def read_chunk(self, chunk_id: str, *, snapshot: str = "") -> bytes:
         """The verified plaintext of a chunk; raises IntegrityError naming the chunk and snapshot."""
@@ -730,6 +742,16 @@ class SnapshotWriter:
 
 
 _DAMAGED_ADVICE = "left out; `lifeboat check` names it, `lifeboat prune --forget-damaged` removes it"
+
+
+def _verified(window: dict[Future[int], str], done: Iterable[Future[int]]) -> Iterator[tuple[str, int | IntegrityError]]:
+    """The finished reads of ``verify_chunks``, each taken out of its window."""
+    for future in done:
+        chunk_id = window.pop(future)
+        try:
+            yield chunk_id, future.result()
+        except IntegrityError as exc:
+            yield chunk_id, exc
 
 
 def _left_to_prune(chunks: list[str], why: str) -> int:
