@@ -191,6 +191,9 @@ class Repository:
         self.url = store.url
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lifeboat-chunk")
+        # Chunks handed to the pool by every write_stream together, not by each: a source writing 16
+        # streams at once (S3's parallel objects) held 16 windows, 128 MiB of blocks queued for 4 threads.
+        self._writes_in_flight = threading.BoundedSemaphore(workers * 2)
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -287,7 +290,9 @@ class Repository:
     def write_stream(
         self, stream: BinaryIO, stats: WriteStats, known: set[str], *, progress: Callable[[int], None] | None = None
     ) -> StoredStream:
-        """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks."""
+        """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks, for all
+        the streams written at once together (a chunk waits for room before it is handed over; the
+        room comes back when a chunk is stored, so no stream waits on another's reader)."""
         digest = hashlib.sha256()
         size = 0
         window: deque[Future[ChunkRef]] = deque()
@@ -297,7 +302,7 @@ class Repository:
                 digest.update(block)
                 size += len(block)
                 stats.add(read=len(block))
-                window.append(self._pool.submit(self.store_chunk, block, stats, known))
+                window.append(self._submit_write(block, stats, known))
                 if len(window) >= self.workers * 2:
                     chunks.append(window.popleft().result())
                 if progress:
@@ -309,6 +314,16 @@ class Repository:
                 future.cancel()
             wait(window)  # a put already running ends before a failed write's chunks are discarded
         return StoredStream(chunks, size, digest.hexdigest())
+
+    def _submit_write(self, block: bytes, stats: WriteStats, known: set[str]) -> Future[ChunkRef]:
+        self._writes_in_flight.acquire()
+        try:
+            future = self._pool.submit(self.store_chunk, block, stats, known)
+        except BaseException:
+            self._writes_in_flight.release()
+            raise
+        future.add_done_callback(lambda _: self._writes_in_flight.release())  # stored, failed or cancelled
+        return future
 
     def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:
         """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error), in

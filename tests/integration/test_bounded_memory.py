@@ -1,5 +1,8 @@
 """Bounded memory (issue 22 item 1): a repository walk holds a window of chunks, never the repository.
 
+A backup's chunks in flight are bounded for all its streams together: 16 streams written at once
+(an S3 source's parallel objects) once queued a window each, 128 MiB of blocks for 4 threads.
+
 A repository of 384 MiB of random data (two entries of 192 MiB, many times the window of chunks in
 flight) is checked with `lifeboat check --read-data`, copied with `lifeboat copy` and restored to a
 file through the repository's restore path, each in a child process whose peak RSS is measured by a
@@ -49,6 +52,38 @@ with Repository.open(LocalStore(Path(sys.argv[1]))) as repository:
     for entry in repository.entries(header):
         with open(sys.argv[2], "wb") as out:
             repository.restore_entry(entry, out, snapshot=header.id)
+"""
+
+WRITE_STREAMS = 16
+STREAM_MIB = 24
+WRITE_BOUND_MIB = 160
+
+# Writes WRITE_STREAMS seeded random streams of STREAM_MIB at once into one snapshot (as the S3 source does).
+CONCURRENT_WRITE = r"""
+import random, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from backup.repository.manifest import Entry
+from backup.repository.repository import Repository
+from backup.repository.store import LocalStore
+
+streams, size = int(sys.argv[2]), int(sys.argv[3]) * 1024 * 1024
+
+class Stream:
+    def __init__(self, seed):
+        self.rng, self.left = random.Random(seed), size
+    def read(self, count):
+        count = min(count, self.left)
+        self.left -= count
+        return self.rng.randbytes(count)
+
+with Repository.open(LocalStore(Path(sys.argv[1]))) as repository, repository.begin_snapshot("bulk", "etcd") as writer:
+    def one(seed):
+        stored = writer.write_stream(Stream(seed))
+        writer.add(Entry(f"stream-{seed}", stored.size, stored.sha256, stored.chunks))
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(one, range(streams)))
+    writer.commit()
 """
 
 
@@ -137,3 +172,10 @@ def test_copying_a_repository_larger_than_the_memory_bound_stays_within_it(
     assert peak < BOUND_MIB, f"copying {2 * ENTRY_MIB} MiB peaked at {peak:.0f} MiB"
     listed = subprocess.run(lifeboat(target, "snapshots", "list", "--json"), capture_output=True, check=True)
     assert [item["source"] for item in json.loads(listed.stdout)["snapshots"]] == ["bulk"]
+
+
+def test_a_backup_writing_many_streams_at_once_holds_one_window_of_chunks_for_all(tmp_path: Path) -> None:
+    policy(tmp_path / "repo", "lifeboat")
+    argv = [sys.executable, "-c", CONCURRENT_WRITE, str(tmp_path / "repo"), str(WRITE_STREAMS), str(STREAM_MIB)]
+    peak = peak_rss_mib(argv)
+    assert peak < WRITE_BOUND_MIB, f"writing {WRITE_STREAMS} streams at once peaked at {peak:.0f} MiB"
