@@ -194,6 +194,8 @@ class Repository:
         # Chunks handed to the pool by every write_stream together, not by each: a source writing 16
         # streams at once (S3's parallel objects) held 16 windows, 128 MiB of blocks queued for 4 threads.
         self._writes_in_flight = threading.BoundedSemaphore(workers * 2)
+        self._readers = 0  # iter_chunks generators reading now: they share the read-ahead
+        self._readers_lock = threading.Lock()
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -362,16 +364,25 @@ class Repository:
         return plaintext
 
     def iter_chunks(self, refs: Iterable[ChunkRef], *, snapshot: str = "") -> Iterator[bytes]:
-        """Verified chunk plaintexts in order, read ahead in parallel with a bounded window."""
+        """Verified chunk plaintexts in order, read ahead in parallel with a bounded window.
+
+        The readers at once share the read-ahead: each reads ahead ``workers * 2`` chunks divided by
+        how many read now (at least 2), so 16 objects restored at once hold 32 chunks, not 128
+        (the pool reads ``workers`` at a time whatever the window). Never a wait on another reader:
+        one thread may interleave several of these (a merge, entries while restoring one)."""
         window: deque[Future[bytes]] = deque()
+        with self._readers_lock:
+            self._readers += 1
         try:
             for chunk_id, _ in refs:
                 window.append(self._pool.submit(self.read_chunk, chunk_id, snapshot=snapshot))
-                if len(window) >= self.workers * 2:
+                if len(window) >= max(2, self.workers * 2 // self._readers):
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
         finally:
+            with self._readers_lock:
+                self._readers -= 1
             for future in window:
                 future.cancel()
 

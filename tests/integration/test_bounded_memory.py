@@ -1,7 +1,8 @@
 """Bounded memory (issue 22 item 1): a repository walk holds a window of chunks, never the repository.
 
 A backup's chunks in flight are bounded for all its streams together: 16 streams written at once
-(an S3 source's parallel objects) once queued a window each, 128 MiB of blocks for 4 threads.
+(an S3 source's parallel objects) once queued a window each, 128 MiB of blocks for 4 threads. And
+entries restored at once (an S3 restore's parallel uploads) share one read-ahead.
 
 A repository of 384 MiB of random data (two entries of 192 MiB, many times the window of chunks in
 flight) is checked with `lifeboat check --read-data`, copied with `lifeboat copy` and restored to a
@@ -57,6 +58,7 @@ with Repository.open(LocalStore(Path(sys.argv[1]))) as repository:
 WRITE_STREAMS = 16
 STREAM_MIB = 24
 WRITE_BOUND_MIB = 160
+RESTORE_BOUND_MIB = 320  # 16 readers x 2 chunks read ahead x 4 MiB chunks, and the one each is writing
 
 # Writes WRITE_STREAMS seeded random streams of STREAM_MIB at once into one snapshot (as the S3 source does).
 CONCURRENT_WRITE = r"""
@@ -84,6 +86,27 @@ with Repository.open(LocalStore(Path(sys.argv[1]))) as repository, repository.be
     with ThreadPoolExecutor(streams) as pool:
         list(pool.map(one, range(streams)))
     writer.commit()
+"""
+
+# Restores every entry of snapshot "bulk" at once, one thread each, into sinks slower than the reads
+# (an S3 target's uploads): each reader's read-ahead fills.
+CONCURRENT_RESTORE = r"""
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from backup.repository.repository import Repository
+from backup.repository.store import LocalStore
+
+class SlowSink:
+    def write(self, block):
+        time.sleep(0.5)
+        return len(block)
+
+with Repository.open(LocalStore(Path(sys.argv[1]))) as repository:
+    header = repository.find_snapshot("bulk")
+    entries = list(repository.entries(header))
+    with ThreadPoolExecutor(len(entries)) as pool:
+        list(pool.map(lambda entry: repository.restore_entry(entry, SlowSink(), snapshot=header.id), entries))
 """
 
 
@@ -179,3 +202,20 @@ def test_a_backup_writing_many_streams_at_once_holds_one_window_of_chunks_for_al
     argv = [sys.executable, "-c", CONCURRENT_WRITE, str(tmp_path / "repo"), str(WRITE_STREAMS), str(STREAM_MIB)]
     peak = peak_rss_mib(argv)
     assert peak < WRITE_BOUND_MIB, f"writing {WRITE_STREAMS} streams at once peaked at {peak:.0f} MiB"
+
+
+def test_restoring_many_entries_at_once_shares_one_read_ahead(tmp_path: Path) -> None:
+    """16 objects restored at once (an S3 restore's parallel uploads) each read ahead a share of the
+    window, not a window each: with 4 MiB chunks and uploads slower than the reads, that peaked at 430
+    MiB (now about 220)."""
+    policy(tmp_path / "repo", "lifeboat")
+    (tmp_path / "repo" / "config.json").unlink()
+    Repository.init(LocalStore(tmp_path / "repo"), chunk_size=4 * MiB).close()
+    with Repository.open(LocalStore(tmp_path / "repo")) as repository, repository.begin_snapshot("bulk", "etcd") as writer:
+        for seed in range(WRITE_STREAMS):
+            stored = writer.write_stream(RandomStream(seed, STREAM_MIB * MiB))  # type: ignore[arg-type]
+            writer.add(Entry(f"entry-{seed}", stored.size, stored.sha256, stored.chunks))
+        writer.commit()
+    peak = peak_rss_mib([sys.executable, "-c", CONCURRENT_RESTORE, str(tmp_path / "repo")])
+    what = f"restoring {WRITE_STREAMS} entries of {STREAM_MIB} MiB at once"
+    assert peak < RESTORE_BOUND_MIB, f"{what} peaked at {peak:.0f} MiB"
