@@ -145,8 +145,12 @@ def main() -> None:
         (work / "floor.out").unlink()
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        import structlog
+
         from backup.repository.repository import Repository
         from backup.repository.store import LocalStore
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings up: the tables alone
 
         Repository.init(LocalStore(work / "repo")).close()
         first = lifeboat("write", work / "repo", source)
