@@ -9,6 +9,8 @@ messages and logs go to stderr.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import json
 import re
@@ -225,6 +227,18 @@ def cli(ctx: click.Context, config_path: Path, log_format: LogFormat | None) -> 
     ctx.obj = Session(config_path=config_path, redactor=configure(log_format))
 
 
+_M_ARENA_MAX = -8  # glibc malloc.h
+
+
 def main() -> None:
     """Console-script entry point."""
+    _few_malloc_arenas()
     cli(prog_name="lifeboat")
+
+
+def _few_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and every arena
+    keeps the 1 MiB chunk buffers it once held: a backup writing 16 S3 objects at once peaked at 120
+    MiB, 94 with two arenas, at the same speed (issue 22). Not glibc (musl, macOS): nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)

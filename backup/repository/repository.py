@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -191,6 +191,11 @@ class Repository:
         self.url = store.url
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lifeboat-chunk")
+        # Chunks handed to the pool by every write_stream together, not by each: a source writing 16
+        # streams at once (S3's parallel objects) held 16 windows, 128 MiB of blocks queued for 4 threads.
+        self._writes_in_flight = threading.BoundedSemaphore(workers * 2)
+        self._readers = 0  # iter_chunks generators reading now: they share the read-ahead
+        self._readers_lock = threading.Lock()
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -287,7 +292,9 @@ class Repository:
     def write_stream(
         self, stream: BinaryIO, stats: WriteStats, known: set[str], *, progress: Callable[[int], None] | None = None
     ) -> StoredStream:
-        """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks."""
+        """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks, for all
+        the streams written at once together (a chunk waits for room before it is handed over; the
+        room comes back when a chunk is stored, so no stream waits on another's reader)."""
         digest = hashlib.sha256()
         size = 0
         window: deque[Future[ChunkRef]] = deque()
@@ -297,7 +304,7 @@ class Repository:
                 digest.update(block)
                 size += len(block)
                 stats.add(read=len(block))
-                window.append(self._pool.submit(self.store_chunk, block, stats, known))
+                window.append(self._submit_write(block, stats, known))
                 if len(window) >= self.workers * 2:
                     chunks.append(window.popleft().result())
                 if progress:
@@ -310,14 +317,36 @@ class Repository:
             wait(window)  # a put already running ends before a failed write's chunks are discarded
         return StoredStream(chunks, size, digest.hexdigest())
 
+    def _submit_write(self, block: bytes, stats: WriteStats, known: set[str]) -> Future[ChunkRef]:
+        self._writes_in_flight.acquire()
+        try:
+            future = self._pool.submit(self.store_chunk, block, stats, known)
+        except BaseException:
+            self._writes_in_flight.release()
+            raise
+        future.add_done_callback(lambda _: self._writes_in_flight.release())  # stored, failed or cancelled
+        return future
+
     def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:
-        """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error)."""
-        futures = {self._pool.submit(self.read_chunk, chunk_id): chunk_id for chunk_id in chunk_ids}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], len(future.result())
-            except IntegrityError as exc:
-                yield futures[future], exc
+        """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error), in
+        the order they finish. A bounded window of reads is in flight, and a finished read keeps only
+        the size: memory stays at a few chunks, whatever the repository's size."""
+        window: dict[Future[int], str] = {}
+        try:
+            for chunk_id in chunk_ids:
+                window[self._pool.submit(self._verified_size, chunk_id)] = chunk_id
+                if len(window) >= self.workers * 2:
+                    done, _ = wait(window, return_when=FIRST_COMPLETED)
+                    yield from _verified(window, done)
+            while window:
+                done, _ = wait(window, return_when=FIRST_COMPLETED)
+                yield from _verified(window, done)
+        finally:
+            for future in window:
+                future.cancel()
+
+    def _verified_size(self, chunk_id: str) -> int:
+        return len(self.read_chunk(chunk_id))
 
     def read_chunk(self, chunk_id: str, *, snapshot: str = "") -> bytes:
         """The verified plaintext of a chunk; raises IntegrityError naming the chunk and snapshot."""
@@ -335,16 +364,25 @@ class Repository:
         return plaintext
 
     def iter_chunks(self, refs: Iterable[ChunkRef], *, snapshot: str = "") -> Iterator[bytes]:
-        """Verified chunk plaintexts in order, read ahead in parallel with a bounded window."""
+        """Verified chunk plaintexts in order, read ahead in parallel with a bounded window.
+
+        The readers at once share the read-ahead: each reads ahead ``workers * 2`` chunks divided by
+        how many read now (at least 2), so 16 objects restored at once hold 32 chunks, not 128
+        (the pool reads ``workers`` at a time whatever the window). Never a wait on another reader:
+        one thread may interleave several of these (a merge, entries while restoring one)."""
         window: deque[Future[bytes]] = deque()
+        with self._readers_lock:
+            self._readers += 1
         try:
             for chunk_id, _ in refs:
                 window.append(self._pool.submit(self.read_chunk, chunk_id, snapshot=snapshot))
-                if len(window) >= self.workers * 2:
+                if len(window) >= max(2, self.workers * 2 // self._readers):
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
         finally:
+            with self._readers_lock:
+                self._readers -= 1
             for future in window:
                 future.cancel()
 
@@ -730,6 +768,16 @@ class SnapshotWriter:
 
 
 _DAMAGED_ADVICE = "left out; `lifeboat check` names it, `lifeboat prune --forget-damaged` removes it"
+
+
+def _verified(window: dict[Future[int], str], done: Iterable[Future[int]]) -> Iterator[tuple[str, int | IntegrityError]]:
+    """The finished reads of ``verify_chunks``, each taken out of its window."""
+    for future in done:
+        chunk_id = window.pop(future)
+        try:
+            yield chunk_id, future.result()
+        except IntegrityError as exc:
+            yield chunk_id, exc
 
 
 def _left_to_prune(chunks: list[str], why: str) -> int:

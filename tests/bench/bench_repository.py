@@ -1,24 +1,38 @@
 """Repository write/restore throughput and memory against zstd, measured in one run.
 
-    .venv/bin/python tests/bench/bench_repository.py [--size-mib 1024] [--workdir DIR]
+    .venv/bin/python tests/bench/bench_repository.py [--size-mib 1024] [--workdir DIR] [--rounds N] [--no-peers]
 
 Input: half compressible text, half random bytes. Floors: `zstd -3 -T1` of the same file, and
 `zstd -d` of its output. Lifeboat runs in a child process per phase so that its peak RSS is its own.
 Targets (issue 3): first write >= 0.7x the zstd floor's throughput, second write stores < 1% new,
 restore >= 0.7x `zstd -d`, peak RSS < 256 MiB.
+
+Peers (issue 22): the same input as one stream into restic (`restic backup --stdin`) and borg (`borg
+create REPO::NAME -`) next to Lifeboat's repository write of it (from stdin too), all three encrypted
+and zstd-compressed: first backup, the same again (nothing changed), the input with 1% of it
+overwritten in place in 16 places, restore of that to a file (`restic dump`, `borg extract
+--stdout`), a check that reads every byte (`check --read-data`, `borg check --verify-data`), and a
+prune to the newest snapshot (`restic forget --keep-last 1 --prune`, `borg prune --keep-last 1` and
+`borg compact`). Wall time (start-up included), CPU (user + system) and peak RSS of each process
+(os.wait4), and Lifeboat's ratio to each peer measured in the same round; with --rounds N the ratios
+are the medians of the rounds'. Without restic or borg (Debian packages `restic`, `borgbackup`) the
+bench says so and compares with the one that is there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -32,6 +46,31 @@ from backup.repository.manifest import Entry
 
 phase, repo_dir, path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 started = time.perf_counter()
+if phase.startswith("peer-"):  # the peers' comparison: encrypted, stdin/stdout
+    from backup.repository.maintenance import check
+    key = bytes.fromhex(Path(path).read_text())
+    repository = Repository.open(LocalStore(repo_dir), key=key)
+    if phase == "peer-write":
+        with repository.begin_snapshot("bench", "file") as writer:
+            stored = writer.write_stream(sys.stdin.buffer)
+            writer.add(Entry("stdin", stored.size, stored.sha256, stored.chunks))
+            writer.commit()
+    elif phase == "peer-prune":
+        from datetime import timedelta
+        from backup.repository.maintenance import prune
+        from policies.model import Retention
+        prune(repository, {"bench": Retention(keep_last=1)}, grace=timedelta(0), dry_run=False)
+    elif phase == "peer-restore":
+        header = repository.find_snapshot("bench")
+        for entry in repository.entries(header):
+            repository.restore_entry(entry, sys.stdout.buffer, snapshot=header.id)
+        sys.stdout.buffer.flush()
+    else:
+        report = check(repository, read_data=1.0)
+        if not report.ok:
+            raise SystemExit(f"check found problems: {report.problems}")
+    repository.close()
+    raise SystemExit(0)
 if phase == "write":
     repository = Repository.open(LocalStore(repo_dir))
     with repository.begin_snapshot("bench", "file") as writer, open(path, "rb") as stream:
@@ -91,6 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the peers' comparison (medians of ratios)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the comparison with restic and borg")
     args = parser.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="lifeboat-bench-", dir=args.workdir))
@@ -104,8 +145,12 @@ def main() -> None:
         (work / "floor.out").unlink()
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        import structlog
+
         from backup.repository.repository import Repository
         from backup.repository.store import LocalStore
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings up: the tables alone
 
         Repository.init(LocalStore(work / "repo")).close()
         first = lifeboat("write", work / "repo", source)
@@ -139,8 +184,173 @@ def main() -> None:
             f"first write stored {first['bytes_stored'] / MiB:.0f} MiB; "
             f"second write stored {second['bytes_stored']} bytes new ({100 * stored_share:.4f}% of the input; target < 1%)"
         )
+        if not args.no_peers:
+            peers(work, source, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- peers: restic and borg on the same stream ------------------------------------------------------
+
+PEERS = ("restic", "borg")
+PHASES = ("first backup", "no-change backup", "1%-changed backup", "restore", "check --read-data", "prune")
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def measured(argv: list[str], *, stdin: Path | None = None, stdout: Path | None = None, env: dict[str, str]) -> Run:
+    """Run ``argv`` to its end: its wall time, CPU and peak RSS (its own, by os.wait4)."""
+    with contextlib.ExitStack() as files:
+        into = files.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
+        out = files.enter_context(stdout.open("wb")) if stdout else subprocess.DEVNULL
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdin=into, stdout=out, stderr=subprocess.PIPE, env=env)
+        assert process.stderr is not None
+        errors = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} failed ({process.returncode}): {errors.decode()[-2000:]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+class Tool:
+    """One tool's repository in ``work``: init, then the four phases, each a measured process."""
+
+    def __init__(self, name: str, work: Path) -> None:
+        self.name = name
+        self.repo = work / f"peer-{name}"
+        self.key = work / "peer-lifeboat.key"
+        self.env = dict(os.environ)
+        self.env.update(
+            RESTIC_PASSWORD="bench",
+            RESTIC_CACHE_DIR=str(work / "restic-cache"),
+            BORG_PASSPHRASE="bench",
+            BORG_BASE_DIR=str(work / "borg-base"),
+        )
+
+    def init(self) -> None:
+        shutil.rmtree(self.repo, ignore_errors=True)
+        if self.name == "lifeboat":
+            from backup.repository.repository import Repository
+            from backup.repository.store import LocalStore
+
+            key = os.urandom(32)
+            self.key.write_text(key.hex())
+            Repository.init(LocalStore(self.repo), key=key).close()
+        elif self.name == "restic":
+            self._quiet(["restic", "init", "--repository-version", "2", "-r", str(self.repo)])
+        else:
+            self._quiet(["borg", "init", "--encryption=repokey-blake2", str(self.repo)])
+
+    def _quiet(self, argv: list[str]) -> None:
+        subprocess.run(argv, check=True, env=self.env, capture_output=True)
+
+    def backup(self, source: Path, number: int) -> Run:
+        if self.name == "lifeboat":
+            return measured(self._lifeboat("peer-write"), stdin=source, env=self.env)
+        if self.name == "restic":
+            argv = ["restic", "-r", str(self.repo), "-q", "backup", "--stdin", "--stdin-filename", "input.bin"]
+            return measured([*argv, "--compression", "auto"], stdin=source, env=self.env)
+        return measured(
+            ["borg", "create", "--compression", "zstd,3", f"{self.repo}::backup-{number}", "-"], stdin=source, env=self.env
+        )
+
+    def restore(self, out: Path) -> Run:
+        if self.name == "lifeboat":
+            return measured(self._lifeboat("peer-restore"), stdout=out, env=self.env)
+        if self.name == "restic":
+            return measured(["restic", "-r", str(self.repo), "-q", "dump", "latest", "/input.bin"], stdout=out, env=self.env)
+        return measured(["borg", "extract", "--stdout", f"{self.repo}::backup-3"], stdout=out, env=self.env)
+
+    def check(self) -> Run:
+        if self.name == "lifeboat":
+            return measured(self._lifeboat("peer-check"), env=self.env)
+        if self.name == "restic":
+            return measured(["restic", "-r", str(self.repo), "-q", "check", "--read-data"], env=self.env)
+        return measured(["borg", "check", "--verify-data", str(self.repo)], env=self.env)
+
+    def prune(self) -> Run:
+        if self.name == "lifeboat":
+            return measured(self._lifeboat("peer-prune"), env=self.env)
+        if self.name == "restic":
+            return measured(["restic", "-r", str(self.repo), "-q", "forget", "--keep-last", "1", "--prune"], env=self.env)
+        started = measured(["borg", "prune", "--keep-last", "1", str(self.repo)], env=self.env)
+        compacted = measured(["borg", "compact", str(self.repo)], env=self.env)  # borg 1.2 frees space here
+        return Run(started.wall + compacted.wall, started.cpu + compacted.cpu, max(started.rss_mib, compacted.rss_mib))
+
+    def _lifeboat(self, phase: str) -> list[str]:
+        return [sys.executable, "-c", CHILD, phase, str(self.repo), str(self.key)]
+
+    def size_mib(self) -> float:
+        return sum(path.stat().st_size for path in self.repo.rglob("*") if path.is_file()) / MiB
+
+
+def peers(work: Path, source: Path, rounds: int) -> None:
+    """Lifeboat, restic and borg on the same stream, ``rounds`` times, tools interleaved in each round."""
+    present = [name for name in PEERS if shutil.which(name)]
+    for name in PEERS:
+        if name not in present:
+            print(f"{name} is not installed (Debian: apt-get install {'borgbackup' if name == 'borg' else name}): left out")
+    if not present:
+        return
+    tools = [Tool(name, work) for name in ("lifeboat", *present)]
+    changed = work / "changed.bin"
+    shutil.copyfile(source, changed)
+    size = source.stat().st_size
+    with changed.open("r+b") as out:  # 1% overwritten in place, in 16 places spread over the input
+        for place in range(16):
+            out.seek(place * size // 16)
+            out.write(os.urandom(size // 100 // 16))
+    figures: dict[tuple[str, str], list[Run]] = {}
+    sizes: dict[str, float] = {}
+    for _ in range(rounds):
+        for tool in tools:
+            tool.init()
+            runs = [tool.backup(source, 1), tool.backup(source, 2), tool.backup(changed, 3)]
+            restored = work / f"restored-{tool.name}.bin"
+            runs.append(tool.restore(restored))
+            if subprocess.run(["cmp", "-s", str(changed), str(restored)], check=False).returncode != 0:
+                raise SystemExit(f"{tool.name}: restored bytes differ from the input")
+            restored.unlink()
+            runs.append(tool.check())
+            runs.append(tool.prune())
+            sizes[tool.name] = tool.size_mib()
+            for phase, run in zip(PHASES, runs, strict=True):
+                figures.setdefault((tool.name, phase), []).append(run)
+
+    everyone = ("lifeboat", *present)
+
+    def ratio(phase: str, peer: str, field: str) -> float:
+        mine, theirs = figures[("lifeboat", phase)], figures[(peer, phase)]
+        return statistics.median(getattr(a, field) / getattr(b, field) for a, b in zip(mine, theirs, strict=True))
+
+    def median(name: str, phase: str, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in figures[(name, phase)])
+
+    print(
+        f"\npeers: the same {source.stat().st_size // MiB} MiB as one stream, encrypted, zstd; "
+        f"Lifeboat's ratio to each (median of {rounds} round(s)); < 1 is Lifeboat ahead"
+    )
+    header = f"{'phase':<19}" + "".join(f"{'wall/' + p:>13}{'CPU/' + p:>12}" for p in present)
+    header += "  " + "  ".join(f"{'RSS ' + name:>12}" for name in everyone)
+    print(header)
+    for phase in PHASES:
+        cells = [f"{ratio(phase, peer, 'wall'):>12.2f}x{ratio(phase, peer, 'cpu'):>11.2f}x" for peer in present]
+        line = f"{phase:<19}" + "".join(cells)
+        line += "  " + "  ".join(f"{median(name, phase, 'rss_mib'):>8.0f} MiB" for name in everyone)
+        print(line)
+    print("seconds (wall / CPU), median:")
+    for phase in PHASES:
+        cells = [f"{name} {median(name, phase, 'wall'):.1f}/{median(name, phase, 'cpu'):.1f}" for name in everyone]
+        print(f"  {phase:<19}" + "   ".join(cells))
+    print("repository size: " + ", ".join(f"{name} {sizes[name]:.0f} MiB" for name in everyone))
 
 
 if __name__ == "__main__":

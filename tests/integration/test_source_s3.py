@@ -1008,3 +1008,40 @@ def test_a_snapshot_older_than_tags_verifies_as_before_saying_tags_are_not_cover
         metas = {e.meta["key"]: e.meta for e in repository.entries(repository.read_header(upgraded["id"]))}
     assert metas["tagged"]["tags"] == TAGS and metas["cold"]["storage_class"] == "STANDARD_IA"
     assert metas["dated"]["expires"] == EXPIRES.isoformat() and metas["dated"]["website_redirect_location"] == "/elsewhere"
+
+
+def test_a_source_with_tags_false_keeps_no_tags_and_its_verification_says_they_were_not_covered(
+    s3_server: S3Endpoint, tmp_path: Path
+) -> None:
+    """``tags: false`` (issue 22): no GetObjectTagging per object at each snapshot; the tags are then
+    neither kept nor restored, a retag is not counted, and a verification says tags were not covered
+    instead of that they matched."""
+    client = s3_server.client()
+    bucket = _new_bucket(s3_server, "untagged")
+    client.put_object(Bucket=bucket, Key="tagged", Body=b"t" * 100, Tagging="team=vision")
+    client.put_object(Bucket=bucket, Key="plain", Body=b"p" * 10)
+    cli = _write_policy(tmp_path, s3_server.endpoint_url, [bucket], tags=False)
+    first = cli.snapshot()
+    assert first["objects_downloaded"] == 2
+    with _repository(cli) as repository:
+        header = repository.find_snapshot("models")
+        metas = {entry.meta["key"]: entry.meta for entry in repository.entries(header)}
+    assert "tags" not in metas["tagged"] and metas["tagged"]["storage_class"] == "STANDARD"
+    assert "tags_digest" not in header.fingerprint["buckets"][bucket]
+
+    _retag(client, bucket, "tagged", {"team": "speech"})
+    time.sleep(1.1)  # a snapshot id of its own
+    second = cli.snapshot()
+    assert second["objects_reused"] == 2 and second["objects_retagged"] == 0
+
+    target = _new_bucket(s3_server, "untagged-restored")
+    cli.json("restore", "models", "--to-bucket", target, "--yes")
+    assert _tags(client, target, "tagged") == {}
+    source = _source(s3_server.endpoint_url, bucket)
+    restored = source.parse_target(RestoreOptions.of(to_bucket=target))
+    with _repository(cli) as repository:
+        found = source.verify(repository.find_snapshot("models"), restored, repository=repository)
+    assert found.verdict is Verdict.MATCH, found.differences
+    assert found.checked["tags_compared"] is False and "tags not covered" in found.message
+    _drop_bucket(client, target)
+    _drop_bucket(client, bucket)

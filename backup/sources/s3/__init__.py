@@ -23,7 +23,8 @@ Entries
     cache_control, content_disposition, content_language, metadata (user metadata), expires (UTC,
     ISO) and website_redirect_location when set: the values of the GET that read the bytes; then
     storage_class (from the listing) and tags (GetObjectTagging; left out where the endpoint has no
-    tagging, NotImplemented). Not kept: ACLs, Object Lock settings, encryption settings, versions.
+    tagging, NotImplemented, and not read at all with the source's ``tags: false``). Not kept: ACLs,
+    Object Lock settings, encryption settings, versions.
 
 Census and fingerprint
     census: ``totals`` (objects, bytes), per bucket counts, and ``changed_fraction``: the share of

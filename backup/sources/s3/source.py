@@ -212,7 +212,7 @@ class S3Source:
         entry = self._with_tags(client, Entry(old.name, old.size, old.sha256, old.chunks, meta), listed)
         if isinstance(entry, Skipped):
             return entry
-        retagged = "tags" in old.meta and old.meta["tags"] != entry.meta.get("tags")
+        retagged = "tags" in old.meta and "tags" in entry.meta and old.meta["tags"] != entry.meta["tags"]
         return Reused(entry, retagged)
 
     def _head(self, client: Any, listed: Listed) -> dict[str, Any] | None:
@@ -230,7 +230,12 @@ class S3Source:
         """``entry`` with the object's storage class (from the listing) and tags (GetObjectTagging, on
         every object: a tag changes neither ETag nor time); Skipped if the object is gone. An endpoint
         that has no tagging (NotImplemented) leaves the tags out: verification then says they were
-        not covered. A refusal (AccessDenied) fails the snapshot like any failed read."""
+        not covered. A refusal (AccessDenied) fails the snapshot like any failed read. With the
+        source's ``tags: false`` they are not read at all, and likewise left out."""
+        if not self.settings.tags:
+            meta = {key: value for key, value in entry.meta.items() if key != "tags"}
+            meta["storage_class"] = listed.storage_class
+            return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
 
         def attempt() -> dict[str, str] | Skipped | None:
             try:
