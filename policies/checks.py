@@ -22,13 +22,14 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 
 def reference_issues(data: dict[str, Any]) -> list[Issue]:
-    """Drills that name sources or notifiers the file does not define."""
+    """Drills that name sources or notifiers the file does not define; restore points that name
+    undefined sources, or one source twice."""
     sources = _names(data.get("sources"))
     notifiers = _names(data.get("notify"))
+    issues: list[Issue] = list(_restore_point_issues(data.get("restore_points"), sources))
     drills = data.get("drills")
     if not isinstance(drills, dict):
-        return []
-    issues: list[Issue] = []
+        return issues
     for drill_name, drill in drills.items():
         if not isinstance(drill, dict):
             continue
@@ -38,6 +39,23 @@ def reference_issues(data: dict[str, Any]) -> list[Issue]:
                     known = ", ".join(sorted(defined)) or "none"
                     issues.append(((("drills", drill_name, field, i)), f"undefined {what} '{name}'; defined: {known}"))
     return issues
+
+
+def _restore_point_issues(points: Any, sources: set[str]) -> Iterator[Issue]:
+    if not isinstance(points, dict):
+        return
+    for point_name, point in points.items():
+        if not isinstance(point, dict):
+            continue
+        seen: set[str] = set()
+        for i, name in _listed(point.get("sources")):
+            where: Loc = ("restore_points", point_name, "sources", i)
+            if name not in sources:
+                known = ", ".join(sorted(sources)) or "none"
+                yield where, f"undefined source '{name}'; defined: {known} (a restore point's members are sources)"
+            elif name in seen:
+                yield where, f"source '{name}' is listed twice: a restore point takes one snapshot of each member"
+            seen.add(name)
 
 
 def semantic_issues(policy: Policy) -> list[Issue]:

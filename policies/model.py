@@ -461,6 +461,25 @@ class S3Settings(SourceSettingsBase, S3Connection):
 SourceSettings = Annotated[EtcdSettings | ClickHouseSettings | S3Settings, Field(discriminator="kind")]
 
 
+# ---- restore points ---------------------------------------------------------------------------
+
+
+def _members(value: Any) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError("a restore point needs its member sources: list them, like [k8s-etcd, features, models]")
+    return value
+
+
+class RestorePoint(Frozen):
+    """Sources snapshotted together, as one moment of the platform (README "Restore points").
+
+    Which member sources exist, and that none is listed twice: ``policies.checks``."""
+
+    sources: Annotated[list[Name], BeforeValidator(_members)]
+    schedule: Cron | None = None
+    retention: Retention | None = None  # of the restore points; None: every one is kept
+
+
 # ---- scratch ----------------------------------------------------------------------------------
 
 
@@ -805,6 +824,7 @@ class Policy(Frozen):
     state: Path = Path("/var/lib/lifeboat/state.db")
     service: Service = Service()
     sources: dict[Name, SourceSettings] = Field(min_length=1)
+    restore_points: dict[Name, RestorePoint] = {}
     scratch: Scratch = Scratch()
     executor: Executor = Executor()
     drills: dict[Name, Drill] = {}

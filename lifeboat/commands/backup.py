@@ -16,6 +16,7 @@ from backup.jobs import BackupResult, run_restore, run_verify
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
+from backup.repository.restore_points import RestorePoint
 from backup.sources import make_source, restore_flags
 from backup.sources.base import RestoreOptions, RestoreResult, Verdict
 from lifeboat.context import (
@@ -49,9 +50,22 @@ def backup() -> None:
 @click.option("--source", "names", multiple=True, metavar="NAME", help="Back up this source (repeatable); default: all.")
 @click.option("--shard", metavar="I/N", help="Only shard I of N of the source (S3: buckets, ClickHouse: tables).")
 @click.option("--part-of", "part_of", metavar="RUN", help="With --shard: the sharded run this part belongs to.")
-@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout.')
+@click.option(
+    "--restore-point",
+    "restore_point",
+    metavar="NAME",
+    help="Snapshot the member sources of this restore point together and commit the restore point.",
+)
+@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout (with --restore-point also "restore_point").')
 @pass_session
-def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part_of: str | None, as_json: bool) -> None:
+def backup_run(
+    session: Session,
+    names: tuple[str, ...],
+    shard: str | None,
+    part_of: str | None,
+    restore_point: str | None,
+    as_json: bool,
+) -> None:
     """Snapshot sources into the repository (made by `lifeboat repo init`; a missing one is exit 2).
     Exit 1 if any source failed; exit 4 if none failed but a snapshot is suspicious (its census
     shrank or changed past the source's anomaly guard), with a WARNING line on stderr.
@@ -61,8 +75,18 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
 
     With --shard I/N --part-of RUN (one --source): take only that shard's share as a part of run RUN,
     which is no snapshot until `lifeboat backup merge --source NAME --part-of RUN` merges the parts of
-    all N shards; parts are neither recorded nor notified, the merge is."""
+    all N shards; parts are neither recorded nor notified, the merge is.
+
+    With --restore-point NAME: the restore point's member sources, started together, then its
+    manifest naming their snapshots ("complete"), or the members that failed ("failed", exit 1)."""
     policy = session.policy()
+    if restore_point is not None:
+        if names or shard or part_of:
+            raise click.UsageError("--restore-point takes its member sources from the policy: not with --source or --shard")
+        if restore_point not in policy.restore_points:
+            raise unknown_name("restore point", restore_point, policy.restore_points)
+        _run_restore_point(session, restore_point, as_json=as_json)
+        return
     unknown = sorted(set(names) - policy.sources.keys())
     if unknown:
         raise unknown_name("source", ", ".join(unknown), policy.sources)
@@ -157,6 +181,45 @@ def _run_and_report(
         click.get_current_context().exit(EXIT_FAILED)
     if suspicious:
         click.get_current_context().exit(EXIT_SUSPICIOUS)
+
+
+def _run_restore_point(session: Session, name: str, *, as_json: bool) -> None:
+    """``backup run --restore-point NAME``: the members' backups and the restore point, reported
+    like ``backup run`` plus ``restore_point``; exit 1 when a member failed or the restore point
+    could not be committed, else 4 when a member's snapshot is suspicious."""
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        repository = session.repository()
+        run = operations.backup_restore_point(name, repository=lambda: repository)
+    errors = [{"source": source, "message": message} for source, message in run.errors.items()]
+    if run.commit_error is not None:
+        errors.append({"source": f"restore point {name}", "message": run.commit_error})
+    point = run.point.as_dict() if run.point is not None else None
+    if as_json:
+        document = {"snapshots": [result.as_dict() for result in run.results], "errors": errors, "restore_point": point}
+        print_json(document)
+    else:
+        for result in run.results:
+            click.echo(_backup_line(result))
+        for error in errors:
+            click.echo(f"{error['source']}: FAILED: {error['message']}", err=True)
+        if run.point is not None:
+            click.echo(restore_point_line(run.point))
+    suspicious = [result for result in run.results if result.anomalies]
+    for result in suspicious:
+        reasons = "; ".join(result.anomalies)
+        click.echo(f"WARNING: suspicious snapshot {result.header.id} of {result.header.source}: {reasons}", err=True)
+    if errors:
+        click.get_current_context().exit(EXIT_FAILED)
+    if suspicious:
+        click.get_current_context().exit(EXIT_SUSPICIOUS)
+
+
+def restore_point_line(point: RestorePoint) -> str:
+    """One line of a restore point: id, status, spread and members."""
+    spread = f"spread {human_duration(point.spread_seconds)}" if point.spread_seconds is not None else "no member"
+    failed = f", failed: {', '.join(point.failed)}" if point.failed else ""
+    members = ", ".join(member.snapshot or f"{member.source} (failed)" for member in point.members)
+    return f"restore point {point.id}: {point.status}{failed}, {spread}; {members}"
 
 
 def _backup_line(result: BackupResult) -> str:

@@ -1,0 +1,163 @@
+"""Restore points across sources (issue 16) on real etcd, ClickHouse and S3 (moto) servers:
+``backup run --restore-point``, ``restore-point list|show``, prune keeping a kept restore point's
+members, and ``restore --restore-point``."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from helpers import init_repository
+from policy_builder import PolicyBuilder
+
+from lifeboat.cli import cli
+
+pytestmark = pytest.mark.integration
+MEMBERS = ["k8s-etcd", "features", "models"]
+S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
+OBJECTS = 12
+
+
+@dataclass
+class Platform:
+    root: Path
+    builder: PolicyBuilder
+    config: Path
+    database: str
+    bucket: str
+
+    def run(self, *args: str, config: Path | None = None) -> Result:
+        return CliRunner().invoke(cli, ["--config", str(config or self.config), *args], catch_exceptions=False)
+
+    def document(self, *args: str, code: int, config: Path | None = None) -> dict[str, Any]:
+        result = self.run(*args, "--json", config=config)
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    def variant(self, name: str, path: str, value: Any) -> Path:
+        """The same policy with one value changed, written beside the original."""
+        return self.builder.copy().set(path, value).write(self.root / f"{name}.yaml")
+
+
+def seed_etcd(endpoint: str) -> None:
+    import base64
+
+    for i in range(20):
+        key = base64.b64encode(f"/registry/configmaps/ml/cm-{i}".encode()).decode()
+        value = base64.b64encode(json.dumps({"bucket": "models", "i": i}).encode()).decode()
+        body = json.dumps({"key": key, "value": value}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/v3/kv/put", data=body, method="POST"), timeout=10).read()
+
+
+@pytest.fixture
+def platform(
+    tmp_path: Path, etcd_server: Any, clickhouse_server: Any, clickhouse_database: str, s3_server: Any, s3_bucket: str
+) -> Platform:
+    from clickhouse_driver import Client
+
+    seed_etcd(etcd_server.endpoint)
+    client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
+    client.execute(
+        f"CREATE TABLE {clickhouse_database}.models (day Date, model_uri String) ENGINE = MergeTree PARTITION BY day ORDER BY model_uri"
+    )
+    client.execute(
+        f"INSERT INTO {clickhouse_database}.models SELECT toDate('2026-11-01') + number % 3, "
+        f"concat('s3://{s3_bucket}/models/m', toString(number), '.bin') FROM system.numbers LIMIT {OBJECTS}"
+    )
+    s3 = s3_server.client()
+    for i in range(OBJECTS):
+        s3.put_object(Bucket=s3_bucket, Key=f"models/m{i}.bin", Body=os.urandom(500 + i))
+    ports = {"port": clickhouse_server.tcp_port, "http_port": clickhouse_server.http_port}
+    builder = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db")
+    builder.source("k8s-etcd", "etcd", endpoints=[etcd_server.endpoint])
+    builder.source("features", "clickhouse", host="127.0.0.1", **ports, databases=[clickhouse_database])
+    builder.source("models", "s3", endpoint_url=s3_server.endpoint_url, **S3_KEYS, buckets=[s3_bucket])
+    builder.set("restore_points", {"platform": {"sources": MEMBERS, "retention": {"keep_last": 1}}})
+    config = init_repository(builder.write(tmp_path / "lifeboat.yaml"))
+    return Platform(tmp_path, builder, config, clickhouse_database, s3_bucket)
+
+
+def test_a_restore_point_of_three_sources_commits_complete_naming_each_snapshot_and_window(platform: Platform) -> None:
+    document = platform.document("backup", "run", "--restore-point", "platform", code=0)
+    assert document["errors"] == []
+    snapshots = {item["source"]: item for item in document["snapshots"]}
+    assert sorted(snapshots) == sorted(MEMBERS)
+    point = document["restore_point"]
+    assert point["name"] == "platform" and point["status"] == "complete" and point["failed"] == []
+    assert [member["source"] for member in point["members"]] == MEMBERS
+    for member in point["members"]:
+        taken = snapshots[member["source"]]
+        assert member["snapshot"] == taken["id"] and member["status"] == "committed"
+        # each member's window lies within its own backup run
+        start, end = (datetime.fromisoformat(member["window"][edge]) for edge in ("start", "end"))
+        assert datetime.fromisoformat(taken["started"]) <= start <= end <= datetime.fromisoformat(taken["finished"])
+    # the spread covers every member's window: from the first start to the last end
+    starts = [datetime.fromisoformat(member["window"]["start"]) for member in point["members"]]
+    ends = [datetime.fromisoformat(member["window"]["end"]) for member in point["members"]]
+    assert point["spread_seconds"] == pytest.approx((max(ends) - min(starts)).total_seconds(), abs=0.002)
+
+    listed = platform.document("restore-point", "list", code=0)["restore_points"]
+    assert listed == [
+        {
+            "id": point["id"],
+            "name": "platform",
+            "time": point["time"],
+            "status": "complete",
+            "spread_seconds": point["spread_seconds"],
+            "members": [{"source": m["source"], "snapshot": m["snapshot"]} for m in point["members"]],
+            "failed": [],
+        }
+    ]
+    shown = platform.document("restore-point", "show", point["id"][:-3], code=0)
+    assert shown == point
+    text = platform.run("restore-point", "show", "latest")
+    assert text.exit_code == 0 and f"restore point {point['id']}: complete" in text.stdout
+    # the manifest is sealed in the repository under restore-points/<name>/, not readable as plain JSON
+    [stored] = (platform.root / "repo" / "restore-points" / "platform").iterdir()
+    assert stored.name == f"{point['id']}.json" and b"complete" not in stored.read_bytes()
+
+
+def test_a_failing_member_leaves_a_failed_restore_point_naming_it_and_the_other_snapshots_intact(
+    platform: Platform,
+) -> None:
+    broken = platform.variant("broken", "sources.models.buckets", ["no-such-bucket-for-lifeboat"])
+    document = platform.document("backup", "run", "--restore-point", "platform", code=1, config=broken)
+    assert [error["source"] for error in document["errors"]] == ["models"]
+    assert "no-such-bucket-for-lifeboat" in document["errors"][0]["message"]
+    point = document["restore_point"]
+    assert point["status"] == "failed" and point["failed"] == ["models"]
+    by_source = {member["source"]: member for member in point["members"]}
+    assert by_source["models"]["snapshot"] is None and by_source["models"]["status"] == "failed"
+    assert "no-such-bucket-for-lifeboat" in by_source["models"]["error"]
+    # the good members are ordinary snapshots, restorable like any other
+    good = {item["source"]: item["id"] for item in document["snapshots"]}
+    assert sorted(good) == ["features", "k8s-etcd"]
+    listed = {item["id"] for item in platform.document("snapshots", "list", code=0)["snapshots"]}
+    assert set(good.values()) <= listed
+    restored = platform.document(
+        "restore", "k8s-etcd", "--snapshot", good["k8s-etcd"], "--to-file", str(platform.root / "etcd.db"), code=0
+    )
+    assert restored["snapshot"] == good["k8s-etcd"]
+    # no complete restore point exists
+    [item] = platform.document("restore-point", "list", code=0)["restore_points"]
+    assert item["status"] == "failed" and item["failed"] == ["models"]
+    text = platform.run("backup", "run", "--restore-point", "platform", config=broken)
+    assert text.exit_code == 1 and "models: FAILED" in text.stderr and "failed: models" in text.stdout
+
+
+def test_restore_point_usage_mistakes_exit_2(platform: Platform) -> None:
+    unknown = platform.document("backup", "run", "--restore-point", "nope", code=2)
+    assert "unknown restore point 'nope'" in unknown["error"]["message"] and "platform" in unknown["error"]["message"]
+    both = platform.document("backup", "run", "--restore-point", "platform", "--source", "models", code=2)
+    assert "not with --source" in both["error"]["message"]
+    missing = platform.document("restore-point", "show", "platform-2020", code=1)
+    assert missing["error"]["kind"] == "not-found"
