@@ -272,6 +272,7 @@ class Operations:
         A dry run changes nothing and is neither locked nor recorded. Raises PruneRefused,
         StoreError, SourceBusy, JobAborted (recorded)."""
         retention = {name: source.retention for name, source in self.policy.sources.items()}
+        points = {name: point.retention for name, point in self.policy.restore_points.items()}
         grace, stale_after = self.policy.repository.prune.grace, self.stale_after
         hooks = prune_hooks()  # what each kind keeps outside chunks (ClickHouse native backups) and may go
         if dry_run:
@@ -283,6 +284,7 @@ class Operations:
                 stale_after=stale_after,
                 hooks=hooks,
                 forget_damaged=forget_damaged,
+                restore_points=points,
             )
         with self.recorded_run(RunKind.PRUNE, REPOSITORY_NAME) as run:
             with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
@@ -297,6 +299,7 @@ class Operations:
                     stale_after=stale_after,
                     hooks=hooks,
                     forget_damaged=forget_damaged,
+                    restore_points=points,
                 )
             run.finish(RunStatus.OK, figures=prune_figures(report, run.seconds))
         self._refresh_inventory(repo)
@@ -576,8 +579,10 @@ def open_operations(policy: Policy, *, redact: Callable[[str], str] = str, origi
 
 def prune_figures(report: PruneReport, seconds: float) -> dict[str, Any]:
     """The prune report without its long parts: the kept ids (counted) and the reasons."""
-    document = {key: value for key, value in report.as_dict().items() if key not in ("ok", "dry_run", "kept", "reasons")}
-    return {**document, "kept": len(report.kept), "seconds": round(seconds, 3)}
+    long_parts = ("ok", "dry_run", "kept", "reasons", "restore_points_kept", "restore_point_reasons")
+    document = {key: value for key, value in report.as_dict().items() if key not in long_parts}
+    kept = {"kept": len(report.kept), "restore_points_kept": len(report.restore_points_kept)}
+    return {**document, **kept, "seconds": round(seconds, 3)}
 
 
 def check_figures(report: CheckReport, seconds: float) -> dict[str, Any]:

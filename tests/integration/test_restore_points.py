@@ -67,7 +67,8 @@ def platform(
     seed_etcd(etcd_server.endpoint)
     client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
     client.execute(
-        f"CREATE TABLE {clickhouse_database}.models (day Date, model_uri String) ENGINE = MergeTree PARTITION BY day ORDER BY model_uri"
+        f"CREATE TABLE {clickhouse_database}.models (day Date, model_uri String) "
+        "ENGINE = MergeTree PARTITION BY day ORDER BY model_uri"
     )
     client.execute(
         f"INSERT INTO {clickhouse_database}.models SELECT toDate('2026-11-01') + number % 3, "
@@ -161,3 +162,51 @@ def test_restore_point_usage_mistakes_exit_2(platform: Platform) -> None:
     assert "not with --source" in both["error"]["message"]
     missing = platform.document("restore-point", "show", "platform-2020", code=1)
     assert missing["error"]["kind"] == "not-found"
+
+
+def _members_of(document: dict[str, Any]) -> list[str]:
+    return [member["snapshot"] for member in document["restore_point"]["members"]]
+
+
+def test_prune_keeps_every_member_of_a_kept_restore_point_and_releases_them_when_it_is_forgotten(
+    platform: Platform,
+) -> None:
+    for source in MEMBERS:
+        platform.builder.set(f"sources.{source}.retention", {"keep_last": 3})
+    platform.builder.write(platform.config)  # restore points: keep_last 1
+    first = _members_of(platform.document("backup", "run", "--restore-point", "platform", code=0))
+    second_run = platform.document("backup", "run", "--restore-point", "platform", code=0)
+    second = _members_of(second_run)
+
+    # The first restore point goes by its own retention, though its sources' rules still keep its members.
+    pruned = platform.document("prune", code=0)
+    [first_point] = pruned["restore_points_forgotten"]
+    assert pruned["restore_points_kept"] == [second_run["restore_point"]["id"]]
+    assert set(first) <= set(pruned["kept"]) and pruned["forgotten"] == []
+    assert not any("restore point" in reason for snapshot in first for reason in pruned["reasons"][snapshot])
+    listed = platform.document("restore-point", "list", code=0)["restore_points"]
+    assert [item["id"] for item in listed] == [second_run["restore_point"]["id"]]
+    gone = platform.document("restore-point", "show", first_point, code=1)
+    assert gone["error"]["kind"] == "not-found"
+
+    # Released, the first members go when their sources' rules let them go.
+    platform.document("backup", "run", code=0)
+    platform.document("backup", "run", code=0)
+    pruned = platform.document("prune", code=0)
+    assert sorted(pruned["forgotten"]) == sorted(first)
+    assert set(second) <= set(pruned["kept"])
+
+    # The kept restore point keeps its members past their sources' rules (keep_last 3).
+    dry = platform.document("prune", "--dry-run", code=0)
+    assert dry["forgotten"] == []
+    platform.document("backup", "run", code=0)
+    pruned = platform.document("prune", code=0)
+    assert set(second) <= set(pruned["kept"]) and pruned["forgotten"] == []  # their rules alone: 4th newest goes
+    point_id = second_run["restore_point"]["id"]
+    for snapshot in second:
+        assert f"member of restore point {point_id}, which is kept" in pruned["reasons"][snapshot]
+    text = platform.run("prune", "--dry-run")
+    assert f"keep   restore point {point_id}" in text.stdout
+    # and the restore point is still whole: every member snapshot is there
+    listed_ids = {item["id"] for item in platform.document("snapshots", "list", code=0)["snapshots"]}
+    assert set(second) <= listed_ids
