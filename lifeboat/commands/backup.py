@@ -12,7 +12,7 @@ from typing import Any
 import click
 import structlog
 
-from backup.jobs import BackupResult, run_restore, run_verify
+from backup.jobs import BackupResult, run_restore, run_restore_point, run_verify
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
@@ -26,6 +26,7 @@ from lifeboat.context import (
     LATEST,
     Session,
     find_header,
+    find_restore_point,
     json_option,
     pass_session,
     print_json,
@@ -282,16 +283,33 @@ def _options(
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @target_options
+@click.option(
+    "--restore-point",
+    "restore_point",
+    metavar="ID",
+    help="Restore every member of this restore point (ID, a unique start, or latest) to its target; no SOURCE.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Allow writing into a non-empty target.")
 @json_option(help="Print the result as JSON on stdout.")
 @pass_session
-def restore(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
+def restore(
+    session: Session, source: str | None, at_text: str | None, restore_point: str | None, as_json: bool, **values: Any
+) -> None:
     """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes.
     A suspicious snapshot (given by id) is restored with a WARNING line on stderr. Exit 3 when the
-    copy was written but could not be verified (the plan says why)."""
+    copy was written but could not be verified (the plan says why).
+
+    With --restore-point ID (and no SOURCE): every member of the restore point, each to the target
+    options of its kind (etcd --to-file, ClickHouse --to-host/--to-database, S3 --to-dir/--to-bucket),
+    checked all before anything is written; one plan with --dry-run."""
+    if restore_point is not None:
+        _restore_point(session, source, at_text, restore_point, values, as_json=as_json)
+        return
+    if source is None:
+        raise click.UsageError("name the SOURCE to restore, or give --restore-point ID")
     options, header = _options(session, source, at_text, values)
     anomalies = _warn_if_suspicious(header)
     repository = session.repository()
@@ -306,6 +324,32 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
         _print_restore(result)
     if result.figures.get("verification", {}).get("verdict") == Verdict.UNVERIFIED:
         click.get_current_context().exit(EXIT_UNVERIFIED)
+
+
+def _restore_point(
+    session: Session, source: str | None, at_text: str | None, point_id: str, values: dict[str, Any], *, as_json: bool
+) -> None:
+    """``restore --restore-point ID``: every member to its target; ``{"restore_point", "dry_run",
+    "members": [restore results]}`` with --json; exit 3 when a member's copy could not be verified."""
+    ctx = click.get_current_context()
+    if source is not None:
+        raise click.UsageError("--restore-point restores every member: give no SOURCE")
+    if at_text is not None or ctx.get_parameter_source("snapshot") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--restore-point names each member's snapshot: not with --snapshot or --at")
+    repository = session.repository()
+    point = find_restore_point(repository, point_id)
+    options = RestoreOptions.of(**{key: value for key, value in values.items() if key != "snapshot"})
+    results = run_restore_point(repository, point, session.policy().sources, options, stale_after=session.stale_after)
+    dry_run = options.dry_run
+    if as_json:
+        print_json({"restore_point": point.id, "dry_run": dry_run, "members": [result.as_dict() for result in results]})
+    else:
+        click.echo(f"{'plan' if dry_run else 'restored'}: restore point {point.id} ({len(results)} members)")
+        for result in results:
+            _print_restore(result)
+    verdicts = [result.figures.get("verification", {}).get("verdict") for result in results]
+    if Verdict.UNVERIFIED in verdicts:
+        ctx.exit(EXIT_UNVERIFIED)
 
 
 @click.command()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
-from backup.repository.repository import Repository, SnapshotNotFound
-from backup.repository.restore_points import RestorePoint, list_restore_points, read_restore_point, restore_point_ids
+from backup.repository.restore_points import list_restore_points
 from lifeboat.commands.backup import restore_point_line
-from lifeboat.context import LATEST, Session, json_option, pass_session, print_json, unknown_name
-from policies.errors import UsageError
+from lifeboat.context import Session, find_restore_point, json_option, pass_session, print_json, unknown_name
 
 
 @click.group("restore-point")
@@ -52,21 +50,3 @@ def show(session: Session, point_id: str, as_json: bool) -> None:
             continue
         window = member.as_dict().get("window", {})
         click.echo(f"  {member.source}: {member.snapshot}, window {window.get('start')} .. {window.get('end')}")
-
-
-def find_restore_point(repository: Repository, text: str) -> RestorePoint:
-    """The restore point ``text`` names: a whole id, ``latest`` (the newest of any name) or a unique
-    start of one. Raises SnapshotNotFound (none), UsageError (an ambiguous prefix)."""
-    ids = restore_point_ids(repository)
-    if text == LATEST:
-        if not ids:
-            raise SnapshotNotFound(f"no restore point in {repository.url}")
-        return read_restore_point(repository, ids[-1])
-    if text in ids:
-        return read_restore_point(repository, text)
-    matches = [point_id for point_id in ids if point_id.startswith(text)]
-    if not matches:
-        raise SnapshotNotFound(f"no restore point {text} in {repository.url}: see `lifeboat restore-point list`")
-    if len(matches) > 1:
-        raise UsageError(f"'{text}' starts {len(matches)} restore point ids: give more of it", matches=matches)
-    return read_restore_point(repository, matches[0])

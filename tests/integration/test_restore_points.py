@@ -210,3 +210,54 @@ def test_prune_keeps_every_member_of_a_kept_restore_point_and_releases_them_when
     # and the restore point is still whole: every member snapshot is there
     listed_ids = {item["id"] for item in platform.document("snapshots", "list", code=0)["snapshots"]}
     assert set(second) <= listed_ids
+
+
+def test_restore_of_a_restore_point_puts_every_member_to_its_target_with_one_plan(
+    platform: Platform, clickhouse_server: Any
+) -> None:
+    from clickhouse_driver import Client
+
+    taken = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]
+    snapshots = {member["source"]: member["snapshot"] for member in taken["members"]}
+    database = f"{platform.database}_copy"
+    targets = [
+        "--to-file", str(platform.root / "restored" / "etcd.db"),
+        "--to-host", "127.0.0.1", "--to-port", str(clickhouse_server.tcp_port),
+        "--to-http-port", str(clickhouse_server.http_port), "--to-database", database,
+        "--to-dir", str(platform.root / "restored" / "models"),
+    ]  # fmt: skip
+    client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
+    try:
+        plan = platform.document("restore", "--restore-point", taken["id"][:-2], *targets, "--dry-run", code=0)
+        assert plan["restore_point"] == taken["id"] and plan["dry_run"] is True
+        assert [(item["source"], item["snapshot"]) for item in plan["members"]] == list(snapshots.items())
+        assert all(item["dry_run"] and item["plan"] for item in plan["members"])
+        assert not (platform.root / "restored").exists()
+        text = platform.run("restore", "--restore-point", "latest", *targets, "--dry-run")
+        assert text.exit_code == 0 and f"plan: restore point {taken['id']} (3 members)" in text.stdout
+
+        restored = platform.document("restore", "--restore-point", "latest", *targets, code=0)
+        assert [item["snapshot"] for item in restored["members"]] == list(snapshots.values())
+        assert (platform.root / "restored" / "etcd.db").stat().st_size > 0
+        assert len(list((platform.root / "restored" / "models").rglob("*.bin"))) == OBJECTS
+        [(rows,)] = client.execute(f"SELECT count() FROM {database}.models")
+        assert rows == OBJECTS
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {database}")
+
+
+def test_restore_of_a_restore_point_refuses_what_cannot_work_before_writing_anything(platform: Platform) -> None:
+    taken = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]
+    out = str(platform.root / "restored" / "models")
+    no_target = platform.document("restore", "--restore-point", taken["id"], "--to-dir", out, code=2)
+    message = no_target["error"]["message"]
+    assert "no target for member k8s-etcd (etcd: --to-file" in message and "features (clickhouse: --to-host" in message
+    with_source = platform.document("restore", "models", "--restore-point", taken["id"], "--to-dir", out, code=2)
+    assert "give no SOURCE" in with_source["error"]["message"]
+    assert not (platform.root / "restored").exists()
+
+    broken = platform.variant("broken", "sources.models.buckets", ["no-such-bucket-for-lifeboat"])
+    failed = platform.document("backup", "run", "--restore-point", "platform", code=1, config=broken)["restore_point"]
+    refused = platform.document("restore", "--restore-point", failed["id"], "--to-dir", out, code=1)
+    assert refused["error"]["kind"] == "restore"
+    assert "is failed (member models did not commit)" in refused["error"]["message"]
