@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,46 @@ def test_a_restore_point_of_three_sources_commits_complete_naming_each_snapshot_
     # the manifest is sealed in the repository under restore-points/<name>/, not readable as plain JSON
     [stored] = (platform.root / "repo" / "restore-points" / "platform").iterdir()
     assert stored.name == f"{point['id']}.json" and b"complete" not in stored.read_bytes()
+
+
+def test_writes_during_the_run_lie_within_the_recorded_windows_and_spread(platform: Platform, s3_server: Any) -> None:
+    """The manifest tells the truth about how far apart the members are: an object written before the
+    S3 member's window began is in its snapshot, and every object in it was written before the window
+    ended; the spread covers that window."""
+    client = s3_server.client()
+    written: list[tuple[str, datetime, datetime]] = []  # key, put started, put finished
+    stop = threading.Event()
+
+    def write() -> None:
+        index = 0
+        while not stop.is_set():
+            key = f"live/w{index:05d}.bin"
+            began = datetime.now(UTC)
+            client.put_object(Bucket=platform.bucket, Key=key, Body=os.urandom(200))
+            written.append((key, began, datetime.now(UTC)))
+            index += 1
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        while len(written) < 3:  # writes are under way before the run starts
+            time.sleep(0.05)
+        document = platform.document("backup", "run", "--restore-point", "platform", code=0)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    point = document["restore_point"]
+    [models] = [member for member in point["members"] if member["source"] == "models"]
+    start, end = (datetime.fromisoformat(models["window"][edge]) for edge in ("start", "end"))
+    listed = platform.document("snapshots", "ls", models["snapshot"], f"{platform.bucket}/live/", code=0)["entries"]
+    in_snapshot = {item["name"].split("/", 1)[1] for item in listed}
+    assert in_snapshot, "no write landed in the snapshot"
+    for key, began, finished in written:
+        if finished < start:
+            assert key in in_snapshot, f"{key} was written before the window began, but is missing"
+        if key in in_snapshot:
+            assert began <= end, f"{key} was written after the window ended, yet is in the snapshot"
+    assert point["spread_seconds"] >= (end - start).total_seconds()
 
 
 def test_a_failing_member_leaves_a_failed_restore_point_naming_it_and_the_other_snapshots_intact(
