@@ -91,3 +91,84 @@ def test_schedule_retention_and_names_are_validated_like_a_sources() -> None:
     assert "keeps nothing" in found["restore_points.platform.retention"][0]
     assert "unknown field 'keep'" in found["restore_points.platform.keep"][0]
     assert "must be 1-63 lowercase" in found["restore_points.Bad Name"][0]
+
+
+DRILL = """
+scratch:
+  local:
+    clickhouse: {host: 10.0.0.9}
+    s3: {endpoint_url: "http://10.0.0.9:9000"}
+restore_points:
+  platform: {sources: [k8s-etcd, features, models]}
+drills:
+  platform-nightly:
+    restore_point: platform
+    objectives: {rto: 30m, rpo: 26h}
+"""
+
+
+def test_a_drill_of_a_restore_point_restores_its_members() -> None:
+    drill = parse(
+        DRILL
+        + """
+    checks:
+      - name: model-uris-resolve
+        references:
+          from: {source: features, sql: "SELECT DISTINCT model_uri FROM features.models"}
+          to: {source: models}
+      - name: buckets-exist
+        references:
+          from: {source: k8s-etcd, prefix: /registry/configmaps/ml/, field: data.bucket}
+          to: {source: models}
+      - {name: smoke, command: [/bin/true]}
+"""
+    ).drills["platform-nightly"]
+    assert drill.restore_point == "platform" and drill.sources == ["k8s-etcd", "features", "models"]
+    references = drill.checks[0].references  # type: ignore[union-attr]
+    assert references.origin.source == "features" and references.to.source == "models"
+    assert drill.checks[2].command == ["/bin/true"]  # type: ignore[union-attr]
+
+
+def test_drill_restore_point_mistakes_are_named() -> None:
+    found = issues(
+        DRILL.replace("restore_point: platform", "restore_point: platfrom\n    sources: [models]")
+        + """
+    checks:
+      - name: empty
+        references:
+          from: {source: features}
+          to: {source: models}
+"""
+    )
+    assert "undefined restore point 'platfrom'; defined: platform" in found["drills.platform-nightly.restore_point"][0]
+    assert "not both" in found["drills.platform-nightly.sources"][0]
+    assert "give sql" in found["drills.platform-nightly.checks[0].references.from"][0]
+
+
+def test_references_must_join_members_of_the_drill_read_the_way_their_kind_can() -> None:
+    found = issues(
+        DRILL
+        + """
+    checks:
+      - name: wrong
+        references:
+          from: {source: models, sql: "SELECT 1"}
+          to: {source: billing}
+      - name: no-field
+        references:
+          from: {source: k8s-etcd, prefix: /registry/configmaps/}
+          to: {source: models}
+"""
+    )
+    where = "drills.platform-nightly.checks"
+    assert (
+        "unknown source 'billing'; the drill restores: k8s-etcd, features, models"
+        in found[f"{where}[0].references.to.source"][0]
+    )
+    assert "source 'models' is s3: its values are read with prefix" in found[f"{where}[0].references.from"][0]
+    assert "source 'k8s-etcd' is etcd: its values are read with field and prefix" in found[f"{where}[1].references.from"][0]
+
+
+def test_a_drill_needs_sources_or_a_restore_point() -> None:
+    found = issues("drills: {nightly: {objectives: {rto: 30m, rpo: 26h}}}")
+    assert "give sources: [NAME, ...] or restore_point: NAME" in found["drills.nightly"][0]
