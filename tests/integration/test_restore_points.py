@@ -50,12 +50,13 @@ class Platform:
         return self.builder.copy().set(path, value).write(self.root / f"{name}.yaml")
 
 
-def seed_etcd(endpoint: str) -> None:
+def seed_etcd(endpoint: str, bucket: str) -> None:
+    """ConfigMap-like JSON values under /lifeboat-test/<bucket>/ that name the bucket."""
     import base64
 
     for i in range(20):
-        key = base64.b64encode(f"/registry/configmaps/ml/cm-{i}".encode()).decode()
-        value = base64.b64encode(json.dumps({"bucket": "models", "i": i}).encode()).decode()
+        key = base64.b64encode(f"/lifeboat-test/{bucket}/cm-{i}".encode()).decode()
+        value = base64.b64encode(json.dumps({"bucket": bucket, "i": i}).encode()).decode()
         body = json.dumps({"key": key, "value": value}).encode()
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/v3/kv/put", data=body, method="POST"), timeout=10).read()
 
@@ -66,7 +67,7 @@ def platform(
 ) -> Platform:
     from clickhouse_driver import Client
 
-    seed_etcd(etcd_server.endpoint)
+    seed_etcd(etcd_server.endpoint, s3_bucket)
     client = Client("127.0.0.1", port=clickhouse_server.tcp_port)
     client.execute(
         f"CREATE TABLE {clickhouse_database}.models (day Date, model_uri String) "
@@ -85,6 +86,17 @@ def platform(
     builder.source("features", "clickhouse", host="127.0.0.1", **ports, databases=[clickhouse_database])
     builder.source("models", "s3", endpoint_url=s3_server.endpoint_url, **S3_KEYS, buckets=[s3_bucket])
     builder.set("restore_points", {"platform": {"sources": MEMBERS, "retention": {"keep_last": 1}}})
+    scratch_s3 = {"endpoint_url": s3_server.endpoint_url, **S3_KEYS}
+    builder.scratch(
+        "local", local={"workdir": tmp_path / "scratch", "clickhouse": {"host": "127.0.0.1", **ports}, "s3": scratch_s3}
+    )
+    model_uris = {"source": "features", "sql": f"SELECT DISTINCT model_uri FROM {clickhouse_database}.models"}
+    buckets = {"source": "k8s-etcd", "prefix": f"/lifeboat-test/{s3_bucket}/", "field": "bucket"}
+    checks = [
+        {"name": "model-uris-resolve", "references": {"from": model_uris, "to": {"source": "models"}}},
+        {"name": "buckets-exist", "references": {"from": buckets, "to": {"source": "models"}}},
+    ]
+    builder.drill("platform-nightly", restore_point="platform", objectives={"rto": "30m", "rpo": "26h"}, checks=checks)
     config = init_repository(builder.write(tmp_path / "lifeboat.yaml"))
     return Platform(tmp_path, builder, config, clickhouse_database, s3_bucket)
 
@@ -303,3 +315,60 @@ def test_restore_of_a_restore_point_refuses_what_cannot_work_before_writing_anyt
     refused = platform.document("restore", "--restore-point", failed["id"], "--to-dir", out, code=1)
     assert refused["error"]["kind"] == "restore"
     assert "is failed (member models did not commit)" in refused["error"]["message"]
+
+
+def _steps(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in document["steps"]}
+
+
+def test_a_drill_of_a_restore_point_restores_every_member_and_passes_when_the_references_resolve(
+    platform: Platform,
+) -> None:
+    taken = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]
+    run = platform.document("drill", "run", "platform-nightly", "--no-email", code=0)
+    assert run["verdict"] == "PASS", run
+    assert run["restore_point"]["id"] == taken["id"] and run["restore_point"]["spread_seconds"] == taken["spread_seconds"]
+    assert [(item["source"], item["snapshot"]) for item in run["sources"]] == [
+        (member["source"], member["snapshot"]) for member in taken["members"]
+    ]
+    assert run["rto_seconds"] == pytest.approx(sum(item["rto_seconds"] for item in run["sources"]), abs=0.01)
+    steps = _steps(run)
+    assert "the platform's RPO bound" in steps["restore-point"]["message"]
+    assert steps["check:model-uris-resolve"]["verdict"] == "PASS"
+    assert f"all {OBJECTS} reference(s) from features exist" in steps["check:model-uris-resolve"]["message"]
+    assert steps["check:buckets-exist"]["verdict"] == "PASS"  # 20 values, one bucket name
+    assert "all 1 reference(s) from k8s-etcd" in steps["check:buckets-exist"]["message"]
+
+
+def test_a_drill_of_a_restore_point_fails_naming_the_model_file_the_bucket_snapshot_lacks(
+    platform: Platform, s3_server: Any
+) -> None:
+    s3_server.client().delete_object(Bucket=platform.bucket, Key="models/m3.bin")
+    platform.document("backup", "run", "--restore-point", "platform", code=0)
+    run = platform.document("drill", "run", "platform-nightly", "--no-email", code=1)
+    assert run["verdict"] == "FAIL"
+    failed = _steps(run)["check:model-uris-resolve"]
+    assert failed["verdict"] == "FAIL"
+    dangling = f"s3://{platform.bucket}/models/m3.bin"
+    assert f"1 of {OBJECTS} reference(s) from features name nothing in the restored models: {dangling}" == failed["message"]
+    assert failed["details"]["missing"] == [dangling] and failed["details"]["missing_count"] == 1
+    assert _steps(run)["check:buckets-exist"]["verdict"] == "PASS"
+    assert all(item["verdict"] == "PASS" for item in run["sources"])  # every member restored and verified
+
+
+def test_a_drill_of_a_restore_point_errors_when_a_member_cannot_be_restored_or_there_is_none(platform: Platform) -> None:
+    none_yet = platform.document("drill", "run", "platform-nightly", "--no-email", code=3)
+    assert none_yet["verdict"] == "ERROR"
+    assert "no complete restore point of 'platform'" in _steps(none_yet)["restore-point"]["message"]
+
+    platform.document("backup", "run", "--restore-point", "platform", code=0)
+    unreachable = platform.variant(
+        "unreachable", "scratch.local.clickhouse", {"host": "127.0.0.1", "port": 1, "http_port": 1}
+    )
+    run = platform.document("drill", "run", "platform-nightly", "--no-email", code=3, config=unreachable)
+    assert run["verdict"] == "ERROR"
+    by_source = {item["source"]: item for item in run["sources"]}
+    assert by_source["features"]["verdict"] == "ERROR" and by_source["features"]["rto_seconds"] is None
+    assert run["rto_seconds"] is None  # the platform is not usable until every member is
+    check = _steps(run)["check:model-uris-resolve"]
+    assert check["verdict"] == "ERROR" and "no verified copy of features" in check["message"]
