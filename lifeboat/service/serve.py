@@ -186,6 +186,14 @@ class LifeboatService:
     def _schedule(self, policy: Policy) -> None:
         """Make the scheduler's jobs those of ``policy``; a job whose schedule did not change keeps its next run."""
         specs = {spec.id: spec for spec in job_specs(policy)}
+        for name, point in policy.restore_points.items():
+            if point.schedule:  # not a job of the service yet (README "Restore points"): say so, never skip silently
+                log.warning(
+                    "restore_point.not_scheduled",
+                    restore_point=name,
+                    schedule=point.schedule,
+                    advice=f"not run by the service yet: run `lifeboat backup run --restore-point {name}` from cron",
+                )
         grace = int(policy.service.misfire_grace.total_seconds())
         for job in self._scheduler.get_jobs():
             if job.id not in specs:
