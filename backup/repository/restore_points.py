@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import structlog
+
 from backup.repository.codec import CorruptObject
 from backup.repository.manifest import SnapshotHeader, new_snapshot_id
 from backup.repository.repository import Repository, SnapshotNotFound
@@ -32,6 +34,7 @@ from policies.model import SNAPSHOT_ID
 RESTORE_POINTS_PREFIX = "restore-points/"
 RESTORE_POINT_FORMAT = 1
 RestorePointStatus = Literal["complete", "failed"]
+log = structlog.get_logger(__name__)
 _KEY = re.compile(r"^restore-points/(?P<name>[^/]+)/(?P<id>[^/]+)\.json$")
 
 
@@ -222,8 +225,17 @@ def read_restore_point(repository: Repository, point_id: str) -> RestorePoint:
 
 
 def list_restore_points(repository: Repository, name: str | None = None) -> list[RestorePoint]:
-    """Every stored restore point (of ``name``), oldest first."""
-    return [read_restore_point(repository, point_id) for point_id in restore_point_ids(repository, name)]
+    """Every readable stored restore point (of ``name``), oldest first; a damaged manifest is left out
+    with a warning (``restore-point show ID`` names the damage)."""
+    points = []
+    for point_id in restore_point_ids(repository, name):
+        try:
+            points.append(read_restore_point(repository, point_id))
+        except SnapshotNotFound:
+            continue  # deleted since the listing
+        except IntegrityError as exc:
+            log.warning("restore_point.damaged", restore_point=point_id, error=str(exc))
+    return points
 
 
 def delete_restore_point(repository: Repository, point: RestorePoint) -> None:

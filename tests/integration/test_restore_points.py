@@ -372,3 +372,31 @@ def test_a_drill_of_a_restore_point_errors_when_a_member_cannot_be_restored_or_t
     assert run["rto_seconds"] is None  # the platform is not usable until every member is
     check = _steps(run)["check:model-uris-resolve"]
     assert check["verdict"] == "ERROR" and "no verified copy of features" in check["message"]
+
+
+def test_a_failed_restore_point_keeps_none_of_its_members(platform: Platform) -> None:
+    for source in MEMBERS:
+        platform.builder.set(f"sources.{source}.retention", {"keep_last": 1})
+    platform.builder.write(platform.config)
+    broken = platform.variant("broken", "sources.models.buckets", ["no-such-bucket-for-lifeboat"])
+    failed = platform.document("backup", "run", "--restore-point", "platform", code=1, config=broken)
+    members = [snapshot for snapshot in _members_of(failed) if snapshot is not None]
+    assert len(members) == 2
+    platform.document("backup", "run", code=0)
+    pruned = platform.document("prune", code=0)
+    assert sorted(pruned["forgotten"]) == sorted(members)  # their sources' rules alone decide
+
+
+def test_a_damaged_restore_point_manifest_is_named_never_read_as_something_else(platform: Platform) -> None:
+    first = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]["id"]
+    second = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]["id"]
+    stored = platform.root / "repo" / "restore-points" / "platform" / f"{first}.json"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    listed = platform.document("restore-point", "list", code=0)["restore_points"]
+    assert [item["id"] for item in listed] == [second]
+    shown = platform.document("restore-point", "show", first, code=1)
+    assert shown["error"]["kind"] == "integrity" and first in shown["error"]["message"]
+    pruned = platform.document("prune", "--dry-run", code=0)
+    assert pruned["restore_points_damaged"] == [first]
