@@ -339,10 +339,24 @@ def _restore_point(
     repository = session.repository()
     point = find_restore_point(repository, point_id)
     options = RestoreOptions.of(**{key: value for key, value in values.items() if key != "snapshot"})
+    # A suspicious member (by the anomaly guard) is restored with a warning, as `restore SOURCE --snapshot ID` does.
+    anomalies = {
+        member.source: _warn_if_suspicious(repository.read_header(str(member.snapshot)))
+        for member in point.members
+        if member.snapshot
+    }
     results = run_restore_point(repository, point, session.policy().sources, options, stale_after=session.stale_after)
     dry_run = options.dry_run
     if as_json:
-        print_json({"restore_point": point.id, "dry_run": dry_run, "members": [result.as_dict() for result in results]})
+        members = [
+            {
+                **result.as_dict(),
+                "suspicious": anomalies[result.source] is not None,
+                "anomalies": anomalies[result.source] or [],
+            }
+            for result in results
+        ]
+        print_json({"restore_point": point.id, "dry_run": dry_run, "members": members})
     else:
         click.echo(f"{'plan' if dry_run else 'restored'}: restore point {point.id} ({len(results)} members)")
         for result in results:

@@ -400,3 +400,27 @@ def test_a_damaged_restore_point_manifest_is_named_never_read_as_something_else(
     assert shown["error"]["kind"] == "integrity" and first in shown["error"]["message"]
     pruned = platform.document("prune", "--dry-run", code=0)
     assert pruned["restore_points_damaged"] == [first]
+
+
+def test_a_suspicious_member_is_flagged_by_the_backup_and_warned_of_by_the_restore(
+    platform: Platform, s3_server: Any, clickhouse_server: Any
+) -> None:
+    platform.document("backup", "run", "--restore-point", "platform", code=0)
+    client = s3_server.client()
+    for i in range(OBJECTS - 2):  # mass deletion: the anomaly guard flags the next snapshot of models
+        client.delete_object(Bucket=platform.bucket, Key=f"models/m{i}.bin")
+    taken = platform.document("backup", "run", "--restore-point", "platform", code=4)
+    point = taken["restore_point"]
+    assert point["status"] == "complete"  # a suspicious snapshot is committed: the restore point is whole
+    [models] = [item for item in taken["snapshots"] if item["source"] == "models"]
+    assert models["status"] == "suspicious"
+    ports = ["--to-port", str(clickhouse_server.tcp_port), "--to-http-port", str(clickhouse_server.http_port)]
+    targets = ["--to-file", str(platform.root / "etcd.db"), "--to-host", "127.0.0.1", *ports, "--to-database", "unused"]
+    result = platform.run(
+        "restore", "--restore-point", point["id"], *targets, "--to-dir", str(platform.root / "m"), "--dry-run", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert f"WARNING: snapshot {models['id']} is suspicious" in result.stderr
+    members = {item["source"]: item for item in json.loads(result.stdout)["members"]}
+    assert members["models"]["suspicious"] is True and "shrank" in members["models"]["anomalies"][0]
+    assert members["features"]["suspicious"] is False
