@@ -54,7 +54,7 @@ _NAMED_SNAPSHOTS = 3  # how many snapshots a problem names for a shared chunk
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing-chunk | corrupt-chunk | manifest | stale-lock
+    kind: str  # missing-chunk | corrupt-chunk | manifest | stale-lock | restore-point
     message: str
     chunk: str | None = None
     snapshot: str | None = None
@@ -68,6 +68,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     snapshots: int = 0
     parts: int = 0  # part manifests of sharded runs awaiting their merge
+    restore_points: int = 0  # restore point manifests read
     chunks_referenced: int = 0
     chunks_stored: int = 0
     chunks_read: int = 0
@@ -83,6 +84,7 @@ class CheckReport:
             "problems": [problem.as_dict() for problem in self.problems],
             "snapshots": self.snapshots,
             "parts": self.parts,
+            "restore_points": self.restore_points,
             "chunks_referenced": self.chunks_referenced,
             "chunks_stored": self.chunks_stored,
             "chunks_read": self.chunks_read,
@@ -112,6 +114,7 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
         report.problems.append(Problem("missing-chunk", message, chunk=chunk_id, snapshot=users[chunk_id][0]))
     if read_data > 0:
         _read_chunks(repository, sorted(stored), read_data, users, report)
+    _check_restore_points(repository, report)
     here = ThisHost.current()
     for lock in list_locks(repository.store):
         if reason := stale_reason(lock, stale_after=stale_after, here=here):
@@ -119,6 +122,30 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
             report.problems.append(Problem("stale-lock", message))
     log.info("check.finished", ok=report.ok, problems=len(report.problems), snapshots=report.snapshots)
     return report
+
+
+def _check_restore_points(repository: Repository, report: CheckReport) -> None:
+    """Every restore point manifest reads, and every member a complete one names is a snapshot
+    still there (``restore-point`` problems name the restore point and the member)."""
+    present = set(repository.snapshot_ids())
+    for point_id in restore_point_ids(repository):
+        try:
+            point = read_restore_point(repository, point_id)
+        except SnapshotNotFound:
+            continue  # forgotten since the listing
+        except IntegrityError as exc:
+            report.problems.append(Problem("restore-point", str(exc)))
+            continue
+        report.restore_points += 1
+        if point.status != "complete":
+            continue
+        for member in point.members:
+            if member.snapshot not in present:
+                message = (
+                    f"restore point {point.id} names snapshot {member.snapshot} of {member.source}, which is gone: "
+                    "the restore point cannot be restored whole"
+                )
+                report.problems.append(Problem("restore-point", message, snapshot=member.snapshot))
 
 
 def _headers(repository: Repository, report: CheckReport) -> Iterator[SnapshotHeader]:

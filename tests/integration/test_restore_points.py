@@ -424,3 +424,19 @@ def test_a_suspicious_member_is_flagged_by_the_backup_and_warned_of_by_the_resto
     members = {item["source"]: item for item in json.loads(result.stdout)["members"]}
     assert members["models"]["suspicious"] is True and "shrank" in members["models"]["anomalies"][0]
     assert members["features"]["suspicious"] is False
+
+
+def test_check_names_a_restore_point_whose_member_is_gone_or_whose_manifest_is_damaged(platform: Platform) -> None:
+    point = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]
+    assert platform.document("check", code=0)["restore_points"] == 1
+    models = next(member["snapshot"] for member in point["members"] if member["source"] == "models")
+    (platform.root / "repo" / "snapshots" / "models" / f"{models}.json.zst").unlink()
+    damaged = platform.document("backup", "run", "--restore-point", "platform", code=0)["restore_point"]["id"]
+    stored = platform.root / "repo" / "restore-points" / "platform" / f"{damaged}.json"
+    stored.write_bytes(stored.read_bytes()[:-5])
+    problems = [item for item in platform.document("check", code=1)["problems"] if item["kind"] == "restore-point"]
+    assert len(problems) == 2
+    [gone] = [item for item in problems if item.get("snapshot") == models]
+    assert f"restore point {point['id']} names snapshot {models} of models, which is gone" in gone["message"]
+    [unreadable] = [item for item in problems if damaged in item["message"]]
+    assert "unreadable" in unreadable["message"]
