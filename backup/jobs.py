@@ -12,7 +12,9 @@ snapshot committed; no data moves.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +24,11 @@ from backup.checks import CHECKS_META, checks_at_backup
 from backup.repository.manifest import SnapshotHeader, SnapshotStatus
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository, SnapshotNotFound, WriteStats
-from backup.sources import make_source, part_merge
+from backup.repository.restore_points import RestorePoint
+from backup.sources import make_source, part_merge, source_kind
 from backup.sources.base import Progress, RestoreOptions, RestoreResult, SnapshotOutcome, Verification
 from backup.sources.parts import PART_META, Merging
-from policies.errors import LifeboatError, RestoreError, SourceError
+from policies.errors import LifeboatError, RestoreError, RestoreUsageError, SourceError
 from policies.model import SHARDABLE_KINDS, AnomalyGuard, SourceSettings
 
 log = structlog.get_logger(__name__)
@@ -261,6 +264,83 @@ def run_restore(
             return source.restore(repository, header, target, options=options, progress=progress)
     except OSError as exc:  # the sources name their target's failures; one they did not foresee is no traceback
         raise RestoreError(f"restore of {name} failed: {exc.strerror or exc}: {exc.filename or 'the target'}") from exc
+
+
+# ---- a restore point: every member to its target ------------------------------------------------------
+
+
+def restore_point_options(
+    point: RestorePoint, sources: Mapping[str, SourceSettings], options: RestoreOptions
+) -> dict[str, RestoreOptions]:
+    """Each member's restore options: its snapshot, and the target options of its kind among
+    ``options`` (each kind declares its own: ``--to-file`` for etcd, ``--to-host``/``--to-database``
+    for ClickHouse, ``--to-dir``/``--to-bucket`` for S3). Every member's options are checked here,
+    before any I/O. Raises RestoreError (a failed restore point, a member no longer in the policy),
+    RestoreUsageError (a member without a target, two members of one kind, an option no member takes)."""
+    if point.status != "complete":
+        raise RestoreError(
+            f"restore point {point.id} is failed (member {', '.join(point.failed)} did not commit): it is no "
+            "moment of the platform; restore its good members one by one with `lifeboat restore SOURCE --snapshot ID`"
+        )
+    unknown = [member.source for member in point.members if member.source not in sources]
+    if unknown:
+        raise RestoreError(f"restore point {point.id} names source {', '.join(unknown)}, which the policy no longer defines")
+    by_kind: dict[str, list[str]] = {}
+    for member in point.members:
+        by_kind.setdefault(sources[member.source].kind, []).append(member.source)
+    given = set(options.given(*options.target))
+    if shared := {kind: names for kind, names in by_kind.items() if len(names) > 1 and given}:
+        shared_kind, names = next(iter(shared.items()))
+        raise RestoreUsageError(
+            f"members {', '.join(names)} are both {shared_kind}: one set of target options cannot take both; "
+            "restore them one by one with `lifeboat restore SOURCE --snapshot ID`"
+        )
+    chosen: dict[str, RestoreOptions] = {}
+    taken: set[str] = set()
+    missing: list[str] = []
+    for member in point.members:
+        kind = source_kind(sources[member.source].kind)
+        target = {name: value for name, value in options.target.items() if name in kind.target_options and name in given}
+        taken |= target.keys()
+        if not target:
+            flags = ", ".join(flag.option for flag in kind.restore_flags)
+            missing.append(f"{member.source} ({sources[member.source].kind}: {flags})")
+        chosen[member.source] = dataclasses.replace(options, snapshot=str(member.snapshot), at=None, target=target)
+    if missing:
+        raise RestoreUsageError(f"no target for member {'; '.join(missing)}: every member of a restore point needs one")
+    if unused := sorted(given - taken):
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise RestoreUsageError(f"{flags} fits no member of restore point {point.id}")
+    for name, member_options in chosen.items():
+        make_source(name, sources[name]).parse_target(member_options)  # option mistakes before any I/O
+    return chosen
+
+
+def run_restore_point(
+    repository: Repository,
+    point: RestorePoint,
+    sources: Mapping[str, SourceSettings],
+    options: RestoreOptions,
+    *,
+    stale_after: float = 1800.0,
+) -> list[RestoreResult]:
+    """Restore every member of ``point`` to its target (``restore_point_options``), one after the
+    other, in the restore point's order; with ``options.dry_run`` the plan of each. Raises what
+    ``restore_point_options`` and ``run_restore`` raise; a member that fails stops the restore and
+    the error names the members already restored."""
+    chosen = restore_point_options(point, sources, options)
+    results: list[RestoreResult] = []
+    for member, member_options in chosen.items():
+        try:
+            results.append(run_restore(repository, member, sources[member], member_options, stale_after=stale_after))
+        except RestoreUsageError:
+            raise
+        except RestoreError as exc:
+            done = ", ".join(result.source for result in results) or "none"
+            raise RestoreError(
+                f"restore point {point.id}: member {member} failed: {exc} (restored before it: {done})"
+            ) from exc
+    return results
 
 
 @dataclass(frozen=True)

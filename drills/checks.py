@@ -23,7 +23,9 @@ from drills.faults import DrillContext
 from drills.scratch.base import CommandRun
 from drills.steps import StepFailed, StepOutcome, StepUnverified
 from policies.errors import LifeboatError
-from policies.model import CommandCheck, Policy, SourceCheck, secrets_of
+from policies.model import CommandCheck, Policy, ReferencesCheck, SourceCheck, secrets_of
+
+NAMED_REFERENCES = 20  # missing references a step names (all are counted)
 
 
 def step_name(name: str) -> str:
@@ -55,6 +57,40 @@ def run_source_check(ctx: DrillContext, check: SourceCheck, outcome: StepOutcome
     if not judgement.passed:
         raise StepFailed(judgement.message, seen=seen.shown)
     outcome.message = judgement.message
+
+
+# ---- references: values of one restored copy that must exist in another ----------------------------
+
+
+def run_references_check(check: ReferencesCheck, copies: Mapping[str, DrillContext], outcome: StepOutcome) -> None:
+    """Take the values ``check.references.origin`` names in its member's copy; each must name
+    something in the ``to`` member's copy. FAIL naming the first 20 missing (all counted); ERROR when
+    a copy is not there, the values cannot be read, or there are none (a check of nothing proves nothing)."""
+    origin, to = check.references.origin, check.references.to
+    if absent := [name for name in dict.fromkeys((origin.source, to.source)) if name not in copies]:
+        raise StepUnverified(f"not run: no verified copy of {', '.join(absent)} to check")
+    source_copy, target_copy = copies[origin.source], copies[to.source]
+    try:
+        reader = runner_for(source_copy.source.kind)
+        values = reader.reference_values(source_copy.source, source_copy.header, copy_target(source_copy), origin)
+        unique = list(dict.fromkeys(values))
+        finder = runner_for(target_copy.source.kind)
+        missing = finder.missing_references(target_copy.source, target_copy.header, copy_target(target_copy), unique)
+    except LifeboatError as exc:
+        raise StepUnverified(f"could not run: {exc}") from exc
+    named = missing[:NAMED_REFERENCES]
+    outcome.details = {"references": len(unique), "missing_count": len(missing), "missing": named}
+    if not unique:
+        raise StepUnverified(f"{origin.source} gave no value to look for in {to.source}: a check of nothing proves nothing")
+    if missing:
+        more = f" and {len(missing) - len(named)} more" if len(missing) > len(named) else ""
+        raise StepFailed(
+            f"{len(missing)} of {len(unique)} reference(s) from {origin.source} name nothing in the restored "
+            f"{to.source}: {', '.join(named)}{more}",
+            missing=named,
+            missing_count=len(missing),
+        )
+    outcome.message = f"all {len(unique)} reference(s) from {origin.source} exist in the restored {to.source}"
 
 
 # ---- command checks -----------------------------------------------------------------------------

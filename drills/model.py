@@ -152,6 +152,7 @@ class DrillRun:
     sources: list[SourceRun] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)  # run-level steps (scratch set-up, janitor...)
     report_files: dict[str, str] = field(default_factory=dict)
+    restore_point: dict[str, Any] | None = None  # the restore point a drill of one restored (its manifest)
 
     @property
     def verdict(self) -> Status:
@@ -177,6 +178,7 @@ class DrillRun:
             "sources": [source.to_dict() for source in self.sources],
             "steps": [step.to_dict() for step in self.steps],
             "report_files": self.report_files,
+            "restore_point": self.restore_point,
         }
 
     @classmethod
@@ -193,6 +195,7 @@ class DrillRun:
             sources=[SourceRun.from_dict(source) for source in doc["sources"]],
             steps=[Step.from_dict(step) for step in doc.get("steps", [])],
             report_files=doc.get("report_files") or {},
+            restore_point=doc.get("restore_point"),
         )
 
 

@@ -22,6 +22,7 @@ import structlog
 
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
+from backup.repository.restore_points import RestorePoint, list_restore_points
 from backup.repository.retry import failures_expected
 from backup.sources import make_source as default_source_factory
 from backup.sources.base import Source, SourceFactory
@@ -30,6 +31,7 @@ from drills.checks import (
     command_environment,
     copy_target,
     run_command_check,
+    run_references_check,
     run_source_check,
     step_name,
 )
@@ -40,7 +42,7 @@ from drills.scratch.base import ScratchEnvironment, Slot
 from drills.steps import StepFailed, StepUnverified, record_not_run, step
 from policies.durations import human_duration
 from policies.errors import IntegrityError, VerificationFailed
-from policies.model import Drill, Policy, SnapshotSelector, SourceCheck
+from policies.model import Drill, Policy, ReferencesCheck, SnapshotSelector, SourceCheck
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -73,11 +75,16 @@ def run_drill(
             cleanup.enter_context(repository.lock("shared", f"drill {name}", stale_after=stale_after))
             outcome.message = "shared lock held: prune waits until the drill ends"
         locked = run.steps[-1]
+        members: dict[str, str] = {}  # a restore point's member snapshots, by source
+        if drill.restore_point is not None and locked.verdict is Status.PASS:
+            members = _restore_point_step(repository, drill, run, clock)
+            locked = run.steps[-1]
         kept: list[tuple[SourceRun, DrillContext]] = []  # verified copies the drill's command checks reach
         cleanup.callback(_release_kept, kept)
         for source_name in drill.sources:
             settings = policy.sources[source_name]
-            plan = _Plan(drill, tuple(settings.checks), only_checks, kept if drill.checks else None)
+            chosen = SnapshotSelector(snapshot_id=members[source_name]) if source_name in members else drill.snapshot
+            plan = _Plan(drill, tuple(settings.checks), only_checks, kept if drill.checks else None, chosen)
             if locked.verdict is Status.PASS:
                 record = _drill_source(make_source(source_name, settings), plan, repository, scratch, clock)
             else:
@@ -109,6 +116,39 @@ class _Plan:
     checks: tuple[SourceCheck, ...]
     only_checks: bool
     keep: list[tuple[SourceRun, DrillContext]] | None  # where a verified copy is kept for command checks
+    snapshot: SnapshotSelector  # the drill's, or the restore point's member snapshot
+
+
+def _restore_point_step(repository: Repository, drill: Drill, run: DrillRun, clock: Clock) -> dict[str, str]:
+    """Step ``restore-point``: the restore point the drill restores (its spread is the platform's RPO
+    bound); returns its member snapshots by source, none when there is no complete one."""
+    with step(run.steps, "restore-point") as outcome:
+        point = select_restore_point(repository, str(drill.restore_point), drill.snapshot, clock())
+        run.restore_point = point.as_dict()
+        spread = human_duration(point.spread_seconds or 0.0)
+        outcome.message = (
+            f"{point.id} ({drill.snapshot.describe()}): members {', '.join(point.snapshots)}; spread {spread}, the "
+            "platform's RPO bound (its members' states are at most that far apart)"
+        )
+        outcome.details = {"restore_point": point.id, "spread_seconds": point.spread_seconds}
+        return {member.source: str(member.snapshot) for member in point.members}
+    return {}
+
+
+def select_restore_point(repository: Repository, name: str, selector: SnapshotSelector, now: datetime) -> RestorePoint:
+    """The complete restore point of ``name`` a drill restores: the newest, a random one of a recent
+    window, or one by id; raises StepUnverified when there is none."""
+    complete = [point for point in list_restore_points(repository, name) if point.status == "complete"]
+    if selector.snapshot_id:
+        complete = [point for point in complete if point.id == selector.snapshot_id]
+    elif selector.random_within is not None:
+        complete = [point for point in complete if point.started >= now - selector.random_within]
+    if not complete:
+        raise StepUnverified(
+            f"no complete restore point of '{name}' ({selector.describe()}) in {repository.url}: take one with "
+            f"`lifeboat backup run --restore-point {name}`"
+        )
+    return random.choice(complete) if selector.random_within is not None else complete[-1]
 
 
 def _command_checks(
@@ -120,6 +160,9 @@ def _command_checks(
     verified = {record.source: (record, ctx) for record, ctx in kept}
     for check in drill.checks:
         with step(run.steps, step_name(check.name), context={"drill": name}) as outcome:
+            if isinstance(check, ReferencesCheck):
+                run_references_check(check, {source: ctx for source, (_, ctx) in verified.items()}, outcome)
+                continue
             needed = check.sources or drill.sources
             if missing := [source for source in needed if source not in verified]:
                 raise StepUnverified(f"not run: no verified copy of {', '.join(missing)} to check")
@@ -173,12 +216,12 @@ def _drill_source(
     context = {"drill_source": name}
     header: SnapshotHeader | None = None
     with step(steps, "select-snapshot", context=context) as outcome:
-        header = select_snapshot(repository, name, drill.snapshot, clock())
+        header = select_snapshot(repository, name, plan.snapshot, clock())
         record.snapshot = header.id
         record.census = header.census.get("totals", {})
         record.consistency = header.meta.get("consistency") or {}
         taken = human_duration((clock() - header.started).total_seconds())
-        outcome.message = f"{header.id} ({drill.snapshot.describe()}), taken {taken} ago"
+        outcome.message = f"{header.id} ({plan.snapshot.describe()}), taken {taken} ago"
     if not plan.only_checks:
         _rpo(repository, name, drill, record, clock, context)
     if header is None:

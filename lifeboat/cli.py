@@ -39,6 +39,7 @@ COMMANDS = {
     "repo": "lifeboat.commands.repository:repo",
     "backup": "lifeboat.commands.backup:backup",
     "restore": "lifeboat.commands.backup:restore",
+    "restore-point": "lifeboat.commands.restore_point:restore_point",
     "verify": "lifeboat.commands.backup:verify",
     "snapshots": "lifeboat.commands.repository:snapshots",
     "check": "lifeboat.commands.repository:check",

@@ -14,6 +14,7 @@ import click
 from backup.repository import Repository, open_repository
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import SnapshotNotFound
+from backup.repository.restore_points import RestorePoint, read_restore_point, restore_point_ids
 from lifeboat.logs import Redactor
 from lifeboat.notify import policy_secrets
 from policies.errors import UsageError
@@ -114,3 +115,21 @@ def find_header(repository: Repository, text: str, *, source: str | None = None)
             f"'{text}' is the start of {len(matches)} snapshot ids ({shown}): give more of the id", matches=matches
         )
     return repository.read_header(matches[0])
+
+
+def find_restore_point(repository: Repository, text: str) -> RestorePoint:
+    """The restore point ``text`` names: a whole id, ``latest`` (the newest of any name) or a unique
+    start of one. Raises SnapshotNotFound (none), UsageError (an ambiguous prefix)."""
+    ids = restore_point_ids(repository)
+    if text == LATEST:
+        if not ids:
+            raise SnapshotNotFound(f"no restore point in {repository.url}")
+        return read_restore_point(repository, ids[-1])
+    if text in ids:
+        return read_restore_point(repository, text)
+    matches = [point_id for point_id in ids if point_id.startswith(text)]
+    if not matches:
+        raise SnapshotNotFound(f"no restore point {text} in {repository.url}: see `lifeboat restore-point list`")
+    if len(matches) > 1:
+        raise UsageError(f"'{text}' starts {len(matches)} restore point ids: give more of it", matches=matches)
+    return read_restore_point(repository, matches[0])

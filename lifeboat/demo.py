@@ -4,9 +4,13 @@ It starts etcd, ClickHouse, an S3 server (moto, standing in for MinIO) and an SM
 loopback ports, seeds them with an ML platform's data, writes a policy file, and then runs the
 very CLI commands an operator would: two backups of every source (the second one incremental),
 and a drill with every fault scenario and the team's own checks (README "Drill checks"), whose
-report is mailed to the sink. With ``--broken``, a broken ETL empties a feature table before the
-second backup: the restore is faithful and verifies, and a check catches the empty table. Everything
-it started is stopped at the end, whatever happens.
+report is mailed to the sink. Then a restore point of all three sources, and a drill of it whose
+cross-source checks prove the pieces fit: every model URI in the feature store is an object in the
+bucket copy, and the bucket a ConfigMap names is in the S3 member. With ``--broken``, a broken ETL
+empties a feature table before the second backup (the restore is faithful and verifies, and a check
+catches the empty table), and a cleanup job deletes a model file the feature store still names
+before the restore point (the references check names the dangling URI). Everything it started is
+stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -124,7 +128,24 @@ def seed(servers: Servers, *, rows: int, objects: int) -> dict[str, str]:
         s3.put_object(
             Bucket=bucket, Key=f"{prefix}part-{i:05d}.bin", Body=rng.randbytes(size), ContentType="application/octet-stream"
         )
-    return {"etcd keys": str(len(keys)), "feature rows": f"{rows + 2:,}", "objects": str(objects)}
+    # References across the sources: the feature store names model files, a ConfigMap names the bucket.
+    uris = ", ".join(f"('ranker', 's3://models/{key}')" for key in REGISTERED_MODELS)
+    _clickhouse(servers, "CREATE TABLE features.model_registry (model String, uri String) ENGINE = MergeTree ORDER BY uri")
+    _clickhouse(servers, f"INSERT INTO features.model_registry VALUES {uris}")
+    _etcd_put(servers.etcd.endpoint, MODEL_STORE_CONFIGMAP, json.dumps({"data": {"bucket": "models"}}).encode())
+    return {"etcd keys": str(len(keys) + 1), "feature rows": f"{rows + 2:,}", "objects": str(objects)}
+
+
+# Model files the feature store's registry names (objects the seed writes to the models bucket).
+REGISTERED_MODELS = tuple(f"ranker/v2/part-{i:05d}.bin" for i in (1, 2, 4, 5))
+MODEL_STORE_CONFIGMAP = "/registry/configmaps/ml-serving/model-store"
+
+
+def delete_a_model_file(servers: Servers) -> str:
+    """``--broken``: a cleanup job deletes a model file the feature store still names; returns its URI."""
+    key = REGISTERED_MODELS[2]
+    _s3(servers).delete_object(Bucket="models", Key=key)
+    return f"s3://models/{key}"
 
 
 def change_some_data(servers: Servers) -> None:
@@ -237,6 +258,22 @@ def write_policy(workdir: Path, servers: Servers) -> Path:
                 notify: [team]
                 checks:
                   - {{name: smoke, command: ["{sys.executable}", "{smoke}"], timeout: 2m}}
+              platform:
+                restore_point: platform
+                objectives: {{rto: 30m, rpo: 26h}}
+                checks:
+                  - name: model-uris-resolve
+                    references:
+                      from: {{source: features, sql: "SELECT DISTINCT uri FROM features.model_registry"}}
+                      to: {{source: models}}
+                  - name: model-store-bucket
+                    references:
+                      from: {{source: k8s-etcd, prefix: /registry/configmaps/ml-serving/, field: data.bucket}}
+                      to: {{source: models}}
+            restore_points:
+              platform:
+                sources: [k8s-etcd, features, models]
+                retention: {{keep_last: 7}}
             notify:
               team:
                 kind: email
@@ -300,8 +337,26 @@ def run_demo(workdir: Path, *, small: bool, say: Callable[[str], None], broken: 
         say(f"  HTML report: {report['report_files'].get('html')}")
         subjects = [message["Subject"] for message in servers.mail]
         say(f"  email to the team: {subjects[-1] if subjects else 'none arrived'}")
-        say("\n5. Stopping the servers")
-    say("done. Try: lifeboat --config " + str(config) + " snapshots list")
+        platform = _restore_point_story(config, servers, say, broken=broken)
+        say("\n6. Stopping the servers")
+    say("done. Try: lifeboat --config " + str(config) + " restore-point list")
+    return max(code, platform)
+
+
+def _restore_point_story(config: Path, servers: Servers, say: Callable[[str], None], *, broken: bool) -> int:
+    """Step 5: a restore point of the three sources, and a drill of it with cross-source checks;
+    returns the drill's exit code."""
+    say("\n5. Restore point `platform`: the three sources together, then a drill proving the pieces fit")
+    if broken:
+        say(f"  (--broken: a cleanup job deleted {delete_a_model_file(servers)}, which features.model_registry names)")
+    code, taken = lifeboat(config, "backup", "run", "--restore-point", "platform")
+    point = taken.get("restore_point") or {}
+    if code != 0 or point.get("status") != "complete":
+        raise DemoError(f"the restore point failed: {taken.get('errors')}")
+    say(f"  restore point {point['id']}: complete, spread {human_duration(point['spread_seconds'] or 0)}")
+    code, report = lifeboat(config, "drill", "run", "platform", "--no-email", "--report-dir", str(config.parent / "reports"))
+    _drill_table(report, say)
+    say(f"\n  verdict: {report['verdict']}   platform RTO {human_duration(report['rto_seconds'] or 0)}")
     return code
 
 

@@ -23,7 +23,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ from backup.repository.maintenance import check as check_repository
 from backup.repository.maintenance import prune as prune_repository
 from backup.repository.parts import PartOf
 from backup.repository.repository import Repository
+from backup.repository.restore_points import RestorePoint, build_restore_point, write_restore_point
 from backup.sources import prune_hooks
 from backup.sources.base import Progress
 from drills.evidence import (
@@ -115,6 +118,18 @@ class RecordedRun:
 
 
 @dataclass
+class RestorePointRun:
+    """``backup run --restore-point``: every member's backup result or error, and the restore point
+    committed (None when even its manifest could not be written: ``commit_error`` says why)."""
+
+    name: str
+    results: list[BackupResult]
+    errors: dict[str, str]
+    point: RestorePoint | None
+    commit_error: str | None = None
+
+
+@dataclass
 class Operations:
     """The recorded operations, for one policy; see the module docstring.
 
@@ -172,6 +187,46 @@ class Operations:
         settings = self.policy.sources[name]
         return run_part_backup(repository(), name, settings, part, stale_after=self.stale_after, progress=progress)
 
+    def backup_restore_point(self, name: str, *, repository: RepositoryOpener) -> RestorePointRun:
+        """Snapshot every member source of restore point ``name`` started together (each one a
+        recorded backup run of its source, as ``backup`` runs it), then commit the restore point
+        naming them (``backup.repository.restore_points``): ``complete`` when every member committed,
+        else ``failed`` naming the members that failed; the good ones stay ordinary snapshots.
+
+        Never raises for a member's failure (it is in ``errors``); a manifest that cannot be written
+        is ``commit_error``. Raises JobAborted."""
+        members = self.policy.restore_points[name].sources
+        started = datetime.now(UTC)
+        with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix=f"restore-point-{name}") as pool:
+            futures = {member: pool.submit(self.backup, member, repository=repository) for member in members}
+        results: dict[str, BackupResult] = {}
+        errors: dict[str, str] = {}
+        for member, future in futures.items():
+            error = future.exception()
+            if error is None:
+                results[member] = future.result()
+            elif isinstance(error, LifeboatError):
+                errors[member] = self.redact(str(error))
+            else:
+                raise error
+        point = build_restore_point(
+            name,
+            started=started,
+            sources=members,
+            headers={member: result.header for member, result in results.items()},
+            errors=errors,
+        )
+        try:
+            repo = repository()
+            with repo.lock("shared", f"restore point {name}", stale_after=self.stale_after):
+                write_restore_point(repo, point)
+        except LifeboatError as exc:
+            message = self.redact(str(exc))
+            log.error("restore_point.not_committed", restore_point=name, error=message)
+            return RestorePointRun(name, list(results.values()), errors, None, message)
+        log.info("restore_point.committed", restore_point=point.id, status=point.status, spread=point.spread_seconds)
+        return RestorePointRun(name, list(results.values()), errors, point)
+
     def _recorded_backup(
         self, name: str, repository: RepositoryOpener, take: Callable[[Repository, int], BackupResult]
     ) -> BackupResult:
@@ -217,6 +272,7 @@ class Operations:
         A dry run changes nothing and is neither locked nor recorded. Raises PruneRefused,
         StoreError, SourceBusy, JobAborted (recorded)."""
         retention = {name: source.retention for name, source in self.policy.sources.items()}
+        points = {name: point.retention for name, point in self.policy.restore_points.items()}
         grace, stale_after = self.policy.repository.prune.grace, self.stale_after
         hooks = prune_hooks()  # what each kind keeps outside chunks (ClickHouse native backups) and may go
         if dry_run:
@@ -228,6 +284,7 @@ class Operations:
                 stale_after=stale_after,
                 hooks=hooks,
                 forget_damaged=forget_damaged,
+                restore_points=points,
             )
         with self.recorded_run(RunKind.PRUNE, REPOSITORY_NAME) as run:
             with self.locks.hold(self.policy.sources, purpose="prune", wait=self.lock_wait):
@@ -242,6 +299,7 @@ class Operations:
                     stale_after=stale_after,
                     hooks=hooks,
                     forget_damaged=forget_damaged,
+                    restore_points=points,
                 )
             run.finish(RunStatus.OK, figures=prune_figures(report, run.seconds))
         self._refresh_inventory(repo)
@@ -521,8 +579,10 @@ def open_operations(policy: Policy, *, redact: Callable[[str], str] = str, origi
 
 def prune_figures(report: PruneReport, seconds: float) -> dict[str, Any]:
     """The prune report without its long parts: the kept ids (counted) and the reasons."""
-    document = {key: value for key, value in report.as_dict().items() if key not in ("ok", "dry_run", "kept", "reasons")}
-    return {**document, "kept": len(report.kept), "seconds": round(seconds, 3)}
+    long_parts = ("ok", "dry_run", "kept", "reasons", "restore_points_kept", "restore_point_reasons")
+    document = {key: value for key, value in report.as_dict().items() if key not in long_parts}
+    kept = {"kept": len(report.kept), "restore_points_kept": len(report.restore_points_kept)}
+    return {**document, **kept, "seconds": round(seconds, 3)}
 
 
 def check_figures(report: CheckReport, seconds: float) -> dict[str, Any]:

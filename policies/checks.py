@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from policies.durations import format_duration
-from policies.model import SHARDABLE_KINDS, ClickHouseSettings, Policy, S3Settings
+from policies.model import SHARDABLE_KINDS, ClickHouseSettings, Drill, Policy, ReferencesCheck, S3Settings
 
 Loc = tuple[str | int, ...]
 Issue = tuple[Loc, str]
@@ -22,22 +22,53 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 
 def reference_issues(data: dict[str, Any]) -> list[Issue]:
-    """Drills that name sources or notifiers the file does not define."""
+    """Drills that name sources or notifiers the file does not define; restore points that name
+    undefined sources, or one source twice."""
     sources = _names(data.get("sources"))
     notifiers = _names(data.get("notify"))
+    issues: list[Issue] = list(_restore_point_issues(data.get("restore_points"), sources))
     drills = data.get("drills")
     if not isinstance(drills, dict):
-        return []
-    issues: list[Issue] = []
+        return issues
     for drill_name, drill in drills.items():
         if not isinstance(drill, dict):
             continue
+        if "restore_point" in drill:
+            points = _names(data.get("restore_points"))
+            if drill["restore_point"] not in points:
+                known = ", ".join(sorted(points)) or "none"
+                where: Loc = ("drills", drill_name, "restore_point")
+                issues.append((where, f"undefined restore point '{drill['restore_point']}'; defined: {known}"))
+            if "sources" in drill:
+                issues.append(
+                    (
+                        ("drills", drill_name, "sources"),
+                        "give sources or restore_point, not both: a drill of a restore point restores its members",
+                    )
+                )
         for field, defined, what in (("sources", sources, "source"), ("notify", notifiers, "notifier")):
             for i, name in _listed(drill.get(field)):
                 if name not in defined:
                     known = ", ".join(sorted(defined)) or "none"
                     issues.append(((("drills", drill_name, field, i)), f"undefined {what} '{name}'; defined: {known}"))
     return issues
+
+
+def _restore_point_issues(points: Any, sources: set[str]) -> Iterator[Issue]:
+    if not isinstance(points, dict):
+        return
+    for point_name, point in points.items():
+        if not isinstance(point, dict):
+            continue
+        seen: set[str] = set()
+        for i, name in _listed(point.get("sources")):
+            where: Loc = ("restore_points", point_name, "sources", i)
+            if name not in sources:
+                known = ", ".join(sorted(sources)) or "none"
+                yield where, f"undefined source '{name}'; defined: {known} (a restore point's members are sources)"
+            elif name in seen:
+                yield where, f"source '{name}' is listed twice: a restore point takes one snapshot of each member"
+            seen.add(name)
 
 
 def semantic_issues(policy: Policy) -> list[Issue]:
@@ -62,6 +93,9 @@ def _check_issues(policy: Policy) -> Iterator[Issue]:
         yield from _duplicates(where, [check.name for check in drill.checks])
         rto = drill.objectives.rto
         for i, check in enumerate(drill.checks):
+            if isinstance(check, ReferencesCheck):
+                yield from _reference_check_issues(policy, drill, (*where, i, "references"), check)
+                continue
             if check.timeout > rto:
                 yield (
                     (*where, i, "timeout"),
@@ -78,6 +112,27 @@ def _check_issues(policy: Policy) -> Iterator[Issue]:
                 if needed not in drill.sources:
                     restored = ", ".join(drill.sources)
                     yield (*where, i, "sources", j), f"unknown source '{needed}'; drill '{drill_name}' restores: {restored}"
+
+
+# What a ``references`` check's ``from`` may say for each kind of member.
+_REFERENCE_FROM = {"clickhouse": ("sql",), "etcd": ("prefix", "field"), "s3": ("prefix",)}
+
+
+def _reference_check_issues(policy: Policy, drill: Drill, where: Loc, check: ReferencesCheck) -> Iterator[Issue]:
+    """Both ends are sources the drill restores; ``from`` reads its member the way its kind can."""
+    ends = (("from", check.references.origin.source), ("to", check.references.to.source))
+    for end, name in ends:
+        if name not in drill.sources:
+            yield (*where, end, "source"), f"unknown source '{name}'; the drill restores: {', '.join(drill.sources)}"
+    origin = check.references.origin
+    settings = policy.sources.get(origin.source)
+    if settings is None or origin.source not in drill.sources:
+        return
+    given = {name for name in ("sql", "prefix", "field") if getattr(origin, name) is not None}
+    fits = set(_REFERENCE_FROM.get(settings.kind, ()))
+    if given != fits:
+        wanted = " and ".join(sorted(fits))
+        yield (*where, "from"), f"source '{origin.source}' is {settings.kind}: its values are read with {wanted}"
 
 
 def _duplicates(where: Loc, names: list[str]) -> Iterator[Issue]:

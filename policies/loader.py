@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails
 
 from policies.checks import reference_issues, semantic_issues
 from policies.errors import ConfigError, ConfigIssue
-from policies.model import Policy
+from policies.model import UNION_TAGS, Policy
 
 Loc = tuple[str | int, ...]
 # ${VAR} or ${VAR:-default}; $${...} is a literal "${...}".
@@ -137,7 +137,7 @@ def _file_loc(loc: Loc, data: Any) -> Loc:
     kept: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+        if isinstance(node, dict) and part not in node and (node.get("kind") == part or part in UNION_TAGS):
             continue  # the tag pydantic adds for a discriminated union
         kept.append(part)
         node = (

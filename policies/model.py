@@ -18,9 +18,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     SecretStr,
+    Tag,
     model_validator,
 )
 
@@ -388,6 +390,47 @@ class CommandCheck(Frozen):
 SourceCheck = ClickHouseCheck | EtcdCheck | S3Check
 
 
+class ReferenceFrom(Frozen):
+    """Where a ``references`` check takes its values, in one restored copy of the drill: a ClickHouse
+    query's first column (``sql``), the ``field`` (a dotted path) of the JSON or YAML values under an
+    etcd ``prefix``, or an S3 listing (``prefix``: ``bucket/prefix``; values ``s3://bucket/key``).
+    Which fits which kind: ``policies.checks``."""
+
+    source: Name
+    sql: str | None = None
+    prefix: str | None = None
+    field: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ReferenceFrom:
+        if (self.sql is None) == (self.prefix is None):
+            raise ValueError("give sql (a ClickHouse query) or prefix (an etcd prefix with field, or an S3 bucket/prefix)")
+        if self.sql is not None and (not self.sql.strip() or self.field is not None):
+            raise ValueError("sql takes the query's first column: write the query, and no field")
+        return self
+
+
+class ReferenceTo(Frozen):
+    """The restored copy each value must exist in: an S3 member (``s3://bucket/key`` or ``bucket/key``:
+    an object; a bare name: a bucket of its snapshot), an etcd member (a key), a ClickHouse member (a
+    table, ``database.table`` or ``table``)."""
+
+    source: Name
+
+
+class References(Frozen):
+    origin: Annotated[ReferenceFrom, Field(alias="from")]
+    to: ReferenceTo
+
+
+class ReferencesCheck(Frozen):
+    """A cross-source check of a drill: every value ``from`` one restored copy must exist in the
+    restored copy of another (``to``); the first 20 missing are named, all are counted."""
+
+    name: Name
+    references: References
+
+
 # ---- sources ----------------------------------------------------------------------------------
 
 
@@ -464,6 +507,25 @@ class S3Settings(SourceSettingsBase, S3Connection):
 
 
 SourceSettings = Annotated[EtcdSettings | ClickHouseSettings | S3Settings, Field(discriminator="kind")]
+
+
+# ---- restore points ---------------------------------------------------------------------------
+
+
+def _members(value: Any) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError("a restore point needs its member sources: list them, like [k8s-etcd, features, models]")
+    return value
+
+
+class RestorePoint(Frozen):
+    """Sources snapshotted together, as one moment of the platform (README "Restore points").
+
+    Which member sources exist, and that none is listed twice: ``policies.checks``."""
+
+    sources: Annotated[list[Name], BeforeValidator(_members)]
+    schedule: Cron | None = None
+    retention: Retention | None = None  # of the restore points; None: every one is kept
 
 
 # ---- scratch ----------------------------------------------------------------------------------
@@ -671,15 +733,40 @@ class DriftThresholds(Frozen):
     ignore: list[str] = []
 
 
+# A drill check is a command or a references check, told apart by its fields. The tags are no field
+# names (the loader leaves them out of an error's path).
+UNION_TAGS = ("command check", "references check")
+
+
+def _drill_check_kind(value: Any) -> str:
+    return UNION_TAGS[1] if isinstance(value, dict) and "references" in value else UNION_TAGS[0]
+
+
+DrillCheck = Annotated[
+    Annotated[CommandCheck, Tag(UNION_TAGS[0])] | Annotated[ReferencesCheck, Tag(UNION_TAGS[1])],
+    Discriminator(_drill_check_kind),
+]
+
+
 class Drill(Frozen):
+    """``sources``, or ``restore_point``: a restore point's members, restored from one restore point
+    (its member list is filled in as ``sources`` when the policy is read)."""
+
     schedule: Cron | None = None
-    sources: Annotated[list[str], Field(min_length=1)]
+    sources: list[str] = []
+    restore_point: Name | None = None
     snapshot: SnapshotSelector = SnapshotSelector(latest=True)
     objectives: Objectives
     faults: list[Annotated[str, AfterValidator(_known_fault)]] = []
     notify: list[str] = []
     drift: DriftThresholds = DriftThresholds()
-    checks: list[CommandCheck] = []  # run after every source, against all the restored copies
+    checks: list[DrillCheck] = []  # run after every source, against all the restored copies
+
+    @model_validator(mode="after")
+    def _something_to_restore(self) -> Drill:
+        if not self.sources and self.restore_point is None:
+            raise ValueError("give sources: [NAME, ...] or restore_point: NAME (what the drill restores)")
+        return self
 
 
 # ---- notify -----------------------------------------------------------------------------------
@@ -810,11 +897,31 @@ class Policy(Frozen):
     state: Path = Path("/var/lib/lifeboat/state.db")
     service: Service = Service()
     sources: dict[Name, SourceSettings] = Field(min_length=1)
+    restore_points: dict[Name, RestorePoint] = {}
     scratch: Scratch = Scratch()
     executor: Executor = Executor()
     drills: dict[Name, Drill] = {}
     notify: dict[Name, Notifier] = {}
     evidence: Evidence = Evidence()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _restore_point_drills(cls, data: Any) -> Any:
+        """A drill of a restore point restores its members: they become its ``sources`` (an undefined
+        restore point, or ``sources`` given too, is reported by ``policies.checks``)."""
+        if not isinstance(data, dict) or not isinstance(data.get("drills"), dict):
+            return data
+        points = data.get("restore_points")
+        points = points if isinstance(points, dict) else {}
+        drills = dict(data["drills"])
+        for name, drill in drills.items():
+            if not isinstance(drill, dict) or "sources" in drill:
+                continue
+            point = points.get(drill.get("restore_point"))
+            members = point.get("sources") if isinstance(point, dict) else None
+            if isinstance(members, list):
+                drills[name] = {**drill, "sources": list(members)}
+        return {**data, "drills": drills}
 
     def secret_values(self) -> list[str]:
         """Every secret the file holds, so that logs and errors can mask it wherever it appears."""

@@ -37,6 +37,12 @@ from backup.repository.locks import ThisHost, list_locks, stale_reason
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import StoredPart
 from backup.repository.repository import DamagedManifest, Repository, SnapshotNotFound, chunk_key
+from backup.repository.restore_points import (
+    RestorePoint,
+    delete_restore_point,
+    read_restore_point,
+    restore_point_ids,
+)
 from backup.repository.store import ObjectLockedError
 from policies.errors import IntegrityError, LifeboatError, StoreError
 from policies.model import Retention
@@ -48,7 +54,7 @@ _NAMED_SNAPSHOTS = 3  # how many snapshots a problem names for a shared chunk
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing-chunk | corrupt-chunk | manifest | stale-lock
+    kind: str  # missing-chunk | corrupt-chunk | manifest | stale-lock | restore-point
     message: str
     chunk: str | None = None
     snapshot: str | None = None
@@ -62,6 +68,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     snapshots: int = 0
     parts: int = 0  # part manifests of sharded runs awaiting their merge
+    restore_points: int = 0  # restore point manifests read
     chunks_referenced: int = 0
     chunks_stored: int = 0
     chunks_read: int = 0
@@ -77,6 +84,7 @@ class CheckReport:
             "problems": [problem.as_dict() for problem in self.problems],
             "snapshots": self.snapshots,
             "parts": self.parts,
+            "restore_points": self.restore_points,
             "chunks_referenced": self.chunks_referenced,
             "chunks_stored": self.chunks_stored,
             "chunks_read": self.chunks_read,
@@ -106,6 +114,7 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
         report.problems.append(Problem("missing-chunk", message, chunk=chunk_id, snapshot=users[chunk_id][0]))
     if read_data > 0:
         _read_chunks(repository, sorted(stored), read_data, users, report)
+    _check_restore_points(repository, report)
     here = ThisHost.current()
     for lock in list_locks(repository.store):
         if reason := stale_reason(lock, stale_after=stale_after, here=here):
@@ -113,6 +122,30 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
             report.problems.append(Problem("stale-lock", message))
     log.info("check.finished", ok=report.ok, problems=len(report.problems), snapshots=report.snapshots)
     return report
+
+
+def _check_restore_points(repository: Repository, report: CheckReport) -> None:
+    """Every restore point manifest reads, and every member a complete one names is a snapshot
+    still there (``restore-point`` problems name the restore point and the member)."""
+    present = set(repository.snapshot_ids())
+    for point_id in restore_point_ids(repository):
+        try:
+            point = read_restore_point(repository, point_id)
+        except SnapshotNotFound:
+            continue  # forgotten since the listing
+        except IntegrityError as exc:
+            report.problems.append(Problem("restore-point", str(exc)))
+            continue
+        report.restore_points += 1
+        if point.status != "complete":
+            continue
+        for member in point.members:
+            if member.snapshot not in present:
+                message = (
+                    f"restore point {point.id} names snapshot {member.snapshot} of {member.source}, which is gone: "
+                    "the restore point cannot be restored whole"
+                )
+                report.problems.append(Problem("restore-point", message, snapshot=member.snapshot))
 
 
 def _headers(repository: Repository, report: CheckReport) -> Iterator[SnapshotHeader]:
@@ -184,6 +217,10 @@ class PruneReport:
     damaged: list[str] = field(default_factory=list)  # snapshots whose manifest is damaged (forgotten only when asked)
     chunks_kept_because: str | None = None  # why no unreferenced chunk was deleted (a damaged manifest kept)
     native_deleted: list[str] = field(default_factory=list)  # a kind's data outside chunks (ClickHouse BACKUPs) removed
+    restore_points_kept: list[str] = field(default_factory=list)
+    restore_points_forgotten: list[str] = field(default_factory=list)  # their members left to their sources' rules
+    restore_points_damaged: list[str] = field(default_factory=list)  # unreadable manifests: kept, members unprotected
+    restore_point_reasons: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": True, **asdict(self)}
@@ -219,8 +256,14 @@ def prune(
     stale_after: float = 1800.0,
     hooks: Mapping[str, PruneHook] | None = None,
     forget_damaged: bool = False,
+    restore_points: Mapping[str, Retention | None] | None = None,
 ) -> PruneReport:
     """Forget snapshots that no retention rule keeps, then delete unreferenced chunks past ``grace``.
+
+    Restore points (``restore_points``: their retention by name; None keeps them all, and so does a
+    name not configured) are judged first, as restore points: every member snapshot of a kept
+    complete one is kept whatever its source's rules say; a forgotten one's manifest is deleted and
+    its members are left to their sources' rules. A failed restore point keeps no member.
 
     ``retention`` maps each configured source to its rules (None: keep everything); sources found in
     the repository but not configured are kept whole. ``expected_sources`` are sources the run
@@ -232,11 +275,12 @@ def prune(
     now = now or datetime.now(UTC)
     report = PruneReport(dry_run=dry_run)
     hooks = hooks or {}
+    points = restore_points or {}
     if dry_run:
-        _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged)
+        _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged, points)
     else:
         with repository.lock("exclusive", "prune", stale_after=stale_after):
-            _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged)
+            _prune(repository, retention, grace, now, expected_sources, hooks, report, forget_damaged, points)
     if report.chunks_kept_because:
         log.warning("prune.chunks_kept", reason=report.chunks_kept_because, damaged=report.damaged)
     log.info("prune.finished", dry_run=dry_run, forgotten=len(report.forgotten), chunks_deleted=report.chunks_deleted)
@@ -252,6 +296,7 @@ def _prune(
     hooks: Mapping[str, PruneHook],
     report: PruneReport,
     forget_damaged: bool,
+    restore_points: Mapping[str, Retention | None],
 ) -> None:
     if not report.dry_run:  # snapshots forgotten under Object Lock: their manifests go once it ends
         report.manifests_deleted, report.snapshots_locked = repository.delete_forgotten()
@@ -267,10 +312,13 @@ def _prune(
         by_source.setdefault(header.source, []).append(header)
     if empty := sorted(expected_sources - by_source.keys()):
         raise PruneRefused(f"the run history has snapshots of {', '.join(empty)} but the listing shows none; not pruning")
+    # Restore points first: a crash after their manifests went leaves members the next prune releases,
+    # never a kept restore point naming a snapshot already forgotten.
+    protected = _prune_restore_points(repository, restore_points, now, report)
     survivors: list[SnapshotHeader] = []
     for source, source_headers in sorted(by_source.items()):
         rules = retention.get(source)
-        decisions = _decide(source_headers, rules, now)
+        decisions = [_protect(decision, protected) for decision in _decide(source_headers, rules, now)]
         index = {header.id: header for header in source_headers}
         if not any(decision.keep for decision in decisions):
             raise PruneRefused(f"retention would leave source '{source}' with no snapshot; not pruning")
@@ -288,6 +336,57 @@ def _prune(
     _collect_garbage(repository, survivors + pending, grace, now, report, forget_damaged)
     if not report.dry_run:  # a write older than the grace period that never finished never will
         report.incomplete_removed = repository.store.remove_incomplete(now - grace)
+
+
+def _prune_restore_points(
+    repository: Repository, retention: Mapping[str, Retention | None], now: datetime, report: PruneReport
+) -> dict[str, str]:
+    """Apply the restore points' retention (by name); forget what it does not keep (unless a dry
+    run). Returns ``{member snapshot id: restore point id}`` for the members of the kept complete ones."""
+    by_name: dict[str, list[RestorePoint]] = {}
+    for point_id in restore_point_ids(repository):
+        try:
+            point = read_restore_point(repository, point_id)
+        except IntegrityError as exc:
+            report.restore_points_damaged.append(point_id)
+            report.restore_point_reasons[point_id] = [f"damaged manifest, kept (its members are not protected): {exc}"]
+            log.warning("restore_point.damaged", restore_point=point_id, error=str(exc))
+            continue
+        except SnapshotNotFound:
+            continue  # deleted since the listing
+        by_name.setdefault(point.name, []).append(point)
+    protected: dict[str, str] = {}
+    for name, points in sorted(by_name.items()):
+        index = {point.id: point for point in points}
+        refs = [SnapshotRef(point.id, point.started, suspicious=point.status == "failed") for point in points]
+        rules = retention.get(name)
+        if rules is None:
+            decisions = [Decision(ref, True, ("no retention configured for this restore point",)) for ref in refs]
+        else:
+            decisions = select(refs, rules, now=now)
+        for decision in decisions:
+            point = index[decision.snapshot.id]
+            report.restore_point_reasons[point.id] = list(decision.reasons)
+            if decision.keep:
+                report.restore_points_kept.append(point.id)
+                if point.status == "complete":
+                    protected.update(dict.fromkeys(point.snapshots, point.id))
+                continue
+            report.restore_points_forgotten.append(point.id)
+            if not report.dry_run:
+                try:
+                    delete_restore_point(repository, point)
+                except ObjectLockedError:
+                    log.info("restore_point.forgotten_locked", restore_point=point.id)
+    return protected
+
+
+def _protect(decision: Decision, protected: Mapping[str, str]) -> Decision:
+    """A snapshot its source's rules would forget is kept while a kept restore point names it."""
+    point = protected.get(decision.snapshot.id)
+    if decision.keep or point is None:
+        return decision
+    return Decision(decision.snapshot, True, (*decision.reasons, f"member of restore point {point}, which is kept"))
 
 
 def _pending_parts(repository: Repository, grace: timedelta, now: datetime, report: PruneReport) -> list[SnapshotHeader]:

@@ -9,6 +9,7 @@ Layout under the store's prefix::
     forgotten/<source>/<snapshot id>            a tombstone: forgotten, but its manifest is under Object Lock
     locks/<uuid>.json                           shared / exclusive locks (locks.py)
     drills/<drill>/<run id>.json                drill reports
+    restore-points/<name>/<id>.json             restore points across sources (restore_points.py)
     parts/<source>/<run>/<i>of<n>.json.zst      part manifests of a sharded run, until merged (parts.py)
 
 Chunking is fixed-size (1 MiB). Content-defined chunking only pays where bytes are inserted into

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository, SnapshotWriter
 from policies.durations import human_duration
-from policies.model import SourceSettings
+from policies.model import ReferenceFrom, SourceSettings
 
 Progress = Callable[[int], None]  # called with a number of bytes moved; a terminal shows it
 
@@ -260,6 +260,14 @@ class CheckRunner(Protocol):
     def captured(self, header: SnapshotHeader, repository: Repository, check: Any) -> Observation | None:
         """What the snapshot says the source gave for a ``same_as_source`` check; None when the kind
         captures it at backup time (the manifest's meta ``checks``, written by backup/checks.py)."""
+        ...
+
+    def reference_values(self, source: Source, header: SnapshotHeader, target: Any, origin: ReferenceFrom) -> list[str]:
+        """The values a drill's ``references`` check takes from a restored copy (``origin`` says how)."""
+        ...
+
+    def missing_references(self, source: Source, header: SnapshotHeader, target: Any, values: list[str]) -> list[str]:
+        """The ``values`` that name nothing in a restored copy (an object, a key, a table), in order."""
         ...
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import click
 import structlog
 
-from backup.jobs import BackupResult, run_restore, run_verify
+from backup.jobs import BackupResult, run_restore, run_restore_point, run_verify
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.parts import PartOf, Shard
 from backup.repository.repository import Repository
+from backup.repository.restore_points import RestorePoint
 from backup.sources import make_source, restore_flags
 from backup.sources.base import RestoreOptions, RestoreResult, Verdict
 from lifeboat.context import (
@@ -25,6 +26,7 @@ from lifeboat.context import (
     LATEST,
     Session,
     find_header,
+    find_restore_point,
     json_option,
     pass_session,
     print_json,
@@ -49,9 +51,22 @@ def backup() -> None:
 @click.option("--source", "names", multiple=True, metavar="NAME", help="Back up this source (repeatable); default: all.")
 @click.option("--shard", metavar="I/N", help="Only shard I of N of the source (S3: buckets, ClickHouse: tables).")
 @click.option("--part-of", "part_of", metavar="RUN", help="With --shard: the sharded run this part belongs to.")
-@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout.')
+@click.option(
+    "--restore-point",
+    "restore_point",
+    metavar="NAME",
+    help="Snapshot the member sources of this restore point together and commit the restore point.",
+)
+@json_option(help='Print {"snapshots": [...], "errors": [...]} on stdout (with --restore-point also "restore_point").')
 @pass_session
-def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part_of: str | None, as_json: bool) -> None:
+def backup_run(
+    session: Session,
+    names: tuple[str, ...],
+    shard: str | None,
+    part_of: str | None,
+    restore_point: str | None,
+    as_json: bool,
+) -> None:
     """Snapshot sources into the repository (made by `lifeboat repo init`; a missing one is exit 2).
     Exit 1 if any source failed; exit 4 if none failed but a snapshot is suspicious (its census
     shrank or changed past the source's anomaly guard), with a WARNING line on stderr.
@@ -61,8 +76,18 @@ def backup_run(session: Session, names: tuple[str, ...], shard: str | None, part
 
     With --shard I/N --part-of RUN (one --source): take only that shard's share as a part of run RUN,
     which is no snapshot until `lifeboat backup merge --source NAME --part-of RUN` merges the parts of
-    all N shards; parts are neither recorded nor notified, the merge is."""
+    all N shards; parts are neither recorded nor notified, the merge is.
+
+    With --restore-point NAME: the restore point's member sources, started together, then its
+    manifest naming their snapshots ("complete"), or the members that failed ("failed", exit 1)."""
     policy = session.policy()
+    if restore_point is not None:
+        if names or shard or part_of:
+            raise click.UsageError("--restore-point takes its member sources from the policy: not with --source or --shard")
+        if restore_point not in policy.restore_points:
+            raise unknown_name("restore point", restore_point, policy.restore_points)
+        _run_restore_point(session, restore_point, as_json=as_json)
+        return
     unknown = sorted(set(names) - policy.sources.keys())
     if unknown:
         raise unknown_name("source", ", ".join(unknown), policy.sources)
@@ -159,6 +184,45 @@ def _run_and_report(
         click.get_current_context().exit(EXIT_SUSPICIOUS)
 
 
+def _run_restore_point(session: Session, name: str, *, as_json: bool) -> None:
+    """``backup run --restore-point NAME``: the members' backups and the restore point, reported
+    like ``backup run`` plus ``restore_point``; exit 1 when a member failed or the restore point
+    could not be committed, else 4 when a member's snapshot is suspicious."""
+    with open_operations(session.policy(), redact=session.redactor.text) as operations:
+        repository = session.repository()
+        run = operations.backup_restore_point(name, repository=lambda: repository)
+    errors = [{"source": source, "message": message} for source, message in run.errors.items()]
+    if run.commit_error is not None:
+        errors.append({"source": f"restore point {name}", "message": run.commit_error})
+    point = run.point.as_dict() if run.point is not None else None
+    if as_json:
+        document = {"snapshots": [result.as_dict() for result in run.results], "errors": errors, "restore_point": point}
+        print_json(document)
+    else:
+        for result in run.results:
+            click.echo(_backup_line(result))
+        for error in errors:
+            click.echo(f"{error['source']}: FAILED: {error['message']}", err=True)
+        if run.point is not None:
+            click.echo(restore_point_line(run.point))
+    suspicious = [result for result in run.results if result.anomalies]
+    for result in suspicious:
+        reasons = "; ".join(result.anomalies)
+        click.echo(f"WARNING: suspicious snapshot {result.header.id} of {result.header.source}: {reasons}", err=True)
+    if errors:
+        click.get_current_context().exit(EXIT_FAILED)
+    if suspicious:
+        click.get_current_context().exit(EXIT_SUSPICIOUS)
+
+
+def restore_point_line(point: RestorePoint) -> str:
+    """One line of a restore point: id, status, spread and members."""
+    spread = f"spread {human_duration(point.spread_seconds)}" if point.spread_seconds is not None else "no member"
+    failed = f", failed: {', '.join(point.failed)}" if point.failed else ""
+    members = ", ".join(member.snapshot or f"{member.source} (failed)" for member in point.members)
+    return f"restore point {point.id}: {point.status}{failed}, {spread}; {members}"
+
+
 def _backup_line(result: BackupResult) -> str:
     item = result.as_dict()
     figures = ", ".join(
@@ -219,16 +283,33 @@ def _options(
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @target_options
+@click.option(
+    "--restore-point",
+    "restore_point",
+    metavar="ID",
+    help="Restore every member of this restore point (ID, a unique start, or latest) to its target; no SOURCE.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Allow writing into a non-empty target.")
 @json_option(help="Print the result as JSON on stdout.")
 @pass_session
-def restore(session: Session, source: str, at_text: str | None, as_json: bool, **values: Any) -> None:
+def restore(
+    session: Session, source: str | None, at_text: str | None, restore_point: str | None, as_json: bool, **values: Any
+) -> None:
     """Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes.
     A suspicious snapshot (given by id) is restored with a WARNING line on stderr. Exit 3 when the
-    copy was written but could not be verified (the plan says why)."""
+    copy was written but could not be verified (the plan says why).
+
+    With --restore-point ID (and no SOURCE): every member of the restore point, each to the target
+    options of its kind (etcd --to-file, ClickHouse --to-host/--to-database, S3 --to-dir/--to-bucket),
+    checked all before anything is written; one plan with --dry-run."""
+    if restore_point is not None:
+        _restore_point(session, source, at_text, restore_point, values, as_json=as_json)
+        return
+    if source is None:
+        raise click.UsageError("name the SOURCE to restore, or give --restore-point ID")
     options, header = _options(session, source, at_text, values)
     anomalies = _warn_if_suspicious(header)
     repository = session.repository()
@@ -243,6 +324,46 @@ def restore(session: Session, source: str, at_text: str | None, as_json: bool, *
         _print_restore(result)
     if result.figures.get("verification", {}).get("verdict") == Verdict.UNVERIFIED:
         click.get_current_context().exit(EXIT_UNVERIFIED)
+
+
+def _restore_point(
+    session: Session, source: str | None, at_text: str | None, point_id: str, values: dict[str, Any], *, as_json: bool
+) -> None:
+    """``restore --restore-point ID``: every member to its target; ``{"restore_point", "dry_run",
+    "members": [restore results]}`` with --json; exit 3 when a member's copy could not be verified."""
+    ctx = click.get_current_context()
+    if source is not None:
+        raise click.UsageError("--restore-point restores every member: give no SOURCE")
+    if at_text is not None or ctx.get_parameter_source("snapshot") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--restore-point names each member's snapshot: not with --snapshot or --at")
+    repository = session.repository()
+    point = find_restore_point(repository, point_id)
+    options = RestoreOptions.of(**{key: value for key, value in values.items() if key != "snapshot"})
+    # A suspicious member (by the anomaly guard) is restored with a warning, as `restore SOURCE --snapshot ID` does.
+    anomalies = {
+        member.source: _warn_if_suspicious(repository.read_header(str(member.snapshot)))
+        for member in point.members
+        if member.snapshot
+    }
+    results = run_restore_point(repository, point, session.policy().sources, options, stale_after=session.stale_after)
+    dry_run = options.dry_run
+    if as_json:
+        members = [
+            {
+                **result.as_dict(),
+                "suspicious": anomalies[result.source] is not None,
+                "anomalies": anomalies[result.source] or [],
+            }
+            for result in results
+        ]
+        print_json({"restore_point": point.id, "dry_run": dry_run, "members": members})
+    else:
+        click.echo(f"{'plan' if dry_run else 'restored'}: restore point {point.id} ({len(results)} members)")
+        for result in results:
+            _print_restore(result)
+    verdicts = [result.figures.get("verification", {}).get("verdict") for result in results]
+    if Verdict.UNVERIFIED in verdicts:
+        ctx.exit(EXIT_UNVERIFIED)
 
 
 @click.command()

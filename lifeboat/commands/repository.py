@@ -255,6 +255,10 @@ def prune(session: Session, dry_run: bool, forget_damaged: bool, as_json: bool) 
         click.echo(f"{verb} {snapshot_id}")
     for snapshot_id in report.kept:
         click.echo(f"keep   {snapshot_id}  ({'; '.join(report.reasons[snapshot_id])})")
+    for point_id in report.restore_points_forgotten:
+        click.echo(f"{verb} restore point {point_id}")
+    for point_id in report.restore_points_kept:
+        click.echo(f"keep   restore point {point_id}  ({'; '.join(report.restore_point_reasons[point_id])})")
     deleted = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb} {len(report.forgotten)} snapshot(s), kept {len(report.kept)}; {deleted} {report.chunks_deleted} chunk(s) "

@@ -53,6 +53,12 @@ def job_specs(policy: Policy) -> list[JobSpec]:
     return specs
 
 
+def unscheduled_restore_points(policy: Policy) -> list[str]:
+    """Restore points with a ``schedule`` the service does not run yet (README "Restore points"):
+    ``lifeboat serve`` warns of each at start, so that a schedule is never skipped silently."""
+    return [name for name, point in policy.restore_points.items() if point.schedule]
+
+
 # Open the repository once per job; never creates it (only `lifeboat repo init` does): a missing one
 # fails the job with RepositoryNotFound's "create it with `lifeboat repo init`", recorded and notified.
 RepositoryFor = Callable[[], Repository]

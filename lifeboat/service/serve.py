@@ -37,7 +37,7 @@ from lifeboat.service import ServiceError
 from lifeboat.service.abort import ABORT_GRACE_SECONDS, JobAborted, RunningJob, abort_jobs
 from lifeboat.service.cron import cron_trigger
 from lifeboat.service.instance_lock import instance_lock
-from lifeboat.service.jobs import JOB_RUNNERS, JobSpec, job_specs
+from lifeboat.service.jobs import JOB_RUNNERS, JobSpec, job_specs, unscheduled_restore_points
 from lifeboat.state import StateError
 from lifeboat.state.history import RunHistory
 from lifeboat.state.source_locks import SourceLocks
@@ -186,6 +186,13 @@ class LifeboatService:
     def _schedule(self, policy: Policy) -> None:
         """Make the scheduler's jobs those of ``policy``; a job whose schedule did not change keeps its next run."""
         specs = {spec.id: spec for spec in job_specs(policy)}
+        for name in unscheduled_restore_points(policy):
+            log.warning(
+                "restore_point.not_scheduled",
+                restore_point=name,
+                schedule=policy.restore_points[name].schedule,
+                advice=f"not run by the service yet: run `lifeboat backup run --restore-point {name}` from cron",
+            )
         grace = int(policy.service.misfire_grace.total_seconds())
         for job in self._scheduler.get_jobs():
             if job.id not in specs:

@@ -19,7 +19,7 @@ from backup.sources.base import Observation, Source
 from backup.sources.clickhouse.client import ClickHouseError, Endpoint, driver_connector
 from backup.sources.clickhouse.ddl import rewrite_fragment
 from backup.sources.clickhouse.targets import ClickHouseTarget
-from policies.model import ClickHouseCheck
+from policies.model import ClickHouseCheck, ReferenceFrom
 
 SHOWN_ROWS = 3  # rows of a result quoted in a report
 READONLY = 164  # the server's error code for a change refused in read-only mode
@@ -42,9 +42,32 @@ class ClickHouseChecks:
     def captured(self, header: SnapshotHeader, repository: Repository, check: ClickHouseCheck) -> Observation | None:
         return None  # in the manifest's meta
 
+    def reference_values(self, source: Source, header: SnapshotHeader, target: Any, origin: ReferenceFrom) -> list[str]:
+        """The first column of ``origin.sql``'s rows on the copy (database names pointed at it)."""
+        target = _copy(target)
+        databases = [str(name) for name in header.meta.get("databases", [])]
+        sql = rewrite_fragment(str(origin.sql), databases=databases, target=target.database)
+        return [str(row[0]) for row in query_rows(target.endpoint, sql) if row and row[0] is not None]
 
-def run_query(endpoint: Endpoint, sql: str) -> Observation:
-    """``sql``'s result at ``endpoint``, read-only; raises ClickHouseError (bad SQL, a write, no server)."""
+    def missing_references(self, source: Source, header: SnapshotHeader, target: Any, values: list[str]) -> list[str]:
+        """Values naming a table (``database.table`` or ``table``) the copy's database does not hold."""
+        target = _copy(target)
+        database = target.database.replace("\\", "\\\\").replace("'", "\\'")
+        tables = {
+            str(row[0])
+            for row in query_rows(target.endpoint, f"SELECT name FROM system.tables WHERE database = '{database}'")
+        }
+        return [value for value in values if value.rpartition(".")[2] not in tables]
+
+
+def _copy(target: Any) -> ClickHouseTarget:
+    if not isinstance(target, ClickHouseTarget):
+        raise TypeError(f"ClickHouse checks need a database to query, not {target!r}")
+    return target
+
+
+def query_rows(endpoint: Endpoint, sql: str) -> list[list[Any]]:
+    """``sql``'s rows at ``endpoint``, read-only; raises ClickHouseError (bad SQL, a write, no server)."""
     executor = driver_connector(endpoint)
     try:
         try:
@@ -53,9 +76,14 @@ def run_query(endpoint: Endpoint, sql: str) -> Observation:
             if exc.code != READONLY:
                 raise
             # the user's profile is read-only already (and may not even change the setting): so much the better
-        rows = [[_plain(value) for value in row] for row in executor.execute(sql)]
+        return [[_plain(value) for value in row] for row in executor.execute(sql)]
     finally:
         executor.close()
+
+
+def run_query(endpoint: Endpoint, sql: str) -> Observation:
+    """``sql``'s result at ``endpoint``, read-only; raises ClickHouseError (bad SQL, a write, no server)."""
+    rows = query_rows(endpoint, sql)
     single = rows[0][0] if len(rows) == 1 and len(rows[0]) == 1 else None
     if len(rows) == 1 and len(rows[0]) == 1:
         return Observation(single, 1, repr(single))

@@ -14,7 +14,7 @@ from backup.repository.repository import Repository
 from backup.sources.base import Observation, Source
 from backup.sources.s3.targets import BucketTarget, S3Target, TargetSide, View
 from policies.errors import SourceError
-from policies.model import S3Check, S3Settings
+from policies.model import ReferenceFrom, S3Check, S3Settings
 
 
 class S3Checks:
@@ -33,6 +33,30 @@ class S3Checks:
             )
         relative = f"{check.bucket}/{check.key}" if view.bucket_segment else check.key
         return _observe(_side(source, target), check, relative)
+
+    def reference_values(self, source: Source, header: SnapshotHeader, target: Any, origin: ReferenceFrom) -> list[str]:
+        """``s3://bucket/key`` of every object under ``origin.prefix`` (``bucket/prefix``) in the copy."""
+        view = View.of(header, target)
+        bucket, _, key_prefix = str(origin.prefix).partition("/")
+        if bucket not in view.buckets:
+            raise SourceError(f"bucket '{bucket}' is not in snapshot {header.id} (it holds: {', '.join(view.buckets)})")
+        relative = f"{bucket}/{key_prefix}" if view.bucket_segment else key_prefix
+        names = (view.origin(name) for name, _ in _side(source, target).scan() if name.startswith(relative))
+        return [f"s3://{found_bucket}/{key}" for found_bucket, key in names if found_bucket == bucket]
+
+    def missing_references(self, source: Source, header: SnapshotHeader, target: Any, values: list[str]) -> list[str]:
+        """Values naming an object (``s3://bucket/key``, ``bucket/key``) the copy does not hold, or a
+        bucket (a bare name) its snapshot does not hold."""
+        view = View.of(header, target)
+        objects = {"/".join(view.origin(name)) for name, _ in _side(source, target).scan()}
+        missing = []
+        for value in values:
+            path = value.removeprefix("s3://")
+            if ("/" in path.strip("/") and path not in objects) or (
+                "/" not in path.strip("/") and path.strip("/") not in view.buckets
+            ):
+                missing.append(value)
+        return missing
 
     def captured(self, header: SnapshotHeader, repository: Repository, check: S3Check) -> Observation | None:
         for entry in repository.entries(header):

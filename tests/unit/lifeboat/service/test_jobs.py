@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lifeboat.service.jobs import job_specs
+from lifeboat.service.jobs import job_specs, unscheduled_restore_points
 from lifeboat.state.records import RunKind
 from policies.loader import parse_policy
 
@@ -27,3 +27,19 @@ def test_a_policy_makes_one_job_per_schedule() -> None:
         ("drill:nightly", RunKind.DRILL, "nightly", "0 4 * * *"),
         ("janitor", RunKind.JANITOR, "scratch", "15 * * * *"),
     ]
+
+
+def test_a_restore_point_schedule_is_no_job_yet_and_is_named_for_the_warning() -> None:
+    policy = parse_policy(
+        """
+        sources:
+          k8s-etcd: {kind: etcd, endpoints: ["http://127.0.0.1:2379"]}
+        restore_points:
+          platform: {sources: [k8s-etcd], schedule: "0 3 * * *"}
+          adhoc: {sources: [k8s-etcd]}
+        """,
+        label="test.yaml",
+        env={},
+    )
+    assert job_specs(policy) == []
+    assert unscheduled_restore_points(policy) == ["platform"]
