@@ -5,11 +5,14 @@ backup). Backed up with an all-powerful user first, as the service would."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from click.testing import CliRunner, Result
 from integration.test_stores import ALLOW_S3, moto_auth
 from policy_builder import PolicyBuilder
@@ -37,12 +40,33 @@ def write_policy(directory: Path, endpoint: str, bucket: str, prefix: str, etcd:
     return policy.write(config)
 
 
+@pytest.fixture
+def moto_requests() -> Iterator[list[str]]:
+    """What moto's IAM check saw of each authenticated request (method, path, action, key): printed
+    when a call that the policy allows is refused, so the refusal can be read from CI's output."""
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage()[:600])
+
+    logger, handler = logging.getLogger("moto.iam.access_control"), Keep(logging.DEBUG)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def lifeboat(config: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
 
 
 def test_the_restore_policy_restores_and_cannot_delete_a_backup(
-    s3_server: Any, s3_bucket: str, etcd_server: EtcdProcess, tmp_path: Path
+    s3_server: Any, s3_bucket: str, etcd_server: EtcdProcess, tmp_path: Path, moto_requests: list[str]
 ) -> None:
     prefix = "prod"
     with moto_auth(s3_server.endpoint_url, {"service": [ALLOW_S3], "drill": restore_statements(s3_bucket, prefix)}) as users:
@@ -54,7 +78,7 @@ def test_the_restore_policy_restores_and_cannot_delete_a_backup(
             assert backed_up.exit_code == 0, backed_up.stderr
 
         restored = lifeboat(drill, "restore", "k8s-etcd", "--to-file", str(tmp_path / "snapshot.db"))
-        assert restored.exit_code == 0, restored.stderr
+        assert restored.exit_code == 0, restored.stderr + "\nmoto saw:\n" + "\n".join(moto_requests[-6:])
         verify_trailer(tmp_path / "snapshot.db")
         key_id, secret = users["service"]
         client = boto3.client(

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -659,6 +659,7 @@ class AuthServer:
     bucket: str
     full: tuple[str, str]  # access key id, secret of a user allowed everything
     list_only: tuple[str, str]  # a user allowed to list the bucket but not to read objects
+    log_tail: Callable[[int], str]  # its log, with what its IAM check saw of each request
 
 
 @pytest.fixture(scope="module")
@@ -669,9 +670,14 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory, server_logs: Any) -> I
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    moto_server = Path(sys.executable).with_name("moto_server")
+    server = (
+        "import logging, sys; logging.basicConfig(level=logging.WARNING);"
+        "logging.getLogger('moto.iam.access_control').setLevel(logging.DEBUG);"
+        "from moto.server import main; main(sys.argv[1:])"
+    )
     with start(
-        [moto_server, "-H", "127.0.0.1", "-p", str(port)], log_path=tmp_path_factory.mktemp("moto") / "log"
+        [sys.executable, "-c", server, "-H", "127.0.0.1", "-p", str(port)],
+        log_path=tmp_path_factory.mktemp("moto") / "log",
     ) as process:
         server_logs.register("moto auth server", process.log_tail)
         _wait_for(url + "/moto-api/")
@@ -687,7 +693,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory, server_logs: Any) -> I
             s3.put_object(Bucket="guarded", Key=f"secret-{n}", Body=b"x" * n)
         request = urllib.request.Request(url + "/moto-api/reset-auth", data=b"0", headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(request, timeout=10).close()
-        yield AuthServer(url, "guarded", full, list_only)
+        yield AuthServer(url, "guarded", full, list_only, process.log_tail)
 
 
 def _iam_user(iam: Any, name: str, actions: list[str]) -> tuple[str, str]:
@@ -738,7 +744,10 @@ def test_wrong_secret_is_refused_with_a_clear_message(auth_server: AuthServer, t
 def test_a_failing_read_fails_the_whole_snapshot(auth_server: AuthServer, tmp_path: Path) -> None:
     key, secret = auth_server.list_only
     cli = _write_policy(tmp_path, auth_server.endpoint_url, [auth_server.bucket], key=key, secret=secret)
-    _fails_without_snapshot(cli, "cannot read s3://guarded/secret-", "AccessDenied")
+    try:
+        _fails_without_snapshot(cli, "cannot read s3://guarded/secret-", "AccessDenied")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\nmoto saw:\n{auth_server.log_tail(12)}") from None
 
 
 @on_both_s3_servers()
