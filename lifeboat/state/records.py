@@ -24,6 +24,7 @@ class RunKind(StrEnum):
     CHECK = "check"
     DRILL = "drill"
     JANITOR = "janitor"
+    RESTORE_POINT = "restore-point"  # ``backup run --restore-point NAME``: the run of the restore point itself
 
 
 class RunStatus(StrEnum):

@@ -1,8 +1,9 @@
-"""The state DB's schema (``PRAGMA user_version`` = 2; version 1 had no ``janitor`` runs, and is
-migrated when opened):
+"""The state DB's schema (``PRAGMA user_version`` = 3; version 1 had no ``janitor`` runs, version 2
+no ``restore-point`` runs; both are migrated when opened):
 
-``runs``        one row per run: ``kind`` (backup | prune | check | drill | janitor), ``name`` (the
-                source, the drill, ``repository`` for prune and check, ``scratch`` for the janitor),
+``runs``        one row per run: ``kind`` (backup | prune | check | drill | janitor | restore-point),
+                ``name`` (the source, the drill, the restore point, ``repository`` for prune and check,
+                ``scratch`` for the janitor),
                 ``started``/``finished`` (ISO 8601 UTC), ``status`` (running | ok | failed |
                 suspicious | interrupted, and for drills PASS | FAIL | ERROR), ``figures`` (JSON),
                 ``snapshot_id``, ``error`` (secrets masked by the caller), ``origin`` (service |
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill', 'janitor')),
+    kind        TEXT NOT NULL CHECK (kind IN ('backup', 'prune', 'check', 'drill', 'janitor', 'restore-point')),
     name        TEXT NOT NULL,
     started     TEXT NOT NULL,
     finished    TEXT,
@@ -74,21 +75,23 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {version} is newer than this Lifeboat's ({SCHEMA_VERSION})")
-    if version == 1:
-        _runs_may_be_janitor_runs(db)
+    migrating = 0 < version < SCHEMA_VERSION  # each older version allows fewer run kinds
+    if migrating:
+        _runs_take_new_kinds(db)
     for statement in filter(str.strip, _SCHEMA.split(";")):
         db.execute(statement)
-    if version == 1:
-        db.execute("INSERT INTO runs SELECT * FROM runs_v1")
-        db.execute("DROP TABLE runs_v1")
+    if migrating:
+        db.execute("INSERT INTO runs SELECT * FROM runs_old")
+        db.execute("DROP TABLE runs_old")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _runs_may_be_janitor_runs(db: sqlite3.Connection) -> None:
-    """Version 1 -> 2, first half: SQLite cannot change a CHECK constraint in place, so the old
-    ``runs`` table steps aside (``runs_v1``, its indexes dropped so that the schema makes them anew);
+def _runs_take_new_kinds(db: sqlite3.Connection) -> None:
+    """Version 1 or 2 -> 3, first half (version 1 lacks ``janitor``, version 2 ``restore-point`` in
+    the CHECK of ``runs.kind``): SQLite cannot change a CHECK constraint in place, so the old
+    ``runs`` table steps aside (``runs_old``, its indexes dropped so that the schema makes them anew);
     the schema then creates the new table, and ``create_or_migrate`` copies every row back, ids included (the
     incidents refer to them)."""
     db.execute("DROP INDEX IF EXISTS runs_by_name")
     db.execute("DROP INDEX IF EXISTS runs_running")
-    db.execute("ALTER TABLE runs RENAME TO runs_v1")
+    db.execute("ALTER TABLE runs RENAME TO runs_old")

@@ -205,10 +205,31 @@ def test_a_version_1_database_is_migrated_keeping_its_runs(tmp_path: Path) -> No
         assert swept > 41
         assert history.last_run(RunKind.JANITOR, "scratch").figures == {"removed": 3}  # type: ignore[union-attr]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
         assert {"runs_by_name", "runs_running"} <= indexes
-        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs_v1'").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs_old'").fetchone()[0] == 0
+    db.close()
+
+
+def test_a_version_2_database_is_migrated_and_then_records_restore_point_runs(tmp_path: Path) -> None:
+    """Lifeboat's state DB before restore points were scheduled (no ``restore-point`` runs allowed)
+    opens with every run kept, and then records the run of a restore point."""
+    path = tmp_path / "state.db"
+    version_2 = VERSION_1_RUNS.replace("'check', 'drill')", "'check', 'drill', 'janitor')").replace(
+        "user_version = 1", "user_version = 2"
+    )
+    with sqlite3.connect(path) as old:
+        old.executescript(version_2)
+    old.close()
+    with RunHistory.open(path) as history:
+        kept = history.last_run(RunKind.BACKUP, "k8s-etcd")
+        assert kept is not None and kept.id == 41
+        run = history.start_run(RunKind.RESTORE_POINT, "platform", origin="service")
+        history.finish_run(run, RunStatus.OK, figures={"status": "complete"})
+        assert history.last_run(RunKind.RESTORE_POINT, "platform").figures == {"status": "complete"}  # type: ignore[union-attr]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 
