@@ -65,6 +65,7 @@ from lifeboat.notify.wording import (
     check_failure_message,
     drill_notification,
     recovery_message,
+    restore_point_failure_message,
     rto_forecast_message,
     state_damaged_message,
     suspicious_message,
@@ -193,8 +194,36 @@ class Operations:
         naming them (``backup.repository.restore_points``): ``complete`` when every member committed,
         else ``failed`` naming the members that failed; the good ones stay ordinary snapshots.
 
+        Recorded as a ``restore-point`` run of ``name`` (ok when complete, else failed naming why;
+        figures: the restore point's summary). Each member's failure notifies once through its own
+        ``backup-failure`` incident; a manifest that could not be written opens the restore point's
+        own ``backup-failure`` incident (name ``restore point NAME``), closed by the next complete one.
+
         Never raises for a member's failure (it is in ``errors``); a manifest that cannot be written
         is ``commit_error``. Raises JobAborted."""
+        label = f"restore point {name}"
+
+        def not_committed(run_id: int, error: str) -> None:
+            self._open_incident("backup-failure", label, run_id, restore_point_failure_message(name, error))
+
+        with self.recorded_run(RunKind.RESTORE_POINT, name, on_failure=not_committed) as run:
+            taken = self._take_restore_point(name, repository=repository)
+            figures: dict[str, Any] = {"seconds": round(run.seconds, 3), "errors": taken.errors}
+            if taken.point is not None:
+                figures |= {"restore_point": taken.point.summary()}
+            if taken.commit_error is not None:
+                run.finish(RunStatus.FAILED, figures=figures, error=taken.commit_error)
+                not_committed(run.id, taken.commit_error)
+            elif taken.point is not None and taken.point.status != "complete":
+                failed = "; ".join(f"{member}: {taken.errors.get(member, 'failed')}" for member in taken.point.failed)
+                run.finish(RunStatus.FAILED, figures=figures, snapshot_id=taken.point.id, error=f"members failed: {failed}")
+            else:
+                run.finish(RunStatus.OK, figures=figures, snapshot_id=taken.point.id if taken.point else None)
+                self._close_incident("backup-failure", label, run.id)
+        return taken
+
+    def _take_restore_point(self, name: str, *, repository: RepositoryOpener) -> RestorePointRun:
+        """``backup_restore_point``'s work: the members' backups started together, then the manifest."""
         members = self.policy.restore_points[name].sources
         started = datetime.now(UTC)
         with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix=f"restore-point-{name}") as pool:

@@ -88,6 +88,17 @@ def backup_failure_message(name: str, error: str) -> Notification:
     )
 
 
+def restore_point_failure_message(name: str, error: str) -> Notification:
+    """Restore point ``name`` could not be committed (its members' own failures notify as theirs)."""
+    return Notification(
+        event="backup-failure",
+        subject=f"[lifeboat] restore point {name} FAILED",
+        text=f"The restore point '{name}' could not be committed at {utc_now():%Y-%m-%d %H:%M:%S} UTC; its members'"
+        f" snapshots that committed stay ordinary snapshots.\n\n{error}" + _footer("backup-failure"),
+        summary={"event": "backup-failure", "restore_point": name, "error": error, "recovered": False},
+    )
+
+
 def suspicious_message(result: BackupResult) -> Notification:
     """A backup committed a snapshot that looks like mass deletion (``result.anomalies`` say why)."""
     header = result.header

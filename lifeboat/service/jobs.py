@@ -3,7 +3,9 @@
 Jobs, built from the policy, all in UTC: ``backup:<source>`` for every source with a ``schedule``,
 ``prune`` and ``check`` when ``repository.prune.schedule`` / ``repository.check.schedule`` are set,
 ``drill:<name>`` for every drill with a ``schedule``, ``janitor`` when ``scratch.janitor.schedule`` is
-set. Each is a cron job with ``max_instances=1``,
+set, ``restore-point:<name>`` for every restore point with a ``schedule`` (what ``backup run
+--restore-point <name>`` runs: its members' backups, each a backup run of its source under that
+source's lock, then the restore point, recorded as a ``restore-point`` run). Each is a cron job with ``max_instances=1``,
 ``coalesce=True`` and ``misfire_grace_time`` = ``service.misfire_grace``, and runs one operation of
 ``lifeboat.operations`` (the same code as the CLI command), recorded in the state DB. A job that
 raises is logged and recorded as failed; the scheduler goes on.
@@ -17,12 +19,14 @@ from dataclasses import dataclass
 from backup.repository import Repository
 from lifeboat.operations import Operations
 from lifeboat.state.records import REPOSITORY_NAME, SCRATCH_NAME, RunKind
+from policies.errors import LifeboatError
 from policies.model import Policy
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One scheduled job: ``backup:<source>``, ``prune``, ``check`` or ``drill:<name>``."""
+    """One scheduled job: ``backup:<source>``, ``prune``, ``check``, ``drill:<name>``, ``janitor`` or
+    ``restore-point:<name>``."""
 
     id: str
     kind: RunKind
@@ -50,13 +54,12 @@ def job_specs(policy: Policy) -> list[JobSpec]:
     ]
     if policy.scratch.janitor.schedule:
         specs.append(JobSpec(RunKind.JANITOR.value, RunKind.JANITOR, SCRATCH_NAME, policy.scratch.janitor.schedule))
+    specs += [
+        JobSpec(f"restore-point:{name}", RunKind.RESTORE_POINT, name, point.schedule)
+        for name, point in policy.restore_points.items()
+        if point.schedule
+    ]
     return specs
-
-
-def unscheduled_restore_points(policy: Policy) -> list[str]:
-    """Restore points with a ``schedule`` the service does not run yet (README "Restore points"):
-    ``lifeboat serve`` warns of each at start, so that a schedule is never skipped silently."""
-    return [name for name, point in policy.restore_points.items() if point.schedule]
 
 
 # Open the repository once per job; never creates it (only `lifeboat repo init` does): a missing one
@@ -86,10 +89,22 @@ def _run_janitor(operations: Operations, spec: JobSpec, repository: RepositoryFo
     operations.janitor(repository=repository)
 
 
+def _run_restore_point(
+    operations: Operations, spec: JobSpec, repository: RepositoryFor, progress: Callable[[int], None]
+) -> None:
+    """Recorded and notified by ``backup_restore_point``; raised here only so the job logs ``job.failed``."""
+    run = operations.backup_restore_point(spec.name, repository=repository)
+    if run.commit_error is not None:
+        raise LifeboatError(f"restore point {spec.name} was not committed: {run.commit_error}")
+    if run.point is not None and run.point.status != "complete":
+        raise LifeboatError(f"restore point {spec.name} failed: members {', '.join(run.point.failed)} did not commit")
+
+
 JOB_RUNNERS: dict[RunKind, JobRunner] = {
     RunKind.BACKUP: _run_backup,
     RunKind.PRUNE: _run_prune,
     RunKind.CHECK: _run_check,
     RunKind.DRILL: _run_drill,
     RunKind.JANITOR: _run_janitor,
+    RunKind.RESTORE_POINT: _run_restore_point,
 }

@@ -37,7 +37,7 @@ from lifeboat.service import ServiceError
 from lifeboat.service.abort import ABORT_GRACE_SECONDS, JobAborted, RunningJob, abort_jobs
 from lifeboat.service.cron import cron_trigger
 from lifeboat.service.instance_lock import instance_lock
-from lifeboat.service.jobs import JOB_RUNNERS, JobSpec, job_specs, unscheduled_restore_points
+from lifeboat.service.jobs import JOB_RUNNERS, JobSpec, job_specs
 from lifeboat.state import StateError
 from lifeboat.state.history import RunHistory
 from lifeboat.state.source_locks import SourceLocks
@@ -123,7 +123,10 @@ class LifeboatService:
         self._scheduler.start()
         log.info("service.started", url=self._http.url, state=str(policy.state), jobs=self.jobs())
         if not self._specs:
-            log.warning("service.no_jobs", advice="give sources, repository.prune/check or drills a schedule")
+            log.warning(
+                "service.no_jobs",
+                advice="give sources, restore points, repository.prune/check or drills a schedule",
+            )
 
     def stop(self) -> bool:
         """Stop taking jobs, let the running ones finish up to ``service.stop_timeout``, abort the rest
@@ -186,13 +189,6 @@ class LifeboatService:
     def _schedule(self, policy: Policy) -> None:
         """Make the scheduler's jobs those of ``policy``; a job whose schedule did not change keeps its next run."""
         specs = {spec.id: spec for spec in job_specs(policy)}
-        for name in unscheduled_restore_points(policy):
-            log.warning(
-                "restore_point.not_scheduled",
-                restore_point=name,
-                schedule=policy.restore_points[name].schedule,
-                advice=f"not run by the service yet: run `lifeboat backup run --restore-point {name}` from cron",
-            )
         grace = int(policy.service.misfire_grace.total_seconds())
         for job in self._scheduler.get_jobs():
             if job.id not in specs:

@@ -250,6 +250,64 @@ def test_the_service_fails_a_backup_into_a_missing_repository_and_creates_none(
     assert "lifeboat repo init" in mail.get_content()
 
 
+def test_the_service_runs_a_restore_point_on_its_schedule_beside_its_members_own_backups(
+    tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink, s3_server: Any, s3_bucket: str
+) -> None:
+    """A restore point's job runs what `backup run --restore-point` runs: a complete restore point of
+    etcd and S3 (moto) committed, recorded as a restore-point run. Started at the same moment as the
+    etcd source's own backup job, both commit (the source lock makes one wait for the other). A restore
+    point whose member fails is recorded failed, and the member's failure is mailed once."""
+    s3_server.client().put_object(Bucket=s3_bucket, Key="models/m0.bin", Body=os.urandom(500))
+    dead = f"http://127.0.0.1:{free_port()}"
+    policy = service_policy(tmp_path, etcd=etcd.endpoint, broken=dead, smtp=smtp_inbox, port=free_port())
+    keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    policy.source("models", "s3", endpoint_url=s3_server.endpoint_url, **keys, buckets=[s3_bucket])
+    policy.set(
+        "restore_points",
+        {
+            "platform": {"sources": ["k8s-etcd", "models"], "schedule": FAR_AWAY},
+            "half-broken": {"sources": ["models", "broken"], "schedule": FAR_AWAY},
+        },
+    )
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
+    service = LifeboatService(config, redactor=Redactor())
+    service.start()
+    try:
+        scheduled = {job["id"]: job["schedule"] for job in service.jobs()}
+        assert scheduled["restore-point:platform"] == FAR_AWAY and scheduled["backup:k8s-etcd"] == FAR_AWAY
+        own_before = [run.id for run in service.history.runs(RunKind.BACKUP, "k8s-etcd", limit=1)]
+        service.run_now("backup:k8s-etcd")  # the member's own job, at the same moment as the restore point's
+        point = run_job(service, "restore-point:platform", RunKind.RESTORE_POINT, "platform")
+        assert point.status is RunStatus.OK and point.origin == "service", point.error
+        own = wait_until(
+            "the etcd source's own backup",
+            lambda: (
+                [run for run in service.history.runs(RunKind.BACKUP, "k8s-etcd", limit=3) if run.id not in own_before]
+                if "backup:k8s-etcd" not in service.running()
+                else None
+            ),
+        )
+        assert {run.status for run in own} == {RunStatus.OK}, [run.error for run in own]
+        assert len(own) == 2  # one for the restore point, one of the source's own schedule
+
+        failed = [run_job(service, "restore-point:half-broken", RunKind.RESTORE_POINT, "half-broken") for _ in range(2)]
+        assert [run.status for run in failed] == [RunStatus.FAILED, RunStatus.FAILED]
+        assert "broken" in (failed[0].error or "")
+        [mail] = smtp_inbox.wait_for(1)
+        assert mail["Subject"] == "[lifeboat] backup of broken FAILED"
+    finally:
+        assert service.stop() is True
+    assert len(smtp_inbox.messages) == 1  # the repeat, and the failed restore point itself, mailed nothing more
+
+    listed = lifeboat(config, "restore-point", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    points = {item["name"]: item for item in json.loads(listed.stdout)["restore_points"]}
+    assert points["platform"]["status"] == "complete" and points["platform"]["id"] == point.snapshot_id
+    assert sorted(member["source"] for member in points["platform"]["members"]) == ["k8s-etcd", "models"]
+    assert all(member["snapshot"] for member in points["platform"]["members"])
+    assert points["half-broken"]["status"] == "failed"
+
+
 # ---- `lifeboat serve` as a process: signals ---------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lifeboat.service.jobs import job_specs, unscheduled_restore_points
+from lifeboat.service.jobs import JOB_RUNNERS, job_specs
 from lifeboat.state.records import RunKind
 from policies.loader import parse_policy
 
@@ -29,11 +29,11 @@ def test_a_policy_makes_one_job_per_schedule() -> None:
     ]
 
 
-def test_a_restore_point_schedule_is_no_job_yet_and_is_named_for_the_warning() -> None:
+def test_a_scheduled_restore_point_is_a_job_on_its_schedule_and_an_unscheduled_one_is_not() -> None:
     policy = parse_policy(
         """
         sources:
-          k8s-etcd: {kind: etcd, endpoints: ["http://127.0.0.1:2379"]}
+          k8s-etcd: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], schedule: "*/30 * * * *"}
         restore_points:
           platform: {sources: [k8s-etcd], schedule: "0 3 * * *"}
           adhoc: {sources: [k8s-etcd]}
@@ -41,5 +41,8 @@ def test_a_restore_point_schedule_is_no_job_yet_and_is_named_for_the_warning() -
         label="test.yaml",
         env={},
     )
-    assert job_specs(policy) == []
-    assert unscheduled_restore_points(policy) == ["platform"]
+    assert [(spec.id, spec.kind, spec.name, spec.schedule) for spec in job_specs(policy)] == [
+        ("backup:k8s-etcd", RunKind.BACKUP, "k8s-etcd", "*/30 * * * *"),
+        ("restore-point:platform", RunKind.RESTORE_POINT, "platform", "0 3 * * *"),
+    ]
+    assert set(JOB_RUNNERS) == set(RunKind)  # every kind of job has something to run
