@@ -397,7 +397,8 @@ def test_no_common_label_marks_lifeboats_own_objects_as_a_drill_namespace() -> N
 # Command path -> {option: number of values}; "NAME" counts the positional arguments.
 CLI_CONTRACT: dict[tuple[str, ...], dict[str, int]] = {
     ("policy", "validate"): {"--json": 0},
-    ("backup", "run"): {"--source": 1, "--json": 0, "--shard": 1, "--part-of": 1},  # shards: executor Jobs
+    # --shard, --part-of: executor Jobs
+    ("backup", "run"): {"--source": 1, "--restore-point": 1, "--json": 0, "--shard": 1, "--part-of": 1},
     ("backup", "merge"): {"--source": 1, "--part-of": 1, "--json": 0},
     ("prune",): {"--dry-run": 0, "--json": 0},
     ("check",): {"--read-data": 0, "--read-data-subset": 1, "--json": 0},
@@ -657,9 +658,12 @@ def test_every_cronjob_cleans_up_after_itself_and_never_overlaps() -> None:
 
 
 def job_key(invocation: Invocation) -> tuple[str, ...]:
-    """What a scheduled run does: ``('backup', 'run', 'features')``, ``('drill', 'run', 'nightly')``, ``('prune',)``."""
+    """What a scheduled run does: ``('backup', 'run', 'features')``, ``('drill', 'run', 'nightly')``, ``('prune',)``,
+    ``('backup', 'run', '--restore-point', 'platform')``."""
     source = invocation.options.get("--source")
-    return (*invocation.command, *invocation.arguments, *([source] if source else []))
+    point = invocation.options.get("--restore-point")
+    named = [source] if source else ["--restore-point", point] if point else []
+    return (*invocation.command, *invocation.arguments, *named)
 
 
 def scheduled_jobs(policy: Policy) -> dict[tuple[str, ...], str | None]:
@@ -668,6 +672,7 @@ def scheduled_jobs(policy: Policy) -> dict[tuple[str, ...], str | None]:
         ("backup", "run", name): source.schedule for name, source in policy.sources.items()
     }
     jobs |= {("drill", "run", name): drill.schedule for name, drill in policy.drills.items()}
+    jobs |= {("backup", "run", "--restore-point", name): point.schedule for name, point in policy.restore_points.items()}
     jobs |= {("prune",): policy.repository.prune.schedule, ("check",): policy.repository.check.schedule}
     return jobs
 
