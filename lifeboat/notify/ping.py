@@ -1,7 +1,7 @@
 """Ping: a dead man's switch (healthchecks.io style) for scheduled and CLI jobs.
 
 Each job the notifier follows (``jobs``: ``backup:etcd``, ``backup:*``, ``prune``, ``check``,
-``drill:*``, ``janitor``) pings ``start`` when it begins and ``success`` or ``fail`` when it ends
+``drill:*``, ``janitor``, ``restore-point:*``) pings ``start`` when it begins and ``success`` or ``fail`` when it ends
 (``fail``: a failed run, a suspicious snapshot, a drill FAIL or ERROR, an interrupted run), with a
 line of text as the POST body. The monitoring side raises the alarm when the pings stop coming: a
 backup that silently stopped running is noticed. The URLs are secrets (the check's UUID is all it
@@ -104,5 +104,5 @@ class PingNotifier(RetryingNotifier[PingSettings]):
 
 def job_id(kind: str, name: str) -> str:
     """The job id a ping follows, as ``lifeboat serve`` names its jobs: ``backup:<source>``,
-    ``drill:<drill>``, ``prune``, ``check``, ``janitor``."""
-    return f"{kind}:{name}" if kind in ("backup", "drill") else kind
+    ``drill:<drill>``, ``restore-point:<name>``, ``prune``, ``check``, ``janitor``."""
+    return f"{kind}:{name}" if kind in ("backup", "drill", "restore-point") else kind
