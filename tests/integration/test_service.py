@@ -308,6 +308,38 @@ def test_the_service_runs_a_restore_point_on_its_schedule_beside_its_members_own
     assert points["half-broken"]["status"] == "failed"
 
 
+def test_a_restore_point_that_cannot_be_committed_is_mailed_once_and_its_recovery_noted(
+    tmp_path: Path, etcd: EtcdProcess, smtp_inbox: SmtpSink
+) -> None:
+    """Every member committed but the manifest cannot be written (a file where the repository's
+    restore-points/platform directory goes): the run fails, one mail; the repeat is quiet; the next
+    complete restore point closes the incident with a recovery note."""
+    policy = service_policy(tmp_path, etcd=etcd.endpoint, broken=etcd.endpoint, smtp=smtp_inbox, port=free_port())
+    policy.set("restore_points", {"platform": {"sources": ["k8s-etcd"], "schedule": FAR_AWAY}})
+    config = init_repository(policy.write(tmp_path / "lifeboat.yaml"))
+    blocker = tmp_path / "repo" / "restore-points" / "platform"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way\n")
+    service = LifeboatService(config, redactor=Redactor())
+    service.start()
+    try:
+        failed = [run_job(service, "restore-point:platform", RunKind.RESTORE_POINT, "platform") for _ in range(2)]
+        assert [run.status for run in failed] == [RunStatus.FAILED, RunStatus.FAILED]
+        [mail] = smtp_inbox.wait_for(1)
+        assert mail["Subject"] == "[lifeboat] restore point platform FAILED"
+        assert "restore-points" in (failed[0].error or ""), failed[0].error
+        assert "restore-points" in mail.get_content()
+        assert service.history.last_run(RunKind.BACKUP, "k8s-etcd").status is RunStatus.OK  # type: ignore[union-attr]
+        blocker.unlink()
+        recovered = run_job(service, "restore-point:platform", RunKind.RESTORE_POINT, "platform")
+        assert recovered.status is RunStatus.OK, recovered.error
+        _, note = smtp_inbox.wait_for(2)
+        assert note["Subject"] == "[lifeboat] recovered: backups of restore point platform succeed again"
+    finally:
+        assert service.stop() is True
+    assert len(smtp_inbox.messages) == 2
+
+
 # ---- `lifeboat serve` as a process: signals ---------------------------------------------------------
 
 
