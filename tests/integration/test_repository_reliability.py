@@ -154,7 +154,7 @@ def test_backups_racing_an_aggressive_prune_never_lose_a_chunk(store_spec: dict[
     while prune is deleting exactly those. Without the lock protocol this loses chunks."""
     Repository.init(make_store(store_spec)).close()
     repository = Repository.open(make_store(store_spec))
-    stop = threading.Event()
+    stop, pruned = threading.Event(), threading.Event()
     outcomes = {"backups": 0, "prunes": 0, "backup_locked": 0, "prune_locked": 0}
     crashes: list[BaseException] = []
 
@@ -177,6 +177,10 @@ def test_backups_racing_an_aggressive_prune_never_lose_a_chunk(store_spec: dict[
                         writer.add(Entry("payload", stored.size, stored.sha256, stored.chunks, {"seed": seed % 3}))
                         writer.commit()
                     outcomes["backups"] += 1
+                    # Let prune in between (it also keeps racing the next backup): back to back, the
+                    # backups could hold the shared lock every time prune tries on a busy machine.
+                    pruned.wait(timeout=5)
+                    pruned.clear()
                     break
                 except RepositoryLocked:
                     outcomes["backup_locked"] += 1
@@ -188,6 +192,7 @@ def test_backups_racing_an_aggressive_prune_never_lose_a_chunk(store_spec: dict[
             try:
                 prune(repository, {"race": Retention(keep_last=2)}, grace=timedelta(0), dry_run=False)
                 outcomes["prunes"] += 1
+                pruned.set()
             except RepositoryLocked:
                 outcomes["prune_locked"] += 1
             time.sleep(0.01)
