@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
 
 from cpu import process_cpu, storing_cpu
+from helpers import init_repository
 from policy_builder import PolicyBuilder
 
 from backup.servers import ClickHouseProcess, start_clickhouse
@@ -152,6 +153,7 @@ def measure(server: ClickHouseProcess, workdir: Path, repeat: int) -> Results:
     backups = []
     for _ in range(repeat):
         shutil.rmtree(workdir / "repo", ignore_errors=True)
+        init_repository(config)
         backups.append(run_child(lifeboat(config, "backup", "run", "--source", SOURCE, "--json"), server=server))
     incremental = run_child(lifeboat(config, "backup", "run", "--source", SOURCE, "--json"))
     floors, restores = [], []

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the policy builder
 
 
 from cpu import process_cpu, storing_cpu  # noqa: E402
+from helpers import init_repository  # noqa: E402
 from policy_builder import PolicyBuilder  # noqa: E402
 
 from backup.servers import start_etcd  # noqa: E402
@@ -226,7 +227,7 @@ def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list
     floor_save = statistics.median(seconds for seconds, _, _ in saves)
     db_size = (work / "floor-0.db").stat().st_size
     print(f"snapshot file: {db_size / MiB:.0f} MiB", flush=True)
-    configs = [policy(work / f"lifeboat-{n}", endpoint) for n in range(runs)]
+    configs = [init_repository(policy(work / f"lifeboat-{n}", endpoint)) for n in range(runs)]
     backups, server_cpu = [], []
     for config in configs:
         before = process_cpu(server_pid)

@@ -149,12 +149,13 @@ def populate(endpoint: str, scale: float, workers: int) -> tuple[int, int]:
 
 def write_policy(workdir: Path, endpoint: str, workers: int) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
+    from helpers import init_repository
     from policy_builder import PolicyBuilder  # here, not at the top: the --measure runner stays small
 
     keys = {"access_key_id": "testing", "secret_access_key": "testing"}
     policy = PolicyBuilder(workdir / "repo")
     policy.source("bench", "s3", endpoint_url=endpoint, **keys, buckets=[SOURCE], parallel=workers)
-    return policy.write(workdir / "lifeboat.yaml")
+    return init_repository(policy.write(workdir / "lifeboat.yaml"))  # only `repo init` creates one
 
 
 def main() -> None:
