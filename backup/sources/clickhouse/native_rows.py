@@ -318,3 +318,98 @@ class CountingReader:
         data = self._stream.read(size)
         self.counter.feed(data)
         return data
+
+
+class NativeBlockSplitter(NativeRowCounter):
+    """Fed a Native stream whose last column is the String ``key``, gives its blocks one by one in
+    ``blocks`` as (key value, rows, the block without the key column), for blocks that hold a single
+    key value: a batched export (``SELECT <columns>, _partition_id ...``) split into per-partition
+    streams that are byte for byte what a per-partition export sends (the same columns, whole blocks).
+
+    A block whose rows hold several key values, or whose last column is not the key, stops the
+    splitting: ``mixed`` says why (the caller exports the partitions one by one instead)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key.encode()
+        self.blocks_out: list[tuple[str, int, bytes]] = []
+        self.mixed: str | None = None
+        super().__init__()
+
+    def feed(self, data: bytes) -> None:
+        if self.uncountable is not None or self.broken is not None or self.mixed is not None or not data:
+            return
+        if self._at_boundary and self._pos:  # never mid-block: a block's start must stay where it is
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+        try:
+            self._parser.send(None)
+        except UncountableType as exc:
+            self.uncountable = str(exc)
+            self._buffer = bytearray()
+        except _MixedBlock as exc:
+            self.mixed = str(exc)
+            self._buffer = bytearray()
+        except (ValueError, IndexError, struct.error, StopIteration) as exc:
+            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
+            self._buffer = bytearray()
+
+    def take(self) -> list[tuple[str, int, bytes]]:
+        """The whole blocks split since the last call."""
+        taken, self.blocks_out = self.blocks_out, []
+        return taken
+
+    def _parse_blocks(self) -> Generator[None, None, None]:
+        while True:
+            self._at_boundary = True
+            while self._pos >= len(self._buffer):
+                yield
+            self._at_boundary = False
+            columns = yield from self._varint()
+            rows = yield from self._varint()
+            body = key_at = key_data = self._pos
+            name = type_name = ""
+            for _ in range(columns):
+                key_at = self._pos
+                name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+                type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+                key_data = self._pos
+                if rows:
+                    yield from self._column(layout(type_name), rows)
+            if not columns or name.encode() != self.key or type_name != "String":
+                raise _MixedBlock(f"the last column of a block is {name!r} ({type_name}), not {self.key.decode()!r}")
+            self.rows += rows
+            self.blocks += 1
+            if rows:
+                value = _single_value(bytes(self._buffer[key_data : self._pos]), rows)
+                block = _varint_bytes(columns - 1) + _varint_bytes(rows) + bytes(self._buffer[body:key_at])
+                self.blocks_out.append((value, rows, block))
+
+
+class _MixedBlock(ValueError):
+    pass
+
+
+def _single_value(data: bytes, rows: int) -> str:
+    """The one value of a String column's ``rows`` values (``data``); _MixedBlock when they differ."""
+    length = shift = pos = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    one = data[: pos + length]
+    if one * rows != data:
+        raise _MixedBlock(f"a block of {rows} rows holds more than one value of the key column")
+    return one[pos:].decode("utf-8", "replace")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
