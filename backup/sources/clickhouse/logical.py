@@ -440,7 +440,7 @@ class LogicalBackup:
                 log.info("clickhouse.partition.moved", table=table.display, partition=job.partition, attempt=1)
                 results.append(self._export_pinned(job, again=True))
                 continue
-            stored, counter = streams.get(job.partition) or self._store(job, b"")
+            stored, counter = streams.get(job.partition) or self._store(b"", NativeRowCounter.counted(0, 0))
             partition_print = prints.get(job.partition, (0, 0))
             rows = self._counted(job, counter, partition_print[0])
             results.append(self._done(job, stored, parts, partition_print, rows, pinned=True))
@@ -455,12 +455,16 @@ class LogicalBackup:
         )
         splitter = NativeBlockSplitter(PARTITION_KEY)
         held: dict[str, list[bytes]] = {}
+        counted: dict[str, list[int]] = {}  # partition -> [rows, blocks], counted by the splitter
         wanted = {job.partition for job in batch.jobs}
         with self.channel.export(statement, what=f"export of {batch.label}", settings=self.settings) as stream:
             while data := stream.read(READ_SIZE):
                 splitter.feed(data)
-                for partition, _, block in splitter.take():
+                for partition, rows, block in splitter.take():
                     held.setdefault(partition, []).append(block)
+                    count = counted.setdefault(partition, [0, 0])
+                    count[0] += rows
+                    count[1] += 1
                 if splitter.mixed or splitter.uncountable:
                     break
         why = splitter.mixed or splitter.uncountable or splitter.broken
@@ -474,14 +478,20 @@ class LogicalBackup:
         if why is not None:
             log.info("clickhouse.batch.unsplit", table=table.display, partitions=len(batch.jobs), why=why)
             return None
-        by_job = {job.partition: job for job in batch.jobs}
-        return {partition: self._store(by_job[partition], b"".join(blocks)) for partition, blocks in held.items()}
 
-    def _store(self, job: PartitionJob, data: bytes) -> tuple[StoredStream, NativeRowCounter]:
-        """Store one partition's exported bytes as its own stream, counting its rows."""
-        counting = CountingReader(cast(BinaryIO, io.BytesIO(data)))
-        stored = self.writer.write_stream(cast(BinaryIO, counting), progress=self.progress)
-        return stored, counting.counter
+        def store(partition: str) -> tuple[StoredStream, NativeRowCounter]:
+            data = b"".join(held.pop(partition))
+            return self._store(data, NativeRowCounter.counted(*counted[partition]))
+
+        # Many small streams: stored side by side, or each would wait for its one chunk's write.
+        partitions = sorted(held)
+        workers = 2 * self.writer.repository.workers
+        return dict(zip(partitions, run_parallel(store, partitions, workers=workers), strict=True))
+
+    def _store(self, data: bytes, counter: NativeRowCounter) -> tuple[StoredStream, NativeRowCounter]:
+        """Store one partition's share of a batch (whole blocks, ``counter`` their rows) as its own stream."""
+        stored = self.writer.write_stream(cast(BinaryIO, io.BytesIO(data)), progress=self.progress)
+        return stored, counter
 
     def _export(self, job: PartitionJob) -> Exported | None:
         try:

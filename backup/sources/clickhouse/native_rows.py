@@ -163,6 +163,14 @@ class NativeRowCounter:
         self._parser = self._parse_blocks()
         next(self._parser)
 
+    @classmethod
+    def counted(cls, rows: int, blocks: int) -> NativeRowCounter:
+        """A finished counter of a whole stream of ``blocks`` blocks holding ``rows`` rows that were
+        counted as they passed elsewhere (NativeBlockSplitter: a partition's share of a batch)."""
+        counter = cls()
+        counter.rows, counter.blocks = rows, blocks
+        return counter
+
     def feed(self, data: bytes) -> None:
         if self.uncountable is not None or self.broken is not None or not data:
             return
@@ -367,43 +375,40 @@ class NativeBlockSplitter(NativeRowCounter):
             self._at_boundary = False
             columns = yield from self._varint()
             rows = yield from self._varint()
-            body = key_at = key_data = self._pos
-            name = type_name = ""
-            for _ in range(columns):
+            body = key_at = self._pos
+            name, type_name, value = b"", "", ""
+            for index in range(columns):
                 key_at = self._pos
-                name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+                name = yield from self._read((yield from self._varint()))
                 type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
-                key_data = self._pos
-                if rows:
+                if rows and index == columns - 1 and name == self.key and type_name == "String":
+                    value = yield from self._single_value(rows)
+                elif rows:
                     yield from self._column(layout(type_name), rows)
-            if not columns or name.encode() != self.key or type_name != "String":
-                raise _MixedBlock(f"the last column of a block is {name!r} ({type_name}), not {self.key.decode()!r}")
+            if not columns or name != self.key or type_name != "String":
+                shown = name.decode("utf-8", "replace")
+                raise _MixedBlock(f"the last column of a block is {shown!r} ({type_name}), not {self.key.decode()!r}")
             self.rows += rows
             self.blocks += 1
             if rows:
-                value = _single_value(bytes(self._buffer[key_data : self._pos]), rows)
                 block = _varint_bytes(columns - 1) + _varint_bytes(rows) + bytes(self._buffer[body:key_at])
                 self.blocks_out.append((value, rows, block))
+
+    def _single_value(self, rows: int) -> Generator[None, None, str]:
+        """The one value of a String column of ``rows`` values; _MixedBlock when they differ."""
+        length = yield from self._varint()
+        first = yield from self._read(length)
+        one = _varint_bytes(length) + first
+        rest = len(one) * (rows - 1)
+        yield from self._need(rest)
+        if self._buffer[self._pos : self._pos + rest] != one * (rows - 1):
+            raise _MixedBlock(f"a block of {rows} rows holds more than one value of the key column")
+        self._pos += rest
+        return first.decode("utf-8", "replace")
 
 
 class _MixedBlock(ValueError):
     pass
-
-
-def _single_value(data: bytes, rows: int) -> str:
-    """The one value of a String column's ``rows`` values (``data``); _MixedBlock when they differ."""
-    length = shift = pos = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    one = data[: pos + length]
-    if one * rows != data:
-        raise _MixedBlock(f"a block of {rows} rows holds more than one value of the key column")
-    return one[pos:].decode("utf-8", "replace")
 
 
 def _varint_bytes(value: int) -> bytes:
