@@ -6,9 +6,11 @@ Starts its own ClickHouse 18.16 server on free ports, fills two tables with the 
 partitioned into ``--partitions`` partitions, ``one.t`` in a single partition. Then, in the same
 run, rounds of ``lifeboat backup run`` (CLI child process, a fresh local repository each time) of
 each, interleaved; prints the best wall time of each, the client's and the server's CPU seconds,
-and the ratio many / one (issue 22's goal: within 2x). Then an incremental backup of the many-
-partition table with nothing changed, and one after a row was added to one partition (expect one
-partition exported, the others reused). Everything lives in a temporary directory, removed at the end.
+and the ratio many / one (issue 22's goal: within 2x); beside it the same ratio for the floor, a
+bare ``clickhouse-client .. FORMAT Native`` export of each table (the server's own cost of reading
+many parts). Then an incremental backup of the many-partition table with nothing changed, and one
+after a row was added to one partition (expect one partition exported, the others reused).
+Everything lives in a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/bench/: bench_clickhouse's helpers
 
-from bench_clickhouse import Run, best, http, lifeboat, run_child
+from bench_clickhouse import Run, best, client, http, lifeboat, run_child
 from policy_builder import PolicyBuilder
 
 from backup.servers import ClickHouseProcess, start_clickhouse
@@ -71,8 +73,11 @@ def main() -> None:
             fill(server, arguments.partitions, arguments.rows)
             configs = {name: policy(workdir / name, server, name) for name in ("many", "one")}
             runs: dict[str, list[Run]] = {"many": [], "one": []}
+            floors: dict[str, list[Run]] = {"many": [], "one": []}
             for _ in range(arguments.repeat):
                 for name, config in configs.items():
+                    export = client(server, f"SELECT * FROM {name}.t FORMAT Native")
+                    floors[name].append(run_child(export, stdout=workdir / "floor.native", server=server))
                     shutil.rmtree(workdir / name / "repo", ignore_errors=True)
                     (workdir / name / "state.db").unlink(missing_ok=True)
                     run_child(lifeboat(config, "repo", "init"))
@@ -81,10 +86,13 @@ def main() -> None:
             http(server, "INSERT INTO many.t VALUES ('2026-01-01', 7, 99999999999, 'new', 1.0, [])")
             one_changed = backup(configs["many"], "many", server)
         many, one = best(runs["many"]), best(runs["one"])
+        floor_many, floor_one = best(floors["many"]), best(floors["one"])
         exported = json.loads(many.stdout)["snapshots"][0]
         print(f"\nClickHouse 18.16, {arguments.rows:,} rows; best of {arguments.repeat} interleaved rounds\n")
         print(f"{'backup':<40}{'wall s':>8}{'client CPU s':>14}{'server CPU s':>14}")
         for label, run in (
+            (f"floor: clickhouse-client export, {arguments.partitions} p.", floor_many),
+            ("floor: the same, one partition", floor_one),
             (f"one table, {arguments.partitions} partitions", many),
             ("same rows, one partition", one),
             ("incremental, nothing changed", unchanged),
@@ -92,6 +100,7 @@ def main() -> None:
         ):
             print(f"{label:<40}{run.seconds:>8.2f}{run.cpu:>14.2f}{run.server_cpu:>14.2f}")
         print(f"\nratio many / one partition: {many.seconds / one.seconds:.2f} (goal: within 2x)")
+        print(f"the floor's own ratio (a bare export, no fingerprint): {floor_many.seconds / floor_one.seconds:.2f}")
         print(f"partitions exported by the first backup: {exported['partitions_exported']}")
         for label, run in (("nothing changed", unchanged), ("one partition changed", one_changed)):
             report = json.loads(run.stdout)["snapshots"][0]

@@ -13,6 +13,17 @@ parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; i
 parts is gone afterwards (merged, mutated, dropped) the export is retried, a bounded number of times,
 then taken by content (fingerprint before == after) or recorded as unpinned.
 
+Many small partitions: those of one table (up to SMALL_PARTITION each) are exported in batches,
+one ``SELECT <stored columns>, _partition_id .. WHERE _partition_id IN (..) AND _part IN (<their
+pinned parts>)`` per batch, fingerprinted by the same filter in one query ``GROUP BY _partition_id``
+(each partition's count() and sum(row hash), as its own query gives them) and checked against one
+read of the table's parts. The server sends each block from one part, so of one partition (the splitter checks it): the
+stream is split by block into the partitions' streams (without the ``_partition_id`` column: the
+entries are what per-partition exports store, same names and meta) and each partition's rows are
+counted in its blocks as they pass. A block of several partitions, or a type the splitter cannot
+follow, sends the batch back to one export per partition; a partition whose parts moved meanwhile
+is pinned again and exported on its own.
+
 Consistency: the active parts of every table are pinned at the start, in one read of system.parts
 for all of them (catalog.pin_parts), and each partition exports exactly its pinned parts,
 so the snapshot is the state of all tables at one instant. A partition whose pinned parts are gone
@@ -409,7 +420,7 @@ class LogicalBackup:
     def _export_batch(self, batch: Batch) -> list[Exported | None]:
         """Export and fingerprint the pinned parts of the batch's partitions in one query each, the
         export split into one stored stream per partition as it arrives (each checked as a partition's
-        own export is: its rows counted in the stored bytes equal its print's). A partition whose parts
+        own export is: the rows counted in its stored blocks equal its print's). A partition whose parts
         moved meanwhile is exported on its own, pinned again; a stream that cannot be split (a block
         of several partitions) makes every partition of the batch be exported on its own."""
         table = batch.table
