@@ -7,6 +7,7 @@ incremental reuses every unchanged partition; a value changed in one partition o
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,3 +170,55 @@ def test_a_value_changed_in_one_partition_of_hundreds_is_named_by_verify(many: M
 
     assert verification.verdict is Verdict.MISMATCH
     assert verification.differences == [f"{db}.events partition 42: count 100 equal, hash differs"]
+
+
+def test_a_partition_merged_during_its_batch_is_pinned_again_and_exported_alone(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db = clickhouse_database
+    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
+    client.execute(f"CREATE TABLE {db}.t (p UInt8, k UInt64) ENGINE = MergeTree PARTITION BY p ORDER BY k")
+    client.execute(f"INSERT INTO {db}.t SELECT number % 20, number FROM system.numbers LIMIT 2000")
+    client.execute(f"INSERT INTO {db}.t SELECT 5, 10000 + number FROM system.numbers LIMIT 100")  # partition 5: 2 parts
+    lock, merged = threading.Lock(), []
+
+    def merge_once(_: int) -> None:  # the batch has been read, its parts not yet checked: 5's are merged away
+        with lock:
+            if not merged:
+                client.execute(f"OPTIMIZE TABLE {db}.t PARTITION 5 FINAL")
+                merged.append(True)
+
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
+    settings = ClickHouseSettings.model_validate(
+        {
+            "kind": "clickhouse",
+            "host": clickhouse_server.host,
+            "port": clickhouse_server.tcp_port,
+            "http_port": clickhouse_server.http_port,
+            "databases": [db],
+            "parallel": 1,
+        }
+    )
+    try:
+        result = run_backup(repository, SOURCE, settings, progress=merge_once)
+
+        assert merged and result.figures["partitions_exported"] == 20
+        assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
+        [moved] = result.header.meta["consistency"]["moved"]
+        assert moved["partitions"] == ["5"] and "pinned again" in moved["why"]
+        [entry] = [entry for entry in repository.entries(result.header) if entry.meta.get("partition") == "5"]
+        assert len(entry.meta["parts"]) == 1 and entry.meta["stored_rows"] == 200  # the merged part
+        source = ClickHouseSource(SOURCE, settings)
+        options = RestoreOptions.of(
+            to_host=clickhouse_server.host,
+            to_port=clickhouse_server.tcp_port,
+            to_http_port=clickhouse_server.http_port,
+            to_database=f"{db}_copy",
+        )
+        restored = source.restore(repository, result.header, source.parse_target(options), options=options)
+        assert restored.figures["verification"]["verdict"] == "match"
+        assert client.execute(f"SELECT count(), uniqExact(k) FROM {db}_copy.t") == [(2100, 2100)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}_copy")
+        repository.close()
+        client.disconnect()
