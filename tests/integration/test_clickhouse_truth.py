@@ -218,6 +218,28 @@ def test_a_profile_that_cuts_results_short_fails_the_backup_naming_the_partition
         repository.close()
 
 
+def test_a_profile_that_cuts_a_batch_of_small_partitions_short_fails_the_backup(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path, limited_users: None
+) -> None:
+    """200 partitions of 500 rows are exported in batches of 100 partitions (50,000 rows, more than the
+    profile's 32,768): the partitions the cut stream leaves out, or leaves short, fail the backup."""
+    db = clickhouse_database
+    http(clickhouse_server, f"CREATE TABLE {db}.many (p UInt16, k UInt64) ENGINE = MergeTree PARTITION BY p ORDER BY k")
+    http(clickhouse_server, f"INSERT INTO {db}.many SELECT number % 200, number FROM system.numbers LIMIT 100000")
+
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
+    try:
+        settings = settings_for(clickhouse_server, db, user=LIMITED_READONLY)
+        with pytest.raises(SourceError) as raised:
+            run_backup(repository, SOURCE, settings)
+        message = str(raised.value)
+        assert f"{db}.many partition " in message and "but the partition holds 500" in message, message
+        assert "nothing was committed" in message
+        assert repository.snapshot_ids(SOURCE) == []
+    finally:
+        repository.close()
+
+
 @pytest.mark.parametrize("user", [LIMITED, "default"])
 def test_a_user_that_may_lift_its_limits_or_has_none_backs_up_every_row(
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path, limited_users: None, user: str

@@ -393,6 +393,27 @@ def live_rows(sql: SqlExecutor, tables: Iterable[Table]) -> dict[TableKey, int]:
     return counted
 
 
+def partition_bytes(sql: SqlExecutor, databases: Iterable[str]) -> dict[TableKey, dict[str, int]]:
+    """Uncompressed bytes of the active parts of every partition of ``databases`` (for batching
+    small partitions into one export; never part of a snapshot)."""
+    rows = sql.execute(
+        "SELECT database, table, partition_id, sum(data_uncompressed_bytes) FROM system.parts "
+        f"WHERE active AND database IN ({_in_list(databases)}) GROUP BY database, table, partition_id"
+    )
+    sizes: dict[TableKey, dict[str, int]] = {}
+    for database, table, partition, size in rows:
+        sizes.setdefault((str(database), str(table)), {})[str(partition)] = int(size)
+    return sizes
+
+
+def batch_filter(partitions: Mapping[str, PartSet]) -> str:
+    """A WHERE clause that reads exactly the ``parts`` of each of ``partitions``: what ``parts_filter``
+    reads for each, in one query (a part's name is unique in its table and names its partition)."""
+    ids = _in_list(sorted(partitions))
+    names = _in_list(sorted(part.name for parts in partitions.values() for part in parts))
+    return f"_partition_id IN ({ids}) AND _part IN ({names})"
+
+
 def parts_filter(partition: str, parts: PartSet) -> str:
     """A WHERE clause that reads exactly ``parts`` of ``partition`` (and nothing inserted since)."""
     names = _in_list(part.name for part in parts)
@@ -407,6 +428,17 @@ def print_where(sql: SqlExecutor, table_sql: str, columns: tuple[tuple[str, str]
     condition = f" WHERE {where}" if where else ""
     ((rows, digest),) = sql.execute(f"SELECT count(), sum({row_hash(columns)}) FROM {table_sql}{condition}")
     return int(rows), int(digest)
+
+
+def print_partitions(
+    sql: SqlExecutor, table_sql: str, columns: tuple[tuple[str, str], ...], where: str
+) -> dict[str, PartitionPrint]:
+    """count() and sum(row hash) of each partition of the rows ``where`` selects, in one query: for
+    each partition, what ``print_where`` gives for its own rows (the same aggregates, grouped)."""
+    rows = sql.execute(
+        f"SELECT _partition_id, count(), sum({row_hash(columns)}) FROM {table_sql} WHERE {where} GROUP BY _partition_id"
+    )
+    return {str(pid): (int(count), int(digest)) for pid, count, digest in rows}
 
 
 def print_by_partition(

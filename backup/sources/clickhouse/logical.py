@@ -13,6 +13,17 @@ parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; i
 parts is gone afterwards (merged, mutated, dropped) the export is retried, a bounded number of times,
 then taken by content (fingerprint before == after) or recorded as unpinned.
 
+Many small partitions: those of one table (up to SMALL_PARTITION each) are exported in batches,
+one ``SELECT <stored columns>, _partition_id .. WHERE _partition_id IN (..) AND _part IN (<their
+pinned parts>)`` per batch, fingerprinted by the same filter in one query ``GROUP BY _partition_id``
+(each partition's count() and sum(row hash), as its own query gives them) and checked against one
+read of the table's parts. The server sends each block from one part, so of one partition (the splitter checks it): the
+stream is split by block into the partitions' streams (without the ``_partition_id`` column: the
+entries are what per-partition exports store, same names and meta) and each partition's rows are
+counted in its blocks as they pass. A block of several partitions, or a type the splitter cannot
+follow, sends the batch back to one export per partition; a partition whose parts moved meanwhile
+is pinned again and exported on its own.
+
 Consistency: the active parts of every table are pinned at the start, in one read of system.parts
 for all of them (catalog.pin_parts), and each partition exports exactly its pinned parts,
 so the snapshot is the state of all tables at one instant. A partition whose pinned parts are gone
@@ -27,6 +38,8 @@ Native`` with ``insert_allow_materialized_columns = 1``, so MATERIALIZED columns
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -45,11 +58,15 @@ from backup.sources.clickhouse.catalog import (
     Part,
     PartSet,
     Table,
+    batch_filter,
     existing_tables,
+    partition_bytes,
     partition_parts,
     parts_filter,
     pin_parts,
+    print_partitions,
     print_where,
+    table_parts,
 )
 from backup.sources.clickhouse.client import (
     UNKNOWN_DATABASE,
@@ -62,7 +79,13 @@ from backup.sources.clickhouse.client import (
 )
 from backup.sources.clickhouse.consistency import Window
 from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
-from backup.sources.clickhouse.native_rows import CountingReader, NativeRowCounter
+from backup.sources.clickhouse.native_rows import (
+    CountingReader,
+    NativeBlockSplitter,
+    NativeRowCounter,
+    UncountableType,
+    layout,
+)
 from backup.sources.clickhouse.sql import TableRole, column_list, quote_string
 from policies.errors import SourceError
 
@@ -72,6 +95,14 @@ MAX_ATTEMPTS = 3
 """Exports of one partition before it is taken by content or recorded as unpinned."""
 
 DATA_FORMAT = "Native"
+SMALL_PARTITION = 4 * 2**20
+"""Uncompressed bytes up to which a partition is exported in a batch with others of its table."""
+BATCH_BYTES = 16 * 2**20
+"""Uncompressed bytes of one batch at most: a batch's export is held in memory until it is split."""
+BATCH_PARTS = 2000
+"""Parts of one batch at most: its queries name every one (the server's max_query_size is 256 KiB)."""
+PARTITION_KEY = "_partition_id"
+READ_SIZE = 1 << 20
 LISTED_EXPORTS = 100  # exported partitions named in a backup report (a whole run's and a sharded run's)
 
 EXPORT_SETTINGS = {
@@ -152,6 +183,68 @@ class PartitionJob:
 class ExportPlan:
     reused: list[Entry]
     jobs: list[PartitionJob]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Small partitions of one table exported and fingerprinted together, one query each."""
+
+    table: Table
+    jobs: tuple[PartitionJob, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.table.display} partitions {self.jobs[0].partition}..{self.jobs[-1].partition}"
+
+
+def batch_jobs(
+    jobs: Sequence[PartitionJob],
+    sizes: Mapping[TableKey, Mapping[str, int]],
+    parts: Mapping[TableKey, Mapping[str, PartSet]],
+    *,
+    parallel: int,
+) -> list[PartitionJob | Batch]:
+    """``jobs`` with the small partitions of each table (SMALL_PARTITION) grouped into batches of up to
+    BATCH_BYTES and BATCH_PARTS, and into at least ``parallel`` batches per table where there are that many. Whole
+    tables, big partitions and tables whose columns the splitter cannot follow stay single jobs."""
+    items: list[PartitionJob | Batch] = []
+    small: dict[TableKey, list[PartitionJob]] = {}
+    for job in jobs:
+        size = sizes.get(job.table.key, {}).get(job.partition)
+        if job.partition == WHOLE_TABLE or size is None or size > SMALL_PARTITION or not splittable(job.table):
+            items.append(job)
+        else:
+            small.setdefault(job.table.key, []).append(job)
+    for key, group in small.items():
+        most = max(1, math.ceil(len(group) / max(parallel, 1)))
+        batch: list[PartitionJob] = []
+        held = named = 0
+        for job in group:
+            size, count = sizes[key][job.partition], len(parts.get(key, {}).get(job.partition, ()))
+            if batch and (len(batch) >= most or held + size > BATCH_BYTES or named + count > BATCH_PARTS):
+                items.append(_batch(batch))
+                batch, held, named = [], 0, 0
+            batch.append(job)
+            held += size
+            named += count
+        if batch:
+            items.append(_batch(batch))
+    return items
+
+
+def _batch(jobs: list[PartitionJob]) -> PartitionJob | Batch:
+    return jobs[0] if len(jobs) == 1 else Batch(jobs[0].table, tuple(jobs))
+
+
+def splittable(table: Table) -> bool:
+    """Whether a batched export of ``table`` can be split into partitions (every column type's layout
+    is known to the Native reader)."""
+    try:
+        for _, column_type in table.columns:
+            layout(column_type)
+    except UncountableType:
+        return False
+    return bool(table.columns)
 
 
 PreviousExports = Mapping[tuple[str, str, str], Entry]  # (database, table, partition) -> data entry
@@ -294,8 +387,11 @@ class LogicalBackup:
             self.writer.add(entry)
         # Tables without parts cannot be pinned: they are read first, as close to the pin as can be.
         jobs = sorted(plan.jobs, key=lambda job: job.partition != WHOLE_TABLE)
+        sizes = partition_bytes(self.sql, catalog.databases) if any(job.partition != WHOLE_TABLE for job in jobs) else {}
+        items = batch_jobs(jobs, sizes, pin.parts, parallel=self.parallel)
         with self._printer:
-            exported = run_parallel(self._export, jobs, workers=self.parallel)
+            results = run_parallel(self._export_item, items, workers=self.parallel)
+        exported = [done for result in results for done in (result if isinstance(result, list) else [result])]
         self._check_still_there(catalog)
         prints = {table.key: _empty_print(table) for table in catalog.tables if table.role is TableRole.DATA}
         for entry in plan.reused:
@@ -307,6 +403,106 @@ class LogicalBackup:
                 table_print.unpinned.add(done.job.partition)
         entries = plan.reused + [done.entry for done in exported if done]
         return LogicalResult(prints, entries, len(plan.reused), self.tally, self.window.to_json())
+
+    def _export_item(self, item: PartitionJob | Batch) -> Exported | list[Exported | None] | None:
+        if isinstance(item, PartitionJob):
+            return self._export(item)
+        try:
+            return self._export_batch(item)
+        except ClickHouseError as exc:
+            if exc.code in (UNKNOWN_TABLE, UNKNOWN_DATABASE):
+                raise SourceError(
+                    f"table {item.table.display} disappeared during the backup (dropped or renamed?); nothing was "
+                    f"committed: run the backup again ({exc})"
+                ) from exc
+            raise SourceError(f"{item.label}: {exc}") from exc
+
+    def _export_batch(self, batch: Batch) -> list[Exported | None]:
+        """Export and fingerprint the pinned parts of the batch's partitions in one query each, the
+        export split into one stored stream per partition as it arrives (each checked as a partition's
+        own export is: the rows counted in its stored blocks equal its print's). A partition whose parts
+        moved meanwhile is exported on its own, pinned again; a stream that cannot be split (a block
+        of several partitions) makes every partition of the batch be exported on its own."""
+        table = batch.table
+        pinned = {job.partition: self.window.pin.parts.get(table.key, {}).get(job.partition, ()) for job in batch.jobs}
+        pinned = {partition: parts for partition, parts in pinned.items() if parts}
+        if not pinned:
+            return [None for _ in batch.jobs]
+        where = batch_filter(pinned)
+        printing = self._printer.submit(print_partitions, self.sql, table.sql, table.columns, where)
+        try:
+            streams = self._stream_batch(batch, where)
+        except BaseException:
+            printing.cancel()
+            wait([printing])
+            raise
+        prints = printing.result()
+        if streams is None:
+            return [self._export(job) for job in batch.jobs]
+        active = table_parts(self.sql, table)
+        results: list[Exported | None] = []
+        for job in batch.jobs:
+            parts = pinned.get(job.partition, ())
+            if not parts:
+                results.append(None)  # dropped since it was pinned: not part of this snapshot
+                continue
+            if not {part.name for part in parts} <= {part.name for part in active.get(job.partition, ())}:
+                self.tally.add(retries=1)
+                log.info("clickhouse.partition.moved", table=table.display, partition=job.partition, attempt=1)
+                results.append(self._export_pinned(job, again=True))
+                continue
+            stored, counter = streams.get(job.partition) or self._store(b"", NativeRowCounter.counted(0, 0))
+            partition_print = prints.get(job.partition, (0, 0))
+            rows = self._counted(job, counter, partition_print[0])
+            results.append(self._done(job, stored, parts, partition_print, rows, pinned=True))
+        return results
+
+    def _stream_batch(self, batch: Batch, where: str) -> dict[str, tuple[StoredStream, NativeRowCounter]] | None:
+        """Export the rows ``where`` selects with their partition id, and store each partition's
+        blocks (without that column) as its own stream; None when the stream cannot be split."""
+        table = batch.table
+        statement = (
+            f"SELECT {column_list(table.columns)}, {PARTITION_KEY} FROM {table.sql} WHERE {where} FORMAT {DATA_FORMAT}"
+        )
+        splitter = NativeBlockSplitter(PARTITION_KEY)
+        held: dict[str, list[bytes]] = {}
+        counted: dict[str, list[int]] = {}  # partition -> [rows, blocks], counted by the splitter
+        wanted = {job.partition for job in batch.jobs}
+        with self.channel.export(statement, what=f"export of {batch.label}", settings=self.settings) as stream:
+            while data := stream.read(READ_SIZE):
+                splitter.feed(data)
+                for partition, rows, block in splitter.take():
+                    held.setdefault(partition, []).append(block)
+                    count = counted.setdefault(partition, [0, 0])
+                    count[0] += rows
+                    count[1] += 1
+                if splitter.mixed or splitter.uncountable:
+                    break
+        why = splitter.mixed or splitter.uncountable or splitter.broken
+        if why is None and not held.keys() <= wanted:
+            why = f"rows of partitions {sorted(held.keys() - wanted)} that were not asked for"
+        if why is None:
+            try:
+                splitter.finish()
+            except ValueError as exc:
+                why = str(exc)
+        if why is not None:
+            log.info("clickhouse.batch.unsplit", table=table.display, partitions=len(batch.jobs), why=why)
+            return None
+
+        def store(partition: str) -> tuple[StoredStream, NativeRowCounter]:
+            data = b"".join(held.pop(partition))
+            return self._store(data, NativeRowCounter.counted(*counted[partition]))
+
+        # Many small streams: stored side by side, or each would wait for its one chunk's write.
+        partitions = sorted(held)
+        workers = 2 * self.writer.repository.workers
+        return dict(zip(partitions, run_parallel(store, partitions, workers=workers), strict=True))
+
+    def _store(self, data: bytes, counter: NativeRowCounter) -> tuple[StoredStream, NativeRowCounter]:
+        """Store one partition's share of a batch (whole blocks, ``counter`` their rows) as its own stream."""
+        stored = self.writer.write_stream(cast(BinaryIO, io.BytesIO(data)), progress=self.progress)
+        return stored, counter
 
     def _export(self, job: PartitionJob) -> Exported | None:
         try:
@@ -323,12 +519,13 @@ class LogicalBackup:
                 ) from exc
             raise SourceError(f"{job.label}: {exc}") from exc
 
-    def _export_pinned(self, job: PartitionJob) -> Exported | None:
+    def _export_pinned(self, job: PartitionJob, *, again: bool = False) -> Exported | None:
         """Export the partition's pinned parts; where they are gone (merged away since the pin), pin
-        the partition again (recorded in the window) and export that."""
+        the partition again (recorded in the window) and export that. ``again``: they are known to
+        be gone (a batch found it), so the first attempt pins again."""
         table, partition = job.table, job.partition
         parts = self.window.pin.parts.get(table.key, {}).get(partition, ())
-        for attempt in range(MAX_ATTEMPTS):
+        for attempt in range(1 if again else 0, MAX_ATTEMPTS):
             if attempt:
                 parts = partition_parts(self.sql, table, partition)
                 why = f"pinned again: its parts were merged away or replaced after the pin (attempt {attempt + 1})"

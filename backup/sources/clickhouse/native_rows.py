@@ -163,6 +163,14 @@ class NativeRowCounter:
         self._parser = self._parse_blocks()
         next(self._parser)
 
+    @classmethod
+    def counted(cls, rows: int, blocks: int) -> NativeRowCounter:
+        """A finished counter of a whole stream of ``blocks`` blocks holding ``rows`` rows that were
+        counted as they passed elsewhere (NativeBlockSplitter: a partition's share of a batch)."""
+        counter = cls()
+        counter.rows, counter.blocks = rows, blocks
+        return counter
+
     def feed(self, data: bytes) -> None:
         if self.uncountable is not None or self.broken is not None or not data:
             return
@@ -318,3 +326,95 @@ class CountingReader:
         data = self._stream.read(size)
         self.counter.feed(data)
         return data
+
+
+class NativeBlockSplitter(NativeRowCounter):
+    """Fed a Native stream whose last column is the String ``key``, gives its blocks one by one in
+    ``blocks`` as (key value, rows, the block without the key column), for blocks that hold a single
+    key value: a batched export (``SELECT <columns>, _partition_id ...``) split into per-partition
+    streams that are byte for byte what a per-partition export sends (the same columns, whole blocks).
+
+    A block whose rows hold several key values, or whose last column is not the key, stops the
+    splitting: ``mixed`` says why (the caller exports the partitions one by one instead)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key.encode()
+        self.blocks_out: list[tuple[str, int, bytes]] = []
+        self.mixed: str | None = None
+        super().__init__()
+
+    def feed(self, data: bytes) -> None:
+        if self.uncountable is not None or self.broken is not None or self.mixed is not None or not data:
+            return
+        if self._at_boundary and self._pos:  # never mid-block: a block's start must stay where it is
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+        try:
+            self._parser.send(None)
+        except UncountableType as exc:
+            self.uncountable = str(exc)
+            self._buffer = bytearray()
+        except _MixedBlock as exc:
+            self.mixed = str(exc)
+            self._buffer = bytearray()
+        except (ValueError, IndexError, struct.error, StopIteration) as exc:
+            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
+            self._buffer = bytearray()
+
+    def take(self) -> list[tuple[str, int, bytes]]:
+        """The whole blocks split since the last call."""
+        taken, self.blocks_out = self.blocks_out, []
+        return taken
+
+    def _parse_blocks(self) -> Generator[None, None, None]:
+        while True:
+            self._at_boundary = True
+            while self._pos >= len(self._buffer):
+                yield
+            self._at_boundary = False
+            columns = yield from self._varint()
+            rows = yield from self._varint()
+            body = key_at = self._pos
+            name, type_name, value = b"", "", ""
+            for index in range(columns):
+                key_at = self._pos
+                name = yield from self._read((yield from self._varint()))
+                type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+                if rows and index == columns - 1 and name == self.key and type_name == "String":
+                    value = yield from self._single_value(rows)
+                elif rows:
+                    yield from self._column(layout(type_name), rows)
+            if not columns or name != self.key or type_name != "String":
+                shown = name.decode("utf-8", "replace")
+                raise _MixedBlock(f"the last column of a block is {shown!r} ({type_name}), not {self.key.decode()!r}")
+            self.rows += rows
+            self.blocks += 1
+            if rows:
+                block = _varint_bytes(columns - 1) + _varint_bytes(rows) + bytes(self._buffer[body:key_at])
+                self.blocks_out.append((value, rows, block))
+
+    def _single_value(self, rows: int) -> Generator[None, None, str]:
+        """The one value of a String column of ``rows`` values; _MixedBlock when they differ."""
+        length = yield from self._varint()
+        first = yield from self._read(length)
+        one = _varint_bytes(length) + first
+        rest = len(one) * (rows - 1)
+        yield from self._need(rest)
+        if self._buffer[self._pos : self._pos + rest] != one * (rows - 1):
+            raise _MixedBlock(f"a block of {rows} rows holds more than one value of the key column")
+        self._pos += rest
+        return first.decode("utf-8", "replace")
+
+
+class _MixedBlock(ValueError):
+    pass
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

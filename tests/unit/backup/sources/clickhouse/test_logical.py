@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from backup.sources.clickhouse.catalog import Part
-from backup.sources.clickhouse.logical import PartitionJob, plan_exports
+from backup.sources.clickhouse.logical import Batch, PartitionJob, batch_jobs, plan_exports
 
 from .samples import data_entry, parts, table
 
@@ -50,3 +52,27 @@ def test_a_changed_definition_or_recreated_parts_force_an_export() -> None:
 def test_partition_labels_name_table_and_partition() -> None:
     assert PartitionJob(table("events"), "202611").label == "features.events partition 202611"
     assert PartitionJob(table("odd name", "Log"), "").label == "features.`odd name`"
+
+
+def test_small_partitions_are_batched_per_table_big_ones_and_whole_tables_stay_alone() -> None:
+    events, other, log = table("events"), table("other"), table("audit", "Log")
+    ids = [f"2026{month:02d}" for month in range(1, 11)]
+    jobs = [PartitionJob(events, pid) for pid in ids] + [PartitionJob(other, "202601"), PartitionJob(log, "")]
+    sizes = {events.key: dict.fromkeys(ids, 1000) | {"202605": 64 * 2**20}, other.key: {"202601": 10}}
+    pinned = {events.key: {pid: parts(f"{pid}_1_1_0") for pid in ids}, other.key: {"202601": parts("202601_1_1_0")}}
+
+    items = batch_jobs(jobs, sizes, pinned, parallel=2)
+
+    singles = sorted((item.table.name, item.partition) for item in items if isinstance(item, PartitionJob))
+    batches = [[job.partition for job in item.jobs] for item in items if isinstance(item, Batch)]
+    assert singles == [("audit", ""), ("events", "202605"), ("other", "202601")]
+    # Nine small partitions of events in batches of at most ceil(9 / 2), so that both workers have one.
+    assert batches == [ids[:4] + ids[5:6], ids[6:]]
+
+
+def test_a_table_whose_columns_cannot_be_split_is_never_batched() -> None:
+    states = replace(table("states"), columns=(("day", "Date"), ("s", "AggregateFunction(uniq, UInt64)")))
+    jobs = [PartitionJob(states, pid) for pid in ("202601", "202602")]
+    sizes = {states.key: {"202601": 10, "202602": 10}}
+
+    assert batch_jobs(jobs, sizes, {}, parallel=1) == jobs

@@ -6,7 +6,13 @@ import struct
 
 import pytest
 
-from backup.sources.clickhouse.native_rows import NativeRowCounter, UncountableType, layout, split_arguments
+from backup.sources.clickhouse.native_rows import (
+    NativeBlockSplitter,
+    NativeRowCounter,
+    UncountableType,
+    layout,
+    split_arguments,
+)
 
 
 def varint(value: int) -> bytes:
@@ -81,3 +87,40 @@ def test_type_arguments_split_at_the_top_level_only() -> None:
     assert split_arguments("UInt8, Tuple(String, Array(UInt8))") == ["UInt8", "Tuple(String, Array(UInt8))"]
     assert layout("LowCardinality(Nullable(String))").inner[0].kind == "string"
     assert layout("Map(String, UInt64)").kind == "array"
+
+
+def keyed_block(rows: int, key: bytes | list[bytes], values: bytes) -> bytes:
+    keys = key if isinstance(key, list) else [key] * rows
+    body = varint(2) + varint(rows)
+    body += string(b"v") + string(b"UInt32") + values
+    return body + string(b"_partition_id") + string(b"String") + b"".join(string(k) for k in keys)
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_a_batched_export_splits_into_the_blocks_a_per_partition_export_sends(step: int) -> None:
+    data = keyed_block(2, b"202609", struct.pack("<2I", 1, 2)) + keyed_block(1, b"202610", struct.pack("<I", 3))
+    data += keyed_block(0, [], b"")
+    splitter = NativeBlockSplitter("_partition_id")
+    split = []
+    for start in range(0, len(data), step):
+        splitter.feed(data[start : start + step])
+        split += splitter.take()
+
+    assert splitter.finish() == 3 and splitter.mixed is None
+    assert split == [
+        ("202609", 2, block(2, ("UInt32", struct.pack("<2I", 1, 2))).replace(b"\x01c", b"\x01v")),
+        ("202610", 1, block(1, ("UInt32", struct.pack("<I", 3))).replace(b"\x01c", b"\x01v")),
+    ]
+    counter = NativeRowCounter()
+    counter.feed(split[0][2])
+    assert counter.finish() == 2
+
+
+def test_a_block_of_two_partitions_or_without_the_key_stops_the_splitting() -> None:
+    mixed = NativeBlockSplitter("_partition_id")
+    mixed.feed(keyed_block(2, [b"202609", b"202610"], struct.pack("<2I", 1, 2)))
+    assert mixed.mixed and not mixed.take()
+
+    keyless = NativeBlockSplitter("_partition_id")
+    keyless.feed(block(1, ("UInt32", struct.pack("<I", 3))))
+    assert keyless.mixed and not keyless.take()
