@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +53,6 @@ from backup.repository.repository import Repository, SnapshotWriter, StoredStrea
 from backup.sources.base import Progress
 from backup.sources.clickhouse.catalog import (
     Catalog,
-    Part,
     PartSet,
     Table,
     batch_filter,
@@ -78,14 +75,13 @@ from backup.sources.clickhouse.client import (
     run_parallel,
 )
 from backup.sources.clickhouse.consistency import Window
-from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint, partition_label
+from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, PartitionPrint, TableKey, TablePrint
 from backup.sources.clickhouse.native_rows import (
     CountingReader,
     NativeBlockSplitter,
     NativeRowCounter,
-    UncountableType,
-    layout,
 )
+from backup.sources.clickhouse.plan import Batch, PartitionJob, batch_jobs, plan_exports
 from backup.sources.clickhouse.sql import TableRole, column_list, quote_string
 from policies.errors import SourceError
 
@@ -95,12 +91,6 @@ MAX_ATTEMPTS = 3
 """Exports of one partition before it is taken by content or recorded as unpinned."""
 
 DATA_FORMAT = "Native"
-SMALL_PARTITION = 4 * 2**20
-"""Uncompressed bytes up to which a partition is exported in a batch with others of its table."""
-BATCH_BYTES = 16 * 2**20
-"""Uncompressed bytes of one batch at most: a batch's export is held in memory until it is split."""
-BATCH_PARTS = 2000
-"""Parts of one batch at most: its queries name every one (the server's max_query_size is 256 KiB)."""
 PARTITION_KEY = "_partition_id"
 READ_SIZE = 1 << 20
 LISTED_EXPORTS = 100  # exported partitions named in a backup report (a whole run's and a sharded run's)
@@ -164,122 +154,6 @@ def data_meta(entry: Entry) -> dict[str, Any] | None:
 
 def entry_print(entry: Entry) -> PartitionPrint:
     return int(entry.meta["rows"]), int(entry.meta["hash"])
-
-
-# ---- planning (pure) -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartitionJob:
-    table: Table
-    partition: str  # WHOLE_TABLE for tables without partitions
-
-    @property
-    def label(self) -> str:
-        return partition_label(self.table.display, self.partition)
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    reused: list[Entry]
-    jobs: list[PartitionJob]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Small partitions of one table exported and fingerprinted together, one query each."""
-
-    table: Table
-    jobs: tuple[PartitionJob, ...]
-
-    @property
-    def label(self) -> str:
-        return f"{self.table.display} partitions {self.jobs[0].partition}..{self.jobs[-1].partition}"
-
-
-def batch_jobs(
-    jobs: Sequence[PartitionJob],
-    sizes: Mapping[TableKey, Mapping[str, int]],
-    parts: Mapping[TableKey, Mapping[str, PartSet]],
-    *,
-    parallel: int,
-) -> list[PartitionJob | Batch]:
-    """``jobs`` with the small partitions of each table (SMALL_PARTITION) grouped into batches of up to
-    BATCH_BYTES and BATCH_PARTS, and into at least ``parallel`` batches per table where there are that many. Whole
-    tables, big partitions and tables whose columns the splitter cannot follow stay single jobs."""
-    items: list[PartitionJob | Batch] = []
-    small: dict[TableKey, list[PartitionJob]] = {}
-    for job in jobs:
-        size = sizes.get(job.table.key, {}).get(job.partition)
-        if job.partition == WHOLE_TABLE or size is None or size > SMALL_PARTITION or not splittable(job.table):
-            items.append(job)
-        else:
-            small.setdefault(job.table.key, []).append(job)
-    for key, group in small.items():
-        most = max(1, math.ceil(len(group) / max(parallel, 1)))
-        batch: list[PartitionJob] = []
-        held = named = 0
-        for job in group:
-            size, count = sizes[key][job.partition], len(parts.get(key, {}).get(job.partition, ()))
-            if batch and (len(batch) >= most or held + size > BATCH_BYTES or named + count > BATCH_PARTS):
-                items.append(_batch(batch))
-                batch, held, named = [], 0, 0
-            batch.append(job)
-            held += size
-            named += count
-        if batch:
-            items.append(_batch(batch))
-    return items
-
-
-def _batch(jobs: list[PartitionJob]) -> PartitionJob | Batch:
-    return jobs[0] if len(jobs) == 1 else Batch(jobs[0].table, tuple(jobs))
-
-
-def splittable(table: Table) -> bool:
-    """Whether a batched export of ``table`` can be split into partitions (every column type's layout
-    is known to the Native reader)."""
-    try:
-        for _, column_type in table.columns:
-            layout(column_type)
-    except UncountableType:
-        return False
-    return bool(table.columns)
-
-
-PreviousExports = Mapping[tuple[str, str, str], Entry]  # (database, table, partition) -> data entry
-
-
-def plan_exports(
-    tables: Sequence[Table], parts: Mapping[TableKey, Mapping[str, PartSet]], previous: PreviousExports
-) -> ExportPlan:
-    """Which partitions reuse the previous snapshot's entry and which must be exported.
-
-    Tables without partitions are always exported (nothing proves they did not change)."""
-    reused: list[Entry] = []
-    jobs: list[PartitionJob] = []
-    for table in tables:
-        if table.role is not TableRole.DATA:
-            continue
-        if not table.has_partitions:
-            jobs.append(PartitionJob(table, WHOLE_TABLE))
-            continue
-        for partition, partset in sorted(parts.get(table.key, {}).items()):
-            old = previous.get((table.database, table.name, partition))
-            if old is not None and reusable(old, table, partset):
-                reused.append(old)
-            else:
-                jobs.append(PartitionJob(table, partition))
-    return ExportPlan(reused, jobs)
-
-
-def reusable(entry: Entry, table: Table, parts: PartSet) -> bool:
-    """Whether ``entry`` (a previous export) still holds exactly this partition's rows: it was pinned,
-    the table definition is the same, and so is the set of active parts."""
-    meta = entry.meta
-    if meta.get("pinned") is not True or meta.get("schema") != table.schema_id:
-        return False
-    return tuple(Part.from_json(value) for value in meta.get("parts", [])) == parts
 
 
 def previous_exports(repository: Repository, previous: SnapshotHeader | None) -> dict[tuple[str, str, str], Entry]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from backup.sources.clickhouse.catalog import Part
-from backup.sources.clickhouse.logical import Batch, PartitionJob, batch_jobs, plan_exports
+from backup.sources.clickhouse.plan import Batch, PartitionJob, batch_jobs, plan_exports
 
 from .samples import data_entry, parts, table
 
