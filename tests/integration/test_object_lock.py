@@ -91,7 +91,7 @@ def test_prune_of_a_locked_repository_forgets_now_and_deletes_the_manifest_when_
     pruned = cli.json("prune")
 
     assert promised["forgotten"] == pruned["forgotten"] == [ids[0]]
-    assert sorted(pruned["kept"]) == ids[1:]
+    assert sorted(pruned["kept"]) == sorted(ids[1:])  # ids have whole seconds: two in one second sort by suffix
     assert pruned["snapshots_locked"] == [ids[0]]  # locked, deleted later
     assert cli.snapshot_ids() == ids[1:]
     assert cli("snapshots", "show", ids[0]).code == 1  # forgotten: not found, though its manifest is still there
