@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,13 @@ def _run(config: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--config", str(config), *args])
 
 
+def _backs_up(config: Path) -> None:
+    """`backup run` ends 0; otherwise the failure shows its output and any exception's traceback."""
+    result = _run(config, "backup", "run")
+    trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+    assert result.exit_code == 0, f"{result.output[-3000:]}\n{trace}"
+
+
 def _aside(state: Path) -> list[Path]:
     return sorted(state.parent.glob("state.db.damaged-*"))
 
@@ -60,7 +68,7 @@ def test_a_damaged_state_db_is_kept_aside_and_backups_go_on(
     config = _config(tmp_path, etcd_server, smtp_inbox)
     state = tmp_path / "state" / "state.db"
     for _ in range(3):
-        assert _run(config, "backup", "run").exit_code == 0
+        _backs_up(config)
     DAMAGE[damage](state)
     damaged = state.read_bytes()
 
@@ -92,7 +100,7 @@ def test_status_and_serve_move_a_damaged_state_db_aside_too(
 ) -> None:
     config = _config(tmp_path, etcd_server, smtp_inbox)
     state = tmp_path / "state" / "state.db"
-    assert _run(config, "backup", "run").exit_code == 0
+    _backs_up(config)
     _garbage(state)
     status = _run(config, "status")
     assert status.exit_code == 0, status.output[-3000:]
