@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,6 +174,12 @@ def _run_and_report(
             click.echo(_backup_line(result))
         for error in errors:
             click.echo(f"{error['source']}: FAILED: {error['message']}", err=True)
+    _warn_and_exit(results, errors)
+
+
+def _warn_and_exit(results: Sequence[BackupResult], errors: list[dict[str, str]]) -> None:
+    """Name each suspicious snapshot on stderr; exit 1 when anything failed, else 4 when a snapshot
+    is suspicious (the CLI contract of ``backup run``)."""
     suspicious = [result for result in results if result.anomalies]
     for result in suspicious:
         reasons = "; ".join(result.anomalies)
@@ -205,14 +211,7 @@ def _run_restore_point(session: Session, name: str, *, as_json: bool) -> None:
             click.echo(f"{error['source']}: FAILED: {error['message']}", err=True)
         if run.point is not None:
             click.echo(restore_point_line(run.point))
-    suspicious = [result for result in run.results if result.anomalies]
-    for result in suspicious:
-        reasons = "; ".join(result.anomalies)
-        click.echo(f"WARNING: suspicious snapshot {result.header.id} of {result.header.source}: {reasons}", err=True)
-    if errors:
-        click.get_current_context().exit(EXIT_FAILED)
-    if suspicious:
-        click.get_current_context().exit(EXIT_SUSPICIOUS)
+    _warn_and_exit(run.results, errors)
 
 
 def restore_point_line(point: RestorePoint) -> str:
