@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from backup.repository.faulty import FaultyStore
-from backup.repository.manifest import SnapshotHeader
-from backup.repository.repository import Repository, chunk_key
+from backup.repository.faulty import FaultyStore, target
+from backup.repository.manifest import ChunkRef, SnapshotHeader
+from backup.repository.repository import Repository
 from backup.repository.retry import RetryPolicy
 from backup.sources.base import Progress, RestoreResult, Source, Verdict, Verification
 from drills.scratch.base import ScratchEnvironment, Slot
@@ -70,12 +70,12 @@ class Fault(Protocol):
     def run(self, ctx: DrillContext, outcome: StepOutcome) -> None: ...
 
 
-def data_chunk(ctx: DrillContext) -> str:
+def data_chunk(ctx: DrillContext) -> ChunkRef:
     """One chunk of the snapshot's data (from the middle of its largest entry)."""
     largest = max(ctx.repository.entries(ctx.header), key=lambda entry: entry.size, default=None)
     if largest is None or not largest.chunks:
         raise StepUnverified("the snapshot holds no data chunk to damage")
-    return largest.chunks[len(largest.chunks) // 2][0]
+    return largest.chunks[len(largest.chunks) // 2]
 
 
 class _DamagedChunk:
@@ -87,11 +87,12 @@ class _DamagedChunk:
     damage: ClassVar[str]  # FaultyStore keyword: corrupt | missing
 
     def run(self, ctx: DrillContext, outcome: StepOutcome) -> None:
-        chunk = data_chunk(ctx)
+        ref = data_chunk(ctx)
+        chunk = ref.id
         faulty: dict[str, FaultyStore] = {}
 
         def wrap(store: Any) -> FaultyStore:
-            key = {chunk_key(chunk)}
+            key = {target(ref)}
             faulty["store"] = FaultyStore(
                 store, corrupt=key if self.damage == "corrupt" else (), missing=key if self.damage == "missing" else ()
             )

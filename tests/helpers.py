@@ -177,3 +177,13 @@ def init_repository(config: Path) -> Path:
     except RepositoryNotFound:
         create(settings).close()
     return config
+
+
+def flip_chunk_byte(repository_root: Path, ref: Any) -> None:
+    """Flip one byte of a chunk's stored bytes on disk: in its own object, or in its range of a pack
+    (``ref``: a manifest.ChunkRef of a repository in a local directory)."""
+    path = repository_root / ref.key
+    raw = bytearray(path.read_bytes())
+    start, length = (ref.offset, ref.length) if ref.pack else (0, len(raw))
+    raw[start + length // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))

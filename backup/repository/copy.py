@@ -25,6 +25,7 @@ from typing import Any, Literal
 import structlog
 
 from backup.repository.manifest import ChunkRef, Entry, SnapshotHeader, manifest_key
+from backup.repository.packs import ChunkSink
 from backup.repository.repository import Repository, WriteStats
 from backup.repository.store import put_bytes
 from policies.errors import IntegrityError, LifeboatError, UsageError
@@ -106,7 +107,7 @@ def copy_snapshots(
         locks.enter_context(source.lock("shared", f"copy to {target.url}", stale_after=stale_after))
         locks.enter_context(target.lock("shared", f"copy from {source.url}", stale_after=stale_after))
         present = set(target.snapshot_ids())
-        known = target.stored_chunk_ids()
+        known = target.stored_object_names()
         for header in sorted(headers, key=lambda item: (item.started, item.id)):
             if header.id in present:
                 report.snapshots.append(SnapshotCopy(header.id, header.source, "skipped", message="in the target already"))
@@ -117,13 +118,15 @@ def copy_snapshots(
 
 def _copy_one(source: Repository, target: Repository, header: SnapshotHeader, known: set[str]) -> SnapshotCopy:
     stats = WriteStats()
+    sink = target.new_sink(known)  # its own pack: a snapshot that fails leaves the next one whole
     try:
         with ThreadPoolExecutor(max_workers=source.workers, thread_name_prefix="lifeboat-copy") as pool:
-            chunks = _ChunkCopier(source, target, pool, stats, known, snapshot=header.id)
-            entries = _EntriesWriter(target, stats, known)
+            chunks = _ChunkCopier(source, target, pool, stats, sink, snapshot=header.id)
+            entries = _EntriesWriter(target, stats, sink)
             for entry in source.entries(header):
                 entries.add(chunks.copy_entry(entry))
             copied = replace(header, entries_chunks=entries.finish())
+            target.seal(sink, stats)
             key = manifest_key(header.source, header.id)
             sealed = target.codec.encode(copied.to_json(), name=key)
             put_bytes(target.store, key, sealed)  # the commit point: every chunk it names is stored
@@ -153,11 +156,11 @@ class _ChunkCopier:
         target: Repository,
         pool: ThreadPoolExecutor,
         stats: WriteStats,
-        known: set[str],
+        sink: ChunkSink,
         *,
         snapshot: str,
     ) -> None:
-        self.source, self.target, self.pool, self.stats, self.known = source, target, pool, stats, known
+        self.source, self.target, self.pool, self.stats, self.sink = source, target, pool, stats, sink
         self.snapshot = snapshot
         self.window = source.workers * 2
 
@@ -180,8 +183,8 @@ class _ChunkCopier:
     def _copied(self, refs: list[ChunkRef]) -> Iterator[tuple[bytes, ChunkRef]]:
         pending: deque[Future[tuple[bytes, ChunkRef]]] = deque()
         try:
-            for chunk_id, _ in refs:
-                pending.append(self.pool.submit(self._copy_chunk, chunk_id))
+            for ref in refs:
+                pending.append(self.pool.submit(self._copy_chunk, ref))
                 if len(pending) >= self.window:
                     yield pending.popleft().result()
             while pending:
@@ -190,17 +193,17 @@ class _ChunkCopier:
             for future in pending:
                 future.cancel()
 
-    def _copy_chunk(self, chunk_id: str) -> tuple[bytes, ChunkRef]:
-        plaintext = self.source.read_chunk(chunk_id, snapshot=self.snapshot)  # checked against its id
-        # The target names it by its own id (its HMAC key): the entry takes that name (the id map).
-        return plaintext, self.target.store_chunk(plaintext, self.stats, self.known)
+    def _copy_chunk(self, ref: ChunkRef) -> tuple[bytes, ChunkRef]:
+        plaintext = self.source.read_chunk(ref, snapshot=self.snapshot)  # checked against its id
+        # The target names it by its own id (its HMAC key) and place: the entry takes those.
+        return plaintext, self.target.store_chunk(plaintext, self.stats, self.sink)
 
 
 class _EntriesWriter:
     """The copied entries stream, stored through the target's chunk path as a backup writes it."""
 
-    def __init__(self, target: Repository, stats: WriteStats, known: set[str]) -> None:
-        self.target, self.stats, self.known = target, stats, known
+    def __init__(self, target: Repository, stats: WriteStats, sink: ChunkSink) -> None:
+        self.target, self.stats, self.sink = target, stats, sink
         self.buffer = bytearray()
         self.chunks: list[ChunkRef] = []
 
@@ -215,5 +218,5 @@ class _EntriesWriter:
 
     def _flush(self) -> None:
         if self.buffer:
-            self.chunks.append(self.target.store_chunk(bytes(self.buffer), self.stats, self.known))
+            self.chunks.append(self.target.store_chunk(bytes(self.buffer), self.stats, self.sink))
             self.buffer.clear()

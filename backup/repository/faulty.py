@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import BinaryIO, Literal
 
+from backup.repository.manifest import ChunkRef
 from backup.repository.store import ObjectInfo, ObjectNotFound, Store, TransientStoreError
 
 Operation = Literal["put", "get", "exists", "list", "delete"]
@@ -106,6 +107,18 @@ class FaultyStore:
             self.injected["corrupt"] += 1
         yield io.BytesIO(flip_one_byte(data))
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """As ``open``, and a chunk in a pack can be the one damaged: ``<pack key>@<offset>`` (``target``)."""
+        self._enter("get", key)
+        if self._hidden(key) or self._hidden(f"{key}@{offset}"):
+            raise ObjectNotFound(f"{key} not found in {self.url} (injected: missing)")
+        data = self.inner.get_range(key, offset, length)
+        if key not in self.corrupt and f"{key}@{offset}" not in self.corrupt:
+            return data
+        with self._lock:
+            self.injected["corrupt"] += 1
+        return flip_one_byte(data)
+
     def exists(self, key: str) -> bool:
         self._enter("exists", key)
         return not self._hidden(key) and self.inner.exists(key)
@@ -120,6 +133,11 @@ class FaultyStore:
 
     def remove_incomplete(self, before: datetime) -> int:
         return self.inner.remove_incomplete(before)
+
+
+def target(ref: ChunkRef) -> str:
+    """What names one chunk in ``corrupt`` or ``missing``: its object's key, or in a pack, its place."""
+    return f"{ref.key}@{ref.offset}" if ref.pack else ref.key
 
 
 def flip_one_byte(data: bytes) -> bytes:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.manifest import ChunkRef, Entry, SnapshotHeader
 from backup.repository.repository import Repository
 
 _WILDCARDS = frozenset("*?[")
@@ -190,16 +190,16 @@ class RepositoryStats:
 
 def repository_stats(repository: Repository, headers: Iterable[SnapshotHeader]) -> RepositoryStats:
     """Usage figures of each source of ``headers`` and of all of them together, streaming every
-    snapshot's entries once (memory: a set of chunk ids per source, and the chunk listing)."""
-    stored = {info.key.rsplit("/", 1)[-1]: info.size for info in repository.store.list("chunks/")}
-    per_source: dict[str, tuple[UsageFigures, dict[str, int]]] = {}
+    snapshot's entries once (memory: the chunk references of each source, and the store's listing)."""
+    stored = repository.stored_objects()
+    per_source: dict[str, tuple[UsageFigures, dict[str, ChunkRef]]] = {}
     for header in headers:
         figures, chunks = per_source.setdefault(header.source, (UsageFigures(), {}))
         figures.snapshots += 1
         figures.logical_bytes += header.size
-        chunks.update(header.entries_chunks)
+        chunks.update((ref.id, ref) for ref in header.entries_chunks)
         for entry in repository.entries(header):
-            chunks.update(entry.chunks)
+            chunks.update((ref.id, ref) for ref in entry.chunks)
     total, every = UsageFigures(), {}
     for figures, chunks in per_source.values():
         _count_chunks(figures, chunks, stored)
@@ -210,13 +210,14 @@ def repository_stats(repository: Repository, headers: Iterable[SnapshotHeader]) 
     return RepositoryStats(
         sources={name: figures for name, (figures, _) in per_source.items()},
         total=total,
-        chunks_stored=len(stored),
+        chunks_stored=sum(1 for key in stored if key.startswith("chunks/")) + sum(1 for ref in every.values() if ref.pack),
         bytes_stored=sum(stored.values()),
-        missing_chunks=sum(1 for chunk in every if chunk not in stored),
+        missing_chunks=sum(1 for ref in every.values() if ref.key not in stored),
     )
 
 
-def _count_chunks(figures: UsageFigures, chunks: Mapping[str, int], stored: Mapping[str, int]) -> None:
+def _count_chunks(figures: UsageFigures, chunks: Mapping[str, ChunkRef], stored: Mapping[str, int]) -> None:
+    """A packed chunk's stored bytes are its range in the pack; a chunk object's, the object's size."""
     figures.chunks = len(chunks)
-    figures.unique_bytes = sum(chunks.values())
-    figures.stored_bytes = sum(stored.get(chunk, 0) for chunk in chunks)
+    figures.unique_bytes = sum(ref.size for ref in chunks.values())
+    figures.stored_bytes = sum(ref.length if ref.pack else stored.get(ref.key, 0) for ref in chunks.values())

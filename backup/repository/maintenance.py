@@ -34,9 +34,9 @@ from typing import Any, Protocol
 import structlog
 
 from backup.repository.locks import ThisHost, list_locks, stale_reason
-from backup.repository.manifest import SnapshotHeader
+from backup.repository.manifest import ChunkRef, SnapshotHeader, chunk_key
 from backup.repository.parts import StoredPart
-from backup.repository.repository import DamagedManifest, Repository, SnapshotNotFound, chunk_key
+from backup.repository.repository import DamagedManifest, Repository, SnapshotNotFound
 from backup.repository.restore_points import (
     RestorePoint,
     delete_restore_point,
@@ -70,7 +70,8 @@ class CheckReport:
     parts: int = 0  # part manifests of sharded runs awaiting their merge
     restore_points: int = 0  # restore point manifests read
     chunks_referenced: int = 0
-    chunks_stored: int = 0
+    chunks_stored: int = 0  # chunk objects, and the referenced chunks of the packs there
+    packs_stored: int = 0
     chunks_read: int = 0
     bytes_read: int = 0
 
@@ -87,6 +88,7 @@ class CheckReport:
             "restore_points": self.restore_points,
             "chunks_referenced": self.chunks_referenced,
             "chunks_stored": self.chunks_stored,
+            "packs_stored": self.packs_stored,
             "chunks_read": self.chunks_read,
             "bytes_read": self.bytes_read,
         }
@@ -100,20 +102,26 @@ def check(repository: Repository, *, read_data: float = 0.0, stale_after: float 
     a lock (``lifeboat check`` takes a shared one), taking the lock has removed them already: they
     are logged as ``lock.stale_removed`` and are no problem of the repository any more."""
     report = CheckReport()
-    users: dict[str, list[str]] = {}
+    users: dict[str, list[str]] = {}  # chunk id: the first snapshots that need it
+    own: set[str] = set()  # the chunks needed as objects of their own
+    packed: dict[tuple[str, int], ChunkRef] = {}  # the chunks needed from packs, by place
     for header in _headers(repository, report):
-        for chunk_id in _chunk_ids(repository, header, report):
-            named = users.setdefault(chunk_id, [])
+        for ref in _chunk_refs(repository, header, report):
+            named = users.setdefault(ref.id, [])
             if len(named) < _NAMED_SNAPSHOTS and header.id not in named:
                 named.append(header.id)
-    stored = {info.key.rsplit("/", 1)[-1]: info.size for info in repository.store.list("chunks/")}
-    report.chunks_referenced, report.chunks_stored = len(users), len(stored)
-    for chunk_id in sorted(users.keys() - stored.keys()):
-        snapshots = ", ".join(users[chunk_id])
-        message = f"chunk {chunk_id} is missing; snapshots that need it: {snapshots}"
-        report.problems.append(Problem("missing-chunk", message, chunk=chunk_id, snapshot=users[chunk_id][0]))
+            if ref.pack:
+                packed.setdefault((ref.pack, ref.offset), ref)
+            else:
+                own.add(ref.id)
+    stored = repository.stored_objects()
+    chunks = sorted(key.rsplit("/", 1)[-1] for key in stored if key.startswith("chunks/"))
+    present = [ref for ref in packed.values() if ref.key in stored]
+    report.chunks_referenced, report.chunks_stored = len(users), len(chunks) + len(present)
+    report.packs_stored = len(stored) - len(chunks)
+    _report_missing(users, own, packed.values(), stored, report)
     if read_data > 0:
-        _read_chunks(repository, sorted(stored), read_data, users, report)
+        _read_chunks(repository, [ChunkRef(chunk_id, 0) for chunk_id in chunks] + present, read_data, users, report)
     _check_restore_points(repository, report)
     here = ThisHost.current()
     for lock in list_locks(repository.store):
@@ -168,12 +176,38 @@ def _headers(repository: Repository, report: CheckReport) -> Iterator[SnapshotHe
         yield part
 
 
-def _chunk_ids(repository: Repository, header: SnapshotHeader, report: CheckReport) -> Iterator[str]:
-    """The chunk ids a snapshot needs: its entries stream's, then every entry's."""
-    yield from (chunk_id for chunk_id, _ in header.entries_chunks)
+def _report_missing(
+    users: Mapping[str, list[str]],
+    own: Iterable[str],
+    packed: Iterable[ChunkRef],
+    stored: Mapping[str, int],
+    report: CheckReport,
+) -> None:
+    """A ``missing-chunk`` problem per chunk object that is gone, and one per pack (naming how many
+    chunks went with it)."""
+    for chunk_id in sorted(chunk_id for chunk_id in own if chunk_key(chunk_id) not in stored):
+        message = f"chunk {chunk_id} is missing; snapshots that need it: {', '.join(users[chunk_id])}"
+        report.problems.append(Problem("missing-chunk", message, chunk=chunk_id, snapshot=users[chunk_id][0]))
+    lost_packs: dict[str, list[str]] = {}
+    for ref in packed:
+        if ref.key not in stored:
+            lost_packs.setdefault(ref.pack, []).append(ref.id)
+    for pack, chunk_ids in sorted(lost_packs.items()):
+        snapshots = sorted({snapshot for chunk_id in chunk_ids for snapshot in users[chunk_id]})
+        more = f" and {len(chunk_ids) - 1} more" if len(chunk_ids) > 1 else ""
+        message = (
+            f"pack {pack} is missing, and with it chunk {chunk_ids[0]}{more}; snapshots that need them: "
+            f"{', '.join(snapshots[:_NAMED_SNAPSHOTS])}"
+        )
+        report.problems.append(Problem("missing-chunk", message, chunk=chunk_ids[0], snapshot=snapshots[0]))
+
+
+def _chunk_refs(repository: Repository, header: SnapshotHeader, report: CheckReport) -> Iterator[ChunkRef]:
+    """The chunks a snapshot needs: its entries stream's, then every entry's."""
+    yield from header.entries_chunks
     try:
         for entry in repository.entries(header):
-            yield from (chunk_id for chunk_id, _ in entry.chunks)
+            yield from entry.chunks
     except DamagedManifest as exc:
         report.problems.append(Problem("manifest", str(exc), snapshot=header.id))
     except IntegrityError:
@@ -183,18 +217,18 @@ def _chunk_ids(repository: Repository, header: SnapshotHeader, report: CheckRepo
 
 
 def _read_chunks(
-    repository: Repository, stored: list[str], share: float, users: Mapping[str, list[str]], report: CheckReport
+    repository: Repository, stored: list[ChunkRef], share: float, users: Mapping[str, list[str]], report: CheckReport
 ) -> None:
     chosen = stored if share >= 1 else random.sample(stored, k=max(1, round(len(stored) * share))) if stored else []
-    for chunk_id, result in repository.verify_chunks(chosen):
+    for ref, result in repository.verify_chunks(chosen):
         report.chunks_read += 1
         if isinstance(result, int):
             report.bytes_read += result
             continue
-        snapshots = users.get(chunk_id, [])
+        snapshots = users.get(ref.id, [])
         who = f"; snapshots that need it: {', '.join(snapshots)}" if snapshots else " (no snapshot uses it)"
         first = snapshots[0] if snapshots else None
-        report.problems.append(Problem("corrupt-chunk", f"{result}{who}", chunk=chunk_id, snapshot=first))
+        report.problems.append(Problem("corrupt-chunk", f"{result}{who}", chunk=ref.id, snapshot=first))
 
 
 # ---- prune --------------------------------------------------------------------------------------
@@ -455,12 +489,12 @@ def _collect_garbage(
     report: PruneReport,
     forget_damaged: bool,
 ) -> None:
-    referenced: set[str] = set()
+    referenced: set[str] = set()  # keys of the chunk objects and packs the survivors need
     for header in survivors:
-        referenced.update(chunk_id for chunk_id, _ in header.entries_chunks)
+        referenced.update(ref.key for ref in header.entries_chunks)
         try:
             for entry in repository.entries(header):
-                referenced.update(chunk_id for chunk_id, _ in entry.chunks)
+                referenced.update(ref.key for ref in entry.chunks)
         except IntegrityError as exc:  # its entries cannot be read whole: never delete blind
             if header.id not in report.reasons:  # a part of a sharded run awaiting its merge
                 report.chunks_kept_because = f"the entries of part {header.id} are unreadable ({exc}): no chunk was deleted"
@@ -470,16 +504,15 @@ def _collect_garbage(
             _damaged(repository, DamagedManifest(str(exc), snapshot=header.id), forget_damaged, report)
     if report.chunks_kept_because:
         return
-    for info in repository.store.list("chunks/"):
-        chunk_id = info.key.rsplit("/", 1)[-1]
-        if chunk_id in referenced:
+    for info in (info for prefix in ("chunks/", "packs/") for info in repository.store.list(prefix)):
+        if info.key in referenced:
             continue
         if now - info.modified < grace:
             report.chunks_in_grace += 1
             continue
         if not report.dry_run:
             try:
-                repository.store.delete(chunk_key(chunk_id))
+                repository.store.delete(info.key)
             except ObjectLockedError:
                 report.chunks_locked += 1
                 continue

@@ -22,7 +22,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from policies.model import SNAPSHOT_ID
 
@@ -63,7 +63,43 @@ def parse_manifest_key(key: str) -> tuple[str, str] | None:
     return (match["source"], match["id"]) if match and SNAPSHOT_ID.match(match["id"]) else None
 
 
-ChunkRef = tuple[str, int]  # (chunk id, plaintext size)
+def chunk_key(chunk_id: str) -> str:
+    """Where a chunk stored as an object of its own lives."""
+    return f"chunks/{chunk_id[:2]}/{chunk_id}"
+
+
+def pack_key(pack_id: str) -> str:
+    """Where a pack of small chunks lives (repository format 3, see packs.py)."""
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+class ChunkRef(NamedTuple):
+    """Where a piece of an entry is: the chunk's id (the hash of its plaintext) and plaintext size;
+    for a small chunk in a pack (format 3), the pack and the byte range of its sealed bytes there."""
+
+    id: str
+    size: int
+    pack: str = ""  # "" for a chunk stored as an object of its own
+    offset: int = 0
+    length: int = 0
+
+    @property
+    def key(self) -> str:
+        """The store object that holds it."""
+        return pack_key(self.pack) if self.pack else chunk_key(self.id)
+
+    def to_json(self) -> list[Any]:
+        """``[id, size]`` (every format), or ``[id, size, pack, offset, length]`` for a packed chunk."""
+        return list(self) if self.pack else [self.id, self.size]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> ChunkRef:
+        if len(doc) == 2:
+            return cls(str(doc[0]), int(doc[1]))
+        chunk_id, size, pack, offset, length = doc
+        if not isinstance(pack, str) or not pack or offset < 0 or length <= 0:
+            raise ValueError(f"chunk reference {doc} names no readable place in a pack")
+        return cls(str(chunk_id), int(size), pack, int(offset), int(length))
 
 
 @dataclass(frozen=True)
@@ -77,13 +113,21 @@ class Entry:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_line(self) -> bytes:
-        doc = {"name": self.name, "size": self.size, "sha256": self.sha256, "chunks": self.chunks, "meta": self.meta}
+        doc = {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunks": [ref.to_json() for ref in self.chunks],
+            "meta": self.meta,
+        }
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> Entry:
         doc = json.loads(line)
-        return cls(doc["name"], doc["size"], doc["sha256"], [(c[0], c[1]) for c in doc["chunks"]], doc.get("meta") or {})
+        return cls(
+            doc["name"], doc["size"], doc["sha256"], [ChunkRef.from_json(c) for c in doc["chunks"]], doc.get("meta") or {}
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +164,7 @@ class SnapshotHeader:
             "tool_version": self.tool_version,
             "entry_count": self.entry_count,
             "size": self.size,
-            "entries_chunks": self.entries_chunks,
+            "entries_chunks": [ref.to_json() for ref in self.entries_chunks],
             "fingerprint": self.fingerprint,
             "census": self.census,
             "meta": self.meta,
@@ -148,7 +192,7 @@ class SnapshotHeader:
             tool_version=doc["tool_version"],
             entry_count=doc["entry_count"],
             size=doc["size"],
-            entries_chunks=[(c[0], c[1]) for c in doc["entries_chunks"]],
+            entries_chunks=[ChunkRef.from_json(c) for c in doc["entries_chunks"]],
             fingerprint=doc.get("fingerprint") or {},
             census=doc.get("census") or {},
             meta=doc.get("meta") or {},

@@ -5,6 +5,7 @@ Layout under the store's prefix::
     config.json                                 format, id, chunk size, encryption parameters
     keys/<key id>.json                          the data key wrapped by one key file (keys.py)
     chunks/ab/<chunk id>                        one sealed chunk (see codec.py)
+    packs/ab/<pack id>                          small sealed chunks, one after another (packs.py; format 3)
     snapshots/<source>/<snapshot id>.json.zst   a manifest: the commit point of a snapshot
     forgotten/<source>/<snapshot id>            a tombstone: forgotten, but its manifest is under Object Lock
     locks/<uuid>.json                           shared / exclusive locks (locks.py)
@@ -46,21 +47,26 @@ from backup.repository.manifest import (
     Entry,
     SnapshotHeader,
     SnapshotStatus,
+    chunk_key,
     manifest_key,
     new_snapshot_id,
+    pack_key,
     parse_manifest_key,
     snapshot_source,
     snapshot_time,
 )
+from backup.repository.packs import DEFAULT_LAYOUT, ChunkSink, FullPack, Packer, PackLayout
 from backup.repository.parts import PARTS_PREFIX, PartOf, Shard, StoredPart, parse_part_key, run_prefix
 from backup.repository.retry import RetryingStore, RetryPolicy
 from backup.repository.store import ObjectLockedError, ObjectNotFound, Store, get_bytes, put_bytes
 from policies.errors import IntegrityError, LifeboatError, StoreError
 
 # Format 2: zstd frames carry their checksum and manifests a SHA-256 line (codec.py, manifest.py).
-# Format 1 repositories still open and read; what is written into them from now on is format 2.
-REPOSITORY_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+# Format 3: small chunks go into packs (packs.py). A repository keeps the format it was made with:
+# format 1 and 2 repositories open, read and take new snapshots as before (every chunk an object of
+# its own), so a Lifeboat that reads only them keeps reading them; `repo init` makes format 3.
+REPOSITORY_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 INTEGRITY = {
     "zstd_frames": "content checksum (format 2+)",
     "manifests": "SHA-256 line; id, source and entry totals checked on read (format 2+)",
@@ -105,10 +111,6 @@ def tombstone_key(source: str, snapshot_id: str) -> str:
     return f"{TOMBSTONE_PREFIX}{source}/{snapshot_id}"
 
 
-def chunk_key(chunk_id: str) -> str:
-    return f"chunks/{chunk_id[:2]}/{chunk_id}"
-
-
 @dataclass(frozen=True)
 class RepositoryConfig:
     id: str
@@ -116,10 +118,12 @@ class RepositoryConfig:
     chunk_size: int
     compression_level: int
     encryption: dict[str, str] | None
+    format: int = REPOSITORY_FORMAT
+    packs: PackLayout | None = DEFAULT_LAYOUT  # None: every chunk an object of its own (formats 1 and 2)
 
     def to_json(self) -> bytes:
         doc = {
-            "format": REPOSITORY_FORMAT,
+            "format": self.format,
             "id": self.id,
             "created": self.created,
             "chunker": {"kind": "fixed", "size": self.chunk_size},
@@ -127,6 +131,8 @@ class RepositoryConfig:
             "encryption": self.encryption,
             "integrity": INTEGRITY,
         }
+        if self.packs:
+            doc["packs"] = self.packs.to_json()
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     @classmethod
@@ -137,12 +143,17 @@ class RepositoryConfig:
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{where}: config.json is not a Lifeboat repository configuration") from None
         if version not in READABLE_FORMATS:
-            readable = " and ".join(str(number) for number in READABLE_FORMATS)
+            readable = ", ".join(str(number) for number in READABLE_FORMATS)
             raise StoreError(
                 f"{where}: repository format {version} is not one this Lifeboat ({_VERSION}) understands "
                 f"(it reads formats {readable}); use a Lifeboat release that does"
             )
-        return cls(doc["id"], doc["created"], doc["chunker"]["size"], doc["compression"]["level"], doc["encryption"])
+        try:
+            packs = PackLayout(int(doc["packs"]["below"]), int(doc["packs"]["target"])) if version >= 3 else None
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(f"{where}: config.json of format {version} has no readable 'packs' section") from None
+        chunker, level = doc["chunker"]["size"], doc["compression"]["level"]
+        return cls(doc["id"], doc["created"], chunker, level, doc["encryption"], version, packs)
 
 
 @dataclass
@@ -154,7 +165,7 @@ class WriteStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    written: set[str] = field(default_factory=set, repr=False, compare=False)  # ids of chunks this write put (or tried)
+    written: set[str] = field(default_factory=set, repr=False, compare=False)  # keys of what it put (or tried)
 
     def add(self, *, read: int = 0, stored: int = 0, new: int = 0, reused: int = 0) -> None:
         with self._lock:
@@ -271,27 +282,63 @@ class Repository:
 
     # ---- chunks ----------------------------------------------------------------------------
 
-    def stored_chunk_ids(self) -> set[str]:
-        return {info.key.rsplit("/", 1)[-1] for info in self.store.list("chunks/")}
+    def stored_objects(self) -> dict[str, int]:
+        """Every chunk object and pack in the store: its key and size."""
+        return {info.key: info.size for prefix in ("chunks/", "packs/") for info in self.store.list(prefix)}
 
-    def store_chunk(self, data: bytes, stats: WriteStats, known: set[str]) -> ChunkRef:
-        """Store one chunk unless ``known`` says it is there already (dedup); return its reference.
+    def stored_object_names(self) -> set[str]:
+        """The names of the chunk objects and packs in the store (what a write's dedup starts from)."""
+        return {key.rsplit("/", 1)[-1] for key in self.stored_objects()}
 
-        ``known`` must have been listed under a lock that keeps prune away (see SnapshotWriter)."""
+    def new_sink(self, known: set[str] | None = None) -> ChunkSink:
+        """Where a new write's chunks go: ``known`` (default: listed now) and, from format 3, a pack."""
+        layout = self.config.packs
+        return ChunkSink(self.stored_object_names() if known is None else known, Packer(layout) if layout else None)
+
+    def store_chunk(self, data: bytes, stats: WriteStats, sink: ChunkSink) -> ChunkRef:
+        """Store one chunk unless the store or this write holds it already (dedup); return its
+        reference. A small one goes into the write's open pack (stored when full, or by ``seal``).
+
+        ``sink.known`` must have been listed under a lock that keeps prune away (see SnapshotWriter)."""
         chunk_id = self.codec.chunk_id(data)
-        if chunk_id in known:
+        packer = sink.packer if sink.packer and len(data) < sink.packer.layout.below else None
+        reused = ChunkRef(chunk_id, len(data)) if chunk_id in sink.known else packer.find(chunk_id) if packer else None
+        if reused:
             stats.add(reused=1)
-            return chunk_id, len(data)
+            return reused
         sealed = self.codec.encode(data, name=chunk_id)
+        if packer:
+            ref, full = packer.add(chunk_id, len(data), sealed)
+            stats.add(new=1, stored=len(sealed))
+            if full:
+                self._store_pack(full, stats, packer)
+            return ref
+        key = chunk_key(chunk_id)
         with stats._lock:
-            stats.written.add(chunk_id)  # before the put: a put that fails half-way may leave it behind
-        put_bytes(self.store, chunk_key(chunk_id), sealed)
-        known.add(chunk_id)
+            stats.written.add(key)  # before the put: a put that fails half-way may leave it behind
+        put_bytes(self.store, key, sealed)
+        sink.known.add(chunk_id)
         stats.add(stored=len(sealed), new=1)
-        return chunk_id, len(data)
+        return ChunkRef(chunk_id, len(data))
+
+    def seal(self, sink: ChunkSink, stats: WriteStats) -> None:
+        """Store the write's open pack: after this every chunk it referenced is durable (call it
+        before the manifest that names them); raises PackFailed when one of its packs was lost."""
+        if sink.packer and (full := sink.packer.close()):
+            self._store_pack(full, stats, sink.packer)
+
+    def _store_pack(self, full: FullPack, stats: WriteStats, packer: Packer) -> None:
+        key = pack_key(full.id)
+        with stats._lock:
+            stats.written.add(key)
+        try:
+            put_bytes(self.store, key, full.data)
+        except BaseException as exc:
+            packer.failed(full, exc)
+            raise
 
     def write_stream(
-        self, stream: BinaryIO, stats: WriteStats, known: set[str], *, progress: Callable[[int], None] | None = None
+        self, stream: BinaryIO, stats: WriteStats, sink: ChunkSink, *, progress: Callable[[int], None] | None = None
     ) -> StoredStream:
         """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks, for all
         the streams written at once together (a chunk waits for room before it is handed over; the
@@ -305,7 +352,7 @@ class Repository:
                 digest.update(block)
                 size += len(block)
                 stats.add(read=len(block))
-                window.append(self._submit_write(block, stats, known))
+                window.append(self._submit_write(block, stats, sink))
                 if len(window) >= self.workers * 2:
                     chunks.append(window.popleft().result())
                 if progress:
@@ -318,24 +365,24 @@ class Repository:
             wait(window)  # a put already running ends before a failed write's chunks are discarded
         return StoredStream(chunks, size, digest.hexdigest())
 
-    def _submit_write(self, block: bytes, stats: WriteStats, known: set[str]) -> Future[ChunkRef]:
+    def _submit_write(self, block: bytes, stats: WriteStats, sink: ChunkSink) -> Future[ChunkRef]:
         self._writes_in_flight.acquire()
         try:
-            future = self._pool.submit(self.store_chunk, block, stats, known)
+            future = self._pool.submit(self.store_chunk, block, stats, sink)
         except BaseException:
             self._writes_in_flight.release()
             raise
         future.add_done_callback(lambda _: self._writes_in_flight.release())  # stored, failed or cancelled
         return future
 
-    def verify_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, int | IntegrityError]]:
+    def verify_chunks(self, refs: Iterable[ChunkRef]) -> Iterator[tuple[ChunkRef, int | IntegrityError]]:
         """Read and re-hash chunks in parallel: (id, plaintext size) or (id, the integrity error), in
         the order they finish. A bounded window of reads is in flight, and a finished read keeps only
         the size: memory stays at a few chunks, whatever the repository's size."""
-        window: dict[Future[int], str] = {}
+        window: dict[Future[int], ChunkRef] = {}
         try:
-            for chunk_id in chunk_ids:
-                window[self._pool.submit(self._verified_size, chunk_id)] = chunk_id
+            for ref in refs:
+                window[self._pool.submit(self._verified_size, ref)] = ref
                 if len(window) >= self.workers * 2:
                     done, _ = wait(window, return_when=FIRST_COMPLETED)
                     yield from _verified(window, done)
@@ -346,16 +393,19 @@ class Repository:
             for future in window:
                 future.cancel()
 
-    def _verified_size(self, chunk_id: str) -> int:
-        return len(self.read_chunk(chunk_id))
+    def _verified_size(self, ref: ChunkRef) -> int:
+        return len(self.read_chunk(ref))
 
-    def read_chunk(self, chunk_id: str, *, snapshot: str = "") -> bytes:
+    def read_chunk(self, ref: ChunkRef, *, snapshot: str = "") -> bytes:
         """The verified plaintext of a chunk; raises IntegrityError naming the chunk and snapshot."""
-        context = f" (snapshot {snapshot})" if snapshot else ""
+        chunk_id = ref.id
+        context = (f" (in pack {ref.pack})" if ref.pack else "") + (f" (snapshot {snapshot})" if snapshot else "")
         try:
-            sealed = get_bytes(self.store, chunk_key(chunk_id))
+            sealed = self.store.get_range(ref.key, ref.offset, ref.length) if ref.pack else get_bytes(self.store, ref.key)
         except ObjectNotFound:
             raise IntegrityError(f"chunk {chunk_id} is missing from the repository{context}") from None
+        if ref.pack and len(sealed) != ref.length:
+            raise IntegrityError(f"chunk {chunk_id} is corrupt: its pack ends before it (truncated){context}")
         try:
             plaintext = self.codec.decode(sealed, name=chunk_id)
         except CorruptObject as exc:
@@ -375,8 +425,8 @@ class Repository:
         with self._readers_lock:
             self._readers += 1
         try:
-            for chunk_id, _ in refs:
-                window.append(self._pool.submit(self.read_chunk, chunk_id, snapshot=snapshot))
+            for ref in refs:
+                window.append(self._pool.submit(self.read_chunk, ref, snapshot=snapshot))
                 if len(window) >= max(2, self.workers * 2 // self._readers):
                     yield window.popleft().result()
             while window:
@@ -612,8 +662,9 @@ class Repository:
     def discard_failed_write(
         self, written: Iterable[str], marks: frozenset[tuple[str, int, datetime]], *, purpose: str, stale_after: float
     ) -> int:
-        """Delete at once the chunks a write that failed stored new, when nothing else can use them;
-        returns how many went (0: they are left to prune, after its grace period).
+        """Delete at once the chunk and pack objects (``written``: their keys) a write that failed
+        stored new, when nothing else can use them; returns how many went (0: they are left to prune,
+        after its grace period).
 
         Called after the failed writer released its shared lock. The chunks were absent from the
         store when the writer listed it (or it would have reused them), so the only ones that can
@@ -633,9 +684,9 @@ class Repository:
                 if fresh := sorted(key for key, _, _ in self.commit_marks() - marks):
                     return _left_to_prune(chunks, f"{fresh[0]} was committed meanwhile and may use them")
                 deleted = 0
-                for chunk_id in chunks:
+                for key in chunks:
                     with contextlib.suppress(ObjectLockedError):  # under Object Lock: prune takes it later
-                        self.store.delete(chunk_key(chunk_id))
+                        self.store.delete(key)
                         deleted += 1
         except LifeboatError as exc:
             return _left_to_prune(chunks, str(exc))
@@ -668,7 +719,7 @@ class SnapshotWriter:
         self.repository = repository
         self._stale_after = stale_after
         self._exit = contextlib.ExitStack()
-        self._known: set[str] | None = None
+        self._sink: ChunkSink | None = None
         self._marks: frozenset[tuple[str, int, datetime]] = frozenset()
         self._committed = False
         self.source = source
@@ -695,7 +746,7 @@ class SnapshotWriter:
     def __enter__(self) -> SnapshotWriter:
         self._exit.enter_context(self.repository.lock("shared", self._purpose, stale_after=self._stale_after))
         self._marks = self.repository.commit_marks()  # before the chunk listing: see discard_failed_write
-        self._known = self.repository.stored_chunk_ids()
+        self._sink = self.repository.new_sink()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
@@ -711,13 +762,13 @@ class SnapshotWriter:
                 )
 
     @property
-    def known(self) -> set[str]:
-        if self._known is None:
+    def sink(self) -> ChunkSink:
+        if self._sink is None:
             raise RuntimeError("use the SnapshotWriter as a context manager: it must hold the repository lock")
-        return self._known
+        return self._sink
 
     def write_stream(self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None) -> StoredStream:
-        return self.repository.write_stream(stream, self.stats, self.known, progress=progress)
+        return self.repository.write_stream(stream, self.stats, self.sink, progress=progress)
 
     def add(self, entry: Entry) -> None:
         with self._lock:
@@ -729,7 +780,7 @@ class SnapshotWriter:
 
     def _flush(self) -> None:
         if self._buffer:
-            self._entries_chunks.append(self.repository.store_chunk(bytes(self._buffer), self.stats, self.known))
+            self._entries_chunks.append(self.repository.store_chunk(bytes(self._buffer), self.stats, self.sink))
             self._buffer.clear()
 
     def commit(
@@ -743,6 +794,7 @@ class SnapshotWriter:
         """Write the manifest. Every chunk it names is durable by now, so this is the commit point."""
         with self._lock:
             self._flush()
+            self.repository.seal(self.sink, self.stats)
             header = SnapshotHeader(
                 id=self.id,
                 source=self.source,
@@ -771,14 +823,16 @@ class SnapshotWriter:
 _DAMAGED_ADVICE = "left out; `lifeboat check` names it, `lifeboat prune --forget-damaged` removes it"
 
 
-def _verified(window: dict[Future[int], str], done: Iterable[Future[int]]) -> Iterator[tuple[str, int | IntegrityError]]:
+def _verified(
+    window: dict[Future[int], ChunkRef], done: Iterable[Future[int]]
+) -> Iterator[tuple[ChunkRef, int | IntegrityError]]:
     """The finished reads of ``verify_chunks``, each taken out of its window."""
     for future in done:
-        chunk_id = window.pop(future)
+        ref = window.pop(future)
         try:
-            yield chunk_id, future.result()
+            yield ref, future.result()
         except IntegrityError as exc:
-            yield chunk_id, exc
+            yield ref, exc
 
 
 def _left_to_prune(chunks: list[str], why: str) -> int:

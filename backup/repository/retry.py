@@ -118,6 +118,9 @@ class RetryingStore:
 
         yield io.BytesIO(self._call("get", key, read))
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._call("get", key, lambda: self.inner.get_range(key, offset, length))
+
     def exists(self, key: str) -> bool:
         return self._call("exists", key, lambda: self.inner.exists(key))
 

@@ -195,6 +195,20 @@ class S3Store:
         finally:
             body.close()
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._full(key), Range=f"bytes={offset}-{offset + length - 1}"
+            )
+        except ClientError as exc:
+            if _code(exc) == "InvalidRange":
+                return b""  # the object ends before ``offset``
+            self._fail(exc, "read", key)
+        except BotoCoreError as exc:
+            self._fail(exc, "read", key)
+        with contextlib.closing(response["Body"]) as body:
+            return _Body(body, self, key).read()
+
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._full(key))

@@ -62,6 +62,11 @@ class Store(Protocol):
         """A readable stream of ``key``; raises ObjectNotFound."""
         ...
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from ``offset``, fewer where the object ends first (a pack's
+        chunk, see packs.py); raises ObjectNotFound."""
+        ...
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists; errors other than "not found" are raised, never answered False."""
         ...
@@ -139,6 +144,21 @@ class LocalStore:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
         with stream:
             yield stream
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} not found in {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            return os.pread(fd, length, offset)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import init_repository
+from helpers import flip_chunk_byte, init_repository
 from policy_builder import PolicyBuilder
 
 from backup.repository import open_repository
-from backup.repository.repository import chunk_key
 from backup.sources import make_source
 from backup.sources.base import Verdict, Verification
 from drills.model import Status
@@ -204,15 +203,13 @@ def test_a_chunk_corrupted_on_disk_makes_the_restore_fail(setup: Setup, clickhou
     with open_repository(policy.repository) as repository:
         header = repository.find_snapshot("k8s-etcd")
         [entry] = list(repository.entries(header))
-    path = setup.root / "repo" / chunk_key(entry.chunks[0][0])
-    raw = path.read_bytes()
-    path.write_bytes(raw[:50] + bytes([raw[50] ^ 0xFF]) + raw[51:])
+    flip_chunk_byte(setup.root / "repo", entry.chunks[0])
     result = lifeboat(setup.config, "drill", "run", "nightly", "--json", "--no-email")
     report = json.loads(result.stdout)
     assert result.exit_code == 1 and report["verdict"] == "FAIL"
     etcd = report["sources"][0]
     restore = next(step for step in etcd["steps"] if step["name"] == "restore")
-    assert restore["verdict"] == "FAIL" and entry.chunks[0][0] in restore["message"]
+    assert restore["verdict"] == "FAIL" and entry.chunks[0].id in restore["message"]
     assert_no_leftovers(setup, clickhouse_server, s3_server)
 
 

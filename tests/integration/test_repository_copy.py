@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
-from helpers import init_repository
+from helpers import flip_chunk_byte, init_repository
 from policy_builder import PolicyBuilder
 
-from backup.repository.repository import Repository, chunk_key
+from backup.repository import open_repository
+from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from lifeboat.cli import cli
+from policies.loader import load_policy
 
 pytestmark = pytest.mark.integration
 
@@ -157,11 +159,16 @@ def test_copy_between_repositories_with_different_keys_maps_every_chunk_id(site:
     assert copied.code == 0, copied.stdout + copied.stderr[-3000:]
     assert f"copied  {snapshot}" in copied.stdout
 
-    ids_a = {path.name for path in (tmp_path / "a" / "chunks").rglob("*") if path.is_file()}
-    ids_b = {path.name for path in (tmp_path / "b" / "chunks").rglob("*") if path.is_file()}
+    ids_a, ids_b = _chunk_ids(site.primary, snapshot), _chunk_ids(other, snapshot)
     assert ids_a and ids_b and not ids_a & ids_b  # other HMAC key, other ids: all of them mapped
     assert lifeboat(other, "check", "--read-data").code == 0
     assert _restored(other, snapshot, tmp_path / "from-b") == _restored(site.primary, snapshot, tmp_path / "from-a")
+
+
+def _chunk_ids(config: Path, snapshot: str) -> set[str]:
+    with open_repository(load_policy(config).repository) as repository:
+        header = repository.read_header(snapshot)
+        return {ref.id for entry in repository.entries(header) for ref in entry.chunks}
 
 
 def test_a_damaged_chunk_stops_that_snapshots_copy_naming_it_and_commits_nothing_for_it(
@@ -172,22 +179,19 @@ def test_a_damaged_chunk_stops_that_snapshots_copy_naming_it_and_commits_nothing
     damaged = site.backup()
     repository = tmp_path / "repo"
     with Repository.open(LocalStore(repository)) as opened:
-        old = {ref[0] for entry in opened.entries(opened.read_header(intact)) for ref in entry.chunks}
-        new = {ref[0] for entry in opened.entries(opened.read_header(damaged)) for ref in entry.chunks}
+        old = {ref for entry in opened.entries(opened.read_header(intact)) for ref in entry.chunks}
+        new = {ref for entry in opened.entries(opened.read_header(damaged)) for ref in entry.chunks}
     [chunk] = sorted(new - old)  # the new object's one chunk
-    path = repository / chunk_key(chunk)
-    body = bytearray(path.read_bytes())
-    body[len(body) // 2] ^= 0x10
-    path.write_bytes(bytes(body))
+    flip_chunk_byte(repository, chunk)
     other = init_repository(site.repository(tmp_path / "other", "other"))
 
     copied = lifeboat(site.primary, "copy", "--to", str(other), "--json")
     assert copied.code == 1
     by_id = {item["id"]: item for item in copied.json()["snapshots"]}
     assert by_id[intact]["status"] == "copied"
-    assert by_id[damaged]["status"] == "failed" and chunk in by_id[damaged]["message"]
+    assert by_id[damaged]["status"] == "failed" and chunk.id in by_id[damaged]["message"]
     assert "corrupt" in by_id[damaged]["message"]
-    assert chunk in copied.stderr
+    assert chunk.id in copied.stderr
     listed = [item["id"] for item in lifeboat(other, "snapshots", "list", "--json").json()["snapshots"]]
     assert listed == [intact]
     assert not list((tmp_path / "other" / "snapshots" / "models").glob(f"{damaged}*"))

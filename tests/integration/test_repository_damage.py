@@ -6,6 +6,7 @@ The S3 source on moto's server, a local (unencrypted) repository, the real CLI i
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from helpers import init_repository, missing_requirement
 from policy_builder import PolicyBuilder
 
 from backup.repository.maintenance import check
-from backup.repository.manifest import manifest_key
+from backup.repository.manifest import Entry, manifest_key
 from backup.repository.repository import Repository
 from backup.repository.store import LocalStore, put_bytes
 from lifeboat.cli import cli
@@ -239,16 +240,24 @@ def test_a_backup_that_fills_the_disk_leaves_no_orphan_chunks(
     failed = lifeboat("backup", "run", "--source", "models", "--json")
     assert failed.code == 1
     assert "No space left" in failed.stdout + failed.stderr
-    chunks = [path for path in (small_disk / "repo" / "chunks").rglob("*") if path.is_file()]
-    assert chunks == []
+    stored = [path for folder in ("chunks", "packs") for path in (small_disk / "repo" / folder).rglob("*")]
+    assert [path for path in stored if path.is_file()] == []
     assert not any((small_disk / "repo" / "locks").glob("*"))
 
 
 # ---- an old repository ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["repository-format1", "repository-format1-encrypted"])
-def test_a_repository_written_before_checksummed_frames_still_reads(name: str, tmp_path: Path) -> None:
+OLD_REPOSITORIES = [
+    "repository-format1",  # before checksummed zstd frames
+    "repository-format1-encrypted",
+    "repository-format2",  # before packs: every chunk an object of its own
+    "repository-format2-encrypted",
+]
+
+
+@pytest.mark.parametrize("name", OLD_REPOSITORIES)
+def test_a_repository_of_an_older_format_still_reads(name: str, tmp_path: Path) -> None:
     copy = shutil.copytree(DATA / name, tmp_path / name)
     key_file = DATA / f"{name}.key"
     key = bytes.fromhex(key_file.read_text().strip()) if key_file.exists() else None
@@ -262,3 +271,25 @@ def test_a_repository_written_before_checksummed_frames_still_reads(name: str, t
                 repository.restore_entry(entry, out, snapshot=header.id)
             assert (tmp_path / "out").read_bytes().startswith(b"written by Lifeboat 0.1.0") or entry.name == "random.bin"
         assert check(repository, read_data=1.0).ok
+
+
+@pytest.mark.parametrize("name", OLD_REPOSITORIES)
+def test_a_repository_of_an_older_format_takes_new_snapshots_in_its_own_format(name: str, tmp_path: Path) -> None:
+    """A Lifeboat that reads only the older format keeps reading it after this one backed up into it:
+    no packs there, and config.json keeps its format."""
+    copy = shutil.copytree(DATA / name, tmp_path / name)
+    config = json.loads((copy / "config.json").read_text())
+    key_file = DATA / f"{name}.key"
+    key = bytes.fromhex(key_file.read_text().strip()) if key_file.exists() else None
+    with Repository.open(LocalStore(copy), key=key) as repository:
+        with repository.begin_snapshot("models", "s3") as writer:
+            stored = writer.write_stream(io.BytesIO(b"a small object written after the upgrade\n"))
+            writer.add(Entry("new.txt", stored.size, stored.sha256, stored.chunks, {}))
+            header = writer.commit()
+        out = io.BytesIO()
+        [entry] = list(repository.entries(header))
+        repository.restore_entry(entry, out, snapshot=header.id)
+        assert out.getvalue() == b"a small object written after the upgrade\n"
+        assert check(repository, read_data=1.0).ok
+    assert not (copy / "packs").exists() and all(not ref.pack for ref in entry.chunks + header.entries_chunks)
+    assert json.loads((copy / "config.json").read_text()) == config

@@ -66,7 +66,7 @@ def _data_files(repository: Path) -> dict[str, str]:
     """Every chunk and manifest, by path, with its digest: what a rotation must not rewrite."""
     return {
         str(path.relative_to(repository)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for folder in ("chunks", "snapshots")
+        for folder in ("chunks", "packs", "snapshots")
         for path in (repository / folder).rglob("*")
         if path.is_file()
     }

@@ -224,7 +224,7 @@ class SourceWentAway(Exception):
 
 
 def chunk_ids(repository: Repository) -> set[str]:
-    return repository.stored_chunk_ids()
+    return repository.stored_object_names()
 
 
 def test_a_failed_backup_removes_the_chunks_it_wrote_and_nothing_else(store_spec: dict[str, Any]) -> None:

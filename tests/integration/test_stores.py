@@ -165,6 +165,17 @@ def test_open_of_a_missing_key_raises_object_not_found(store: Store) -> None:
         pass
 
 
+def test_get_range_reads_exactly_the_bytes_asked_for(store: Store) -> None:
+    data = bytes(range(256)) * 64
+    put_bytes(store, "packs/ab/pack", data)
+    assert store.get_range("packs/ab/pack", 0, 10) == data[:10]
+    assert store.get_range("packs/ab/pack", 1000, 3000) == data[1000:4000]
+    assert store.get_range("packs/ab/pack", len(data) - 5, 100) == data[-5:]  # the object ends first: fewer
+    assert store.get_range("packs/ab/pack", len(data) + 10, 5) == b""
+    with pytest.raises(ObjectNotFound, match="packs/ab/missing"):
+        store.get_range("packs/ab/missing", 0, 10)
+
+
 def test_exists_tells_present_from_absent(store: Store) -> None:
     put_bytes(store, "chunks/ab/present", b"1")
 
@@ -401,6 +412,7 @@ def test_s3_aborts_only_the_old_multipart_uploads_under_its_prefix(s3_server: An
 STORE_CALLS = {
     "put": lambda store: put_bytes(store, "chunks/ab/k", b"x"),
     "open": lambda store: get_bytes(store, "chunks/ab/k"),
+    "get_range": lambda store: store.get_range("chunks/ab/k", 0, 1),
     "exists": lambda store: store.exists("chunks/ab/k"),
     "list": lambda store: list(store.list("chunks/")),
     "delete": lambda store: store.delete("chunks/ab/k"),

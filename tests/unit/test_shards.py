@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from backup.repository.maintenance import check, prune
-from backup.repository.manifest import Entry
+from backup.repository.manifest import ChunkRef, Entry
 from backup.repository.parts import PartOf, Shard, parse_part_key
-from backup.repository.repository import Repository, chunk_key
+from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from policies.errors import ConfigError
 from policies.loader import parse_policy
@@ -106,13 +106,13 @@ def repository(tmp_path: Path) -> Repository:
     return Repository.init(LocalStore(tmp_path / "repo"))
 
 
-def write_part(repository: Repository, part: PartOf, data: bytes) -> str:
-    """A part with one entry of ``data``; returns the chunk id of the data."""
+def write_part(repository: Repository, part: PartOf, data: bytes) -> ChunkRef:
+    """A part with one entry of ``data``; returns the reference of its (one) chunk."""
     with repository.begin_part("models", "s3", part) as writer:
         stored = writer.write_stream(io.BytesIO(data))
         writer.add(Entry("bucket/key", stored.size, stored.sha256, stored.chunks, {"bucket": "bucket", "key": "key"}))
         writer.commit()
-    return stored.chunks[0][0]
+    return stored.chunks[0]
 
 
 def age(path: Path, days: float) -> None:
@@ -126,7 +126,7 @@ def test_prune_keeps_the_chunks_of_a_pending_part_and_deletes_an_abandoned_part(
     part = PartOf("run-1", Shard(1, 2))
     chunk = write_part(repository, part, b"x" * 1000)
     root = tmp_path / "repo"
-    age(root / chunk_key(chunk), 3)  # a chunk the part reused from an old snapshot, past the grace period
+    age(root / chunk.key, 3)  # a chunk the part reused from an old snapshot, past the grace period
     assert repository.list_snapshots() == [] and len(repository.list_parts()) == 1
 
     kept = prune(repository, {"models": None}, grace=timedelta(days=1), dry_run=False)
@@ -139,11 +139,12 @@ def test_prune_keeps_the_chunks_of_a_pending_part_and_deletes_an_abandoned_part(
     assert dry.parts_deleted == ["models run run-1 shard 1/2"] and len(repository.list_parts()) == 1
     gone = prune(repository, {"models": None}, grace=timedelta(days=1), dry_run=False)
     assert gone.parts_deleted == ["models run run-1 shard 1/2"] and gone.chunks_deleted == 1
-    assert repository.list_parts() == [] and not (root / chunk_key(chunk)).exists()
+    assert repository.list_parts() == [] and not (root / chunk.key).exists()
 
 
 def test_check_names_the_missing_chunk_of_a_part(repository: Repository, tmp_path: Path) -> None:
     chunk = write_part(repository, PartOf("run-1", Shard(2, 2)), b"y" * 1000)
-    (tmp_path / "repo" / chunk_key(chunk)).unlink()
+    (tmp_path / "repo" / chunk.key).unlink()  # its pack, holding the part's entries too
     report = check(repository)
-    assert not report.ok and [problem.chunk for problem in report.problems] == [chunk]
+    assert not report.ok and [problem.kind for problem in report.problems] == ["missing-chunk"]
+    assert f"pack {chunk.pack} is missing" in report.problems[0].message

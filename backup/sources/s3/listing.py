@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from backup.repository.manifest import Entry
+from backup.repository.packs import ChunkSink
 from backup.sources.s3.calls import call_with_retry
 from policies.errors import LifeboatError, SourceError
 
@@ -139,7 +140,7 @@ class PreviousEntries:
         self.usable = False
 
 
-def reusable(old: Entry, listed: Listed, known_chunks: set[str]) -> bool:
+def reusable(old: Entry, listed: Listed, sink: ChunkSink) -> bool:
     """Whether ``old`` still describes the listed object's bytes, and every chunk it names is in the
     repository. Its tags may have changed all the same (S3 changes neither ETag nor time for that):
     the snapshot reads them again for every object."""
@@ -148,4 +149,4 @@ def reusable(old: Entry, listed: Listed, known_chunks: set[str]) -> bool:
         and old.meta.get("etag") == listed.etag
         and old.meta.get("last_modified") == listed.last_modified
     )
-    return same and all(chunk_id in known_chunks for chunk_id, _ in old.chunks)
+    return same and all(sink.holds(ref) for ref in old.chunks)

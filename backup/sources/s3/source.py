@@ -163,7 +163,7 @@ class S3Source:
                 tally.listed += 1
                 old = before.take(listed.bucket, listed.key)
                 tally.compare(old, listed)
-                if old is not None and reusable(old, listed, writer.known):
+                if old is not None and reusable(old, listed, writer.sink):
                     window.append(pool.submit(self._refresh, client, writer, old, listed, progress))
                 else:
                     window.append(pool.submit(self._download, client, writer, listed, progress))

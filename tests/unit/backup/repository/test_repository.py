@@ -146,8 +146,10 @@ def test_second_backup_of_the_same_data_stores_almost_nothing(repo: Repository) 
     _, first = backup_bytes(repo, data)
     _, second = backup_bytes(repo, data)
     assert first.chunks_new == 9  # eight data chunks and the entries stream
-    assert second.chunks_new == 0 and second.chunks_reused == 9
-    assert second.bytes_stored < 0.01 * len(data)  # the manifest only
+    # The entries stream is a small chunk: packed, and packed chunks are reused only within a write
+    # or through a reused entry (packs.py), so the second backup stores its few bytes again.
+    assert second.chunks_new == 1 and second.chunks_reused == 8
+    assert second.bytes_stored < 0.01 * len(data)  # the entries stream and the manifest only
 
 
 def test_a_changed_region_stores_only_its_chunks(repo: Repository) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backup.repository.manifest import Entry
+from backup.repository.manifest import ChunkRef, Entry
+from backup.repository.packs import ChunkSink
 from backup.sources.s3.listing import PreviousEntries, key_prefixes, reusable
 from policies.errors import IntegrityError
 
@@ -56,10 +57,13 @@ def test_an_unreadable_previous_snapshot_is_not_used() -> None:
 
 
 def test_an_entry_is_reused_only_when_size_etag_time_match_and_its_chunks_exist() -> None:
-    old = entry("a", "k", size=10, etag="e1", chunks=[("c1", 10)])
-    assert reusable(old, listed("a", "k", size=10, etag="e1"), {"c1"})
-    assert not reusable(old, listed("a", "k", size=11, etag="e1"), {"c1"})
-    assert not reusable(old, listed("a", "k", size=10, etag="e2"), {"c1"})
-    assert not reusable(old, listed("a", "k", size=10, etag="e1", modified="2026-11-28T03:00:00+00:00"), {"c1"})
-    assert not reusable(old, listed("a", "k", size=10, etag="e1"), set())  # pruned meanwhile: read it again
-    assert reusable(entry("a", "empty", size=0, chunks=[]), listed("a", "empty", size=0), set())
+    old = entry("a", "k", size=10, etag="e1", chunks=[ChunkRef("c1", 10)])
+    packed = entry("a", "k", size=10, etag="e1", chunks=[ChunkRef("c1", 10, "p1", 0, 30)])
+    assert reusable(old, listed("a", "k", size=10, etag="e1"), ChunkSink({"c1"}))
+    assert reusable(packed, listed("a", "k", size=10, etag="e1"), ChunkSink({"p1"}))
+    assert not reusable(packed, listed("a", "k", size=10, etag="e1"), ChunkSink({"c1"}))  # its pack is gone
+    assert not reusable(old, listed("a", "k", size=11, etag="e1"), ChunkSink({"c1"}))
+    assert not reusable(old, listed("a", "k", size=10, etag="e2"), ChunkSink({"c1"}))
+    assert not reusable(old, listed("a", "k", size=10, etag="e1", modified="2026-11-28T03:00:00+00:00"), ChunkSink({"c1"}))
+    assert not reusable(old, listed("a", "k", size=10, etag="e1"), ChunkSink(set()))  # pruned meanwhile: read it again
+    assert reusable(entry("a", "empty", size=0, chunks=[]), listed("a", "empty", size=0), ChunkSink(set()))
