@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
@@ -76,6 +76,7 @@ CHUNK_SIZE = 1024 * 1024
 DEFAULT_WORKERS = 4
 _VERSION = "0.1.0"
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class RepositoryNotFound(StoreError):
@@ -472,16 +473,29 @@ class Repository:
                 found.append(StoredPart(parsed[0], parsed[1], info.key, info.modified))
         return sorted(found, key=lambda stored: (stored.source, stored.part.run, stored.part.shard))
 
+    def read_document(
+        self, key: str, parse: Callable[[bytes], T], *, missing: str, damaged: Callable[[str], IntegrityError]
+    ) -> T:
+        """A sealed document of the store (a manifest, a part's, a restore point's), decoded and
+        ``parse``d; raises SnapshotNotFound(``missing``) when it is absent, ``damaged(why)`` when it
+        cannot be decoded or parsed."""
+        try:
+            sealed = get_bytes(self.store, key)
+        except ObjectNotFound:
+            raise SnapshotNotFound(missing) from None
+        try:
+            return parse(self.codec.decode(sealed, name=key))
+        except (CorruptObject, ValueError, KeyError, TypeError) as exc:
+            raise damaged(str(exc)) from None
+
     def read_part(self, stored: StoredPart) -> SnapshotHeader:
         """A part's header; raises SnapshotNotFound (gone) or IntegrityError (unreadable)."""
-        try:
-            sealed = get_bytes(self.store, stored.key)
-        except ObjectNotFound:
-            raise SnapshotNotFound(f"no part {stored.part.shard} of run {stored.part.run} of '{stored.source}'") from None
-        try:
-            header = SnapshotHeader.from_json(self.codec.decode(sealed, name=stored.key))
-        except (CorruptObject, ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"manifest of part {stored.key} is unreadable: {exc}") from None
+        header = self.read_document(
+            stored.key,
+            SnapshotHeader.from_json,
+            missing=f"no part {stored.part.shard} of run {stored.part.run} of '{stored.source}'",
+            damaged=lambda why: IntegrityError(f"manifest of part {stored.key} is unreadable: {why}"),
+        )
         if header.source != stored.source:
             raise IntegrityError(f"manifest of part {stored.key} is of source '{header.source}', not '{stored.source}'")
         return header
@@ -510,16 +524,14 @@ class Repository:
         except ValueError as exc:
             raise SnapshotNotFound(str(exc)) from None
         key = manifest_key(source, snapshot_id)
-        try:
-            sealed = get_bytes(self.store, key)
-        except ObjectNotFound:
-            raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.url}") from None
-        try:
-            header = SnapshotHeader.from_json(self.codec.decode(sealed, name=key))
-        except (CorruptObject, ValueError, KeyError, TypeError) as exc:
-            raise DamagedManifest(
-                f"manifest {key} of snapshot {snapshot_id} is unreadable: {exc}", snapshot=snapshot_id
-            ) from None
+        header = self.read_document(
+            key,
+            SnapshotHeader.from_json,
+            missing=f"no snapshot {snapshot_id} in {self.url}",
+            damaged=lambda why: DamagedManifest(
+                f"manifest {key} of snapshot {snapshot_id} is unreadable: {why}", snapshot=snapshot_id
+            ),
+        )
         if header.id != snapshot_id or header.source != source:
             raise DamagedManifest(
                 f"manifest {key} holds snapshot {header.id} of source '{header.source}', not {snapshot_id}: it was "

@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 import structlog
 
-from backup.repository.codec import CorruptObject
 from backup.repository.manifest import SnapshotHeader, new_snapshot_id
 from backup.repository.repository import Repository, SnapshotNotFound
-from backup.repository.store import ObjectNotFound, get_bytes, put_bytes
+from backup.repository.store import put_bytes
 from policies.errors import IntegrityError
 from policies.model import SNAPSHOT_ID
 
@@ -211,14 +210,12 @@ def read_restore_point(repository: Repository, point_id: str) -> RestorePoint:
     if not match:
         raise SnapshotNotFound(f"'{point_id}' is not a restore point id like platform-20261128T030000Z-ab12")
     key = restore_point_key(match["source"], point_id)
-    try:
-        sealed = get_bytes(repository.store, key)
-    except ObjectNotFound:
-        raise SnapshotNotFound(f"no restore point {point_id} in {repository.url}") from None
-    try:
-        point = RestorePoint.from_json(repository.codec.decode(sealed, name=key))
-    except (CorruptObject, ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"restore point manifest {key} is unreadable: {exc}") from None
+    point = repository.read_document(
+        key,
+        RestorePoint.from_json,
+        missing=f"no restore point {point_id} in {repository.url}",
+        damaged=lambda why: IntegrityError(f"restore point manifest {key} is unreadable: {why}"),
+    )
     if point.id != point_id:
         raise IntegrityError(f"restore point manifest {key} holds {point.id}, not {point_id}: refusing to use it")
     return point
