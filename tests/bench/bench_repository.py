@@ -203,13 +203,15 @@ class Run:
     rss_mib: float
 
 
-def measured(argv: list[str], *, stdin: Path | None = None, stdout: Path | None = None, env: dict[str, str]) -> Run:
-    """Run ``argv`` to its end: its wall time, CPU and peak RSS (its own, by os.wait4)."""
+def measured(
+    argv: list[str], *, stdin: Path | None = None, stdout: Path | None = None, env: dict[str, str], cwd: Path | None = None
+) -> Run:
+    """Run ``argv`` to its end (in ``cwd``): its wall time, CPU and peak RSS (its own, by os.wait4)."""
     with contextlib.ExitStack() as files:
         into = files.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
         out = files.enter_context(stdout.open("wb")) if stdout else subprocess.DEVNULL
         started = time.perf_counter()
-        process = subprocess.Popen(argv, stdin=into, stdout=out, stderr=subprocess.PIPE, env=env)
+        process = subprocess.Popen(argv, stdin=into, stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
         assert process.stderr is not None
         errors = process.stderr.read()
         _, status, usage = os.wait4(process.pid, 0)
