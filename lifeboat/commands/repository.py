@@ -224,7 +224,7 @@ def check(session: Session, read_data: bool, subset: str | None, as_json: bool) 
         verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
         click.echo(
             f"check {verdict}: {report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
-            f"{report.chunks_stored} stored{read}"
+            f"{report.chunks_stored} stored{f' ({report.packs_stored} packs)' if report.packs_stored else ''}{read}"
         )
     if not report.ok:
         click.get_current_context().exit(EXIT_FAILED)

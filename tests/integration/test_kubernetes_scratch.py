@@ -21,6 +21,7 @@ from k8s_fake import FakeKubernetes, JobEnd, Request, api_client, job_runs, serv
 from policy_builder import PolicyBuilder
 from unit.deploy.test_manifests import Access, manifest_problems, rbac_allows
 
+from backup.repository.manifest import ChunkRef
 from drills.checks import run_command_check
 from drills.faults import FAULTS, DrillContext
 from drills.model import Status
@@ -448,7 +449,7 @@ class SnapshotRepository:
     """The part of a repository the store-fault scenarios touch before they ask for a slot."""
 
     def entries(self, header: Any) -> list[Any]:
-        return [SimpleNamespace(size=100, chunks=[("c0ffee", 100)])]
+        return [SimpleNamespace(size=100, chunks=[ChunkRef("c0ffee", 100)])]
 
 
 @pytest.mark.parametrize("fault", ["corrupt-chunk", "missing-chunk", "flaky-storage", "kill-target"])

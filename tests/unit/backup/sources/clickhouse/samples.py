@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.manifest import ChunkRef, Entry, SnapshotHeader
 from backup.sources.clickhouse.catalog import Part, Table
 from backup.sources.clickhouse.chain import NativeBackupInfo
 from backup.sources.clickhouse.logical import data_entry_name
@@ -41,7 +41,7 @@ def data_entry(
         "schema": schema or source.schema_id,
         "parts": [part.to_json() for part in partset],
     }
-    return Entry(data_entry_name(source.database, source.name, partition), 10, "0" * 64, [("c" * 64, 10)], meta)
+    return Entry(data_entry_name(source.database, source.name, partition), 10, "0" * 64, [ChunkRef("c" * 64, 10)], meta)
 
 
 def header(snapshot_id: str, *, native: NativeBackupInfo | None = None, at: datetime = T0) -> SnapshotHeader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.manifest import ChunkRef, Entry, SnapshotHeader
 from backup.sources.s3.listing import Listed
 
 T0 = "2026-11-28T02:00:00+00:00"
@@ -12,7 +12,7 @@ T0 = "2026-11-28T02:00:00+00:00"
 
 def entry(bucket: str, key: str, *, size: int = 10, etag: str = "e", chunks: list[tuple[str, int]] | None = None) -> Entry:
     meta = {"bucket": bucket, "key": key, "etag": etag, "last_modified": T0, "content_type": "text/plain"}
-    return Entry(f"{bucket}/{key}", size, "0" * 64, chunks if chunks is not None else [("c-" + key, size)], meta)
+    return Entry(f"{bucket}/{key}", size, "0" * 64, chunks if chunks is not None else [ChunkRef("c-" + key, size)], meta)
 
 
 def listed(bucket: str, key: str, *, size: int = 10, etag: str = "e", modified: str = T0) -> Listed:
