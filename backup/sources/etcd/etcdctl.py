@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,7 +184,9 @@ class _SaveWatch:
 class SnapshotDownload(io.RawIOBase):
     """The snapshot file while etcdctl writes it (``<path>.part``, append only, renamed when done):
     a read gives the bytes written so far, waits for more while the save goes on, and ends once
-    etcdctl exited well and every byte was read. The open file stays valid across the rename."""
+    etcdctl exited well and every byte was read (``ended`` is set then: the file is whole, renamed,
+    and can be checked while the last bytes read are still being stored). The open file stays valid
+    across the rename."""
 
     def __init__(self, process: ManagedProcess, watch: _SaveWatch, etcdctl: Etcdctl) -> None:
         super().__init__()
@@ -191,6 +194,7 @@ class SnapshotDownload(io.RawIOBase):
         self._watch = watch
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
+        self.ended = threading.Event()
 
     def readable(self) -> bool:
         return True
@@ -205,6 +209,7 @@ class SnapshotDownload(io.RawIOBase):
                 if self._process.returncode != 0:
                     tail = mask_secrets(self._process.log_tail(STDERR_TAIL_LINES), [self._etcdctl.password or ""])
                     raise CommandError(Path(self._etcdctl.binary).name, self._process.returncode or -1, tail)
+                self.ended.set()
                 return 0
             problem = None if done else self._watch.poll()  # the deadline and the member, even while bytes flow
             if problem:
@@ -212,6 +217,10 @@ class SnapshotDownload(io.RawIOBase):
             if got:
                 return got
             time.sleep(SAVE_POLL)
+
+    def abandon(self) -> None:
+        """Stop etcdctl (when the caller gives up): a read then ends with CommandError."""
+        self._process.stop()
 
     def _open(self, done: bool) -> io.FileIO | None:
         """The download, once etcdctl has created it; after a successful exit, the renamed file."""

@@ -32,10 +32,12 @@ with the source's credentials: a faithful copy of an auth-enabled cluster holds 
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import ssl
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
@@ -54,10 +56,10 @@ from backup.sources.base import (
     Verification,
 )
 from backup.sources.etcd.census import read_census
-from backup.sources.etcd.etcdctl import Etcdctl
+from backup.sources.etcd.etcdctl import Etcdctl, SnapshotDownload
 from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
 from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
-from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY
+from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError
 from backup.sources.etcd.targets import (
     TARGET_HELP,
     EtcdDataDirTarget,
@@ -141,10 +143,7 @@ class EtcdSource:
                 with self._gateway(endpoint, ssl_context) as gateway:
                     version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
                 with etcdctl.snapshot_save(endpoint, path) as download:
-                    stored = writer.write_stream(cast(BinaryIO, download), progress=progress)
-                saved = round(time.monotonic() - started, 3)
-                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
-                checked = check_snapshot_file(etcdctl, path)
+                    stored, checked = self._store_and_check(download, path, etcdctl, writer, progress, endpoint=endpoint)
             except (SourceError, CommandError) as exc:
                 log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
                 failures.append(f"{endpoint}: {exc}")
@@ -160,6 +159,49 @@ class EtcdSource:
             )
             return _Taken(path, endpoint, version, checked), stored
         raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
+
+    def _store_and_check(
+        self,
+        download: SnapshotDownload,
+        path: Path,
+        etcdctl: Etcdctl,
+        writer: SnapshotWriter,
+        progress: Progress | None,
+        *,
+        endpoint: str,
+    ) -> tuple[StoredStream, CheckedSnapshot]:
+        """Store the snapshot's bytes as etcdctl writes them (a helper thread), and check the file as
+        soon as it is whole, while the last chunks read are still being compressed and stored.
+
+        The checks read the file, the repository stored the stream: the file's sha256 (taken in the
+        trailer check's pass) must be the stored stream's, or the checks were not about the stored
+        bytes. Returns once both are done: no chunk is stored after this returns or raises. Raises
+        SourceError / CommandError (the save or a check failed), or what storing raised."""
+        started = time.monotonic()
+        ended = download.ended  # set by the download's end, or here when storing stops early
+        context = contextvars.copy_context()  # the log context of this run, in the storing thread too
+        with ThreadPoolExecutor(1, thread_name_prefix="etcd-store") as storing:
+            pending = storing.submit(context.run, writer.write_stream, cast(BinaryIO, download), progress=progress)
+            pending.add_done_callback(lambda _: ended.set())
+            try:
+                ended.wait()
+                if pending.done():
+                    pending.result()  # storing stopped before the save ended: what stopped it
+                saved = round(time.monotonic() - started, 3)
+                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
+                checked = check_snapshot_file(etcdctl, path)
+            except BaseException:
+                download.abandon()  # a storing thread still reading ends now, not when etcdctl would
+                raise
+            finally:
+                wait([pending])
+            stored = pending.result()
+        if checked.sha256 != stored.sha256:
+            raise CorruptSnapshotError(
+                f"{path} changed after its bytes were stored (sha256 {checked.sha256}, stored {stored.sha256}): "
+                "the checks did not see the stored snapshot"
+            )
+        return stored, checked
 
     def census(self) -> dict[str, Any]:
         """The cluster's key census now (keys per prefix, Kubernetes resource and namespace, at the

@@ -46,7 +46,7 @@ from backup.sources.etcd.fingerprint import (
     value_differences,
 )
 from backup.sources.etcd.gateway import EtcdGateway, GatewayUnreachable
-from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, verify_trailer
+from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, read_trailer, verify_trailer
 from backup.sources.etcd.targets import EtcdDataDirTarget
 from policies.errors import LifeboatError, SourceError
 
@@ -60,6 +60,7 @@ class CheckedSnapshot:
     status: SnapshotStatus
     revision: int  # the snapshot's real revision, which ``status.revision`` can understate (bolt.py)
     trailer: str  # hex sha256 of the db
+    sha256: str  # hex sha256 of the whole file (db + trailer): what was checked, to compare with what was stored
     census: dict[str, Any]
     values: dict[str, Any]  # fingerprint.ValueDigests.as_dict
     leases: dict[str, Any]  # fingerprint.leases_fingerprint
@@ -69,11 +70,12 @@ class CheckedSnapshot:
 def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
     """etcd's sha256 trailer, ``snapshot status`` (which also runs bbolt's consistency check) and the
     key census read from the file, side by side (a hashing thread, a child process, this thread).
-    Our bbolt reader and etcd's must agree on the newest revision. Raises CorruptSnapshotError /
-    SourceError."""
+    Each reads the file once; the hashing pass also digests the whole file (``CheckedSnapshot.sha256``),
+    which proves the checked file holds the bytes that were stored. Our bbolt reader and etcd's must
+    agree on the newest revision. Raises CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
         pending_status = helpers.submit(etcdctl.snapshot_status, path)
-        pending_trailer = helpers.submit(verify_trailer, path)
+        pending_trailer = helpers.submit(read_trailer, path)
         try:
             compacted = finished_compact_revision(path)
             newest, keys = snapshot_key_digests(path)
@@ -81,7 +83,7 @@ def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
         except BoltFormatError as exc:
             pending_status.result()  # etcd's own verdict on a damaged file comes first
             raise CorruptSnapshotError(f"{path}: {exc}") from None
-        status, trailer = pending_status.result(), pending_trailer.result()
+        status, (trailer, whole) = pending_status.result(), pending_trailer.result()
     if newest != status.revision:
         raise CorruptSnapshotError(
             f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {newest}"
@@ -92,7 +94,7 @@ def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
     for key, digest in keys.items():
         census.add(key)
         values.add(key, digest)
-    return CheckedSnapshot(status, revision, trailer, census.as_dict(revision), values.as_dict(), leases, auth)
+    return CheckedSnapshot(status, revision, trailer, whole, census.as_dict(revision), values.as_dict(), leases, auth)
 
 
 def verify_endpoint(
