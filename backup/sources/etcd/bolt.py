@@ -288,9 +288,56 @@ def _text(raw: Any) -> str:
     return bytes(raw).decode("utf-8", errors="backslashreplace")
 
 
-def _key_value(raw: memoryview) -> tuple[bytes, bytes, int, int, int, int]:
-    """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``."""
-    fields = _fields(raw)
+def _key_value(raw: memoryview) -> tuple[bytes, bytes | memoryview, int, int, int, int]:
+    """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``; the value
+    is a view into ``raw``. What ``_fields`` would give (the first occurrence of a field counts), in
+    one pass without a dict per record: a snapshot holds a record per revision. Raises ValueError
+    for a wire type no etcd message uses, or a field longer than its message."""
+    numbers = [0] * 7  # varint fields by number: 2 create, 3 mod, 4 version, 6 lease
+    seen = 0  # bit n: field n met (the first occurrence counts)
+    unusual = False  # a known field first met with another wire type: _fields' reading is the rule then
+    key: bytes = b""
+    value: bytes | memoryview = b""
+    at, end = 0, len(raw)
+    while at < end:
+        tag = raw[at]
+        if tag & 0x80:  # a field number above 15: never in an mvccpb.KeyValue, but read it as _fields would
+            return _key_value_of(_fields(raw))
+        at += 1
+        number, wire = tag >> 3, tag & 0x07
+        first = not seen >> number & 1
+        seen |= 1 << number
+        if wire == 0:
+            number_value = raw[at] if at < end else 0x80
+            if number_value < 0x80:
+                at += 1
+            else:
+                number_value, at = _varint(raw, at)
+            if first and number < len(numbers):
+                numbers[number] = number_value
+                unusual |= number in (1, 5)
+        elif wire == 2:
+            length = raw[at] if at < end else 0x80
+            if length < 0x80:
+                at += 1
+            else:
+                length, at = _varint(raw, at)
+            if at + length > end:
+                raise ValueError("a protobuf field longer than its message")
+            if first and number == 1:
+                key = bytes(raw[at : at + length])
+            elif first and number == 5:
+                value = raw[at : at + length]
+            unusual |= first and number in (2, 3, 4, 6)
+            at += length
+        else:
+            raise ValueError(f"protobuf wire type {wire} in an etcd record")
+    if unusual:
+        return _key_value_of(_fields(raw))
+    return key, value, _signed(numbers[2]), _signed(numbers[3]), _signed(numbers[4]), _signed(numbers[6])
+
+
+def _key_value_of(fields: dict[int, list[Any]]) -> tuple[bytes, bytes, int, int, int, int]:
     key, value = bytes(fields.get(1, [b""])[0]), bytes(fields.get(5, [b""])[0])
     create, mod, version, lease = (_signed(fields.get(number, [0])[0]) for number in (2, 3, 4, 6))
     return key, value, create, mod, version, lease

@@ -212,6 +212,35 @@ def test_every_live_key_is_digested_with_its_value_and_revisions(tmp_path: Path)
     assert key_digest(b"/registry/pods/a/p1", b"v2", 2, 4, 2, 0) != digests[b"/registry/pods/a/p1"]
 
 
+def test_records_in_any_field_order_are_digested_as_protobuf_reads_them(tmp_path: Path) -> None:
+    """Fields after the key out of order, repeated (the first counts, as before), multi-byte varints, a negative
+    lease and a value above the size digested in one buffer: the same digest as the plain fields."""
+    big = bytes(range(256)) * 400  # 100 KiB
+    negative = (1 << 64) - 5  # int64 -5 on the wire
+    odd = b"\x0a" + varint(5) + b"/x/k1" + b"\x30" + varint(negative) + b"\x2a" + varint(2) + b"v1"
+    odd += b"\x2a" + varint(2) + b"v2" + b"\x20" + varint(300) + b"\x18" + varint(70000) + b"\x10" + varint(3)
+    odd += b"\x0a" + varint(5) + b"/x/k9"  # the key field again: the first one counts
+    revisions = [
+        (0, revision(70000), odd),
+        (0, revision(70001), full_key_value(b"/x/k2", big, 70001, 70001, 1)),
+    ]
+    leaf = leaf_page(3, revisions, pad=False)
+    overflow = -(-len(leaf) // PAGE) - 1
+    leaf = leaf[:8] + struct.pack("<HHI", LEAF, 2, overflow) + leaf[16:]
+    pages = [
+        meta_page(0, root=2, txid=1),
+        meta_page(1, root=2, txid=1),
+        leaf_page(2, [(BUCKET, b"key", struct.pack("<QQ", 3, 0))]),
+        leaf.ljust((overflow + 1) * PAGE, b"\0"),
+    ]
+    newest, digests = snapshot_key_digests(write(tmp_path / "s.db", *pages))
+    assert newest == 70001
+    assert digests == {
+        b"/x/k1": key_digest(b"/x/k1", b"v1", 3, 70000, 300, -5),
+        b"/x/k2": key_digest(b"/x/k2", big, 70001, 70001, 1, 0),
+    }
+
+
 def test_leases_users_roles_and_auth_state_are_read_from_their_buckets(tmp_path: Path) -> None:
     lease_id = 0x390DA2425483FA06
     leases = [(0, lease_id.to_bytes(8, "big"), b"\x08" + varint(lease_id) + b"\x10" + varint(3600))]
