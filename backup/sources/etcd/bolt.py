@@ -34,7 +34,8 @@ range_end 3}}); etcd 3.4 keeps no record of the built-in ``root`` role.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,11 +67,18 @@ def _fnv64a(data: bytes) -> int:
 
 
 class BoltFile:
-    """Read-only access to the buckets of a bbolt file (an etcd snapshot or db)."""
+    """Read-only access to the buckets of a bbolt file (an etcd snapshot or db).
 
-    def __init__(self, handle: BinaryIO) -> None:
+    ``holds(end)`` says whether the file reaches ``end`` bytes; for a file still being written (a
+    snapshot being saved) it waits until the bytes are there or the file is known to end before
+    them, so the buckets can be read while the file arrives. By default: the file's size now."""
+
+    def __init__(self, handle: BinaryIO, *, holds: Callable[[int], bool] | None = None) -> None:
         self._handle = handle
-        self._size = handle.seek(0, 2)
+        if holds is None:
+            size = handle.seek(0, 2)
+            holds = size.__ge__
+        self._holds = holds
         first = self._meta(0)
         # Page 1 sits one page in; if page 0 is damaged, assume the usual 4 KiB page.
         second = self._meta(first[0] if first else 4096)
@@ -81,6 +89,8 @@ class BoltFile:
 
     def _meta(self, offset: int) -> tuple[int, int, int] | None:
         """(page size, root bucket page, txid) of the meta page at ``offset``, None if it is not valid."""
+        if not self._holds(offset + _PAGE_HEADER.size + _META.size + _CHECKSUM.size):
+            return None
         self._handle.seek(offset + _PAGE_HEADER.size)
         raw = self._handle.read(_META.size + _CHECKSUM.size)
         if len(raw) < _META.size + _CHECKSUM.size:
@@ -92,12 +102,14 @@ class BoltFile:
         return page_size, root, txid
 
     def _page(self, pgid: int) -> bytes:
+        if not self._holds(pgid * self.page_size + _PAGE_HEADER.size):
+            raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
         self._handle.seek(pgid * self.page_size)
         head = self._handle.read(_PAGE_HEADER.size)
         if len(head) < _PAGE_HEADER.size:
             raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
         overflow = _PAGE_HEADER.unpack(head)[3]
-        if (pgid + overflow + 1) * self.page_size > self._size:
+        if not self._holds((pgid + overflow + 1) * self.page_size):
             raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
         return head + self._handle.read((overflow + 1) * self.page_size - _PAGE_HEADER.size)
 
@@ -202,13 +214,17 @@ def finished_compact_revision(path: Path) -> int:
     """The revision etcd had compacted up to when the snapshot was taken (0: never compacted).
 
     Raises BoltFormatError when the file is not a readable bbolt db with etcd's ``meta`` bucket."""
+    with path.open("rb") as handle:
+        return _compact_revision(BoltFile(handle), path)
+
+
+def _compact_revision(bolt: BoltFile, where: object) -> int:
     try:
-        with path.open("rb") as handle:
-            meta = BoltFile(handle).bucket(b"meta")
+        meta = bolt.bucket(b"meta")
     except KeyError:
-        raise BoltFormatError(f"{path} has no 'meta' bucket: not an etcd snapshot") from None
+        raise BoltFormatError(f"{where} has no 'meta' bucket: not an etcd snapshot") from None
     except struct.error as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     raw = meta.get(b"finishedCompactRev")
     return revision_main(raw) if raw else 0
 
@@ -216,57 +232,90 @@ def finished_compact_revision(path: Path) -> int:
 # ---- values, leases and auth ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SnapshotContents:
+    """What a snapshot's buckets say, read in one pass (``read_snapshot``)."""
+
+    compacted: int  # finishedCompactRev (0: never compacted)
+    newest: int  # the newest revision in the ``key`` bucket
+    keys: dict[bytes, int]  # every key live at it -> its digest (fingerprint.key_digest)
+    leases: dict[str, Any]  # fingerprint.leases_fingerprint
+    auth: dict[str, Any]  # fingerprint.auth_fingerprint
+
+
+def read_snapshot(handle: BinaryIO, where: object, *, holds: Callable[[int], bool] | None = None) -> SnapshotContents:
+    """The compaction revision, live keys with their digests, leases and auth of an etcd snapshot,
+    opened once (``holds``: see BoltFile; a snapshot can be read while it arrives). ``where`` names
+    the file in errors. Raises BoltFormatError when it is not a readable etcd db."""
+    bolt = BoltFile(handle, holds=holds)
+    compacted = _compact_revision(bolt, where)
+    newest, keys = _key_digests(bolt, where)
+    leases, auth = _leases_and_auth(bolt, where)
+    return SnapshotContents(compacted, newest, keys, leases, auth)
+
+
 def snapshot_key_digests(path: Path) -> tuple[int, dict[bytes, int]]:
     """(newest revision in the ``key`` bucket, every key live at it -> its digest, fingerprint.key_digest).
 
     Raises BoltFormatError when the file is not a readable etcd db."""
+    with path.open("rb") as handle:
+        return _key_digests(BoltFile(handle), path)
+
+
+def _key_digests(bolt: BoltFile, where: object) -> tuple[int, dict[bytes, int]]:
     live: dict[bytes, int | None] = {}
     newest = 0
     try:
-        with path.open("rb") as handle:
-            for revision, value in BoltFile(handle).items(b"key"):  # in revision order: the last word wins
-                if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
-                    raise BoltFormatError(f"{path}: an entry of the 'key' bucket is not an etcd key revision")
-                if len(revision) == _REVISION_SIZE:
-                    key, content, create, mod, version, lease = _key_value(value)
-                    live[key] = key_digest(key, content, create, mod, version, lease)
-                else:
-                    live[_user_key(value)] = None  # a tombstone
-                newest = revision_main(bytes(revision[:8]))
+        for revision, value in bolt.items(b"key"):  # in revision order: the last word wins
+            if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
+                raise BoltFormatError(f"{where}: an entry of the 'key' bucket is not an etcd key revision")
+            if len(revision) == _REVISION_SIZE:
+                key, content, create, mod, version, lease = _key_value(value)
+                live[key] = key_digest(key, content, create, mod, version, lease)
+            else:
+                live[_user_key(value)] = None  # a tombstone
+            newest = revision_main(bytes(revision[:8]))
     except KeyError:
-        raise BoltFormatError(f"{path} has no 'key' bucket: not an etcd snapshot") from None
+        raise BoltFormatError(f"{where} has no 'key' bucket: not an etcd snapshot") from None
     except (struct.error, IndexError, ValueError) as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        if isinstance(exc, BoltFormatError):
+            raise
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     return newest, {key: digest for key, digest in live.items() if digest is not None}
 
 
 def snapshot_leases_and_auth(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(leases, auth) of an etcd snapshot or db, as fingerprint.leases_fingerprint / auth_fingerprint
     shape them. Raises BoltFormatError when the file is damaged."""
+    with path.open("rb") as handle:
+        return _leases_and_auth(BoltFile(handle), path)
+
+
+def _leases_and_auth(bolt: BoltFile, where: object) -> tuple[dict[str, Any], dict[str, Any]]:
     leases: dict[int, int] = {}
     users: dict[str, list[str]] = {}
     roles: dict[str, list[str]] = {}
     try:
-        with path.open("rb") as handle:
-            bolt = BoltFile(handle)
-            for _id, value in _bucket_items(bolt, b"lease"):
-                fields = _fields(value)
-                leases[_signed(fields.get(1, [0])[0])] = _signed(fields.get(2, [0])[0])
-            enabled = _bucket(bolt, b"auth").get(b"authEnabled", b"\0") == b"\x01"
-            for name, value in _bucket_items(bolt, b"authUsers"):
-                users[_text(name)] = [_text(role) for role in _fields(value).get(3, [])]
-            for name, value in _bucket_items(bolt, b"authRoles"):
-                permissions = []
-                for raw in _fields(value).get(2, []):
-                    permission = _fields(raw)
-                    permissions.append(
-                        permission_text(
-                            permission.get(1, [0])[0], bytes(permission.get(2, [b""])[0]), bytes(permission.get(3, [b""])[0])
-                        )
+        for _id, value in _bucket_items(bolt, b"lease"):
+            fields = _fields(value)
+            leases[_signed(fields.get(1, [0])[0])] = _signed(fields.get(2, [0])[0])
+        enabled = _bucket(bolt, b"auth").get(b"authEnabled", b"\0") == b"\x01"
+        for name, value in _bucket_items(bolt, b"authUsers"):
+            users[_text(name)] = [_text(role) for role in _fields(value).get(3, [])]
+        for name, value in _bucket_items(bolt, b"authRoles"):
+            permissions = []
+            for raw in _fields(value).get(2, []):
+                permission = _fields(raw)
+                permissions.append(
+                    permission_text(
+                        permission.get(1, [0])[0], bytes(permission.get(2, [b""])[0]), bytes(permission.get(3, [b""])[0])
                     )
-                roles[_text(name)] = permissions
+                )
+            roles[_text(name)] = permissions
     except (struct.error, IndexError, ValueError, TypeError) as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        if isinstance(exc, BoltFormatError):
+            raise
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     return leases_fingerprint(leases), auth_fingerprint(enabled, users, roles)
 
 

@@ -195,11 +195,46 @@ class SnapshotDownload(io.RawIOBase):
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
         self.ended = threading.Event()
+        self._delivered = 0  # bytes handed to the reader so far: ``holds`` lets others read only those
+        self._stopped = False  # no more bytes will be delivered (ended, failed or abandoned)
+        self._progress = threading.Condition()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        try:
+            got = self._readinto(buffer)
+        except BaseException:
+            self._stop()
+            raise
+        with self._progress:
+            self._delivered += got
+            self._stopped = self._stopped or self.ended.is_set()
+            self._progress.notify_all()
+        return got
+
+    def holds(self, end: int) -> bool:
+        """Whether the snapshot reaches ``end`` bytes: waits until the reader has been handed them
+        (so a second reader, ``read_at``, sees only bytes that are being stored) or no more will
+        come (the save ended, failed or was abandoned)."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._delivered >= end or self._stopped)
+            return self._delivered >= end
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of the bytes delivered so far (check with ``holds``
+        first), without moving the reader's position."""
+        if self._file is None:
+            return b""
+        return os.pread(self._file.fileno(), size, offset)
+
+    def _stop(self) -> None:
+        with self._progress:
+            self._stopped = True
+            self._progress.notify_all()
+
+    def _readinto(self, buffer: Any) -> int:
         while True:
             done = not self._process.alive()  # before reading: what was written by then is all there is
             if self._file is None:
@@ -219,7 +254,9 @@ class SnapshotDownload(io.RawIOBase):
             time.sleep(SAVE_POLL)
 
     def abandon(self) -> None:
-        """Stop etcdctl (when the caller gives up): a read then ends with CommandError."""
+        """Stop etcdctl (when the caller gives up): a read then ends with CommandError, and ``holds``
+        answers at once."""
+        self._stop()
         self._process.stop()
 
     def _open(self, done: bool) -> io.FileIO | None:
@@ -231,9 +268,30 @@ class SnapshotDownload(io.RawIOBase):
         return None
 
     def close(self) -> None:
+        self._stop()
         if self._file is not None:
             self._file.close()
         super().close()
+
+
+class ArrivingSnapshot:
+    """The snapshot of a ``SnapshotDownload`` as a file to seek and read in (``bolt.BoltFile`` with
+    ``holds=download.holds``), while it arrives: reads go by position, beside the download's own."""
+
+    def __init__(self, download: SnapshotDownload) -> None:
+        self._download = download
+        self._at = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("an arriving snapshot has no end yet to seek from")
+        self._at = offset
+        return offset
+
+    def read(self, size: int) -> bytes:
+        data = self._download.read_at(self._at, size)
+        self._at += len(data)
+        return data
 
 
 def _accepts_connections(endpoint: str) -> bool:

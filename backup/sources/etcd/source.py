@@ -55,8 +55,9 @@ from backup.sources.base import (
     Verdict,
     Verification,
 )
+from backup.sources.etcd.bolt import read_snapshot
 from backup.sources.etcd.census import read_census
-from backup.sources.etcd.etcdctl import Etcdctl, SnapshotDownload
+from backup.sources.etcd.etcdctl import ArrivingSnapshot, Etcdctl, SnapshotDownload
 from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
 from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
 from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError
@@ -179,22 +180,32 @@ class EtcdSource:
         SourceError / CommandError (the save or a check failed), or what storing raised."""
         started = time.monotonic()
         ended = download.ended  # set by the download's end, or here when storing stops early
-        context = contextvars.copy_context()  # the log context of this run, in the storing thread too
-        with ThreadPoolExecutor(1, thread_name_prefix="etcd-store") as storing:
-            pending = storing.submit(context.run, writer.write_stream, cast(BinaryIO, download), progress=progress)
+        with ThreadPoolExecutor(2, thread_name_prefix="etcd-store") as helpers:
+            # each with the log context of this run
+            pending = helpers.submit(
+                contextvars.copy_context().run, writer.write_stream, cast(BinaryIO, download), progress=progress
+            )
             pending.add_done_callback(lambda _: ended.set())
+            contents = helpers.submit(
+                contextvars.copy_context().run,
+                read_snapshot,
+                cast(BinaryIO, ArrivingSnapshot(download)),
+                path,
+                holds=download.holds,
+            )
             try:
                 ended.wait()
                 if pending.done():
                     pending.result()  # storing stopped before the save ended: what stopped it
                 saved = round(time.monotonic() - started, 3)
                 log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
-                checked = check_snapshot_file(etcdctl, path)
+                checked = check_snapshot_file(etcdctl, path, contents=contents.result)
             except BaseException:
-                download.abandon()  # a storing thread still reading ends now, not when etcdctl would
+                download.abandon()  # the helpers still reading it end now, not when etcdctl would
                 raise
             finally:
                 wait([pending])
+                wait([contents])
             stored = pending.result()
         if checked.sha256 != stored.sha256:
             raise CorruptSnapshotError(
