@@ -109,9 +109,10 @@ class Etcdctl:
             with SnapshotDownload(process, watch, self) as download:
                 yield download
 
-    def snapshot_status(self, path: Path) -> SnapshotStatus:
-        """Raises CorruptSnapshotError when etcd cannot read the file as a snapshot."""
-        tool = self._file_tool()
+    def snapshot_status(self, path: Path, *, tool: list[str] | None = None) -> SnapshotStatus:
+        """``tool``: ``file_tool()``'s answer, when it was asked beforehand. Raises
+        CorruptSnapshotError when etcd cannot read the file as a snapshot."""
+        tool = tool or self.file_tool()
         try:
             output = self.run([*tool, "snapshot", "status", "-w", "json", str(path)], timeout=self.timeout)
         except CommandError as exc:
@@ -121,7 +122,7 @@ class Etcdctl:
     def snapshot_restore(self, snapshot: Path, data_dir: Path, target: EtcdDataDirTarget) -> None:
         self.run(
             [
-                *self._file_tool(),
+                *self.file_tool(),
                 *("snapshot", "restore", str(snapshot)),
                 *("--data-dir", str(data_dir)),
                 *("--name", target.name),
@@ -131,7 +132,7 @@ class Etcdctl:
             timeout=self.timeout,
         )
 
-    def _file_tool(self) -> list[str]:
+    def file_tool(self) -> list[str]:
         """The binary for file-level work: etcdctl up to 3.4, etcdutl from 3.5 (which moved
         ``snapshot restore``/``status`` there). Raises SourceError when 3.5+ comes without etcdutl."""
         try:

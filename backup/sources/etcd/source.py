@@ -180,7 +180,7 @@ class EtcdSource:
         SourceError / CommandError (the save or a check failed), or what storing raised."""
         started = time.monotonic()
         ended = download.ended  # set by the download's end, or here when storing stops early
-        with ThreadPoolExecutor(2, thread_name_prefix="etcd-store") as helpers:
+        with ThreadPoolExecutor(3, thread_name_prefix="etcd-store") as helpers:
             # each with the log context of this run
             pending = helpers.submit(
                 contextvars.copy_context().run, writer.write_stream, cast(BinaryIO, download), progress=progress
@@ -193,13 +193,14 @@ class EtcdSource:
                 path,
                 holds=download.holds,
             )
+            tool = helpers.submit(etcdctl.file_tool)  # which binary checks the file: asked meanwhile
             try:
                 ended.wait()
                 if pending.done():
                     pending.result()  # storing stopped before the save ended: what stopped it
                 saved = round(time.monotonic() - started, 3)
                 log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
-                checked = check_snapshot_file(etcdctl, path, contents=contents.result)
+                checked = check_snapshot_file(etcdctl, path, contents=contents.result, tool=tool.result)
             except BaseException:
                 download.abandon()  # the helpers still reading it end now, not when etcdctl would
                 raise

@@ -63,17 +63,22 @@ class CheckedSnapshot:
 
 
 def check_snapshot_file(
-    etcdctl: Etcdctl, path: Path, *, contents: Callable[[], SnapshotContents] | None = None
+    etcdctl: Etcdctl,
+    path: Path,
+    *,
+    contents: Callable[[], SnapshotContents] | None = None,
+    tool: Callable[[], list[str]] | None = None,
 ) -> CheckedSnapshot:
     """etcd's sha256 trailer, ``snapshot status`` (which also runs bbolt's consistency check) and the
     key census read from the file, side by side (a hashing thread, a child process, this thread).
     Each reads the file once; the hashing pass also digests the whole file (``CheckedSnapshot.sha256``),
     which proves the checked file holds the bytes that were stored. ``contents``: the census and
-    fingerprint already read (while the file arrived), else they are read here. Our bbolt reader and
+    fingerprint already read (while the file arrived), else they are read here; ``tool``: the file
+    tool (``Etcdctl.file_tool``) asked beforehand. Our bbolt reader and
     etcd's must agree on the newest revision. Raises CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
-        pending_status = helpers.submit(etcdctl.snapshot_status, path)
         pending_trailer = helpers.submit(read_trailer, path)
+        pending_status = helpers.submit(etcdctl.snapshot_status, path, tool=tool() if tool else None)
         try:
             read = contents() if contents else _read_file(path)
         except BoltFormatError as exc:
