@@ -11,19 +11,24 @@ is the same tool the file is later restored with; the gateway stream would cost 
 decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file
 first is also what lets the whole snapshot be verified before it becomes a snapshot: etcd's sha256
 trailer (the last 32 bytes are the sha256 of everything before them) and ``etcdctl snapshot
-status`` (hash, revision, total keys, total size = file size - 32). The file's bytes are stored
-while etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
-appends to), so storing costs little wall time beyond the save; the checks run once the file is
-whole, and the manifest that makes those chunks a snapshot is committed only after they passed. A
-snapshot failing them is never uploaded as good: its chunks stay unreferenced, invisible to
-restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
+status`` (hash, revision, total keys, total size = file size - 32). Everything that can happen
+while the bytes arrive does (``_store_and_check``): the repository hashes, compresses and stores
+them as etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
+appends to), and the census and fingerprint are read from the same file meanwhile, by position,
+only from bytes already handed to the repository (``ArrivingSnapshot``). What needs the whole
+file starts the moment etcdctl is done, beside the last chunks' uploads: one pass over the file
+checks the trailer and digests the whole file, which must equal the stored stream's digest (so
+the checks are about the bytes stored, even if the file changed after they were read), and
+``snapshot status`` runs beside it. The manifest that makes those chunks a snapshot is committed
+only after all of it passed. A snapshot failing them is never uploaded as good: its chunks stay
+unreferenced, invisible to restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
 wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see bolt.py for why status alone can understate it).
 
 Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
-newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
-status`` and the trailer check run beside it (``verify.check_snapshot_file``). The same pass
+newest revision of every key in the ``key`` bucket says whether it is live), while it arrives; the
+trailer check and ``snapshot status`` follow (``verify.check_snapshot_file``). The same pass
 digests every live key's value and revisions, and the ``lease`` and ``auth*`` buckets give the
 leases, users, roles and auth state (fingerprint.py): all of it is the snapshot's fingerprint.
 Verifying a restore reads the restored member through its JSON gateway (``verify.verify_endpoint``),
