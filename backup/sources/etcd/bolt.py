@@ -102,16 +102,19 @@ class BoltFile:
         return page_size, root, txid
 
     def _page(self, pgid: int) -> bytes:
-        if not self._holds(pgid * self.page_size + _PAGE_HEADER.size):
+        """Page ``pgid`` with its overflow pages: one read for a page without any (most of them)."""
+        if not self._holds((pgid + 1) * self.page_size):
             raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
         self._handle.seek(pgid * self.page_size)
-        head = self._handle.read(_PAGE_HEADER.size)
-        if len(head) < _PAGE_HEADER.size:
+        page = self._handle.read(self.page_size)
+        if len(page) < self.page_size:
             raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
-        overflow = _PAGE_HEADER.unpack(head)[3]
+        overflow = _PAGE_HEADER.unpack_from(page)[3]
+        if not overflow:
+            return page
         if not self._holds((pgid + overflow + 1) * self.page_size):
             raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
-        return head + self._handle.read((overflow + 1) * self.page_size - _PAGE_HEADER.size)
+        return page + self._handle.read(overflow * self.page_size)
 
     def _leaves(self, page: bytes) -> Iterator[bytes]:
         """Every leaf page under ``page``, in key order, one read at a time (iterative: no generator
