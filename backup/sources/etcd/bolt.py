@@ -33,6 +33,7 @@ range_end 3}}); etcd 3.4 keeps no record of the built-in ``root`` role.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -116,16 +117,17 @@ class BoltFile:
             raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
         return page + self._handle.read(overflow * self.page_size)
 
-    def _leaves(self, page: bytes) -> Iterator[bytes]:
-        """Every leaf page under ``page``, in key order, one read at a time (iterative: no generator
-        chain per level, and only page ids wait on the stack)."""
+    def _leaves(self, page: bytes, pgid: int | None = None) -> Iterator[tuple[int | None, bytes]]:
+        """(page id, page) of every leaf page under ``page`` (id ``pgid``; None for a bucket inlined
+        in its parent), in key order, one read at a time (iterative: no generator chain per level,
+        and only page ids wait on the stack)."""
         pending: list[tuple[int, int]] = []
         seen: set[int] = set()
         depth = 0
         while True:
             _id, flags, count, _overflow = _PAGE_HEADER.unpack_from(page)
             if flags & _LEAF_PAGE:
-                yield page
+                yield pgid, page
             elif flags & _BRANCH_PAGE:
                 elements = (
                     _BRANCH_ELEMENT.unpack_from(page, _PAGE_HEADER.size + i * _BRANCH_ELEMENT.size) for i in range(count)
@@ -143,29 +145,78 @@ class BoltFile:
 
     def _items(self, page: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
         """(flags, key, value) of every leaf element under ``page``, in key order; views into the page."""
-        for leaf in self._leaves(page):
-            view = memoryview(leaf)
-            for index in range(_PAGE_HEADER.unpack_from(leaf)[2]):
-                at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
-                element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(leaf, at)
-                start = at + pos
-                yield element_flags, view[start : start + ksize], view[start + ksize : start + ksize + vsize]
+        for _pgid, leaf in self._leaves(page):
+            yield from _leaf_items(leaf)
+
+    def leaves(self, name: bytes) -> Iterator[tuple[int | None, bytes]]:
+        """(page id or None when inlined, page) of every leaf page of top-level bucket ``name``, in
+        key order; ``_leaf_items`` gives their items.
+
+        Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
+        for flags, key, value in self._items(self._page(self.root)):
+            if key == name and flags & _BUCKET_LEAF:
+                root, _sequence = _BUCKET.unpack_from(value)
+                if root == 0:
+                    return self._leaves(bytes(value[_BUCKET.size :]))
+                return self._leaves(self._page(root), root)
+        raise KeyError(name.decode(errors="replace"))
 
     def items(self, name: bytes) -> Iterator[tuple[memoryview, memoryview]]:
         """(key, value) of every item of top-level bucket ``name``, in key order, one page in memory
         at a time; the views are valid until the next item.
 
         Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
-        for flags, key, value in self._items(self._page(self.root)):
-            if key == name and flags & _BUCKET_LEAF:
-                root, _sequence = _BUCKET.unpack_from(value)
-                page = bytes(value[_BUCKET.size :]) if root == 0 else self._page(root)
-                return ((item_key, item_value) for _flags, item_key, item_value in self._items(page))
-        raise KeyError(name.decode(errors="replace"))
+        return (
+            (item_key, item_value) for _pgid, leaf in self.leaves(name) for _flags, item_key, item_value in _leaf_items(leaf)
+        )
+
+    def key_leaves_so_far(self, where: object) -> dict[int, KeyLeaf]:
+        """Every page that reads as a leaf of etcd's ``key`` bucket, by page id, read in file order
+        while the file arrives (``holds`` waits for its bytes) until it ends. Which pages are in the
+        bucket is only known from the tree, whose root a snapshot sends last; a page's records
+        depend on its bytes alone, so ``_key_digests`` takes them from here for the pages the tree
+        names (the rest, free pages with old records, are never used). A page that does not read
+        as one is left out (read again, and judged, if the tree names it)."""
+        found: dict[int, KeyLeaf] = {}
+        pgid = 2  # after the two meta pages
+        while self._holds((pgid + 1) * self.page_size):
+            self._handle.seek(pgid * self.page_size)
+            page = self._handle.read(self.page_size)
+            _id, flags, count, overflow = _PAGE_HEADER.unpack_from(page)
+            if not flags & (_LEAF_PAGE | _BRANCH_PAGE):
+                pgid += 1  # meta, freelist or garbage: its overflow count is not to be trusted
+                continue
+            if flags & _LEAF_PAGE and count and _looks_like_key_leaf(page):
+                if not self._holds((pgid + overflow + 1) * self.page_size):
+                    break
+                if overflow:
+                    page += self._handle.read(overflow * self.page_size)
+                with contextlib.suppress(struct.error, IndexError, ValueError):
+                    found[pgid] = _key_leaf(page, where)
+            pgid += overflow + 1
+        return found
 
     def bucket(self, name: bytes) -> dict[bytes, bytes]:
         """Every key and value of top-level bucket ``name`` (meant for small buckets like ``meta``)."""
         return {bytes(key): bytes(value) for key, value in self.items(name)}
+
+
+def _leaf_items(leaf: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
+    """(flags, key, value) of every element of one leaf page; views into the page."""
+    view = memoryview(leaf)
+    for index in range(_PAGE_HEADER.unpack_from(leaf)[2]):
+        at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
+        element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(leaf, at)
+        start = at + pos
+        yield element_flags, view[start : start + ksize], view[start + ksize : start + ksize + vsize]
+
+
+def _looks_like_key_leaf(page: bytes) -> bool:
+    """Whether a leaf page's first element is shaped like a revision of etcd's ``key`` bucket."""
+    at = _PAGE_HEADER.size
+    _flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(page, at)
+    start = at + pos + ksize
+    return ksize in (_REVISION_SIZE, _REVISION_SIZE + 1) and vsize > 0 and start < len(page) and page[start] == _KEY_FIELD
 
 
 def revision_main(raw: bytes) -> int:
@@ -251,8 +302,9 @@ def read_snapshot(handle: BinaryIO, where: object, *, holds: Callable[[int], boo
     opened once (``holds``: see BoltFile; a snapshot can be read while it arrives). ``where`` names
     the file in errors. Raises BoltFormatError when it is not a readable etcd db."""
     bolt = BoltFile(handle, holds=holds)
+    known = bolt.key_leaves_so_far(where) if holds is not None else None
     compacted = _compact_revision(bolt, where)
-    newest, keys = _key_digests(bolt, where)
+    newest, keys = _key_digests(bolt, where, known=known)
     leases, auth = _leases_and_auth(bolt, where)
     return SnapshotContents(compacted, newest, keys, leases, auth)
 
@@ -265,19 +317,16 @@ def snapshot_key_digests(path: Path) -> tuple[int, dict[bytes, int]]:
         return _key_digests(BoltFile(handle), path)
 
 
-def _key_digests(bolt: BoltFile, where: object) -> tuple[int, dict[bytes, int]]:
+def _key_digests(bolt: BoltFile, where: object, *, known: dict[int, KeyLeaf] | None = None) -> tuple[int, dict[bytes, int]]:
+    """``known``: leaf pages already read (``BoltFile.key_leaves_so_far``), by page id."""
     live: dict[bytes, int | None] = {}
     newest = 0
     try:
-        for revision, value in bolt.items(b"key"):  # in revision order: the last word wins
-            if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
-                raise BoltFormatError(f"{where}: an entry of the 'key' bucket is not an etcd key revision")
-            if len(revision) == _REVISION_SIZE:
-                key, content, create, mod, version, lease = _key_value(value)
-                live[key] = key_digest(key, content, create, mod, version, lease)
-            else:
-                live[_user_key(value)] = None  # a tombstone
-            newest = revision_main(bytes(revision[:8]))
+        for pgid, leaf in bolt.leaves(b"key"):  # in revision order: the last word wins
+            records = known.pop(pgid, None) if known is not None and pgid is not None else None
+            keys, last = records or _key_leaf(leaf, where)
+            live.update(keys)
+            newest = last if last is not None else newest
     except KeyError:
         raise BoltFormatError(f"{where} has no 'key' bucket: not an etcd snapshot") from None
     except (struct.error, IndexError, ValueError) as exc:
@@ -285,6 +334,28 @@ def _key_digests(bolt: BoltFile, where: object) -> tuple[int, dict[bytes, int]]:
             raise
         raise BoltFormatError(f"{where} is damaged: {exc}") from None
     return newest, {key: digest for key, digest in live.items() if digest is not None}
+
+
+# One leaf page of the ``key`` bucket: (key, its digest or None for a tombstone) of each revision in
+# order, and the newest revision on the page (None: no element).
+KeyLeaf = tuple[list[tuple[bytes, int | None]], int | None]
+
+
+def _key_leaf(leaf: bytes, where: object) -> KeyLeaf:
+    """The records of one leaf page of the ``key`` bucket. Raises BoltFormatError (not a key
+    revision), ValueError / IndexError / struct.error (damaged)."""
+    records: list[tuple[bytes, int | None]] = []
+    newest = None
+    for _flags, revision, value in _leaf_items(leaf):
+        if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
+            raise BoltFormatError(f"{where}: an entry of the 'key' bucket is not an etcd key revision")
+        if len(revision) == _REVISION_SIZE:
+            key, content, create, mod, version, lease = _key_value(value)
+            records.append((key, key_digest(key, content, create, mod, version, lease)))
+        else:
+            records.append((_user_key(value), None))  # a tombstone
+        newest = revision_main(bytes(revision[:8]))
+    return records, newest
 
 
 def snapshot_leases_and_auth(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
