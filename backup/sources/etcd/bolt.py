@@ -22,6 +22,12 @@ elements, leaf pages (flags, pos, ksize, vsize); ``pos`` counts from the element
 value is {root pgid, sequence}; root 0 means the bucket's single page follows inline in the value.
 Memory stays at the pages visited, plus (for the census) one entry per distinct key.
 
+A snapshot can be read while it arrives (``read_snapshot`` with ``holds``): the tree's root and
+branch pages are written last by bbolt's copy-on-write commits, so a walk from the root would wait
+for the whole file; instead every page shaped like a ``key`` leaf is read in file order as it comes
+(``BoltFile.key_leaves_so_far``), and once the file is whole the walk takes the leaves it names
+from there. A leaf's records depend only on its bytes, so the result is the walk's own.
+
 The values: ``snapshot_key_digests`` decodes each revision's ``mvccpb.KeyValue`` (key 1, create_revision
 2, mod_revision 3, version 4, value 5, lease 6) with a small protobuf reader and keeps one 64-bit
 digest per key (fingerprint.py) where the census kept a flag. ``snapshot_leases_and_auth`` reads the
