@@ -4,8 +4,8 @@
 ``etcdctl snapshot save`` writes atomically (``.part``, fsync, rename); ``SnapshotDownload`` reads
 the growing ``.part``, which etcdctl only appends to, so the caller stores the bytes during the save;
 ``ArrivingSnapshot`` lets a second reader (the census) read by position the bytes already handed
-to the first. The save is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a member that died
-mid-transfer.
+to the first. The save is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a
+member that died mid-transfer.
 """
 
 from __future__ import annotations
