@@ -7,6 +7,10 @@ half random) and ~1 KiB Kubernetes-shaped objects. Then, medians of RUNS:
 
 * ``lifeboat backup run`` (a CLI subprocess, local repository, fresh repository each run) vs
   ``etcdctl snapshot save`` alone; and a repeat backup into the same repository (dedup);
+* the same backup vs the shell pipeline doing a verified, compressed, hashed copy by hand
+  (``etcdctl snapshot save f && etcdctl snapshot status f && zstd -3 f && sha256sum f``, one ``sh``
+  child of this process, like the CLI), interleaved with it round by round: wall and CPU (client
+  tree + etcd server) as ratios taken within each round;
 * ``lifeboat restore --to-data-dir`` vs ``etcdctl snapshot restore`` of the same snapshot file;
 * peak RSS of the Lifeboat process itself (RUSAGE_SELF, reported from inside it) and of its
   process tree (wait4: includes etcdctl);
@@ -57,6 +61,8 @@ MiB = 1024 * 1024
 SOURCE = "k8s-etcd"
 SMALL_OBJECT = 1024
 BACKUP_TARGET = 1.3  # issue 4: ratio to the floor
+PIPELINE_TARGET = 1.1  # issue 22: ratio to the shell pipeline
+PIPELINE = 'etcdctl snapshot save "$1" && etcdctl snapshot status "$1" && zstd -q -3 "$1" && sha256sum "$1"'
 MEMBER = [
     "--name",
     "m1",
@@ -136,6 +142,8 @@ class Lifeboat:
         self.phases: list[dict[str, float]] = []  # per backup run: where the time went, from its log events
         self.first_backups = 0  # how many of them went into an empty repository
         self.cpu: list[float] = []  # CPU seconds of each run's process tree
+        # per first backup: (lifeboat wall, pipeline wall, lifeboat CPU, pipeline CPU), CPU with the server's
+        self.pipeline_rounds: list[tuple[float, float, float, float]] = []
 
     def __call__(self, config: Path, *args: str) -> str:
         rss_file = self.workdir / "rss"
@@ -203,6 +211,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def pipeline(snapshot: Path, endpoint: str) -> None:
+    """The shell pipeline a careful operator would run for a verified, compressed, hashed copy."""
+    env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoint}
+    subprocess.run(["sh", "-c", PIPELINE, "sh", str(snapshot)], env=env, check=True, capture_output=True)
+
+
 def least_extra_cpu(snapshot: Path) -> float:
     """CPU seconds the checks, census and storing of a verified, compressed backup add to the floor's
     ``snapshot save``, measured alone on its file: zstd at the repository's level and two sha256
@@ -228,12 +242,17 @@ def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list
     db_size = (work / "floor-0.db").stat().st_size
     print(f"snapshot file: {db_size / MiB:.0f} MiB", flush=True)
     configs = [init_repository(policy(work / f"lifeboat-{n}", endpoint)) for n in range(runs)]
-    backups, server_cpu = [], []
-    for config in configs:
+    backups, server_cpu, rounds = [], [], []
+    for n, config in enumerate(configs):  # the pipeline and lifeboat in turn: each ratio within its round
+        server, client = process_cpu(server_pid), children_cpu()
+        piped = timed(lambda n=n: pipeline(work / f"pipeline-{n}.db", endpoint))
+        piped_cpu = children_cpu() - client + process_cpu(server_pid) - server
         before = process_cpu(server_pid)
         backups.append(timed(lambda c=config: lifeboat(c, "backup", "run", "--source", SOURCE, "--json")))
         server_cpu.append(process_cpu(server_pid) - before)
+        rounds.append((backups[-1], piped, lifeboat.cpu[-1] + server_cpu[-1], piped_cpu))
     lifeboat.first_backups = len(backups)
+    lifeboat.pipeline_rounds = rounds
     cpu_report(
         floor_save,
         statistics.median(client for _, client, _ in saves),
@@ -277,8 +296,10 @@ def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list
     help_time = statistics.median(timed(lambda: lifeboat(configs[0], "--help")) for _ in range(runs))
     for path in work.glob("*-dd-*"):
         shutil.rmtree(path)
+    piped = statistics.median(wall for _, wall, _, _ in lifeboat.pipeline_rounds)
     rows = [
         ("backup: lifeboat backup run vs etcdctl snapshot save", statistics.median(backups), floor_save),
+        ("backup vs save && status && zstd -3 && sha256sum", statistics.median(backups), piped),
         ("repeat backup (dedup) vs etcdctl snapshot save", repeat, floor_save),
         ("restore --to-data-dir vs etcdctl snapshot restore", statistics.median(restores), floor_restore),
         ("(lifeboat --help: interpreter + imports)", help_time, 0.0),
@@ -306,6 +327,19 @@ def report(rows: list[tuple[str, float, float]], lifeboat: Lifeboat) -> None:
     for what, ours, floor in rows:
         ratio = f"{ours / floor:5.2f}x" if floor else "     -"
         print(f"{what:<56} {ours:8.2f}s {floor:7.2f}s {ratio:>6}")
+    rounds = lifeboat.pipeline_rounds
+    wall = [ours / piped for ours, piped, _, _ in rounds]
+    cpu = [ours / piped for _, _, ours, piped in rounds]
+    print()
+    print(f"backup vs the shell pipeline `{PIPELINE}` (target <= {PIPELINE_TARGET}x), ratios within each round:")
+    print(f"  wall {statistics.median(wall):.2f}x ({', '.join(f'{ratio:.2f}' for ratio in wall)})")
+    print(f"  CPU  {statistics.median(cpu):.2f}x ({', '.join(f'{ratio:.2f}' for ratio in cpu)})")
+    print(
+        "  CPU seconds (client tree + etcd server), median: lifeboat "
+        f"{statistics.median(ours for _, _, ours, _ in rounds):.2f}, pipeline "
+        f"{statistics.median(piped for _, _, _, piped in rounds):.2f}",
+        flush=True,
+    )
     first_backups = lifeboat.phases[: lifeboat.first_backups]
     print()
     print(

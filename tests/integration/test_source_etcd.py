@@ -473,6 +473,58 @@ def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdPro
     verify_trailer(restored)
 
 
+def defect_streaming_etcdctl(directory: Path, defect: str) -> Path:
+    """An etcdctl whose ``snapshot save`` lets the real one save aside, then writes the snapshot the
+    way etcdctl does (a growing ``.part``, renamed when done), piece by piece so that Lifeboat stores
+    it while it arrives, with ``defect``: ``trailer`` (the sha256 trailer's last byte flipped) or
+    ``truncated`` (the stream stops halfway; etcdctl itself exits well)."""
+    script = directory / "etcdctl"
+    script.write_text(
+        f"""#!{sys.executable}
+import os, subprocess, sys, time
+real = "{shutil.which("etcdctl")}"
+if sys.argv[1:3] != ["snapshot", "save"]:
+    os.execv(real, [real, *sys.argv[1:]])
+target = sys.argv[3]
+code = subprocess.call([real, "snapshot", "save", target + ".whole"])
+if code:
+    sys.exit(code)
+with open(target + ".whole", "rb") as whole:
+    data = whole.read()
+os.unlink(target + ".whole")
+if "{defect}" == "trailer":
+    data = data[:-1] + bytes([data[-1] ^ 0x01])
+else:
+    data = data[: len(data) // 2]
+with open(target + ".part", "wb") as part:
+    for at in range(0, len(data), 256 * 1024):
+        part.write(data[at : at + 256 * 1024])
+        part.flush()
+        time.sleep(0.01)
+os.rename(target + ".part", target)
+"""
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("defect", ["trailer", "truncated"])
+def test_a_snapshot_damaged_in_the_stream_fails_and_commits_nothing(
+    cluster: EtcdProcess, tmp_path: Path, defect: str
+) -> None:
+    """The bytes are stored while they arrive; a snapshot whose trailer is wrong, or which stops
+    halfway, still fails the backup: no snapshot, and the chunks stored meanwhile are garbage."""
+    config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(defect_streaming_etcdctl(tmp_path, defect)))
+    result = lifeboat(config, "backup", "run", "--source", SOURCE)
+    assert_failed_without_snapshot(config, result, f"{SOURCE}: FAILED", cluster.endpoint)
+    if defect == "trailer":  # the db itself is whole: only etcd's trailer can tell
+        assert "sha256 trailer does not match" in result.stderr
+    assert lifeboat(config, "check", "--read-data").exit_code == 0
+    # The same etcdctl's other commands are the real ones: without the defect, the backup is good.
+    good = write_policy(tmp_path / "good", [cluster.endpoint])
+    assert backup_json(good)["status"] == "good"
+
+
 @pytest.mark.parametrize(
     ("tls", "needles"),
     [

@@ -22,6 +22,12 @@ elements, leaf pages (flags, pos, ksize, vsize); ``pos`` counts from the element
 value is {root pgid, sequence}; root 0 means the bucket's single page follows inline in the value.
 Memory stays at the pages visited, plus (for the census) one entry per distinct key.
 
+A snapshot can be read while it arrives (``read_snapshot`` with ``holds``): the tree's root and
+branch pages are written last by bbolt's copy-on-write commits, so a walk from the root would wait
+for the whole file; instead every page shaped like a ``key`` leaf is read in file order as it comes
+(``BoltFile.key_leaves_so_far``), and once the file is whole the walk takes the leaves it names
+from there. A leaf's records depend only on its bytes, so the result is the walk's own.
+
 The values: ``snapshot_key_digests`` decodes each revision's ``mvccpb.KeyValue`` (key 1, create_revision
 2, mod_revision 3, version 4, value 5, lease 6) with a small protobuf reader and keeps one 64-bit
 digest per key (fingerprint.py) where the census kept a flag. ``snapshot_leases_and_auth`` reads the
@@ -33,8 +39,10 @@ range_end 3}}); etcd 3.4 keeps no record of the built-in ``root`` role.
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,11 +74,18 @@ def _fnv64a(data: bytes) -> int:
 
 
 class BoltFile:
-    """Read-only access to the buckets of a bbolt file (an etcd snapshot or db)."""
+    """Read-only access to the buckets of a bbolt file (an etcd snapshot or db).
 
-    def __init__(self, handle: BinaryIO) -> None:
+    ``holds(end)`` says whether the file reaches ``end`` bytes; for a file still being written (a
+    snapshot being saved) it waits until the bytes are there or the file is known to end before
+    them, so the buckets can be read while the file arrives. By default: the file's size now."""
+
+    def __init__(self, handle: BinaryIO, *, holds: Callable[[int], bool] | None = None) -> None:
         self._handle = handle
-        self._size = handle.seek(0, 2)
+        if holds is None:
+            size = handle.seek(0, 2)
+            holds = size.__ge__
+        self._holds = holds
         first = self._meta(0)
         # Page 1 sits one page in; if page 0 is damaged, assume the usual 4 KiB page.
         second = self._meta(first[0] if first else 4096)
@@ -81,6 +96,8 @@ class BoltFile:
 
     def _meta(self, offset: int) -> tuple[int, int, int] | None:
         """(page size, root bucket page, txid) of the meta page at ``offset``, None if it is not valid."""
+        if not self._holds(offset + _PAGE_HEADER.size + _META.size + _CHECKSUM.size):
+            return None
         self._handle.seek(offset + _PAGE_HEADER.size)
         raw = self._handle.read(_META.size + _CHECKSUM.size)
         if len(raw) < _META.size + _CHECKSUM.size:
@@ -92,25 +109,31 @@ class BoltFile:
         return page_size, root, txid
 
     def _page(self, pgid: int) -> bytes:
-        self._handle.seek(pgid * self.page_size)
-        head = self._handle.read(_PAGE_HEADER.size)
-        if len(head) < _PAGE_HEADER.size:
+        """Page ``pgid`` with its overflow pages: one read for a page without any (most of them)."""
+        if not self._holds((pgid + 1) * self.page_size):
             raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
-        overflow = _PAGE_HEADER.unpack(head)[3]
-        if (pgid + overflow + 1) * self.page_size > self._size:
+        self._handle.seek(pgid * self.page_size)
+        page = self._handle.read(self.page_size)
+        if len(page) < self.page_size:
+            raise BoltFormatError(f"page {pgid} lies beyond the end of the file")
+        overflow = _PAGE_HEADER.unpack_from(page)[3]
+        if not overflow:
+            return page
+        if not self._holds((pgid + overflow + 1) * self.page_size):
             raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
-        return head + self._handle.read((overflow + 1) * self.page_size - _PAGE_HEADER.size)
+        return page + self._handle.read(overflow * self.page_size)
 
-    def _leaves(self, page: bytes) -> Iterator[bytes]:
-        """Every leaf page under ``page``, in key order, one read at a time (iterative: no generator
-        chain per level, and only page ids wait on the stack)."""
+    def _leaves(self, page: bytes, pgid: int | None = None) -> Iterator[tuple[int | None, bytes]]:
+        """(page id, page) of every leaf page under ``page`` (id ``pgid``; None for a bucket inlined
+        in its parent), in key order, one read at a time (iterative: no generator chain per level,
+        and only page ids wait on the stack)."""
         pending: list[tuple[int, int]] = []
         seen: set[int] = set()
         depth = 0
         while True:
             _id, flags, count, _overflow = _PAGE_HEADER.unpack_from(page)
             if flags & _LEAF_PAGE:
-                yield page
+                yield pgid, page
             elif flags & _BRANCH_PAGE:
                 elements = (
                     _BRANCH_ELEMENT.unpack_from(page, _PAGE_HEADER.size + i * _BRANCH_ELEMENT.size) for i in range(count)
@@ -128,29 +151,78 @@ class BoltFile:
 
     def _items(self, page: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
         """(flags, key, value) of every leaf element under ``page``, in key order; views into the page."""
-        for leaf in self._leaves(page):
-            view = memoryview(leaf)
-            for index in range(_PAGE_HEADER.unpack_from(leaf)[2]):
-                at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
-                element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(leaf, at)
-                start = at + pos
-                yield element_flags, view[start : start + ksize], view[start + ksize : start + ksize + vsize]
+        for _pgid, leaf in self._leaves(page):
+            yield from _leaf_items(leaf)
+
+    def leaves(self, name: bytes) -> Iterator[tuple[int | None, bytes]]:
+        """(page id or None when inlined, page) of every leaf page of top-level bucket ``name``, in
+        key order; ``_leaf_items`` gives their items.
+
+        Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
+        for flags, key, value in self._items(self._page(self.root)):
+            if key == name and flags & _BUCKET_LEAF:
+                root, _sequence = _BUCKET.unpack_from(value)
+                if root == 0:
+                    return self._leaves(bytes(value[_BUCKET.size :]))
+                return self._leaves(self._page(root), root)
+        raise KeyError(name.decode(errors="replace"))
 
     def items(self, name: bytes) -> Iterator[tuple[memoryview, memoryview]]:
         """(key, value) of every item of top-level bucket ``name``, in key order, one page in memory
         at a time; the views are valid until the next item.
 
         Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
-        for flags, key, value in self._items(self._page(self.root)):
-            if key == name and flags & _BUCKET_LEAF:
-                root, _sequence = _BUCKET.unpack_from(value)
-                page = bytes(value[_BUCKET.size :]) if root == 0 else self._page(root)
-                return ((item_key, item_value) for _flags, item_key, item_value in self._items(page))
-        raise KeyError(name.decode(errors="replace"))
+        return (
+            (item_key, item_value) for _pgid, leaf in self.leaves(name) for _flags, item_key, item_value in _leaf_items(leaf)
+        )
+
+    def key_leaves_so_far(self, where: object) -> dict[int, KeyLeaf]:
+        """Every page that reads as a leaf of etcd's ``key`` bucket, by page id, read in file order
+        while the file arrives (``holds`` waits for its bytes) until it ends. Which pages are in the
+        bucket is only known from the tree, whose root a snapshot sends last; a page's records
+        depend on its bytes alone, so ``_key_digests`` takes them from here for the pages the tree
+        names (the rest, free pages with old records, are never used). A page that does not read
+        as one is left out (read again, and judged, if the tree names it)."""
+        found: dict[int, KeyLeaf] = {}
+        pgid = 2  # after the two meta pages
+        while self._holds((pgid + 1) * self.page_size):
+            self._handle.seek(pgid * self.page_size)
+            page = self._handle.read(self.page_size)
+            _id, flags, count, overflow = _PAGE_HEADER.unpack_from(page)
+            if not flags & (_LEAF_PAGE | _BRANCH_PAGE):
+                pgid += 1  # meta, freelist or garbage: its overflow count is not to be trusted
+                continue
+            if flags & _LEAF_PAGE and count and _looks_like_key_leaf(page):
+                if not self._holds((pgid + overflow + 1) * self.page_size):
+                    break
+                if overflow:
+                    page += self._handle.read(overflow * self.page_size)
+                with contextlib.suppress(struct.error, IndexError, ValueError):
+                    found[pgid] = _key_leaf(page, where)
+            pgid += overflow + 1
+        return found
 
     def bucket(self, name: bytes) -> dict[bytes, bytes]:
         """Every key and value of top-level bucket ``name`` (meant for small buckets like ``meta``)."""
         return {bytes(key): bytes(value) for key, value in self.items(name)}
+
+
+def _leaf_items(leaf: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
+    """(flags, key, value) of every element of one leaf page; views into the page."""
+    view = memoryview(leaf)
+    for index in range(_PAGE_HEADER.unpack_from(leaf)[2]):
+        at = _PAGE_HEADER.size + index * _LEAF_ELEMENT.size
+        element_flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(leaf, at)
+        start = at + pos
+        yield element_flags, view[start : start + ksize], view[start + ksize : start + ksize + vsize]
+
+
+def _looks_like_key_leaf(page: bytes) -> bool:
+    """Whether a leaf page's first element is shaped like a revision of etcd's ``key`` bucket."""
+    at = _PAGE_HEADER.size
+    _flags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(page, at)
+    start = at + pos + ksize
+    return ksize in (_REVISION_SIZE, _REVISION_SIZE + 1) and vsize > 0 and start < len(page) and page[start] == _KEY_FIELD
 
 
 def revision_main(raw: bytes) -> int:
@@ -202,13 +274,17 @@ def finished_compact_revision(path: Path) -> int:
     """The revision etcd had compacted up to when the snapshot was taken (0: never compacted).
 
     Raises BoltFormatError when the file is not a readable bbolt db with etcd's ``meta`` bucket."""
+    with path.open("rb") as handle:
+        return _compact_revision(BoltFile(handle), path)
+
+
+def _compact_revision(bolt: BoltFile, where: object) -> int:
     try:
-        with path.open("rb") as handle:
-            meta = BoltFile(handle).bucket(b"meta")
+        meta = bolt.bucket(b"meta")
     except KeyError:
-        raise BoltFormatError(f"{path} has no 'meta' bucket: not an etcd snapshot") from None
+        raise BoltFormatError(f"{where} has no 'meta' bucket: not an etcd snapshot") from None
     except struct.error as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     raw = meta.get(b"finishedCompactRev")
     return revision_main(raw) if raw else 0
 
@@ -216,57 +292,110 @@ def finished_compact_revision(path: Path) -> int:
 # ---- values, leases and auth ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SnapshotContents:
+    """What a snapshot's buckets say, read in one pass (``read_snapshot``)."""
+
+    compacted: int  # finishedCompactRev (0: never compacted)
+    newest: int  # the newest revision in the ``key`` bucket
+    keys: dict[bytes, int]  # every key live at it -> its digest (fingerprint.key_digest)
+    leases: dict[str, Any]  # fingerprint.leases_fingerprint
+    auth: dict[str, Any]  # fingerprint.auth_fingerprint
+
+
+def read_snapshot(handle: BinaryIO, where: object, *, holds: Callable[[int], bool] | None = None) -> SnapshotContents:
+    """The compaction revision, live keys with their digests, leases and auth of an etcd snapshot,
+    opened once (``holds``: see BoltFile; a snapshot can be read while it arrives). ``where`` names
+    the file in errors. Raises BoltFormatError when it is not a readable etcd db."""
+    bolt = BoltFile(handle, holds=holds)
+    known = bolt.key_leaves_so_far(where) if holds is not None else None
+    compacted = _compact_revision(bolt, where)
+    newest, keys = _key_digests(bolt, where, known=known)
+    leases, auth = _leases_and_auth(bolt, where)
+    return SnapshotContents(compacted, newest, keys, leases, auth)
+
+
 def snapshot_key_digests(path: Path) -> tuple[int, dict[bytes, int]]:
     """(newest revision in the ``key`` bucket, every key live at it -> its digest, fingerprint.key_digest).
 
     Raises BoltFormatError when the file is not a readable etcd db."""
+    with path.open("rb") as handle:
+        return _key_digests(BoltFile(handle), path)
+
+
+def _key_digests(bolt: BoltFile, where: object, *, known: dict[int, KeyLeaf] | None = None) -> tuple[int, dict[bytes, int]]:
+    """``known``: leaf pages already read (``BoltFile.key_leaves_so_far``), by page id."""
     live: dict[bytes, int | None] = {}
     newest = 0
     try:
-        with path.open("rb") as handle:
-            for revision, value in BoltFile(handle).items(b"key"):  # in revision order: the last word wins
-                if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
-                    raise BoltFormatError(f"{path}: an entry of the 'key' bucket is not an etcd key revision")
-                if len(revision) == _REVISION_SIZE:
-                    key, content, create, mod, version, lease = _key_value(value)
-                    live[key] = key_digest(key, content, create, mod, version, lease)
-                else:
-                    live[_user_key(value)] = None  # a tombstone
-                newest = revision_main(bytes(revision[:8]))
+        for pgid, leaf in bolt.leaves(b"key"):  # in revision order: the last word wins
+            records = known.pop(pgid, None) if known is not None and pgid is not None else None
+            keys, last = records or _key_leaf(leaf, where)
+            live.update(keys)
+            newest = last if last is not None else newest
     except KeyError:
-        raise BoltFormatError(f"{path} has no 'key' bucket: not an etcd snapshot") from None
+        raise BoltFormatError(f"{where} has no 'key' bucket: not an etcd snapshot") from None
     except (struct.error, IndexError, ValueError) as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        if isinstance(exc, BoltFormatError):
+            raise
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     return newest, {key: digest for key, digest in live.items() if digest is not None}
+
+
+# One leaf page of the ``key`` bucket: (key, its digest or None for a tombstone) of each revision in
+# order, and the newest revision on the page (None: no element).
+KeyLeaf = tuple[list[tuple[bytes, int | None]], int | None]
+
+
+def _key_leaf(leaf: bytes, where: object) -> KeyLeaf:
+    """The records of one leaf page of the ``key`` bucket. Raises BoltFormatError (not a key
+    revision), ValueError / IndexError / struct.error (damaged)."""
+    records: list[tuple[bytes, int | None]] = []
+    newest = None
+    for _flags, revision, value in _leaf_items(leaf):
+        if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
+            raise BoltFormatError(f"{where}: an entry of the 'key' bucket is not an etcd key revision")
+        if len(revision) == _REVISION_SIZE:
+            key, content, create, mod, version, lease = _key_value(value)
+            records.append((key, key_digest(key, content, create, mod, version, lease)))
+        else:
+            records.append((_user_key(value), None))  # a tombstone
+        newest = revision_main(bytes(revision[:8]))
+    return records, newest
 
 
 def snapshot_leases_and_auth(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(leases, auth) of an etcd snapshot or db, as fingerprint.leases_fingerprint / auth_fingerprint
     shape them. Raises BoltFormatError when the file is damaged."""
+    with path.open("rb") as handle:
+        return _leases_and_auth(BoltFile(handle), path)
+
+
+def _leases_and_auth(bolt: BoltFile, where: object) -> tuple[dict[str, Any], dict[str, Any]]:
     leases: dict[int, int] = {}
     users: dict[str, list[str]] = {}
     roles: dict[str, list[str]] = {}
     try:
-        with path.open("rb") as handle:
-            bolt = BoltFile(handle)
-            for _id, value in _bucket_items(bolt, b"lease"):
-                fields = _fields(value)
-                leases[_signed(fields.get(1, [0])[0])] = _signed(fields.get(2, [0])[0])
-            enabled = _bucket(bolt, b"auth").get(b"authEnabled", b"\0") == b"\x01"
-            for name, value in _bucket_items(bolt, b"authUsers"):
-                users[_text(name)] = [_text(role) for role in _fields(value).get(3, [])]
-            for name, value in _bucket_items(bolt, b"authRoles"):
-                permissions = []
-                for raw in _fields(value).get(2, []):
-                    permission = _fields(raw)
-                    permissions.append(
-                        permission_text(
-                            permission.get(1, [0])[0], bytes(permission.get(2, [b""])[0]), bytes(permission.get(3, [b""])[0])
-                        )
+        for _id, value in _bucket_items(bolt, b"lease"):
+            fields = _fields(value)
+            leases[_signed(fields.get(1, [0])[0])] = _signed(fields.get(2, [0])[0])
+        enabled = _bucket(bolt, b"auth").get(b"authEnabled", b"\0") == b"\x01"
+        for name, value in _bucket_items(bolt, b"authUsers"):
+            users[_text(name)] = [_text(role) for role in _fields(value).get(3, [])]
+        for name, value in _bucket_items(bolt, b"authRoles"):
+            permissions = []
+            for raw in _fields(value).get(2, []):
+                permission = _fields(raw)
+                permissions.append(
+                    permission_text(
+                        permission.get(1, [0])[0], bytes(permission.get(2, [b""])[0]), bytes(permission.get(3, [b""])[0])
                     )
-                roles[_text(name)] = permissions
+                )
+            roles[_text(name)] = permissions
     except (struct.error, IndexError, ValueError, TypeError) as exc:
-        raise BoltFormatError(f"{path} is damaged: {exc}") from None
+        if isinstance(exc, BoltFormatError):
+            raise
+        raise BoltFormatError(f"{where} is damaged: {exc}") from None
     return leases_fingerprint(leases), auth_fingerprint(enabled, users, roles)
 
 
@@ -288,9 +417,56 @@ def _text(raw: Any) -> str:
     return bytes(raw).decode("utf-8", errors="backslashreplace")
 
 
-def _key_value(raw: memoryview) -> tuple[bytes, bytes, int, int, int, int]:
-    """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``."""
-    fields = _fields(raw)
+def _key_value(raw: memoryview) -> tuple[bytes, bytes | memoryview, int, int, int, int]:
+    """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``; the value
+    is a view into ``raw``. What ``_fields`` would give (the first occurrence of a field counts), in
+    one pass without a dict per record: a snapshot holds a record per revision. Raises ValueError
+    for a wire type no etcd message uses, or a field longer than its message."""
+    numbers = [0] * 7  # varint fields by number: 2 create, 3 mod, 4 version, 6 lease
+    seen = 0  # bit n: field n met (the first occurrence counts)
+    unusual = False  # a known field first met with another wire type: _fields' reading is the rule then
+    key: bytes = b""
+    value: bytes | memoryview = b""
+    at, end = 0, len(raw)
+    while at < end:
+        tag = raw[at]
+        if tag & 0x80:  # a field number above 15: never in an mvccpb.KeyValue, but read it as _fields would
+            return _key_value_of(_fields(raw))
+        at += 1
+        number, wire = tag >> 3, tag & 0x07
+        first = not seen >> number & 1
+        seen |= 1 << number
+        if wire == 0:
+            number_value = raw[at] if at < end else 0x80
+            if number_value < 0x80:
+                at += 1
+            else:
+                number_value, at = _varint(raw, at)
+            if first and number < len(numbers):
+                numbers[number] = number_value
+                unusual |= number in (1, 5)
+        elif wire == 2:
+            length = raw[at] if at < end else 0x80
+            if length < 0x80:
+                at += 1
+            else:
+                length, at = _varint(raw, at)
+            if at + length > end:
+                raise ValueError("a protobuf field longer than its message")
+            if first and number == 1:
+                key = bytes(raw[at : at + length])
+            elif first and number == 5:
+                value = raw[at : at + length]
+            unusual |= first and number in (2, 3, 4, 6)
+            at += length
+        else:
+            raise ValueError(f"protobuf wire type {wire} in an etcd record")
+    if unusual:
+        return _key_value_of(_fields(raw))
+    return key, value, _signed(numbers[2]), _signed(numbers[3]), _signed(numbers[4]), _signed(numbers[6])
+
+
+def _key_value_of(fields: dict[int, list[Any]]) -> tuple[bytes, bytes, int, int, int, int]:
     key, value = bytes(fields.get(1, [b""])[0]), bytes(fields.get(5, [b""])[0])
     create, mod, version, lease = (_signed(fields.get(number, [0])[0]) for number in (2, 3, 4, 6))
     return key, value, create, mod, version, lease

@@ -2,9 +2,10 @@
 ``snapshot save`` whose bytes are read while etcdctl writes them.
 
 ``etcdctl snapshot save`` writes atomically (``.part``, fsync, rename); ``SnapshotDownload`` reads
-the growing ``.part``, which etcdctl only appends to, so the caller stores the bytes during the save.
-The save is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a member that died
-mid-transfer.
+the growing ``.part``, which etcdctl only appends to, so the caller stores the bytes during the save;
+``ArrivingSnapshot`` lets a second reader (the census) read by position the bytes already handed
+to the first. The save is supervised (``_SaveWatch``): etcdctl would otherwise wait minutes on a
+member that died mid-transfer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,9 +110,10 @@ class Etcdctl:
             with SnapshotDownload(process, watch, self) as download:
                 yield download
 
-    def snapshot_status(self, path: Path) -> SnapshotStatus:
-        """Raises CorruptSnapshotError when etcd cannot read the file as a snapshot."""
-        tool = self._file_tool()
+    def snapshot_status(self, path: Path, *, tool: list[str] | None = None) -> SnapshotStatus:
+        """``tool``: ``file_tool()``'s answer, when it was asked beforehand. Raises
+        CorruptSnapshotError when etcd cannot read the file as a snapshot."""
+        tool = tool or self.file_tool()
         try:
             output = self.run([*tool, "snapshot", "status", "-w", "json", str(path)], timeout=self.timeout)
         except CommandError as exc:
@@ -120,7 +123,7 @@ class Etcdctl:
     def snapshot_restore(self, snapshot: Path, data_dir: Path, target: EtcdDataDirTarget) -> None:
         self.run(
             [
-                *self._file_tool(),
+                *self.file_tool(),
                 *("snapshot", "restore", str(snapshot)),
                 *("--data-dir", str(data_dir)),
                 *("--name", target.name),
@@ -130,7 +133,7 @@ class Etcdctl:
             timeout=self.timeout,
         )
 
-    def _file_tool(self) -> list[str]:
+    def file_tool(self) -> list[str]:
         """The binary for file-level work: etcdctl up to 3.4, etcdutl from 3.5 (which moved
         ``snapshot restore``/``status`` there). Raises SourceError when 3.5+ comes without etcdutl."""
         try:
@@ -183,7 +186,9 @@ class _SaveWatch:
 class SnapshotDownload(io.RawIOBase):
     """The snapshot file while etcdctl writes it (``<path>.part``, append only, renamed when done):
     a read gives the bytes written so far, waits for more while the save goes on, and ends once
-    etcdctl exited well and every byte was read. The open file stays valid across the rename."""
+    etcdctl exited well and every byte was read (``ended`` is set then: the file is whole, renamed,
+    and can be checked while the last bytes read are still being stored). The open file stays valid
+    across the rename."""
 
     def __init__(self, process: ManagedProcess, watch: _SaveWatch, etcdctl: Etcdctl) -> None:
         super().__init__()
@@ -191,11 +196,47 @@ class SnapshotDownload(io.RawIOBase):
         self._watch = watch
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
+        self.ended = threading.Event()
+        self._delivered = 0  # bytes handed to the reader so far: ``holds`` lets others read only those
+        self._stopped = False  # no more bytes will be delivered (ended, failed or abandoned)
+        self._progress = threading.Condition()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        try:
+            got = self._readinto(buffer)
+        except BaseException:
+            self._stop()
+            raise
+        with self._progress:
+            self._delivered += got
+            self._stopped = self._stopped or self.ended.is_set()
+            self._progress.notify_all()
+        return got
+
+    def holds(self, end: int) -> bool:
+        """Whether the snapshot reaches ``end`` bytes: waits until the reader has been handed them
+        (so a second reader, ``read_at``, sees only bytes that are being stored) or no more will
+        come (the save ended, failed or was abandoned)."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._delivered >= end or self._stopped)
+            return self._delivered >= end
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of the bytes delivered so far (check with ``holds``
+        first), without moving the reader's position."""
+        if self._file is None:
+            return b""
+        return os.pread(self._file.fileno(), size, offset)
+
+    def _stop(self) -> None:
+        with self._progress:
+            self._stopped = True
+            self._progress.notify_all()
+
+    def _readinto(self, buffer: Any) -> int:
         while True:
             done = not self._process.alive()  # before reading: what was written by then is all there is
             if self._file is None:
@@ -205,6 +246,7 @@ class SnapshotDownload(io.RawIOBase):
                 if self._process.returncode != 0:
                     tail = mask_secrets(self._process.log_tail(STDERR_TAIL_LINES), [self._etcdctl.password or ""])
                     raise CommandError(Path(self._etcdctl.binary).name, self._process.returncode or -1, tail)
+                self.ended.set()
                 return 0
             problem = None if done else self._watch.poll()  # the deadline and the member, even while bytes flow
             if problem:
@@ -212,6 +254,12 @@ class SnapshotDownload(io.RawIOBase):
             if got:
                 return got
             time.sleep(SAVE_POLL)
+
+    def abandon(self) -> None:
+        """Stop etcdctl (when the caller gives up): a read then ends with CommandError, and ``holds``
+        answers at once."""
+        self._stop()
+        self._process.stop()
 
     def _open(self, done: bool) -> io.FileIO | None:
         """The download, once etcdctl has created it; after a successful exit, the renamed file."""
@@ -222,9 +270,30 @@ class SnapshotDownload(io.RawIOBase):
         return None
 
     def close(self) -> None:
+        self._stop()
         if self._file is not None:
             self._file.close()
         super().close()
+
+
+class ArrivingSnapshot:
+    """The snapshot of a ``SnapshotDownload`` as a file to seek and read in (``bolt.BoltFile`` with
+    ``holds=download.holds``), while it arrives: reads go by position, beside the download's own."""
+
+    def __init__(self, download: SnapshotDownload) -> None:
+        self._download = download
+        self._at = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("an arriving snapshot has no end yet to seek from")
+        self._at = offset
+        return offset
+
+    def read(self, size: int) -> bytes:
+        data = self._download.read_at(self._at, size)
+        self._at += len(data)
+        return data
 
 
 def _accepts_connections(endpoint: str) -> bool:

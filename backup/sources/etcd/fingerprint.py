@@ -33,16 +33,23 @@ MAX_LINES = 10  # differences named per part; the rest are counted
 _MASK = (1 << 64) - 1
 _LENGTH = struct.Struct(">Q")
 _REVISIONS = struct.Struct(">qqqq")
+_JOINED = 64 * 1024  # values up to this size are digested from one joined buffer
 PERMISSIONS = {0: "read", 1: "write", 2: "readwrite"}
 
 
-def key_digest(key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int) -> int:
+def key_digest(
+    key: bytes, value: bytes | memoryview, create_revision: int, mod_revision: int, version: int, lease: int
+) -> int:
     """The 64-bit digest of one live key (the first 8 bytes of a sha256 over all it holds)."""
-    hashed = hashlib.sha256(_LENGTH.pack(len(key)))
-    hashed.update(key)
-    hashed.update(_LENGTH.pack(len(value)))
-    hashed.update(value)
-    hashed.update(_REVISIONS.pack(create_revision, mod_revision, version, lease))
+    revisions = _REVISIONS.pack(create_revision, mod_revision, version, lease)
+    if len(value) <= _JOINED:  # most values: one buffer, one hash call (a snapshot has one per key)
+        hashed = hashlib.sha256(b"".join((_LENGTH.pack(len(key)), key, _LENGTH.pack(len(value)), value, revisions)))
+    else:  # large values are hashed where they lie, not copied
+        hashed = hashlib.sha256(_LENGTH.pack(len(key)))
+        hashed.update(key)
+        hashed.update(_LENGTH.pack(len(value)))
+        hashed.update(value)
+        hashed.update(revisions)
     return int.from_bytes(hashed.digest()[:8], "big")
 
 

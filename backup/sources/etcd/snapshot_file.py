@@ -29,6 +29,17 @@ def verify_trailer(path: Path) -> str:
 
     Raises CorruptSnapshotError when the file is too short or its bytes do not match the trailer
     (a truncated or damaged transfer)."""
+    return read_trailer(path)[0]
+
+
+def read_trailer(path: Path) -> tuple[str, str]:
+    """One pass over the snapshot file at ``path``: check etcd's sha256 trailer, and digest the whole
+    file on the way (the sha256 of the db is the state the whole file's sha256 continues from).
+    Returns (trailer hex, sha256 hex of the whole file), the latter comparable with the digest of
+    the stream that was stored.
+
+    Raises CorruptSnapshotError when the file is too short or its bytes do not match the trailer
+    (a truncated or damaged transfer)."""
     size = path.stat().st_size
     if size <= TRAILER_SIZE:
         raise CorruptSnapshotError(f"{path} holds {size} bytes: too short to be an etcd snapshot")
@@ -48,7 +59,8 @@ def verify_trailer(path: Path) -> str:
         raise CorruptSnapshotError(
             f"{path}: its sha256 trailer does not match its contents (a truncated or damaged snapshot)"
         )
-    return trailer.hex()
+    digest.update(trailer)
+    return trailer.hex(), digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,24 @@ is the same tool the file is later restored with; the gateway stream would cost 
 decode of every byte in Python (our own gateway client only ever moves keys). Landing in a file
 first is also what lets the whole snapshot be verified before it becomes a snapshot: etcd's sha256
 trailer (the last 32 bytes are the sha256 of everything before them) and ``etcdctl snapshot
-status`` (hash, revision, total keys, total size = file size - 32). The file's bytes are stored
-while etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
-appends to), so storing costs little wall time beyond the save; the checks run once the file is
-whole, and the manifest that makes those chunks a snapshot is committed only after they passed. A
-snapshot failing them is never uploaded as good: its chunks stay unreferenced, invisible to
-restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
+status`` (hash, revision, total keys, total size = file size - 32). Everything that can happen
+while the bytes arrive does (``_store_and_check``): the repository hashes, compresses and stores
+them as etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
+appends to), and the census and fingerprint are read from the same file meanwhile, by position,
+only from bytes already handed to the repository (``ArrivingSnapshot``). What needs the whole
+file starts the moment etcdctl is done, beside the last chunks' uploads: one pass over the file
+checks the trailer and digests the whole file, which must equal the stored stream's digest (so
+the checks are about the bytes stored, even if the file changed after they were read), and
+``snapshot status`` runs beside it. The manifest that makes those chunks a snapshot is committed
+only after all of it passed. A snapshot failing them is never uploaded as good: its chunks stay
+unreferenced, invisible to restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
 wait minutes on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see bolt.py for why status alone can understate it).
 
 Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
-newest revision of every key in the ``key`` bucket says whether it is live), while ``snapshot
-status`` and the trailer check run beside it (``verify.check_snapshot_file``). The same pass
+newest revision of every key in the ``key`` bucket says whether it is live), while it arrives; the
+trailer check and ``snapshot status`` follow (``verify.check_snapshot_file``). The same pass
 digests every live key's value and revisions, and the ``lease`` and ``auth*`` buckets give the
 leases, users, roles and auth state (fingerprint.py): all of it is the snapshot's fingerprint.
 Verifying a restore reads the restored member through its JSON gateway (``verify.verify_endpoint``),
@@ -32,10 +37,12 @@ with the source's credentials: a faithful copy of an auth-enabled cluster holds 
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import ssl
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
@@ -53,11 +60,12 @@ from backup.sources.base import (
     Verdict,
     Verification,
 )
+from backup.sources.etcd.bolt import read_snapshot
 from backup.sources.etcd.census import read_census
-from backup.sources.etcd.etcdctl import Etcdctl
+from backup.sources.etcd.etcdctl import ArrivingSnapshot, Etcdctl, SnapshotDownload
 from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
 from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
-from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY
+from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError
 from backup.sources.etcd.targets import (
     TARGET_HELP,
     EtcdDataDirTarget,
@@ -141,10 +149,7 @@ class EtcdSource:
                 with self._gateway(endpoint, ssl_context) as gateway:
                     version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
                 with etcdctl.snapshot_save(endpoint, path) as download:
-                    stored = writer.write_stream(cast(BinaryIO, download), progress=progress)
-                saved = round(time.monotonic() - started, 3)
-                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
-                checked = check_snapshot_file(etcdctl, path)
+                    stored, checked = self._store_and_check(download, path, etcdctl, writer, progress, endpoint=endpoint)
             except (SourceError, CommandError) as exc:
                 log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
                 failures.append(f"{endpoint}: {exc}")
@@ -160,6 +165,60 @@ class EtcdSource:
             )
             return _Taken(path, endpoint, version, checked), stored
         raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
+
+    def _store_and_check(
+        self,
+        download: SnapshotDownload,
+        path: Path,
+        etcdctl: Etcdctl,
+        writer: SnapshotWriter,
+        progress: Progress | None,
+        *,
+        endpoint: str,
+    ) -> tuple[StoredStream, CheckedSnapshot]:
+        """Store the snapshot's bytes as etcdctl writes them (a helper thread), and check the file as
+        soon as it is whole, while the last chunks read are still being compressed and stored.
+
+        The checks read the file, the repository stored the stream: the file's sha256 (taken in the
+        trailer check's pass) must be the stored stream's, or the checks were not about the stored
+        bytes. Returns once both are done: no chunk is stored after this returns or raises. Raises
+        SourceError / CommandError (the save or a check failed), or what storing raised."""
+        started = time.monotonic()
+        ended = download.ended  # set by the download's end, or here when storing stops early
+        with ThreadPoolExecutor(3, thread_name_prefix="etcd-store") as helpers:
+            # each with the log context of this run
+            pending = helpers.submit(
+                contextvars.copy_context().run, writer.write_stream, cast(BinaryIO, download), progress=progress
+            )
+            pending.add_done_callback(lambda _: ended.set())
+            contents = helpers.submit(
+                contextvars.copy_context().run,
+                read_snapshot,
+                cast(BinaryIO, ArrivingSnapshot(download)),
+                path,
+                holds=download.holds,
+            )
+            tool = helpers.submit(etcdctl.file_tool)  # which binary checks the file: asked meanwhile
+            try:
+                ended.wait()
+                if pending.done():
+                    pending.result()  # storing stopped before the save ended: what stopped it
+                saved = round(time.monotonic() - started, 3)
+                log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
+                checked = check_snapshot_file(etcdctl, path, contents=contents.result, tool=tool.result)
+            except BaseException:
+                download.abandon()  # the helpers still reading it end now, not when etcdctl would
+                raise
+            finally:
+                wait([pending])
+                wait([contents])
+            stored = pending.result()
+        if checked.sha256 != stored.sha256:
+            raise CorruptSnapshotError(
+                f"{path} changed after its bytes were stored (sha256 {checked.sha256}, stored {stored.sha256}): "
+                "the checks did not see the stored snapshot"
+            )
+        return stored, checked
 
     def census(self) -> dict[str, Any]:
         """The cluster's key census now (keys per prefix, Kubernetes resource and namespace, at the

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +28,7 @@ from typing import Any
 
 from backup.servers import start_etcd
 from backup.sources.base import Verdict, Verification
-from backup.sources.etcd.bolt import (
-    BoltFormatError,
-    finished_compact_revision,
-    snapshot_key_digests,
-    snapshot_leases_and_auth,
-)
+from backup.sources.etcd.bolt import BoltFormatError, SnapshotContents, read_snapshot
 from backup.sources.etcd.census import KeyCensus, census_differences, read_census
 from backup.sources.etcd.etcdctl import Etcdctl
 from backup.sources.etcd.fingerprint import (
@@ -46,7 +41,7 @@ from backup.sources.etcd.fingerprint import (
     value_differences,
 )
 from backup.sources.etcd.gateway import EtcdGateway, GatewayUnreachable
-from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, verify_trailer
+from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, read_trailer, verify_trailer
 from backup.sources.etcd.targets import EtcdDataDirTarget
 from policies.errors import LifeboatError, SourceError
 
@@ -60,39 +55,54 @@ class CheckedSnapshot:
     status: SnapshotStatus
     revision: int  # the snapshot's real revision, which ``status.revision`` can understate (bolt.py)
     trailer: str  # hex sha256 of the db
+    sha256: str  # hex sha256 of the whole file (db + trailer): what was checked, to compare with what was stored
     census: dict[str, Any]
     values: dict[str, Any]  # fingerprint.ValueDigests.as_dict
     leases: dict[str, Any]  # fingerprint.leases_fingerprint
     auth: dict[str, Any]  # fingerprint.auth_fingerprint
 
 
-def check_snapshot_file(etcdctl: Etcdctl, path: Path) -> CheckedSnapshot:
+def check_snapshot_file(
+    etcdctl: Etcdctl,
+    path: Path,
+    *,
+    contents: Callable[[], SnapshotContents] | None = None,
+    tool: Callable[[], list[str]] | None = None,
+) -> CheckedSnapshot:
     """etcd's sha256 trailer, ``snapshot status`` (which also runs bbolt's consistency check) and the
     key census read from the file, side by side (a hashing thread, a child process, this thread).
-    Our bbolt reader and etcd's must agree on the newest revision. Raises CorruptSnapshotError /
-    SourceError."""
+    Each reads the file once; the hashing pass also digests the whole file (``CheckedSnapshot.sha256``),
+    which proves the checked file holds the bytes that were stored. ``contents``: the census and
+    fingerprint already read (while the file arrived), else they are read here; ``tool``: the file
+    tool (``Etcdctl.file_tool``) asked beforehand. Our bbolt reader and
+    etcd's must agree on the newest revision. Raises CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
-        pending_status = helpers.submit(etcdctl.snapshot_status, path)
-        pending_trailer = helpers.submit(verify_trailer, path)
+        pending_trailer = helpers.submit(read_trailer, path)
+        pending_status = helpers.submit(etcdctl.snapshot_status, path, tool=tool() if tool else None)
         try:
-            compacted = finished_compact_revision(path)
-            newest, keys = snapshot_key_digests(path)
-            leases, auth = snapshot_leases_and_auth(path)
+            read = contents() if contents else _read_file(path)
         except BoltFormatError as exc:
             pending_status.result()  # etcd's own verdict on a damaged file comes first
             raise CorruptSnapshotError(f"{path}: {exc}") from None
-        status, trailer = pending_status.result(), pending_trailer.result()
-    if newest != status.revision:
+        status, (trailer, whole) = pending_status.result(), pending_trailer.result()
+    if read.newest != status.revision:
         raise CorruptSnapshotError(
-            f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {newest}"
+            f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {read.newest}"
         )
     # etcd's store starts at revision 1: an empty snapshot's key bucket says 0, its member says 1.
-    revision = max(status.revision, compacted, 1)
+    revision = max(status.revision, read.compacted, 1)
     census, values = KeyCensus(), ValueDigests()
-    for key, digest in keys.items():
+    for key, digest in read.keys.items():
         census.add(key)
         values.add(key, digest)
-    return CheckedSnapshot(status, revision, trailer, census.as_dict(revision), values.as_dict(), leases, auth)
+    return CheckedSnapshot(
+        status, revision, trailer, whole, census.as_dict(revision), values.as_dict(), read.leases, read.auth
+    )
+
+
+def _read_file(path: Path) -> SnapshotContents:
+    with path.open("rb") as handle:
+        return read_snapshot(handle, path)
 
 
 def verify_endpoint(

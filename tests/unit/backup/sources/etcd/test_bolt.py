@@ -16,6 +16,7 @@ from backup.sources.etcd.bolt import (
     MAGIC,
     BoltFormatError,
     finished_compact_revision,
+    read_snapshot,
     snapshot_key_digests,
     snapshot_keys,
     snapshot_leases_and_auth,
@@ -210,6 +211,71 @@ def test_every_live_key_is_digested_with_its_value_and_revisions(tmp_path: Path)
     assert newest == 5
     assert digests == {b"/registry/pods/a/p1": key_digest(b"/registry/pods/a/p1", b"v2", 2, 4, 2, lease)}
     assert key_digest(b"/registry/pods/a/p1", b"v2", 2, 4, 2, 0) != digests[b"/registry/pods/a/p1"]
+
+
+def test_records_in_any_field_order_are_digested_as_protobuf_reads_them(tmp_path: Path) -> None:
+    """Fields after the key out of order, repeated (the first counts, as before), multi-byte varints, a negative
+    lease and a value above the size digested in one buffer: the same digest as the plain fields."""
+    big = bytes(range(256)) * 400  # 100 KiB
+    negative = (1 << 64) - 5  # int64 -5 on the wire
+    odd = b"\x0a" + varint(5) + b"/x/k1" + b"\x30" + varint(negative) + b"\x2a" + varint(2) + b"v1"
+    odd += b"\x2a" + varint(2) + b"v2" + b"\x20" + varint(300) + b"\x18" + varint(70000) + b"\x10" + varint(3)
+    odd += b"\x0a" + varint(5) + b"/x/k9"  # the key field again: the first one counts
+    revisions = [
+        (0, revision(70000), odd),
+        (0, revision(70001), full_key_value(b"/x/k2", big, 70001, 70001, 1)),
+    ]
+    leaf = leaf_page(3, revisions, pad=False)
+    overflow = -(-len(leaf) // PAGE) - 1
+    leaf = leaf[:8] + struct.pack("<HHI", LEAF, 2, overflow) + leaf[16:]
+    pages = [
+        meta_page(0, root=2, txid=1),
+        meta_page(1, root=2, txid=1),
+        leaf_page(2, [(BUCKET, b"key", struct.pack("<QQ", 3, 0))]),
+        leaf.ljust((overflow + 1) * PAGE, b"\0"),
+    ]
+    newest, digests = snapshot_key_digests(write(tmp_path / "s.db", *pages))
+    assert newest == 70001
+    assert digests == {
+        b"/x/k1": key_digest(b"/x/k1", b"v1", 3, 70000, 300, -5),
+        b"/x/k2": key_digest(b"/x/k2", big, 70001, 70001, 1, 0),
+    }
+
+
+def test_a_snapshot_read_while_it_arrives_counts_only_the_pages_its_tree_names(tmp_path: Path) -> None:
+    """Read while the file arrives (the tree's root comes last, as etcd sends it), every leaf is read
+    as it comes; a free page still holding old revisions is read too, but never counted."""
+    live = [
+        (0, revision(5), full_key_value(b"/registry/pods/a/p1", b"v1", 5, 5, 1)),
+        (0, revision(6), full_key_value(b"/registry/pods/a/p2", b"v1", 6, 6, 1)),
+    ]
+    ghost = [(0, revision(3), full_key_value(b"/registry/pods/a/ghost", b"old", 3, 3, 1))]
+    pages = [
+        meta_page(0, root=5, txid=3),
+        meta_page(1, root=5, txid=2),
+        leaf_page(2, ghost),  # freed by a later transaction: the tree no longer names it
+        leaf_page(3, live[:1]),
+        leaf_page(4, live[1:]),
+        branch_page(6, [(revision(5), 3), (revision(6), 4)]),
+    ]
+    root = leaf_page(5, [(BUCKET, b"key", struct.pack("<QQ", 6, 0)), (BUCKET, b"meta", inline_bucket(META_ITEMS))])
+    path = write(tmp_path / "s.db", *pages[:5], root, pages[5], b"\1" * 32)  # root, then branch, then a trailer
+    arrived: list[int] = []
+
+    def holds(end: int) -> bool:  # the bytes arrive as they are asked for, up to the file's end
+        arrived.append(end)
+        return end <= path.stat().st_size
+
+    with path.open("rb") as handle:
+        contents = read_snapshot(handle, path, holds=holds)
+    with path.open("rb") as handle:
+        assert read_snapshot(handle, path) == contents
+    assert (contents.compacted, contents.newest) == (412, 6)
+    assert contents.keys == {
+        b"/registry/pods/a/p1": key_digest(b"/registry/pods/a/p1", b"v1", 5, 5, 1, 0),
+        b"/registry/pods/a/p2": key_digest(b"/registry/pods/a/p2", b"v1", 6, 6, 1, 0),
+    }
+    assert arrived.index(3 * PAGE) < arrived.index(6 * PAGE)  # the first leaves before the root
 
 
 def test_leases_users_roles_and_auth_state_are_read_from_their_buckets(tmp_path: Path) -> None:
