@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import shutil
@@ -237,6 +238,7 @@ def main() -> None:
 def bench(scale: float, workers: int, *, small: bool = False) -> None:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request costs moto's core, both sides alike
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
