@@ -23,6 +23,7 @@ test-fast: venv
 # Benchmarks: each prints Lifeboat against the bare tool doing the same work, measured in the same run.
 bench: system-deps venv
 	@for script in tests/bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@echo "== tests/bench/bench_s3.py --scenario small"; $(BIN)/python tests/bench/bench_s3.py --scenario small
 
 # The container image (deploy/docker/Dockerfile) from a wheelhouse built here; docker, else podman.
 # BASE_IMAGE=... for another Debian bookworm base with Python 3.11; IMAGE=... for the tag.

@@ -1,6 +1,6 @@
 """Benchmark of the S3 source against the floor of plain boto3 on the same moto server.
 
-    .venv/bin/python tests/bench/bench_s3.py [--scale 0.2] [--workers 8]
+    .venv/bin/python tests/bench/bench_s3.py [--scale 0.2] [--workers 8] [--scenario small]
 
 Starts moto's S3 server in this process (ThreadedMotoServer, a free port), fills a bucket with
 5,000 x 100 KiB + 20 x 20 MiB objects (times --scale), then measures, each in a child process so
@@ -14,6 +14,12 @@ that moto keeps this process's core and each child's peak RSS is its own (os.wai
 Targets: snapshot >= 0.7x the copy's throughput, incremental <= 2x the listing's time. Times are
 the children's own measurements (Lifeboat's reported seconds; the floors time their work), so
 interpreter start-up is left out of both sides; wall times including start-up are shown too.
+
+``--scenario small`` (issue 22) fills the bucket with 10,000 objects of 1-10 KiB instead (times
+--scale) and measures a first snapshot against a plain parallel boto3 download of every object
+(list, then get + read the body, same worker count): wall and CPU (user + system of the child,
+start-up included) and CPU per object, each side and as ratios. Targets: <= 1.1x the download's wall
+time, <= 1 ms of CPU per object.
 moto serves every request on one core and its memory grows with every object it holds: it is the
 bottleneck of every figure here, for Lifeboat and the floor alike.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import shutil
@@ -79,6 +86,24 @@ def floor_copy(endpoint: str, source: str, target: str, workers: int) -> dict[st
     return {"seconds": time.monotonic() - started, "objects": len(keys), "bytes": moved}
 
 
+def floor_download(endpoint: str, source: str, workers: int) -> dict[str, Any]:
+    """Plain boto3: list, then get every object and read its body with ``workers`` threads."""
+    client = _client(endpoint, workers)
+    started = time.monotonic()
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
+        for item in page.get("Contents", [])
+    ]
+
+    def download(key: str) -> int:
+        return len(client.get_object(Bucket=source, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(workers) as pool:
+        moved = sum(pool.map(download, keys))
+    return {"seconds": time.monotonic() - started, "objects": len(keys), "bytes": moved}
+
+
 def floor_list(endpoint: str, source: str) -> dict[str, Any]:
     """Plain boto3: list every key of the bucket."""
     client = _client(endpoint)
@@ -96,6 +121,7 @@ class Measured:
     wall: float  # including interpreter start-up
     peak_rss: int  # bytes
     document: dict[str, Any]
+    cpu: float = 0.0  # user + system seconds of the child and its children, start-up included
 
 
 def run_child(argv: list[str], workdir: Path) -> Measured:
@@ -115,7 +141,7 @@ def run_child(argv: list[str], workdir: Path) -> Measured:
     if "snapshots" in document:
         document = document["snapshots"][0]
         seconds = document["seconds"]
-    return Measured(float(seconds), usage["wall"], usage["peak_rss"], document)
+    return Measured(float(seconds), usage["wall"], usage["peak_rss"], document, usage["cpu"])
 
 
 def measure_child(usage_path: str, argv: list[str]) -> int:
@@ -124,7 +150,9 @@ def measure_child(usage_path: str, argv: list[str]) -> int:
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = code = os.waitstatus_to_exitcode(status)
-    Path(usage_path).write_text(json.dumps({"wall": time.monotonic() - started, "peak_rss": usage.ru_maxrss * 1024}))
+    cpu = usage.ru_utime + usage.ru_stime
+    measured = {"wall": time.monotonic() - started, "peak_rss": usage.ru_maxrss * 1024, "cpu": cpu}
+    Path(usage_path).write_text(json.dumps(measured))
     return code
 
 
@@ -147,6 +175,30 @@ def populate(endpoint: str, scale: float, workers: int) -> tuple[int, int]:
     return small + large, total
 
 
+SMALL_OBJECTS = 10_000
+SMALL_MIN, SMALL_MAX = 1 * KIB, 10 * KIB
+
+
+def populate_small(endpoint: str, scale: float, workers: int) -> tuple[int, int]:
+    """``SMALL_OBJECTS`` x --scale objects of 1-10 KiB, distinct bytes each (nothing dedups)."""
+    client = _client(endpoint, workers)
+    client.create_bucket(Bucket=SOURCE)
+    count = max(1, round(SMALL_OBJECTS * scale))
+    blob = os.urandom(SMALL_MAX * 64)
+
+    def put(index: int) -> int:
+        size = SMALL_MIN + (index * 7919) % (SMALL_MAX - SMALL_MIN + 1)
+        offset = (index * 104729) % (len(blob) - size)
+        body = index.to_bytes(8, "big") + blob[offset : offset + size - 8]
+        key = f"small/{index % 100:02d}/{index:05d}.bin"
+        client.put_object(Bucket=SOURCE, Key=key, Body=body, ContentType="application/octet-stream")
+        return size
+
+    with ThreadPoolExecutor(workers) as pool:
+        total = sum(pool.map(put, range(count)))
+    return count, total
+
+
 def write_policy(workdir: Path, endpoint: str, workers: int) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
     from helpers import init_repository
@@ -162,7 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="share of the 5,000 + 20 objects (default 1)")
     parser.add_argument("--workers", type=int, default=8, help="parallel transfers, Lifeboat and floor alike")
-    parser.add_argument("--floor", choices=["copy", "list"], help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", choices=["large", "small"], default="large", help="small: 10,000 x 1-10 KiB")
+    parser.add_argument("--floor", choices=["copy", "list", "download"], help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--measure", metavar="USAGE_FILE", help=argparse.SUPPRESS)
@@ -176,12 +229,16 @@ def main() -> None:
     if args.floor == "list":
         print(json.dumps(floor_list(args.endpoint, SOURCE)))
         return
-    bench(args.scale, args.workers)
+    if args.floor == "download":
+        print(json.dumps(floor_download(args.endpoint, SOURCE, args.workers)))
+        return
+    bench(args.scale, args.workers, small=args.scenario == "small")
 
 
-def bench(scale: float, workers: int) -> None:
+def bench(scale: float, workers: int, *, small: bool = False) -> None:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request costs moto's core, both sides alike
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
@@ -189,12 +246,14 @@ def bench(scale: float, workers: int) -> None:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         started = time.monotonic()
-        count, size = populate(endpoint, scale, workers)
+        count, size = (populate_small if small else populate)(endpoint, scale, workers)
         print(
-            f"bucket: {count} objects, {size / MIB:.0f} MiB (filled in {time.monotonic() - started:.0f}s); workers {workers}"
+            f"bucket: {count} objects, {size / MIB:.1f} MiB (filled in {time.monotonic() - started:.0f}s); workers {workers}"
         )
-        results = measure(endpoint, workdir, workers)
-        report(results, count, size)
+        if small:
+            report_small(measure_small(endpoint, workdir, workers), count)
+        else:
+            report(measure(endpoint, workdir, workers), count, size)
         print(f"moto (this process) peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     finally:
         server.stop()
@@ -219,6 +278,35 @@ def measure(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
     results["incremental"] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
     results["restore"] = run_child([*lifeboat, "restore", "bench", "--to-bucket", "bench-restored", "--json"], workdir)
     return results
+
+
+def measure_small(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
+    """The download floor, then Lifeboat's first snapshot of the same bucket, each in a child."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--endpoint", endpoint, "--workers", str(workers)]
+    config = str(write_policy(workdir, endpoint, workers))
+    lifeboat = [sys.executable, "-m", "lifeboat", "--log-format", "json", "--config", config]
+    results = {"download": run_child([*me, "--floor", "download"], workdir)}
+    results["snapshot"] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
+    return results
+
+
+def report_small(results: dict[str, Measured], count: int) -> None:
+    """Wall and CPU of the first snapshot and of the download floor, per object, and their ratios."""
+    ours, floor = results["snapshot"], results["download"]
+    print(f"\n{'small objects':24} {'work':>9} {'wall':>8} {'CPU':>8} {'CPU/object':>11} {'peak RSS':>9}")
+    for name, measured in (("lifeboat first snapshot", ours), ("boto3 download (floor)", floor)):
+        print(
+            f"{name:24} {measured.seconds:8.2f}s {measured.wall:7.2f}s {measured.cpu:7.2f}s "
+            f"{measured.cpu / count * 1000:8.3f} ms {measured.peak_rss / MIB:5.0f} MiB"
+        )
+    print(
+        f"ratios lifeboat/floor: work {ours.seconds / floor.seconds:.2f}x, wall {ours.wall / floor.wall:.2f}x "
+        f"(target <= 1.10x), CPU {ours.cpu / floor.cpu:.2f}x; lifeboat CPU per object "
+        f"{ours.cpu / count * 1000:.3f} ms (target <= 1 ms), above the floor's "
+        f"{(ours.cpu - floor.cpu) / count * 1000:.3f} ms"
+    )
+    snap = ours.document
+    print(f"downloaded {snap['objects_downloaded']}, stored {snap['bytes_stored'] / MIB:.1f} MiB")
 
 
 def _drop(endpoint: str, bucket: str) -> None:
