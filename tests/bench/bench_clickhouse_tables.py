@@ -31,7 +31,10 @@ from bench_clickhouse_partitions import policy
 from backup.servers import ClickHouseProcess, start_clickhouse
 
 COLUMNS = "(day Date, id UInt64, user String, value Float64, tags Array(String))"
-ROW = "toDate('2026-01-01') + number % 28, number, concat('user-', toString(number % 1000)), number * 0.5, [toString(number % 7)]"
+ROW = (
+    "toDate('2026-01-01') + number % 28, number, concat('user-', toString(number % 1000)), number * 0.5, "
+    "[toString(number % 7)]"
+)
 
 
 def fill(server: ClickHouseProcess, tables: int, rows: int) -> None:
