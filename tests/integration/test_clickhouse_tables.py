@@ -8,6 +8,7 @@ the server answers far fewer queries than three per table.
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,3 +202,59 @@ def test_a_backup_and_a_restore_of_many_tables_cost_the_server_fewer_queries_tha
     # One export and one insert per partition cannot be avoided; fingerprints and checks are grouped.
     assert backup_queries < exports + TABLES // 2, f"{backup_queries} queries for {exports} exports"
     assert restore_queries < exports + TABLES + TABLES // 2, f"{restore_queries} queries for {exports} inserts"
+
+
+def test_a_table_merged_during_its_group_is_pinned_again_and_exported_alone(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db = clickhouse_database
+    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
+    for number in range(5):
+        name = f"{db}.{table_name(number)}"
+        client.execute(f"CREATE TABLE {name} (k UInt64) ENGINE = MergeTree PARTITION BY tuple() ORDER BY k")
+        for first in (0, 1000):  # two parts each
+            client.execute(f"INSERT INTO {name} SELECT {first} + number FROM system.numbers LIMIT 100")
+    lock, merged = threading.Lock(), []
+
+    def merge_once(_: int) -> None:  # the group's first table is being stored: the last one's parts merge away
+        with lock:
+            if not merged:
+                client.execute(f"OPTIMIZE TABLE {db}.{table_name(4)} FINAL")
+                merged.append(True)
+
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
+    settings = ClickHouseSettings.model_validate(
+        {
+            "kind": "clickhouse",
+            "host": clickhouse_server.host,
+            "port": clickhouse_server.tcp_port,
+            "http_port": clickhouse_server.http_port,
+            "databases": [db],
+            "parallel": 1,
+        }
+    )
+    try:
+        result = run_backup(repository, SOURCE, settings, progress=merge_once)
+
+        assert merged and result.figures["partitions_exported"] == 5
+        assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
+        [moved] = result.header.meta["consistency"]["moved"]
+        assert moved["table"] == f"{db}.{table_name(4)}" and "pinned again" in moved["why"]
+        entries = {entry.meta["table"]: entry for entry in repository.entries(result.header) if "partition" in entry.meta}
+        assert len(entries[table_name(4)].meta["parts"]) == 1 and entries[table_name(4)].meta["stored_rows"] == 200
+        assert {len(entries[table_name(n)].meta["parts"]) for n in range(4)} == {2}
+        source = ClickHouseSource(SOURCE, settings)
+        options = RestoreOptions.of(
+            to_host=clickhouse_server.host,
+            to_port=clickhouse_server.tcp_port,
+            to_http_port=clickhouse_server.http_port,
+            to_database=f"{db}_copy",
+        )
+        restored = source.restore(repository, result.header, source.parse_target(options), options=options)
+        assert restored.figures["verification"]["verdict"] == "match"
+        for number in range(5):
+            assert client.execute(f"SELECT count(), uniqExact(k) FROM {db}_copy.{table_name(number)}") == [(200, 200)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}_copy")
+        repository.close()
+        client.disconnect()
