@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -351,6 +351,18 @@ def table_parts(sql: SqlExecutor, table: Table) -> dict[str, PartSet]:
     return _group_parts(rows).get(table.key, {})
 
 
+def tables_parts(sql: SqlExecutor, tables: Iterable[Table]) -> dict[TableKey, dict[str, PartSet]]:
+    """The active parts of each of ``tables``, by table and partition id: one read of system.parts."""
+    tables = list(tables)
+    wanted = {table.key for table in tables}
+    rows = sql.execute(
+        "SELECT database, table, partition_id, name, rows, toUnixTimestamp(modification_time) FROM system.parts "
+        f"WHERE active AND database IN ({_in_list(sorted({t.database for t in tables}))}) "
+        f"AND table IN ({_in_list(sorted({t.name for t in tables}))})"
+    )
+    return {key: parts for key, parts in _group_parts(rows).items() if key in wanted}
+
+
 def partition_parts(sql: SqlExecutor, table: Table, partition: str) -> PartSet:
     rows = sql.execute(
         "SELECT database, table, partition_id, name, rows, toUnixTimestamp(modification_time) FROM system.parts "
@@ -449,3 +461,40 @@ def print_by_partition(
         return {WHOLE_TABLE: print_where(sql, table_sql, columns)}
     rows = sql.execute(f"SELECT _partition_id, count(), sum({row_hash(columns)}) FROM {table_sql} GROUP BY _partition_id")
     return {str(pid): (int(count), int(digest)) for pid, count, digest in rows}
+
+
+Selection = tuple[str, tuple[tuple[str, str], ...], str]  # (table SQL, columns, WHERE clause)
+
+
+def print_many(sql: SqlExecutor, selections: Sequence[Selection]) -> list[PartitionPrint]:
+    """What ``print_where`` gives for each of ``selections`` (rows of several tables), in one query:
+    the same aggregates, one ``SELECT`` per selection joined by ``UNION ALL``, in ``selections`` order."""
+    if not selections:
+        return []
+    parts = [
+        f"SELECT toUInt32({index}) AS i, count() AS rows, sum({row_hash(columns)}) AS hash FROM {table_sql} WHERE {where}"
+        for index, (table_sql, columns, where) in enumerate(selections)
+    ]
+    found: dict[int, PartitionPrint] = {}
+    for index, count, digest in sql.execute(" UNION ALL ".join(parts)):
+        found[int(index)] = (int(count), int(digest))
+    return [found[index] for index in range(len(selections))]
+
+
+def print_tables(
+    sql: SqlExecutor, tables: Sequence[tuple[str, tuple[tuple[str, str], ...], bool]]
+) -> list[dict[str, PartitionPrint]]:
+    """What ``print_by_partition`` gives for each of ``tables`` ((table SQL, columns, partitioned)), in
+    one query (one ``SELECT`` per table joined by ``UNION ALL``), in ``tables`` order."""
+    parts = []
+    for index, (table_sql, columns, partitions) in enumerate(tables):
+        aggregates = f"count() AS rows, sum({row_hash(columns)}) AS hash FROM {table_sql}"
+        if partitions:
+            parts.append(f"SELECT toUInt32({index}) AS i, _partition_id AS pid, {aggregates} GROUP BY _partition_id")
+        else:
+            parts.append(f"SELECT toUInt32({index}) AS i, '' AS pid, {aggregates}")
+    found: list[dict[str, PartitionPrint]] = [{} for _ in tables]
+    if parts:
+        for index, pid, count, digest in sql.execute(" UNION ALL ".join(parts)):
+            found[int(index)][str(pid)] = (int(count), int(digest))
+    return found

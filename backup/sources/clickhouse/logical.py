@@ -61,9 +61,11 @@ from backup.sources.clickhouse.catalog import (
     partition_parts,
     parts_filter,
     pin_parts,
+    print_many,
     print_partitions,
     print_where,
     table_parts,
+    tables_parts,
 )
 from backup.sources.clickhouse.client import (
     UNKNOWN_DATABASE,
@@ -81,7 +83,7 @@ from backup.sources.clickhouse.native_rows import (
     NativeBlockSplitter,
     NativeRowCounter,
 )
-from backup.sources.clickhouse.plan import Batch, PartitionJob, batch_jobs, plan_exports
+from backup.sources.clickhouse.plan import Batch, PartitionJob, TableGroup, batch_jobs, plan_exports
 from backup.sources.clickhouse.sql import TableRole, column_list, quote_string
 from policies.errors import SourceError
 
@@ -278,15 +280,16 @@ class LogicalBackup:
         entries = plan.reused + [done.entry for done in exported if done]
         return LogicalResult(prints, entries, len(plan.reused), self.tally, self.window.to_json())
 
-    def _export_item(self, item: PartitionJob | Batch) -> Exported | list[Exported | None] | None:
+    def _export_item(self, item: PartitionJob | Batch | TableGroup) -> Exported | list[Exported | None] | None:
         if isinstance(item, PartitionJob):
             return self._export(item)
         try:
-            return self._export_batch(item)
+            return self._export_batch(item) if isinstance(item, Batch) else self._export_group(item)
         except ClickHouseError as exc:
             if exc.code in (UNKNOWN_TABLE, UNKNOWN_DATABASE):
+                shown = item.table.display if isinstance(item, Batch) else "a table"
                 raise SourceError(
-                    f"table {item.table.display} disappeared during the backup (dropped or renamed?); nothing was "
+                    f"{shown} disappeared during the backup (dropped or renamed?); nothing was "
                     f"committed: run the backup again ({exc})"
                 ) from exc
             raise SourceError(f"{item.label}: {exc}") from exc
@@ -505,6 +508,38 @@ class LogicalBackup:
         self.writer.add(entry)
         self.tally.add(exported=job)
         return Exported(job, entry, partition_print, pinned)
+
+    def _export_group(self, group: TableGroup) -> list[Exported | None]:
+        """Export the pinned parts of each of the group's partitions (small ones of different tables)
+        by its own query, while one query fingerprints them all with the same filters; then one read
+        of system.parts proves each one's parts stayed from the pin to the end of its export (a part
+        is never changed, its name never reused), else it is exported on its own, pinned again."""
+        pin = self.window.pin.parts
+        pinned = [(job, pin.get(job.table.key, {}).get(job.partition, ())) for job in group.jobs]
+        wanted = [
+            (index, job, parts, parts_filter(job.partition, parts)) for index, (job, parts) in enumerate(pinned) if parts
+        ]
+        selections = [(job.table.sql, job.table.columns, where) for _, job, _, where in wanted]
+        printing = self._printer.submit(print_many, self.sql, selections)
+        try:
+            streams = [self._stream(job, where) for _, job, _, where in wanted]
+        except BaseException:
+            printing.cancel()
+            wait([printing])  # never leave a query running behind an error
+            raise
+        prints = printing.result()
+        active = tables_parts(self.sql, {job.table.key: job.table for _, job, _, _ in wanted}.values())
+        results: list[Exported | None] = [None for _ in group.jobs]  # None: dropped since it was pinned
+        for (index, job, parts, _), (stored, counter), partition_print in zip(wanted, streams, prints, strict=True):
+            still = {part.name for part in active.get(job.table.key, {}).get(job.partition, ())}
+            if not {part.name for part in parts} <= still:
+                self.tally.add(retries=1)
+                log.info("clickhouse.partition.moved", table=job.table.display, partition=job.partition, attempt=1)
+                results[index] = self._export_pinned(job, again=True)
+                continue
+            rows = self._counted(job, counter, partition_print[0])
+            results[index] = self._done(job, stored, parts, partition_print, rows, pinned=True)
+        return results
 
     def _check_still_there(self, catalog: Catalog) -> None:
         present = existing_tables(self.sql, catalog.databases)

@@ -1,6 +1,8 @@
 """Which partitions of a logical backup are exported, and how: the previous snapshot's entry reused
 when nothing changed, small partitions of one table grouped into batches (one export and one
-fingerprint query each), the rest one export each. Pure: no server, no repository."""
+fingerprint query each), small partitions of different tables (many small tables) into groups (one
+export each, one fingerprint query and one parts check for the group), the rest one export each.
+Pure: no server, no repository."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from backup.repository.manifest import Entry
 from backup.sources.clickhouse.catalog import Part, PartSet, Table
 from backup.sources.clickhouse.fingerprint import WHOLE_TABLE, TableKey, partition_label
 from backup.sources.clickhouse.native_rows import UncountableType, layout
-from backup.sources.clickhouse.sql import TableRole
+from backup.sources.clickhouse.sql import TableRole, row_hash
 
 SMALL_PARTITION = 4 * 2**20
 """Uncompressed bytes up to which a partition is exported in a batch with others of its table."""
@@ -20,6 +22,10 @@ BATCH_BYTES = 16 * 2**20
 """Uncompressed bytes of one batch at most: a batch's export is held in memory until it is split."""
 BATCH_PARTS = 2000
 """Parts of one batch at most: its queries name every one (the server's max_query_size is 256 KiB)."""
+GROUP_JOBS = 64
+"""Partitions of different tables in one group at most (one fingerprint query, one parts check)."""
+GROUP_QUERY_CHARS = 128 * 1024
+"""Characters of a group's fingerprint query at most (the server's max_query_size is 256 KiB)."""
 
 
 @dataclass(frozen=True)
@@ -50,16 +56,29 @@ class Batch:
         return f"{self.table.display} partitions {self.jobs[0].partition}..{self.jobs[-1].partition}"
 
 
+@dataclass(frozen=True)
+class TableGroup:
+    """Small partitions of different tables: each exported by its own query, all fingerprinted in one
+    query (``UNION ALL``) and their parts checked in one read of system.parts."""
+
+    jobs: tuple[PartitionJob, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.jobs[0].label} and {len(self.jobs) - 1} more"
+
+
 def batch_jobs(
     jobs: Sequence[PartitionJob],
     sizes: Mapping[TableKey, Mapping[str, int]],
     parts: Mapping[TableKey, Mapping[str, PartSet]],
     *,
     parallel: int,
-) -> list[PartitionJob | Batch]:
+) -> list[PartitionJob | Batch | TableGroup]:
     """``jobs`` with the small partitions of each table (SMALL_PARTITION) grouped into batches of up to
     BATCH_BYTES and BATCH_PARTS, and into at least ``parallel`` batches per table where there are that many. Whole
-    tables, big partitions and tables whose columns the splitter cannot follow stay single jobs."""
+    tables, big partitions and tables whose columns the splitter cannot follow stay single jobs; single small partitions left
+    then are put into groups (group_jobs)."""
     items: list[PartitionJob | Batch] = []
     small: dict[TableKey, list[PartitionJob]] = {}
     for job in jobs:
@@ -82,7 +101,47 @@ def batch_jobs(
             named += count
         if batch:
             items.append(_batch(batch))
-    return items
+    return group_jobs(items, sizes, parts, parallel=parallel)
+
+
+def group_jobs(
+    items: Sequence[PartitionJob | Batch],
+    sizes: Mapping[TableKey, Mapping[str, int]],
+    parts: Mapping[TableKey, Mapping[str, PartSet]],
+    *,
+    parallel: int,
+) -> list[PartitionJob | Batch | TableGroup]:
+    """``items`` with their single small partitions (SMALL_PARTITION, pinned by parts; those left
+    alone by batching, such as the one partition of each of many small tables) put into groups of
+    up to GROUP_JOBS, GROUP_QUERY_CHARS and BATCH_BYTES, at least ``parallel`` groups where there are
+    that many partitions. Batches, whole tables and big partitions stay as they are."""
+    kept: list[PartitionJob | Batch | TableGroup] = []
+    small: list[tuple[PartitionJob, int, int]] = []
+    for item in items:
+        size = sizes.get(item.table.key, {}).get(item.partition) if isinstance(item, PartitionJob) else None
+        if not isinstance(item, PartitionJob) or size is None or size > SMALL_PARTITION or not item.table.columns:
+            kept.append(item)
+            continue
+        pinned = parts.get(item.table.key, {}).get(item.partition, ())
+        text = len(row_hash(item.table.columns)) + len(item.table.sql) + sum(len(part.name) + 4 for part in pinned) + 200
+        small.append((item, size, text))
+    most = min(GROUP_JOBS, max(1, math.ceil(len(small) / max(parallel, 1))))
+    group: list[PartitionJob] = []
+    held = chars = 0
+    for job, size, text in small:
+        if group and (len(group) >= most or held + size > BATCH_BYTES or chars + text > GROUP_QUERY_CHARS):
+            kept.append(_group(group))
+            group, held, chars = [], 0, 0
+        group.append(job)
+        held += size
+        chars += text
+    if group:
+        kept.append(_group(group))
+    return kept
+
+
+def _group(jobs: list[PartitionJob]) -> PartitionJob | TableGroup:
+    return jobs[0] if len(jobs) == 1 else TableGroup(tuple(jobs))
 
 
 def _batch(jobs: list[PartitionJob]) -> PartitionJob | Batch:

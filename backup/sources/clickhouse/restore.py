@@ -23,7 +23,7 @@ from backup.sources.clickhouse.catalog import (
     existing_tables,
     known_settings,
 )
-from backup.sources.clickhouse.client import ClickHouseError, SqlExecutor
+from backup.sources.clickhouse.client import ClickHouseError, SqlExecutor, run_parallel
 from backup.sources.clickhouse.ddl import RewrittenDdl, creation_order, rewrite_create, uses_low_cardinality
 from backup.sources.clickhouse.fingerprint import (
     TableKey,
@@ -311,19 +311,25 @@ def create_tables(
     target: str,
     settings: Mapping[str, str] | None = None,
     created: list[str] | None = None,
+    workers: int = 1,
 ) -> None:
-    """Create ``tables`` renamed into ``target``, each CREATE sent with ``settings``; the names made
-    are added to ``created``. Raises RestoreError naming the table."""
-    for table in tables:
+    """Create ``tables`` renamed into ``target``, each CREATE sent with ``settings``, on up to ``workers``
+    threads (only for tables that depend on none of the others: ``sql`` must then be thread-safe, as
+    Connections is); the names made are added to ``created``. Raises RestoreError naming the table
+    (once the CREATEs under way end: all that were made are in ``created``)."""
+
+    def create(table: Table) -> None:
         statement = rewritten(table, databases, target).sql
         try:
             sql.execute(statement, settings or None)
         except ClickHouseError as exc:
             raise RestoreError(f"cannot create {display_name(target, table.name)} ({table.engine}): {exc}") from exc
         if created is not None:
-            created.append(table.name)
+            created.append(table.name)  # list.append is atomic: safe from the workers
         if merging(table.engine):
             sql.execute(f"SYSTEM STOP MERGES {qualified(target, table.name)}")
+
+    run_parallel(create, list(tables), workers=workers)
 
 
 class DataLoader(Protocol):
@@ -338,11 +344,16 @@ def load_everything(
     *,
     settings: Mapping[str, str] | None = None,
     footprint: Footprint | None = None,
+    workers: int = 1,
 ) -> None:
     """Tables, their data, definitions, views, views' storage: in that order. Every CREATE is sent
-    with ``settings``; ``footprint`` records each table made."""
+    with ``settings``; ``footprint`` records each table made. The tables holding data (which depend
+    on none of the others) are created on up to ``workers`` threads; views one after another, in
+    dependency order."""
     created = footprint.tables if footprint is not None else None
-    create_tables(sql, plan.data_tables, databases=plan.databases, target=target, settings=settings, created=created)
+    create_tables(
+        sql, plan.data_tables, databases=plan.databases, target=target, settings=settings, created=created, workers=workers
+    )
     loader.load(plan.data_tables, target)
     create_tables(sql, plan.definitions, databases=plan.databases, target=target, settings=settings, created=created)
     create_tables(sql, plan.views, databases=plan.databases, target=target, settings=settings, created=created)

@@ -251,7 +251,15 @@ class ClickHouseSource:
             with Connections(self._connect, target.endpoint) as sql:
                 job = LoadJob(self.settings, repository, header, plan, target, sql, insert_settings, progress)
                 loader = LOADERS[plan.strategy](job)
-                load_everything(sql, plan, loader, target.database, settings=create_settings, footprint=footprint)
+                load_everything(
+                    sql,
+                    plan,
+                    loader,
+                    target.database,
+                    settings=create_settings,
+                    footprint=footprint,
+                    workers=self.settings.parallel,
+                )
         except Exception as exc:
             raise self._undone(exc, target, footprint) from exc
         try:

@@ -13,6 +13,7 @@ from backup.sources.clickhouse.catalog import (
     database_exists,
     existing_tables,
     print_by_partition,
+    print_tables,
     read_definitions,
 )
 from backup.sources.clickhouse.client import ClickHouseError, Connections, run_parallel
@@ -28,6 +29,7 @@ from backup.sources.clickhouse.fingerprint import (
 from backup.sources.clickhouse.sql import (
     glob_matches,
     qualified,
+    row_hash,
 )
 from backup.sources.clickhouse.targets import ClickHouseTarget
 
@@ -52,9 +54,9 @@ def verify_target(sql: Connections, header: SnapshotHeader, target: ClickHouseTa
                 f"cannot verify: database {target.database} does not exist on {target.endpoint.describe()}",
             )
         present = {name for _, name in existing_tables(sql, [target.database])}
-        found = run_parallel(
-            lambda want: _actual_print(sql, want, target.database, present), list(expected.values()), workers=parallel
-        )
+        groups = _print_groups(list(expected.values()), parallel=parallel)
+        printed = run_parallel(lambda group: _actual_prints(sql, group, target.database, present), groups, workers=parallel)
+        found = [got for group in printed for got in group]
         copy = read_definitions(sql, [target.database]) if recorded is not None else []
     except ClickHouseError as exc:
         return Verification(Verdict.UNVERIFIED, f"cannot verify {where}: {exc}")
@@ -94,6 +96,49 @@ def _definition_picked(database: str, item: Definition, globs: Sequence[str]) ->
 
 def _picked(want: TablePrint, globs: Sequence[str]) -> bool:
     return not globs or any(glob_matches(glob, want.database, want.via or want.table) for glob in globs)
+
+
+PRINT_GROUP = 64
+"""Tables fingerprinted by one query (UNION ALL) at most."""
+PRINT_GROUP_CHARS = 128 * 1024
+"""Characters of one such query at most (the server's max_query_size is 256 KiB)."""
+
+
+def _print_groups(wanted: list[TablePrint], *, parallel: int) -> list[list[TablePrint]]:
+    """``wanted`` in order, cut into groups of up to PRINT_GROUP tables and PRINT_GROUP_CHARS of
+    query, at least ``parallel`` groups where there are that many tables."""
+    most = min(PRINT_GROUP, max(1, -(-len(wanted) // max(parallel, 1))))
+    groups: list[list[TablePrint]] = []
+    chars = 0
+    for want in wanted:
+        text = len(row_hash(want.columns)) + 200 if want.columns else 0
+        if not groups or len(groups[-1]) >= most or chars + text > PRINT_GROUP_CHARS:
+            groups.append([])
+            chars = 0
+        groups[-1].append(want)
+        chars += text
+    return groups
+
+
+def _actual_prints(sql: Connections, group: list[TablePrint], database: str, present: set[str]) -> list[TablePrint | str]:
+    """``_actual_print`` of each of ``group``, those present in one query; where that query fails
+    (one table cannot be fingerprinted), each table on its own, so the report names the one."""
+    listed = [want for want in group if (want.via or want.table) in present and want.columns]
+    try:
+        prints = print_tables(
+            sql, [(qualified(database, want.via or want.table), want.columns, want.partitioned) for want in listed]
+        )
+    except ClickHouseError as exc:
+        if exc.code is None:
+            raise  # the server is gone: nothing can be verified
+        return [_actual_print(sql, want, database, present) for want in group]
+    by_table = {id(want): partitions for want, partitions in zip(listed, prints, strict=True)}
+    return [
+        TablePrint(want.database, want.table, want.columns, want.partitioned, want.via, by_table[id(want)])
+        if id(want) in by_table
+        else _actual_print(sql, want, database, present)
+        for want in group
+    ]
 
 
 def _actual_print(sql: Connections, want: TablePrint, database: str, present: set[str]) -> TablePrint | str:

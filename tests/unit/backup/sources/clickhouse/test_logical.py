@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from backup.sources.clickhouse.catalog import Part
-from backup.sources.clickhouse.plan import Batch, PartitionJob, batch_jobs, plan_exports
+from backup.sources.clickhouse.plan import Batch, PartitionJob, TableGroup, batch_jobs, plan_exports
+from backup.sources.clickhouse.sql import row_hash
 
 from .samples import data_entry, parts, table
 
@@ -75,4 +76,38 @@ def test_a_table_whose_columns_cannot_be_split_is_never_batched() -> None:
     jobs = [PartitionJob(states, pid) for pid in ("202601", "202602")]
     sizes = {states.key: {"202601": 10, "202602": 10}}
 
-    assert batch_jobs(jobs, sizes, {}, parallel=1) == jobs
+    items = batch_jobs(jobs, sizes, {}, parallel=1)
+
+    assert not any(isinstance(item, Batch) for item in items)
+    # Its partitions are exported one query each (a group needs no split), fingerprinted together.
+    assert [job for item in items for job in (item.jobs if isinstance(item, TableGroup) else [item])] == jobs
+
+
+def test_the_small_partitions_of_many_tables_are_grouped_across_tables() -> None:
+    tables = [table(f"t{number:03d}") for number in range(10)]
+    jobs = [PartitionJob(each, "202601") for each in tables] + [PartitionJob(table("audit", "Log"), "")]
+    sizes = {each.key: {"202601": 1000} for each in tables} | {("features", "big"): {"202601": 64 * 2**20}}
+    jobs.append(PartitionJob(table("big"), "202601"))
+    pinned = {each.key: {"202601": parts("202601_1_1_0")} for each in tables}
+
+    items = batch_jobs(jobs, sizes, pinned, parallel=3)
+
+    singles = sorted((item.table.name, item.partition) for item in items if isinstance(item, PartitionJob))
+    groups = [[job.table.name for job in item.jobs] for item in items if isinstance(item, TableGroup)]
+    assert singles == [("audit", ""), ("big", "202601")]
+    # Ten tables' partitions in groups of at most ceil(10 / 3), so that every worker has one.
+    assert groups == [["t000", "t001", "t002", "t003"], ["t004", "t005", "t006", "t007"], ["t008", "t009"]]
+
+
+def test_a_group_keeps_its_fingerprint_query_under_the_servers_query_size() -> None:
+    wide = [("day", "Date")] + [(f"column_{number:04d}", "UInt64") for number in range(2000)]
+    tables = [replace(table(f"wide{number}"), columns=tuple(wide)) for number in range(8)]
+    jobs = [PartitionJob(each, "202601") for each in tables]
+    sizes = {each.key: {"202601": 1000} for each in tables}
+
+    items = batch_jobs(jobs, sizes, {}, parallel=1)
+
+    assert len(items) > 1
+    for item in items:
+        group = item.jobs if isinstance(item, TableGroup) else (item,)
+        assert sum(len(row_hash(job.table.columns)) for job in group) < 256 * 1024
