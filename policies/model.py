@@ -500,8 +500,7 @@ class S3Settings(SourceSettingsBase, S3Connection):
     parallel: Annotated[int, Field(ge=1, le=256)] = 16
     tags: bool = Field(
         default=True,
-        description="read every object's tags at every snapshot (s3:GetObjectTagging, spared for a downloaded "
-        "object whose GET reports no tags); false: tags are "
+        description="read every object's tags at every snapshot (one s3:GetObjectTagging each); false: tags are "
         "neither kept nor restored, and verification says they were not covered",
     )
     checks: list[S3Check] = []

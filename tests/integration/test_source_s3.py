@@ -11,15 +11,12 @@ StorageClass=STANDARD_IA, which RGW's default zone does not define;
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import random
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +30,7 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 from conftest import S3Endpoint
-from helpers import CapturedLog, init_repository, on_both_s3_servers
+from helpers import init_repository, on_both_s3_servers
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port, start
@@ -1056,88 +1053,4 @@ def test_a_source_with_tags_false_keeps_no_tags_and_its_verification_says_they_w
     assert found.verdict is Verdict.MATCH, found.differences
     assert found.checked["tags_compared"] is False and "tags not covered" in found.message
     _drop_bucket(client, target)
-    _drop_bucket(client, bucket)
-
-
-def test_tags_are_asked_for_only_where_the_read_says_an_object_has_some(s3_server: S3Endpoint, tmp_path: Path) -> None:
-    """Issue 22: a GET says how many tags its object has (x-amz-tagging-count), so once a bucket's
-    GetObjectTagging answered (permission, support) an untagged object costs no second request;
-    tagged objects keep their tags, untagged ones get none, exactly as when every object was asked."""
-    client = s3_server.client()
-    bucket = _new_bucket(s3_server, "few-tags")
-    untagged = [f"plain/{number:03d}" for number in range(40)]
-    for key in untagged:
-        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
-    client.put_object(Bucket=bucket, Key="tagged/a", Body=b"a", Tagging="team=vision&tier=gold%20two")
-    client.put_object(Bucket=bucket, Key="tagged/b", Body=b"b", Tagging="cold=yes")
-    cli = _write_policy(tmp_path, s3_server.endpoint_url, [bucket])
-    requests = CapturedLog("werkzeug", keep=10_000).attach()  # the in-process moto logs each request it serves
-    try:
-        first = cli.snapshot()
-    finally:
-        requests.detach()
-    assert first["objects_downloaded"] == 42
-    with _repository(cli) as repository:
-        metas = {entry.meta["key"]: entry.meta for entry in repository.entries(repository.find_snapshot("models"))}
-    assert metas["tagged/a"]["tags"] == TAGS and metas["tagged/b"]["tags"] == {"cold": "yes"}
-    assert all(metas[key]["tags"] == {} for key in untagged)
-    asked = [line for line in requests.tail(10_000).splitlines() if f"/{bucket}/" in line and "?tagging" in line]
-    # at most one per worker (parallel: 8) before the first answer, and the two tagged objects
-    assert len(asked) <= 8 + 2, "\n".join(asked)
-    _drop_bucket(client, bucket)
-
-
-class _HidingTagCounts(http.server.BaseHTTPRequestHandler):
-    """Forwards every request to ``upstream`` and drops x-amz-tagging-count from the answers: an
-    S3-compatible endpoint that has tagging but does not report tag counts on GET."""
-
-    upstream = ""
-    protocol_version = "HTTP/1.0"
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        request = urllib.request.Request(
-            self.upstream + self.path, data=body, method=self.command, headers=dict(self.headers.items())
-        )
-        try:
-            answer = urllib.request.urlopen(request, timeout=30)
-        except urllib.error.HTTPError as refused:
-            answer = refused
-        data = answer.read()
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            if name.lower() not in ("x-amz-tagging-count", "connection", "transfer-encoding", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def test_an_endpoint_that_hides_tag_counts_still_has_every_objects_tags_read(s3_server: S3Endpoint, tmp_path: Path) -> None:
-    """A GET's missing tag count is trusted only where GetObjectTagging agreed with it: an endpoint
-    whose GETs never say how many tags an object has gets every object's tags asked for."""
-    client = s3_server.client()
-    bucket = _new_bucket(s3_server, "hidden-counts")
-    for number in range(30):
-        tagging = {"Tagging": f"n={number}"} if number % 3 == 0 else {}
-        client.put_object(Bucket=bucket, Key=f"o/{number:02d}", Body=b"x" * number, **tagging)
-    handler = type("Hiding", (_HidingTagCounts,), {"upstream": s3_server.endpoint_url})
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    serving = threading.Thread(target=proxy.serve_forever, daemon=True)
-    serving.start()
-    try:
-        cli = _write_policy(tmp_path, f"http://127.0.0.1:{proxy.server_address[1]}", [bucket])
-        assert cli.snapshot()["objects_downloaded"] == 30
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-    with _repository(cli) as repository:
-        tags = {e.meta["key"]: e.meta["tags"] for e in repository.entries(repository.find_snapshot("models"))}
-    assert tags == {f"o/{n:02d}": ({"n": str(n)} if n % 3 == 0 else {}) for n in range(30)}
     _drop_bucket(client, bucket)

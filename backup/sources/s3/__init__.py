@@ -22,10 +22,8 @@ Entries
     a listing says milliseconds where a GET says seconds), content_type, content_encoding,
     cache_control, content_disposition, content_language, metadata (user metadata), expires (UTC,
     ISO) and website_redirect_location when set: the values of the GET that read the bytes; then
-    storage_class (from the listing) and tags (GetObjectTagging; for an object just read whose GET
-    reports no tags, none, once a GetObjectTagging in its bucket agreed with its GET's count; left
-    out where the endpoint has no tagging, NotImplemented, and not read at all with the source's
-    ``tags: false``). Not kept: ACLs,
+    storage_class (from the listing) and tags (GetObjectTagging; left out where the endpoint has no
+    tagging, NotImplemented, and not read at all with the source's ``tags: false``). Not kept: ACLs,
     Object Lock settings, encryption settings, versions.
 
 Census and fingerprint

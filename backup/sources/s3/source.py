@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar, cast
@@ -67,7 +67,6 @@ class S3Source:
             bucket=f"sources.{name}.buckets",
         )
         self._untagged_logged = False
-        self._tagging = TaggingSeen()
 
     def _client(self, endpoint_url: str | None, keys: tuple[str | None, str | None] | None = None) -> Any:
         """A client with ``keys``, or the source's own; (None, None) lets boto3 find credentials."""
@@ -112,7 +111,6 @@ class S3Source:
             entries = (entry for entry in entries if entry.meta.get("bucket") in buckets)
         before = PreviousEntries(entries)
         tally = SnapshotTally(buckets={bucket: BucketSum() for bucket in buckets})
-        self._tagging = TaggingSeen()  # learnt again by every snapshot: permissions may have changed
         self._transfer(client, writer, self._listing(client, buckets), before, tally, progress)
         before.finish()
         meta = {"endpoint": self.endpoint, "buckets": buckets, "key_order": "bucket, then UTF-8 binary key"}
@@ -178,7 +176,7 @@ class S3Source:
         """Stream one object into the repository (whole again on a retry: a chunk already stored is
         not uploaded twice); Skipped if it is gone."""
 
-        def attempt() -> tuple[Entry, int] | Skipped:
+        def attempt() -> Entry | Skipped:
             try:
                 response = client.get_object(Bucket=listed.bucket, Key=listed.key)
             except ClientError as exc:
@@ -191,14 +189,12 @@ class S3Source:
             finally:
                 body.close()
             meta = object_meta(listed.bucket, listed.key, response)
-            entry = Entry(f"{listed.bucket}/{listed.key}", stored.size, stored.sha256, stored.chunks, meta)
-            return entry, int(response.get("TagCount") or 0)
+            return Entry(f"{listed.bucket}/{listed.key}", stored.size, stored.sha256, stored.chunks, meta)
 
         read = self._call(attempt, bucket=listed.bucket, what=f"read s3://{listed.bucket}/{listed.key}")
         if isinstance(read, Skipped):
             return read
-        entry, tag_count = read
-        return self._with_tags(client, entry, listed, tag_count=tag_count)
+        return self._with_tags(client, read, listed)
 
     def _refresh(
         self, client: Any, writer: SnapshotWriter, old: Entry, listed: Listed, progress: Progress | None
@@ -230,41 +226,16 @@ class S3Source:
 
         return self._call(attempt, bucket=listed.bucket, what=f"read the metadata of s3://{listed.bucket}/{listed.key}")
 
-    def _with_tags(self, client: Any, entry: Entry, listed: Listed, *, tag_count: int | None = None) -> Entry | Skipped:
-        """``entry`` with the object's storage class (from the listing) and tags; Skipped if the object is gone.
-
-        The tags come from GetObjectTagging (a tag changes neither ETag nor time), except for an
-        object the GET just read (``tag_count``: its x-amz-tagging-count) that has none, once a
-        GetObjectTagging in its bucket has answered and agreed with its own GET's count: the
-        answer proves the permission (S3 leaves the count out for a caller who may not read tags)
-        and that the endpoint reports counts. An endpoint seen hiding tags from the count is asked
-        for every object. An endpoint that has no tagging (NotImplemented) leaves the tags out:
-        verification then says they were not covered. A refusal (AccessDenied) fails the snapshot
-        like any failed read. With the source's ``tags: false`` they are not read at all, and
-        likewise left out."""
-        meta = {key: value for key, value in entry.meta.items() if key != "tags"}
-        meta["storage_class"] = listed.storage_class
-        if not self.settings.tags or self._tagging.missing:
+    def _with_tags(self, client: Any, entry: Entry, listed: Listed) -> Entry | Skipped:
+        """``entry`` with the object's storage class (from the listing) and tags (GetObjectTagging, on
+        every object: a tag changes neither ETag nor time); Skipped if the object is gone. An endpoint
+        that has no tagging (NotImplemented) leaves the tags out: verification then says they were
+        not covered. A refusal (AccessDenied) fails the snapshot like any failed read. With the
+        source's ``tags: false`` they are not read at all, and likewise left out."""
+        if not self.settings.tags:
+            meta = {key: value for key, value in entry.meta.items() if key != "tags"}
+            meta["storage_class"] = listed.storage_class
             return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
-        if tag_count == 0 and self._tagging.counts_hold(listed.bucket):
-            meta["tags"] = {}
-            return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
-        tags = self._read_tags(client, listed)
-        if isinstance(tags, Skipped):
-            return tags
-        if tags is None:
-            self._tagging.missing = True
-            if not self._untagged_logged:
-                self._untagged_logged = True
-                log.warning("s3.tags_not_supported", source=self.name, endpoint=self.endpoint, effect="tags not kept")
-        else:
-            meta["tags"] = tags
-            if tag_count is not None:
-                self._learn_tag_counts(listed.bucket, agreed=len(tags) == tag_count)
-        return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
-
-    def _read_tags(self, client: Any, listed: Listed) -> dict[str, str] | Skipped | None:
-        """The object's tags (GetObjectTagging); None where the endpoint has no tagging."""
 
         def attempt() -> dict[str, str] | Skipped | None:
             try:
@@ -277,21 +248,18 @@ class S3Source:
                 raise
 
         what = f"read the tags of s3://{listed.bucket}/{listed.key} (s3:GetObjectTagging)"
-        return self._call(attempt, bucket=listed.bucket, what=what)
-
-    def _learn_tag_counts(self, bucket: str, *, agreed: bool) -> None:
-        """Whether a GET's tag count agreed with GetObjectTagging's answer for the same object."""
-        if agreed:
-            self._tagging.counts_held.add(bucket)
-        elif not self._tagging.counts_unreliable:
-            self._tagging.counts_unreliable = True
-            log.warning(
-                "s3.tag_counts_unreliable",
-                source=self.name,
-                endpoint=self.endpoint,
-                bucket=bucket,
-                effect="tags read with GetObjectTagging for every object",
-            )
+        tags = self._call(attempt, bucket=listed.bucket, what=what)
+        if isinstance(tags, Skipped):
+            return tags
+        meta = {key: value for key, value in entry.meta.items() if key != "tags"}
+        meta["storage_class"] = listed.storage_class
+        if tags is None:
+            if not self._untagged_logged:
+                self._untagged_logged = True
+                log.warning("s3.tags_not_supported", source=self.name, endpoint=self.endpoint, effect="tags not kept")
+        else:
+            meta["tags"] = tags
+        return Entry(entry.name, entry.size, entry.sha256, entry.chunks, meta)
 
     # ---- restore ------------------------------------------------------------------------------
 
@@ -519,21 +487,6 @@ def _count(repository: Repository, header: SnapshotHeader, view: View) -> tuple[
             count += 1
             size += entry.size
     return count, size
-
-
-@dataclass
-class TaggingSeen:
-    """What one snapshot learnt of the endpoint's tagging (``S3Source._with_tags``). The workers share
-    it without a lock: a set's add and an attribute's assignment are atomic, and a late update only
-    costs a GetObjectTagging that could have been spared."""
-
-    counts_held: set[str] = field(default_factory=set)  # buckets where a GET's TagCount agreed with the tags
-    counts_unreliable: bool = False  # a GET's count disagreed with GetObjectTagging: ask for every object
-    missing: bool = False  # the endpoint has no tagging (NotImplemented): tags left out, never asked again
-
-    def counts_hold(self, bucket: str) -> bool:
-        """Whether a GET's tag count of zero in ``bucket`` may stand for GetObjectTagging's answer."""
-        return bucket in self.counts_held and not self.counts_unreliable
 
 
 @dataclass(frozen=True)
