@@ -199,14 +199,14 @@ def populate_small(endpoint: str, scale: float, workers: int) -> tuple[int, int]
     return count, total
 
 
-def write_policy(workdir: Path, endpoint: str, workers: int) -> Path:
+def write_policy(workdir: Path, endpoint: str, workers: int, **options: Any) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
     from helpers import init_repository
     from policy_builder import PolicyBuilder  # here, not at the top: the --measure runner stays small
 
     keys = {"access_key_id": "testing", "secret_access_key": "testing"}
     policy = PolicyBuilder(workdir / "repo")
-    policy.source("bench", "s3", endpoint_url=endpoint, **keys, buckets=[SOURCE], parallel=workers)
+    policy.source("bench", "s3", endpoint_url=endpoint, **keys, buckets=[SOURCE], parallel=workers, **options)
     return init_repository(policy.write(workdir / "lifeboat.yaml"))  # only `repo init` creates one
 
 
@@ -281,32 +281,39 @@ def measure(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
 
 
 def measure_small(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
-    """The download floor, then Lifeboat's first snapshot of the same bucket, each in a child."""
+    """The download floor, then Lifeboat's first snapshot of the same bucket, each in a child: with
+    the objects' tags (a GetObjectTagging per object, the default) and with ``tags: false`` (the same
+    requests as the download)."""
     me = [sys.executable, str(Path(__file__).resolve()), "--endpoint", endpoint, "--workers", str(workers)]
-    config = str(write_policy(workdir, endpoint, workers))
-    lifeboat = [sys.executable, "-m", "lifeboat", "--log-format", "json", "--config", config]
     results = {"download": run_child([*me, "--floor", "download"], workdir)}
-    results["snapshot"] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
+    for name, options in (("snapshot", {}), ("snapshot, tags: false", {"tags": False})):
+        where = workdir / ("tags" if options else "default")
+        where.mkdir()
+        config = str(write_policy(where, endpoint, workers, **options))
+        lifeboat = [sys.executable, "-m", "lifeboat", "--log-format", "json", "--config", config]
+        results[name] = run_child([*lifeboat, "backup", "run", "--source", "bench", "--json"], workdir)
     return results
 
 
 def report_small(results: dict[str, Measured], count: int) -> None:
     """Wall and CPU of the first snapshot and of the download floor, per object, and their ratios."""
-    ours, floor = results["snapshot"], results["download"]
-    print(f"\n{'small objects':24} {'work':>9} {'wall':>8} {'CPU':>8} {'CPU/object':>11} {'peak RSS':>9}")
-    for name, measured in (("lifeboat first snapshot", ours), ("boto3 download (floor)", floor)):
+    floor = results["download"]
+    print(f"\n{'small objects':32} {'work':>9} {'wall':>8} {'CPU':>8} {'CPU/object':>11} {'peak RSS':>9}")
+    for name, measured in results.items():
+        label = "boto3 download (floor)" if name == "download" else f"lifeboat {name}"
         print(
-            f"{name:24} {measured.seconds:8.2f}s {measured.wall:7.2f}s {measured.cpu:7.2f}s "
+            f"{label:32} {measured.seconds:8.2f}s {measured.wall:7.2f}s {measured.cpu:7.2f}s "
             f"{measured.cpu / count * 1000:8.3f} ms {measured.peak_rss / MIB:5.0f} MiB"
         )
-    print(
-        f"ratios lifeboat/floor: work {ours.seconds / floor.seconds:.2f}x, wall {ours.wall / floor.wall:.2f}x "
-        f"(target <= 1.10x), CPU {ours.cpu / floor.cpu:.2f}x; lifeboat CPU per object "
-        f"{ours.cpu / count * 1000:.3f} ms (target <= 1 ms), above the floor's "
-        f"{(ours.cpu - floor.cpu) / count * 1000:.3f} ms"
-    )
-    snap = ours.document
-    print(f"downloaded {snap['objects_downloaded']}, stored {snap['bytes_stored'] / MIB:.1f} MiB")
+    for name, ours in results.items():
+        if name == "download":
+            continue
+        print(
+            f"{name}: work {ours.seconds / floor.seconds:.2f}x the floor, wall {ours.wall / floor.wall:.2f}x "
+            f"(target <= 1.10x), CPU {ours.cpu / floor.cpu:.2f}x; CPU per object {ours.cpu / count * 1000:.3f} ms "
+            f"(target <= 1 ms), {(ours.cpu - floor.cpu) / count * 1000:.3f} ms above the floor's; downloaded "
+            f"{ours.document['objects_downloaded']}, stored {ours.document['bytes_stored'] / MIB:.1f} MiB"
+        )
 
 
 def _drop(endpoint: str, bucket: str) -> None:
