@@ -21,9 +21,8 @@ import re
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from clickhouse_driver.bufferedreader import BufferedReader
+from functools import cache
+from typing import Any, BinaryIO
 
 _COMPACT_AT = 1 << 20  # consumed bytes dropped from the buffer once this many piled up
 _STRING_BATCH = 4096  # strings skipped by one call of the compiled reader
@@ -166,7 +165,7 @@ class NativeRowCounter:
         self._buffer = bytearray()
         self._pos = 0
         self._at_boundary = True
-        self._reader = _BatchReader(0)
+        self._reader: Any = None  # the compiled string reader, made when first needed
         self._parser = self._parse_blocks()
         next(self._parser)
 
@@ -343,6 +342,8 @@ class NativeRowCounter:
         """Skip ``count`` strings in one call of the compiled reader when they all lie in the buffer;
         False (nothing skipped) when they do not, or their lengths make no sense (the Python loop then
         waits for more bytes, or finds the stream broken)."""
+        if self._reader is None:
+            self._reader = _batch_reader()
         reader = self._reader
         reader.buffer, reader.position, reader.current_buffer_size = self._buffer, self._pos, len(self._buffer)
         try:
@@ -359,11 +360,21 @@ class _BufferEnd(Exception):
     """The compiled reader ran past the bytes at hand."""
 
 
-class _BatchReader(BufferedReader):
-    """clickhouse-driver's reader over the counter's buffer, that never reads further."""
+@cache
+def _batch_reader_class() -> type:
+    """clickhouse-driver's reader, made to read the counter's buffer and never further (imported when
+    first used: importing clickhouse-driver costs a tenth of a second, which a CLI start never pays)."""
+    from clickhouse_driver.bufferedreader import BufferedReader
 
-    def read_into_buffer(self) -> None:
-        raise _BufferEnd
+    class BatchReader(BufferedReader):
+        def read_into_buffer(self) -> None:
+            raise _BufferEnd
+
+    return BatchReader
+
+
+def _batch_reader() -> Any:
+    return _batch_reader_class()(0)
 
 
 _NO_BYTES = bytearray()
