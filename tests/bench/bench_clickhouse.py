@@ -6,6 +6,10 @@ Starts its own ClickHouse 18.16 server on free ports (backup.servers.start_click
 of ~10 million rows (4 monthly partitions), then measures in the same run:
 
 * floor backup: ``clickhouse-client --query "SELECT * FROM t FORMAT Native" > file``
+* peer pipeline (issue 22): ``clickhouse-client --query "SELECT * FROM t FORMAT Native" | zstd -3 > file``,
+  then one fingerprint query of the table (``count()``, ``sum(<row hash>)``), interleaved round by
+  round with Lifeboat's backups: Lifeboat's wall and CPU (client + server) as ratios to it, taken
+  within each round
 * Lifeboat backup: ``lifeboat backup run`` (CLI child process, local file:// repository): Native
   over HTTP, chunked, zstd-compressed, hashed, plus the server-side fingerprint of every partition
 * floor restore: ``clickhouse-client --query "INSERT INTO t2 FORMAT Native" < file``
@@ -13,7 +17,8 @@ of ~10 million rows (4 monthly partitions), then measures in the same run:
   fingerprint of the restored table, which the floor does not do)
 * Lifeboat incremental backup with nothing changed (expect seconds and no data read)
 
-Times are the best of ``--repeat`` runs; peak RSS is the Lifeboat child's (os.wait4). CPU seconds
+Lifeboat's modules are byte-compiled first (as an installed Lifeboat's are), so that no run pays for
+compiling them. Times are the best of ``--repeat`` runs; peak RSS is the Lifeboat child's (os.wait4). CPU seconds
 are counted for each side (the child's own, from wait4; the server's, from /proc) and printed with
 the machine's core count: on a machine where both sides together are busy for longer than
 ``cores x floor time x target ratio``, no implementation doing the same work can reach the target
@@ -26,7 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +57,7 @@ TABLE = "bench.t"
 MIB = 2**20
 SOURCE = "bench"
 BACKUP_TARGET, RESTORE_TARGET = 1.5, 1.5  # issue 5: ratios to the floor
+PIPELINE_TARGET = 1.2  # issue 22: the backup against export | zstd -3 plus one fingerprint query
 
 
 @dataclass(frozen=True)
@@ -129,10 +137,26 @@ def client(server: ClickHouseProcess, query: str) -> list[str]:
     return ["clickhouse-client", "--host", server.host, "--port", str(server.tcp_port), "--query", query]
 
 
+def fingerprint_query(server: ClickHouseProcess) -> str:
+    """The one query that fingerprints the whole table: its rows and the sum of its row hashes."""
+    query = "SELECT name, type FROM system.columns WHERE database = 'bench' AND table = 't' FORMAT JSONCompact"
+    columns = [(name, kind) for name, kind in json.loads(http(server, query))["data"]]
+    return f"SELECT count(), sum({row_hash(columns)}) FROM {TABLE}"
+
+
+def pipeline(server: ClickHouseProcess, output: Path) -> list[str]:
+    """The peer: the export through ``zstd -3`` into a file, then one fingerprint query (a shell:
+    wait4 counts the CPU of all its children)."""
+    export = shlex.join(client(server, f"SELECT * FROM {TABLE} FORMAT Native"))
+    printing = shlex.join(client(server, fingerprint_query(server)))
+    return ["sh", "-c", f"{export} | zstd -3 -q -c > {shlex.quote(str(output))} && {printing}"]
+
+
 @dataclass(frozen=True)
 class Results:
     floor_backup: Run
     backup: Run
+    rounds: list[tuple[Run, Run]]  # (peer pipeline, Lifeboat backup), one pair per round
     incremental: Run
     floor_restore: Run
     restore: Run
@@ -150,11 +174,14 @@ def measure(server: ClickHouseProcess, workdir: Path, repeat: int) -> Results:
     native = workdir / "t.native"
     export = client(server, f"SELECT * FROM {TABLE} FORMAT Native")
     floor_backup = best([run_child(export, stdout=native, server=server) for _ in range(repeat)])
-    backups = []
+    backups, rounds = [], []
+    peer = pipeline(server, workdir / "t.native.zst")
     for _ in range(repeat):
+        piped = run_child(peer, server=server)
         shutil.rmtree(workdir / "repo", ignore_errors=True)
         init_repository(config)
         backups.append(run_child(lifeboat(config, "backup", "run", "--source", SOURCE, "--json"), server=server))
+        rounds.append((piped, backups[-1]))
     incremental = run_child(lifeboat(config, "backup", "run", "--source", SOURCE, "--json"))
     floors, restores = [], []
     for attempt in range(repeat):
@@ -168,18 +195,18 @@ def measure(server: ClickHouseProcess, workdir: Path, repeat: int) -> Results:
         )
         http(server, f"DROP DATABASE {database}")
     extra = least_extra_cpu(server, native)
-    return Results(floor_backup, best(backups), incremental, best(floors), best(restores), native.stat().st_size, extra)
+    return Results(
+        floor_backup, best(backups), rounds, incremental, best(floors), best(restores), native.stat().st_size, extra
+    )
 
 
 def least_extra_cpu(server: ClickHouseProcess, native: Path) -> float:
     """CPU seconds a backup that the issue asks for must spend beyond the floor's export, measured
     alone: the server's content fingerprint of the table, and zstd (the repository's level) plus the
     two sha256 passes (chunk ids, the stream's digest) over the exported bytes, in this process."""
+    query = fingerprint_query(server)
     before = process_cpu(server.process.pid)
-    query = "SELECT name, type FROM system.columns WHERE database = 'bench' AND table = 't' FORMAT JSONCompact"
-    listed = http(server, query)
-    columns = [(name, kind) for name, kind in json.loads(listed)["data"]]
-    http(server, f"SELECT count(), sum({row_hash(columns)}) FROM {TABLE}")
+    http(server, query)
     server_cpu = process_cpu(server.process.pid) - before
     return server_cpu + storing_cpu(native)
 
@@ -229,17 +256,53 @@ def print_report(results: Results, rows: int) -> None:
     )
 
 
+def print_pipeline(results: Results) -> None:
+    """Lifeboat's backup against the peer pipeline: wall and CPU (client + server) ratios, each taken
+    within its round, and their median."""
+    print(f"\nbackup vs `clickhouse-client .. FORMAT Native | zstd -3` + one fingerprint query (target {PIPELINE_TARGET}x):")
+    print(f"{'round':<7}{'peer s':>8}{'peer CPU':>10}{'lifeboat s':>12}{'lifeboat CPU':>14}{'wall':>8}{'CPU':>8}")
+    walls, cpus = [], []
+    for number, (peer, mine) in enumerate(results.rounds, 1):
+        peer_cpu, my_cpu = peer.cpu + peer.server_cpu, mine.cpu + mine.server_cpu
+        walls.append(mine.seconds / peer.seconds)
+        cpus.append(my_cpu / peer_cpu)
+        print(
+            f"{number:<7}{peer.seconds:>8.2f}{peer_cpu:>10.2f}{mine.seconds:>12.2f}{my_cpu:>14.2f}{walls[-1]:>7.2f}x{cpus[-1]:>7.2f}x"
+        )
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    verdict = "met" if wall <= PIPELINE_TARGET else "missed"
+    print(f"median: wall {wall:.2f}x, CPU {cpu:.2f}x: {verdict}")
+    cores = os.cpu_count() or 1
+    peer = min((peer for peer, _ in results.rounds), key=lambda run: run.seconds)
+    print(
+        f"  CPU: peer {peer.cpu:.2f} client + zstd + {peer.server_cpu:.2f} server; the machine has "
+        f"{cores * peer.seconds * PIPELINE_TARGET:.2f} CPU s within {PIPELINE_TARGET}x its best wall ({peer.seconds:.2f} s)"
+    )
+
+
+def compile_lifeboat() -> None:
+    """Byte-compile Lifeboat's packages, as installing them does: a checkout run with
+    PYTHONDONTWRITEBYTECODE would otherwise compile them again in every child."""
+    import backup
+
+    root = Path(backup.__file__).resolve().parents[1]
+    packages = [str(root / name) for name in ("backup", "lifeboat", "policies", "drills")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True, stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
     arguments = parser.parse_args()
+    compile_lifeboat()
     workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-clickhouse-"))
     try:
         with start_clickhouse(workdir / "server") as server:
             fill(server, arguments.rows)
             results = measure(server, workdir, arguments.repeat)
         print_report(results, arguments.rows)
+        print_pipeline(results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -13,6 +13,7 @@ Chains and the retention rule (which native backups prune may delete) are in cha
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,6 @@ import structlog
 from backup.execute import mask_secrets
 from backup.repository.manifest import SnapshotHeader
 from backup.repository.repository import Repository
-from backup.repository.s3store import S3Store
 from backup.repository.store import Store
 from backup.sources.clickhouse.catalog import Catalog, PartSet, Table, print_by_partition, table_parts
 from backup.sources.clickhouse.chain import MAX_CHAIN, NativeBackupInfo, native_location
@@ -62,6 +62,12 @@ class S3Destination:
 
 def s3_destination(repository: Repository, endpoint_override: str | None) -> S3Destination | None:
     """Where the server writes native backups, or None when the repository is not in S3."""
+    # An S3 store exists only where its module was imported: a logical backup to a file repository
+    # need not import boto3 for this question (a tenth of a second of every start).
+    s3store = sys.modules.get("backup.repository.s3store")
+    if s3store is None:
+        return None
+    S3Store = s3store.S3Store
     store: Store | Any = repository.store
     while not isinstance(store, S3Store) and hasattr(store, "inner"):
         store = store.inner  # retrying / fault-injecting wrappers

@@ -7,6 +7,9 @@ sequence of blocks: ``varint columns, varint rows``, then per column its name, i
 ``rows > 0``, the column's data. The data is skipped by its type (fixed widths, String lengths,
 Array offsets, Nullable maps, Tuple elements, LowCardinality dictionaries), never decoded.
 
+Strings are skipped in batches by clickhouse-driver's compiled reader (``read_strings``, C speed)
+where a batch lies wholly in the bytes at hand, and one by one in Python at a slice's edge.
+
 A type whose layout is not known here (AggregateFunction states, JSON...) makes the stream
 uncountable: ``NativeRowCounter.uncountable`` says why and ``finish`` gives None. A stream that is
 not Native or ends inside a block is broken: ``finish`` raises ValueError.
@@ -18,9 +21,11 @@ import re
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import BinaryIO
+from functools import cache
+from typing import Any, BinaryIO
 
 _COMPACT_AT = 1 << 20  # consumed bytes dropped from the buffer once this many piled up
+_STRING_BATCH = 4096  # strings skipped by one call of the compiled reader
 
 _FIXED = {
     **dict.fromkeys(("UInt8", "Int8", "Bool", "Nothing"), 1),
@@ -160,6 +165,7 @@ class NativeRowCounter:
         self._buffer = bytearray()
         self._pos = 0
         self._at_boundary = True
+        self._reader: Any = None  # the compiled string reader, made when first needed
         self._parser = self._parse_blocks()
         next(self._parser)
 
@@ -172,20 +178,30 @@ class NativeRowCounter:
         return counter
 
     def feed(self, data: bytes) -> None:
-        if self.uncountable is not None or self.broken is not None or not data:
+        if self._halted() or not data:
             return
-        if self._pos >= _COMPACT_AT or self._pos == len(self._buffer):
-            del self._buffer[: self._pos]
-            self._pos = 0
+        self._drop_consumed()
         self._buffer += data
         try:
             self._parser.send(None)
-        except UncountableType as exc:
-            self.uncountable = str(exc)
-            self._buffer = bytearray()
         except (ValueError, IndexError, struct.error, StopIteration) as exc:
-            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
+            self._halt(exc)
             self._buffer = bytearray()
+
+    def _halted(self) -> bool:
+        return self.uncountable is not None or self.broken is not None
+
+    def _halt(self, exc: Exception) -> None:
+        """Stop following the stream: a type the parser cannot skip, or not Native at all."""
+        if isinstance(exc, UncountableType):
+            self.uncountable = str(exc)
+        else:
+            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
+
+    def _drop_consumed(self) -> None:
+        if self._pos >= _COMPACT_AT or self._pos == len(self._buffer):
+            del self._buffer[: self._pos]
+            self._pos = 0
 
     def finish(self) -> int | None:
         """The stream's row count; None when a column type is not known (``uncountable`` says
@@ -208,13 +224,17 @@ class NativeRowCounter:
             self._at_boundary = False
             columns = yield from self._varint()
             rows = yield from self._varint()
-            for _ in range(columns):
-                yield from self._skip((yield from self._varint()))  # the column's name
-                type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
-                if rows:
-                    yield from self._column(layout(type_name), rows)
+            yield from self._block(columns, rows)
             self.rows += rows
             self.blocks += 1
+
+    def _block(self, columns: int, rows: int) -> Generator[None, None, None]:
+        """The columns of a block of ``rows`` rows, after its two counts."""
+        for _ in range(columns):
+            yield from self._skip((yield from self._varint()))  # the column's name
+            type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+            if rows:
+                yield from self._column(layout(type_name), rows)
 
     def _column(self, shape: Layout, rows: int) -> Generator[None, None, None]:
         kind = shape.kind
@@ -289,6 +309,10 @@ class NativeRowCounter:
     def _strings(self, count: int) -> Generator[None, None, None]:
         """Skip ``count`` length-prefixed strings; the hot loop of the counter."""
         while count:
+            batch = min(count, _STRING_BATCH)
+            if len(self._buffer) - self._pos >= batch and self._skip_batch(batch):
+                count -= batch
+                continue
             buffer, pos, end = self._buffer, self._pos, len(self._buffer)
             while count and pos < end:
                 byte = buffer[pos]
@@ -313,6 +337,47 @@ class NativeRowCounter:
                 yield from self._skip(byte)
                 continue
             yield
+
+    def _skip_batch(self, count: int) -> bool:
+        """Skip ``count`` strings in one call of the compiled reader when they all lie in the buffer;
+        False (nothing skipped) when they do not, or their lengths make no sense (the Python loop then
+        waits for more bytes, or finds the stream broken)."""
+        if self._reader is None:
+            self._reader = _batch_reader()
+        reader = self._reader
+        reader.buffer, reader.position, reader.current_buffer_size = self._buffer, self._pos, len(self._buffer)
+        try:
+            reader.read_strings(count)
+        except (_BufferEnd, SystemError, MemoryError, OverflowError):
+            return False
+        finally:
+            reader.buffer = _NO_BYTES
+        self._pos = reader.position
+        return True
+
+
+class _BufferEnd(Exception):
+    """The compiled reader ran past the bytes at hand."""
+
+
+@cache
+def _batch_reader_class() -> type:
+    """clickhouse-driver's reader, made to read the counter's buffer and never further (imported when
+    first used: importing clickhouse-driver costs a tenth of a second, which a CLI start never pays)."""
+    from clickhouse_driver.bufferedreader import BufferedReader
+
+    class BatchReader(BufferedReader):
+        def read_into_buffer(self) -> None:
+            raise _BufferEnd
+
+    return BatchReader
+
+
+def _batch_reader() -> Any:
+    return _batch_reader_class()(0)
+
+
+_NO_BYTES = bytearray()
 
 
 class CountingReader:
@@ -343,56 +408,42 @@ class NativeBlockSplitter(NativeRowCounter):
         self.mixed: str | None = None
         super().__init__()
 
-    def feed(self, data: bytes) -> None:
-        if self.uncountable is not None or self.broken is not None or self.mixed is not None or not data:
-            return
+    def _halted(self) -> bool:
+        return self.mixed is not None or super()._halted()
+
+    def _halt(self, exc: Exception) -> None:
+        if isinstance(exc, _MixedBlock):
+            self.mixed = str(exc)
+        else:
+            super()._halt(exc)
+
+    def _drop_consumed(self) -> None:
         if self._at_boundary and self._pos:  # never mid-block: a block's start must stay where it is
             del self._buffer[: self._pos]
             self._pos = 0
-        self._buffer += data
-        try:
-            self._parser.send(None)
-        except UncountableType as exc:
-            self.uncountable = str(exc)
-            self._buffer = bytearray()
-        except _MixedBlock as exc:
-            self.mixed = str(exc)
-            self._buffer = bytearray()
-        except (ValueError, IndexError, struct.error, StopIteration) as exc:
-            self.broken = f"not a Native stream after {self.blocks} blocks: {exc or type(exc).__name__}"
-            self._buffer = bytearray()
 
     def take(self) -> list[tuple[str, int, bytes]]:
         """The whole blocks split since the last call."""
         taken, self.blocks_out = self.blocks_out, []
         return taken
 
-    def _parse_blocks(self) -> Generator[None, None, None]:
-        while True:
-            self._at_boundary = True
-            while self._pos >= len(self._buffer):
-                yield
-            self._at_boundary = False
-            columns = yield from self._varint()
-            rows = yield from self._varint()
-            body = key_at = self._pos
-            name, type_name, value = b"", "", ""
-            for index in range(columns):
-                key_at = self._pos
-                name = yield from self._read((yield from self._varint()))
-                type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
-                if rows and index == columns - 1 and name == self.key and type_name == "String":
-                    value = yield from self._single_value(rows)
-                elif rows:
-                    yield from self._column(layout(type_name), rows)
-            if not columns or name != self.key or type_name != "String":
-                shown = name.decode("utf-8", "replace")
-                raise _MixedBlock(f"the last column of a block is {shown!r} ({type_name}), not {self.key.decode()!r}")
-            self.rows += rows
-            self.blocks += 1
-            if rows:
-                block = _varint_bytes(columns - 1) + _varint_bytes(rows) + bytes(self._buffer[body:key_at])
-                self.blocks_out.append((value, rows, block))
+    def _block(self, columns: int, rows: int) -> Generator[None, None, None]:
+        body = key_at = self._pos
+        name, type_name, value = b"", "", ""
+        for index in range(columns):
+            key_at = self._pos
+            name = yield from self._read((yield from self._varint()))
+            type_name = (yield from self._read((yield from self._varint()))).decode("utf-8", "replace")
+            if rows and index == columns - 1 and name == self.key and type_name == "String":
+                value = yield from self._single_value(rows)
+            elif rows:
+                yield from self._column(layout(type_name), rows)
+        if not columns or name != self.key or type_name != "String":
+            shown = name.decode("utf-8", "replace")
+            raise _MixedBlock(f"the last column of a block is {shown!r} ({type_name}), not {self.key.decode()!r}")
+        if rows:
+            block = _varint_bytes(columns - 1) + _varint_bytes(rows) + bytes(self._buffer[body:key_at])
+            self.blocks_out.append((value, rows, block))
 
     def _single_value(self, rows: int) -> Generator[None, None, str]:
         """The one value of a String column of ``rows`` values; _MixedBlock when they differ."""

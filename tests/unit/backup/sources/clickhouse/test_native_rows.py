@@ -124,3 +124,50 @@ def test_a_block_of_two_partitions_or_without_the_key_stops_the_splitting() -> N
     keyless = NativeBlockSplitter("_partition_id")
     keyless.feed(block(1, ("UInt32", struct.pack("<I", 3))))
     assert keyless.mixed and not keyless.take()
+
+
+def many_strings(rows: int) -> bytes:
+    """A block of ``rows`` strings of every length class: empty, one-byte and two-byte lengths, and
+    a few longer than the slices the tests feed."""
+    values = [b"v" * (index % 300) for index in range(rows)]
+    values[rows // 2] = b"L" * 70_000
+    offsets = b"".join(struct.pack("<Q", 2 * (index + 1)) for index in range(rows))
+    nested = b"".join(string(b"n%d" % index) + string(b"") for index in range(rows))
+    return block(rows, ("String", b"".join(string(value) for value in values)), ("Array(String)", offsets + nested))
+
+
+@pytest.mark.parametrize("step", [1000, 4097, 65_536, 1 << 20])
+def test_long_string_columns_are_counted_whatever_the_slices(step: int) -> None:
+    data = many_strings(20_000) + many_strings(5_000) + block(0, ("String", b""))
+    counter = NativeRowCounter()
+    for start in range(0, len(data), step):
+        counter.feed(data[start : start + step])
+    assert (counter.finish(), counter.blocks) == (25_000, 3)
+    cut = NativeRowCounter()
+    cut.feed(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="ends inside a block"):
+        cut.finish()
+
+
+def test_a_string_length_past_any_sense_is_a_cut_stream_not_a_crash() -> None:
+    absurd = b"\xff" * 9 + b"\x7f"  # a ten-byte varint: no String is that long
+    data = block(5000, ("String", absurd + b"x" * 10_000))
+    counter = NativeRowCounter()
+    counter.feed(data)
+    with pytest.raises(ValueError):
+        counter.finish()
+
+
+@pytest.mark.parametrize("step", [4097, 1 << 20])
+def test_a_batch_of_long_blocks_splits_like_short_ones(step: int) -> None:
+    rows = 10_000
+    values = b"".join(string(b"s" * (index % 200)) for index in range(rows))
+    keyed = varint(2) + varint(rows) + string(b"v") + string(b"String") + values
+    data = keyed + string(b"_partition_id") + string(b"String") + string(b"202609") * rows
+    splitter = NativeBlockSplitter("_partition_id")
+    split = []
+    for start in range(0, len(data), step):
+        splitter.feed(data[start : start + step])
+        split += splitter.take()
+    assert splitter.finish() == rows
+    assert split == [("202609", rows, varint(1) + varint(rows) + string(b"v") + string(b"String") + values)]
