@@ -77,6 +77,8 @@ def run_backup(
     started = time.monotonic()
     previous = _previous(repository, name)
     with repository.begin_snapshot(name, settings.kind, stale_after=stale_after) as writer:
+        if previous:
+            writer.remember(previous.entries_chunks)  # unchanged entries: their stream is reused too
         outcome = source.snapshot(writer, previous, progress=progress)
         captured, unhealthy = checks_at_backup(source, settings)
         anomalies = anomalies_against(previous, outcome, settings.anomaly) + unhealthy

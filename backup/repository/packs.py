@@ -14,10 +14,11 @@ against its id like any chunk. A pack's id is random: it is named when it is ope
 reference is complete the moment it is packed.
 
 Dedup: a chunk of its own is found by listing the store, as before. A packed chunk is found within
-the write that packed it, and a later snapshot names it again when its source reuses the entry whole
-(an unchanged S3 object or ClickHouse partition, known by its metadata). The same small bytes under a
-new name in a later run are packed again: a few KiB, traded for not reading every pack's index at
-every start.
+the write that packed it; in the previous snapshot of the source's entries stream (a backup of
+unchanged data stores no new chunk) and, for etcd, its one entry (the file's tail); and a later
+snapshot names it again when its source reuses the entry whole (an unchanged S3 object or ClickHouse
+partition, known by its metadata). The same small bytes under a new name in a later run are packed
+again: a few KiB, traded for not reading every pack's index at every start.
 
 Prune deletes a pack when no snapshot names it any more (past the grace period); a pack that still
 holds one used chunk is kept whole.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backup.repository.manifest import ChunkRef
@@ -69,6 +71,13 @@ class Packer:
         self._buffer = bytearray()
         self._packed: dict[str, ChunkRef] = {}  # every chunk this write packed, by id
         self._failure: str | None = None
+
+    def remember(self, refs: Iterable[ChunkRef]) -> None:
+        """Let this write name packed chunks an earlier snapshot stored (their packs must be known to
+        be in the store, under the write's lock)."""
+        with self._lock:
+            for ref in refs:
+                self._packed.setdefault(ref.id, ref)
 
     def find(self, chunk_id: str) -> ChunkRef | None:
         """Where this write packed ``chunk_id`` already, if it did."""
@@ -121,6 +130,12 @@ class ChunkSink:
     def holds(self, ref: ChunkRef) -> bool:
         """Whether the object that holds ``ref`` was in the store when the write began."""
         return (ref.pack or ref.id) in self.known
+
+    def remember(self, refs: Iterable[ChunkRef]) -> None:
+        """Dedup against packed chunks of an earlier snapshot (``refs``: its references) whose packs
+        are still in the store: a chunk of the same bytes is then named where it is, not packed again."""
+        if self.packer:
+            self.packer.remember(ref for ref in refs if ref.pack and ref.pack in self.known)
 
 
 def _new_pack_id() -> str:

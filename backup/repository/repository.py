@@ -782,6 +782,10 @@ class SnapshotWriter:
     def write_stream(self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None) -> StoredStream:
         return self.repository.write_stream(stream, self.stats, self.sink, progress=progress)
 
+    def remember(self, refs: Iterable[ChunkRef]) -> None:
+        """Reuse the packed chunks among ``refs`` (an earlier snapshot's) that are still stored."""
+        self.sink.remember(refs)
+
     def add(self, entry: Entry) -> None:
         with self._lock:
             self._buffer += entry.to_line()

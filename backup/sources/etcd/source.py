@@ -107,12 +107,15 @@ class EtcdSource:
         """Save one snapshot db while storing its bytes, then verify and count it; see the module
         docstring for why this way.
 
-        ``previous`` is not needed: a bbolt file changes in place, page by page, so the chunks of
-        unchanged pages are found in the repository and not stored again (fixed 1 MiB chunks).
+        A bbolt file changes in place, page by page, so the chunks of unchanged pages are found in the
+        repository and not stored again (fixed 1 MiB chunks); the file's tail, smaller than a chunk, is
+        in a pack: ``previous``'s reference to it is handed to the writer, so it is reused too.
 
         Raises SourceError when no endpoint gives a snapshot that passes verification; nothing is
         committed then."""
         ssl_context = ssl_context_for(self.settings.tls, f"sources.{self.name}")
+        if previous:
+            writer.remember(ref for entry in writer.repository.entries(previous) for ref in entry.chunks)
         with tempfile.TemporaryDirectory(prefix=f"lifeboat-{self.name}-") as workdir:
             taken, stored = self._take(Path(workdir) / SNAPSHOT_ENTRY, ssl_context, writer, progress)
         census = taken.checked.census

@@ -146,10 +146,23 @@ def test_second_backup_of_the_same_data_stores_almost_nothing(repo: Repository) 
     _, first = backup_bytes(repo, data)
     _, second = backup_bytes(repo, data)
     assert first.chunks_new == 9  # eight data chunks and the entries stream
-    # The entries stream is a small chunk: packed, and packed chunks are reused only within a write
-    # or through a reused entry (packs.py), so the second backup stores its few bytes again.
+    # The entries stream is a small chunk, in a pack: here it is stored again, since only a backup
+    # run (backup/jobs.py) hands the writer the previous snapshot to reuse it from (packs.py).
     assert second.chunks_new == 1 and second.chunks_reused == 8
     assert second.bytes_stored < 0.01 * len(data)  # the entries stream and the manifest only
+
+
+def test_a_write_reuses_the_packed_chunks_of_a_snapshot_it_remembers(repo: Repository) -> None:
+    data = mixed_data(8 * MiB + 1000)  # a 1000-byte tail: packed
+    first, _ = backup_bytes(repo, data)
+    with repo.begin_snapshot("src", "test") as writer:
+        writer.remember(first.entries_chunks)
+        writer.remember(ref for entry in repo.entries(first) for ref in entry.chunks)
+        stored = writer.write_stream(io.BytesIO(data))
+        writer.add(Entry("blob", stored.size, stored.sha256, stored.chunks, {"note": "ünïcode"}))
+        second = writer.commit(fingerprint={"sha256": stored.sha256})
+    assert writer.stats.chunks_new == 0 and writer.stats.chunks_reused == 10
+    assert second.entries_chunks == first.entries_chunks and restore_bytes(repo, second) == data
 
 
 def test_a_changed_region_stores_only_its_chunks(repo: Repository) -> None:
