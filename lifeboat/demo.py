@@ -352,7 +352,8 @@ def _restore_point_story(config: Path, servers: Servers, say: Callable[[str], No
     code, taken = lifeboat(config, "backup", "run", "--restore-point", "platform")
     point = taken.get("restore_point") or {}
     if code != 0 or point.get("status") != "complete":
-        raise DemoError(f"the restore point failed: {taken.get('errors')}")
+        why = [f"{member['source']}: {member.get('error')}" for member in point.get("members", []) if member.get("error")]
+        raise DemoError(f"the restore point failed (exit {code}): {'; '.join(why) or json.dumps(taken)[:3000]}")
     say(f"  restore point {point['id']}: complete, spread {human_duration(point['spread_seconds'] or 0)}")
     code, report = lifeboat(config, "drill", "run", "platform", "--no-email", "--report-dir", str(config.parent / "reports"))
     _drill_table(report, say)

@@ -64,10 +64,12 @@ def s3_destination(repository: Repository, endpoint_override: str | None) -> S3D
     """Where the server writes native backups, or None when the repository is not in S3."""
     # An S3 store exists only where its module was imported: a logical backup to a file repository
     # need not import boto3 for this question (a tenth of a second of every start).
-    s3store = sys.modules.get("backup.repository.s3store")
-    if s3store is None:
+    # A module in sys.modules may still be initializing in another thread (sources back up at once):
+    # the import statement waits for it, an attribute lookup on it would not.
+    if "backup.repository.s3store" not in sys.modules:
         return None
-    S3Store = s3store.S3Store
+    from backup.repository.s3store import S3Store
+
     store: Store | Any = repository.store
     while not isinstance(store, S3Store) and hasattr(store, "inner"):
         store = store.inner  # retrying / fault-injecting wrappers
