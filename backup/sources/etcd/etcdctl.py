@@ -170,7 +170,10 @@ class _SaveWatch:
         now = time.monotonic()
         if now - self.started > self.timeout:
             return f"the snapshot from {self.endpoint} took longer than the source's timeout ({self.timeout:g}s)"
-        size = self.part.stat().st_size if self.part.exists() else -1
+        try:
+            size = self.part.stat().st_size
+        except FileNotFoundError:  # not created yet, or renamed into place since: never a check-then-stat race
+            size = -1
         if size != self._last_size:
             self._last_size, self._last_change = size, now
         elif now - self._last_change > STALL_TIMEOUT:

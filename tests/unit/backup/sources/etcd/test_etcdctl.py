@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backup.execute import CommandError
-from backup.sources.etcd.etcdctl import Etcdctl, etcdctl_version
+from backup.sources.etcd.etcdctl import Etcdctl, _SaveWatch, etcdctl_version
 from policies.model import EtcdTls
 
 
@@ -98,3 +99,21 @@ def test_a_stale_part_of_a_stopped_attempt_is_never_read(tmp_path: Path, member:
     with etcdctl.snapshot_save(member, tmp_path / "snapshot.db") as download:
         read = b"".join(iter(lambda: download.read(1 << 20), b""))
     assert read == expected_bytes(2)
+
+
+class RenamedWhileLooking(type(Path())):  # type: ignore[misc]
+    """A download file that etcdctl renames into place between a look and a stat."""
+
+    def exists(self, *, follow_symlinks: bool = True) -> bool:
+        return True
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+
+def test_the_save_watch_takes_a_download_renamed_into_place_while_it_looks(tmp_path: Path) -> None:
+    """etcdctl renames snapshot.db.part when the save ends; a poll at that moment is no error (it once
+    escaped `backup run` as a bare FileNotFoundError)."""
+    watch = _SaveWatch("http://127.0.0.1:1", RenamedWhileLooking(tmp_path / "snapshot.db.part"), timeout=60.0)
+    watch._next_probe = float("inf")  # no liveness probe: only the download's progress is looked at
+    assert watch.poll() is None
