@@ -330,6 +330,19 @@ def test_first_snapshot_downloads_every_object(models: ModelsBucket) -> None:
     assert first["bytes_read"] == sum(stored.size for stored in models.objects.values())
 
 
+def test_small_objects_are_stored_in_a_few_packs_not_a_file_each(models: ModelsBucket) -> None:
+    """The ~1,990 objects of 0-24 KiB go into packs of up to 4 MiB (repository format 3): the
+    repository holds a few dozen files more than the big objects' chunks, not one per object."""
+    files = {
+        folder: [path for path in (models.cli.repository / folder).rglob("*") if path.is_file()]
+        for folder in ("chunks", "packs")
+    }
+    small = sum(item.size for item in models.objects.values() if item.size < 256 * 1024)
+    assert 0 < len(files["packs"]) <= small // (4 * MIB) + 4
+    assert len(files["chunks"]) <= 100 + 3 * 3 + 4  # the 100 MiB and 3 MiB objects' 1 MiB chunks, and big tails
+    assert models.first["entries"] == 2_000
+
+
 def test_restore_to_another_bucket_is_equal_with_metadata(models: ModelsBucket, s3_server: S3Endpoint) -> None:
     client = s3_server.client()
     target = f"restored-{uuid.uuid4().hex[:10]}"
