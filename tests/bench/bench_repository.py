@@ -222,6 +222,18 @@ def measured(
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
+def peer_env(work: Path) -> dict[str, str]:
+    """The environment restic and borg run in: their passphrase, and their caches under ``work``."""
+    env = dict(os.environ)
+    env.update(
+        RESTIC_PASSWORD="bench",
+        RESTIC_CACHE_DIR=str(work / "restic-cache"),
+        BORG_PASSPHRASE="bench",
+        BORG_BASE_DIR=str(work / "borg-base"),
+    )
+    return env
+
+
 class Tool:
     """One tool's repository in ``work``: init, then the four phases, each a measured process."""
 
@@ -229,13 +241,7 @@ class Tool:
         self.name = name
         self.repo = work / f"peer-{name}"
         self.key = work / "peer-lifeboat.key"
-        self.env = dict(os.environ)
-        self.env.update(
-            RESTIC_PASSWORD="bench",
-            RESTIC_CACHE_DIR=str(work / "restic-cache"),
-            BORG_PASSPHRASE="bench",
-            BORG_BASE_DIR=str(work / "borg-base"),
-        )
+        self.env = peer_env(work)
 
     def init(self) -> None:
         shutil.rmtree(self.repo, ignore_errors=True)

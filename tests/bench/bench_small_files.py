@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_repository import Run, measured
+from bench_repository import Run, measured, peer_env
 
 CHILD = r"""
 import dataclasses, io, os, sys
@@ -79,13 +79,7 @@ class Tool:
         self.name, self.work = name, work
         self.repo = work / f"repo-{name}"
         self.key = work / "lifeboat.key"
-        self.env = dict(os.environ)
-        self.env.update(
-            RESTIC_PASSWORD="bench",
-            RESTIC_CACHE_DIR=str(work / "restic-cache"),
-            BORG_PASSPHRASE="bench",
-            BORG_BASE_DIR=str(work / "borg-base"),
-        )
+        self.env = peer_env(work)
 
     def _lifeboat(self, phase: str, *extra: str) -> list[str]:
         return [sys.executable, "-c", CHILD, phase, str(self.repo), str(self.key), *extra]
