@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from backup.sources.etcd import bolt
 from backup.sources.etcd.bolt import (
     MAGIC,
     BoltFormatError,
@@ -276,6 +277,39 @@ def test_a_snapshot_read_while_it_arrives_counts_only_the_pages_its_tree_names(t
         b"/registry/pods/a/p2": key_digest(b"/registry/pods/a/p2", b"v1", 6, 6, 1, 0),
     }
     assert arrived.index(3 * PAGE) < arrived.index(6 * PAGE)  # the first leaves before the root
+
+
+def overflowing_leaf(pgid: int, items: list[tuple[int, bytes, bytes]]) -> bytes:
+    """A leaf page with as many overflow pages as its items need, padded to whole pages."""
+    leaf = leaf_page(pgid, items, pad=False)
+    overflow = -(-len(leaf) // PAGE) - 1
+    return (leaf[:8] + struct.pack("<HHI", LEAF, len(items), overflow) + leaf[16:]).ljust((overflow + 1) * PAGE, b"\0")
+
+
+@pytest.mark.parametrize("block", [PAGE, PAGE + 1, 3 * PAGE - 7, 1024 * 1024])
+def test_leaves_read_while_the_file_arrives_are_whole_across_any_read_ahead_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """The arriving read takes blocks of the file at a time: a leaf (with overflow pages) cut by a
+    block's end is read whole, and every leaf is found as it comes, at any block size."""
+    monkeypatch.setattr(bolt._ReadAhead, "BLOCK", block)
+    values = [bytes([n]) * size for n, size in enumerate([10, 9000, 20, 13000])]
+    leaves = [
+        overflowing_leaf(2, [(0, revision(5), full_key_value(b"/k/a", values[0], 5, 5, 1))]),
+        overflowing_leaf(3, [(0, revision(6), full_key_value(b"/k/b", values[1], 6, 6, 1))]),  # pages 3-5
+        overflowing_leaf(6, [(0, revision(7), full_key_value(b"/k/c", values[2], 7, 7, 1))]),
+        overflowing_leaf(7, [(0, revision(8), full_key_value(b"/k/d", values[3], 8, 8, 1))]),  # pages 7-10
+    ]
+    branch = branch_page(12, [(revision(5), 2), (revision(6), 3), (revision(7), 6), (revision(8), 7)])
+    root = leaf_page(11, [(BUCKET, b"key", struct.pack("<QQ", 12, 0)), (BUCKET, b"meta", inline_bucket(META_ITEMS))])
+    path = write(tmp_path / "s.db", meta_page(0, root=11, txid=3), meta_page(1, root=11, txid=2), *leaves, root, branch)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        found = bolt.BoltFile(handle, holds=size.__ge__).key_leaves_so_far(path)
+    assert sorted(found) == [2, 3, 6, 7]
+    with path.open("rb") as handle:
+        assert read_snapshot(handle, path, holds=size.__ge__) == read_snapshot(handle, path)
+    assert found[7][0] == [(b"/k/d", key_digest(b"/k/d", values[3], 8, 8, 1, 0))]
 
 
 def test_leases_users_roles_and_auth_state_are_read_from_their_buckets(tmp_path: Path) -> None:
