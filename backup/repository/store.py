@@ -100,7 +100,8 @@ def get_bytes(store: Store, key: str) -> bytes:
 
 class LocalStore:
     """A directory. Writes go to a temporary file in the target directory, are fsynced, renamed into
-    place and the directory fsynced, so a crash leaves either the old state or the whole new object."""
+    place and the directory fsynced (and a directory the write created, in its parent), so a crash
+    leaves either the old state or the whole new object."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()  # as_uri() needs an absolute path
@@ -116,7 +117,7 @@ class LocalStore:
     def put(self, key: str, stream: BinaryIO) -> None:
         target = self._path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(target.parent)
             fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -242,6 +243,17 @@ def _scan(directory: Path) -> list[os.DirEntry[str]]:
         return []  # not created yet, or removed while listing: no objects there
     except OSError as exc:
         raise StoreError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each new entry fsynced in its parent (a crash
+    must not lose a directory with the objects in it); one stat when it exists already."""
+    if directory.is_dir():
+        return
+    _make_dirs(directory.parent)
+    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile, and fsyncs it too
+        directory.mkdir()
+    _fsync_dir(directory.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

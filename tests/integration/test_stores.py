@@ -316,6 +316,24 @@ def test_local_failed_put_leaves_no_object_and_no_temp_file(tmp_path: Path) -> N
     assert [path for path in (tmp_path / "repo").rglob("*") if path.is_file()] == []
 
 
+def test_local_put_makes_every_directory_it_creates_durable_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after a put must not lose the object with a directory it created (``chunks/ab/`` of
+    a new prefix): each new directory's entry is fsynced in its parent, once, not at every put."""
+    (tmp_path / "repo").mkdir()
+    store = LocalStore(tmp_path / "repo")
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(str(Path(f"/proc/self/fd/{fd}").readlink())) or real_fsync(fd))
+    put_bytes(store, "chunks/ab/first", b"1")
+    directories = [path for path in synced if Path(path).is_dir()]
+    assert sorted(directories) == sorted(str(tmp_path / "repo" / name) for name in ("", "chunks", "chunks/ab"))
+    synced.clear()
+    put_bytes(store, "chunks/ab/second", b"2")
+    assert [path for path in synced if Path(path).is_dir()] == [str(tmp_path / "repo" / "chunks" / "ab")]
+
+
 def test_local_list_hides_temp_files_a_crash_left_behind(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "repo")
     put_bytes(store, "chunks/ab/real", b"1")
