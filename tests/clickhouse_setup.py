@@ -4,6 +4,7 @@ databases of the same server, which are dropped at the end."""
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,3 +88,19 @@ class ClickHouseCase:
         )
         target = self.source.parse_target(options)
         return self.source.restore(self.repository, header, target, options=options), target
+
+
+class OnFirstProgress:
+    """A backup's ``progress`` callback that runs ``statement`` once, at the first progress report
+    (from whichever export thread reports first); ``ran`` says whether it did."""
+
+    def __init__(self, client: Client, statement: str) -> None:
+        self._client, self._statement = client, statement
+        self._lock = threading.Lock()
+        self.ran = False
+
+    def __call__(self, _: int) -> None:
+        with self._lock:
+            if not self.ran:
+                self._client.execute(self._statement)
+                self.ran = True

@@ -7,12 +7,11 @@ incremental reuses every unchanged partition; a value changed in one partition o
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clickhouse_setup import SOURCE, ClickHouseCase, data_entries, http
+from clickhouse_setup import SOURCE, ClickHouseCase, OnFirstProgress, data_entries, http
 
 from backup.jobs import run_backup
 from backup.servers import ClickHouseProcess
@@ -123,17 +122,11 @@ def test_a_partition_merged_during_its_batch_is_pinned_again_and_exported_alone(
         client.execute(f"CREATE TABLE {db}.t (p UInt8, k UInt64) ENGINE = MergeTree PARTITION BY p ORDER BY k")
         client.execute(f"INSERT INTO {db}.t SELECT number % 20, number FROM system.numbers LIMIT 2000")
         client.execute(f"INSERT INTO {db}.t SELECT 5, 10000 + number FROM system.numbers LIMIT 100")  # partition 5: 2 parts
-        lock, merged = threading.Lock(), []
+        # At the first progress report the batch has been read, its parts not yet checked: 5's are merged away.
+        merge = OnFirstProgress(client, f"OPTIMIZE TABLE {db}.t PARTITION 5 FINAL")
+        result = run_backup(case.repository, SOURCE, case.settings, progress=merge)
 
-        def merge_once(_: int) -> None:  # the batch has been read, its parts not yet checked: 5's are merged away
-            with lock:
-                if not merged:
-                    client.execute(f"OPTIMIZE TABLE {db}.t PARTITION 5 FINAL")
-                    merged.append(True)
-
-        result = run_backup(case.repository, SOURCE, case.settings, progress=merge_once)
-
-        assert merged and result.figures["partitions_exported"] == 20
+        assert merge.ran and result.figures["partitions_exported"] == 20
         assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
         [moved] = result.header.meta["consistency"]["moved"]
         assert moved["partitions"] == ["5"] and "pinned again" in moved["why"]

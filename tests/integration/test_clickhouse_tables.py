@@ -8,13 +8,12 @@ the server answers far fewer queries than three per table.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from clickhouse_setup import SOURCE, ClickHouseCase, data_entries, http
+from clickhouse_setup import SOURCE, ClickHouseCase, OnFirstProgress, data_entries, http
 
 from backup.jobs import run_backup
 from backup.servers import ClickHouseProcess
@@ -164,17 +163,11 @@ def test_a_table_merged_during_its_group_is_pinned_again_and_exported_alone(
             client.execute(f"CREATE TABLE {name} (k UInt64) ENGINE = MergeTree PARTITION BY tuple() ORDER BY k")
             for first in (0, 1000):  # two parts each
                 client.execute(f"INSERT INTO {name} SELECT {first} + number FROM system.numbers LIMIT 100")
-        lock, merged = threading.Lock(), []
+        # At the first progress report the group's first table is being stored: the last one's parts merge away.
+        merge = OnFirstProgress(client, f"OPTIMIZE TABLE {db}.{table_name(4)} FINAL")
+        result = run_backup(case.repository, SOURCE, case.settings, progress=merge)
 
-        def merge_once(_: int) -> None:  # the group's first table is being stored: the last one's parts merge away
-            with lock:
-                if not merged:
-                    client.execute(f"OPTIMIZE TABLE {db}.{table_name(4)} FINAL")
-                    merged.append(True)
-
-        result = run_backup(case.repository, SOURCE, case.settings, progress=merge_once)
-
-        assert merged and result.figures["partitions_exported"] == 5
+        assert merge.ran and result.figures["partitions_exported"] == 5
         assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
         [moved] = result.header.meta["consistency"]["moved"]
         assert moved["table"] == f"{db}.{table_name(4)}" and "pinned again" in moved["why"]
