@@ -61,6 +61,33 @@ def backup(config: Path, source: str, server: ClickHouseProcess) -> Run:
     return run_child(lifeboat(config, "backup", "run", "--source", source, "--json"), server=server)
 
 
+def policies(workdir: Path, server: ClickHouseProcess) -> dict[str, Path]:
+    """The policies of databases ``many`` and ``one``, each in a directory of its own under ``workdir``."""
+    return {name: policy(workdir / name, server, name) for name in ("many", "one")}
+
+
+def fresh_backup(config: Path, source: str, server: ClickHouseProcess) -> Run:
+    """A backup of ``source`` into a new repository (and state) in ``config``'s directory."""
+    shutil.rmtree(config.parent / "repo", ignore_errors=True)
+    (config.parent / "state.db").unlink(missing_ok=True)
+    run_child(lifeboat(config, "repo", "init"))
+    return backup(config, source, server)
+
+
+def incrementals(config: Path, server: ClickHouseProcess, change: str) -> tuple[Run, Run]:
+    """Backups of ``many`` (its last one in ``config``'s repository): nothing changed, then after ``change``."""
+    unchanged = backup(config, "many", server)
+    http(server, change)
+    return unchanged, backup(config, "many", server)
+
+
+def print_reuse(unchanged: Run, changed: Run, what: str) -> None:
+    """How many partitions the incremental backups (``incrementals``) reused and exported."""
+    for label, run in (("nothing changed", unchanged), (f"one {what} changed", changed)):
+        report = json.loads(run.stdout)["snapshots"][0]
+        print(f"incremental, {label}: {report['partitions_reused']} reused, {report['partitions_exported']} exported")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", type=int, default=1000)
@@ -71,20 +98,16 @@ def main() -> None:
     try:
         with start_clickhouse(workdir / "server") as server:
             fill(server, arguments.partitions, arguments.rows)
-            configs = {name: policy(workdir / name, server, name) for name in ("many", "one")}
+            configs = policies(workdir, server)
             runs: dict[str, list[Run]] = {"many": [], "one": []}
             floors: dict[str, list[Run]] = {"many": [], "one": []}
             for _ in range(arguments.repeat):
                 for name, config in configs.items():
                     export = client(server, f"SELECT * FROM {name}.t FORMAT Native")
                     floors[name].append(run_child(export, stdout=workdir / "floor.native", server=server))
-                    shutil.rmtree(workdir / name / "repo", ignore_errors=True)
-                    (workdir / name / "state.db").unlink(missing_ok=True)
-                    run_child(lifeboat(config, "repo", "init"))
-                    runs[name].append(backup(config, name, server))
-            unchanged = backup(configs["many"], "many", server)
-            http(server, "INSERT INTO many.t VALUES ('2026-01-01', 7, 99999999999, 'new', 1.0, [])")
-            one_changed = backup(configs["many"], "many", server)
+                    runs[name].append(fresh_backup(config, name, server))
+            change = "INSERT INTO many.t VALUES ('2026-01-01', 7, 99999999999, 'new', 1.0, [])"
+            unchanged, one_changed = incrementals(configs["many"], server, change)
         many, one = best(runs["many"]), best(runs["one"])
         floor_many, floor_one = best(floors["many"]), best(floors["one"])
         exported = json.loads(many.stdout)["snapshots"][0]
@@ -102,9 +125,7 @@ def main() -> None:
         print(f"\nratio many / one partition: {many.seconds / one.seconds:.2f} (goal: within 2x)")
         print(f"the floor's own ratio (a bare export, no fingerprint): {floor_many.seconds / floor_one.seconds:.2f}")
         print(f"partitions exported by the first backup: {exported['partitions_exported']}")
-        for label, run in (("nothing changed", unchanged), ("one partition changed", one_changed)):
-            report = json.loads(run.stdout)["snapshots"][0]
-            print(f"incremental, {label}: {report['partitions_reused']} reused, {report['partitions_exported']} exported")
+        print_reuse(unchanged, one_changed, "partition")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

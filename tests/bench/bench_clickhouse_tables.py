@@ -16,7 +16,6 @@ the others reused). Everything lives in a temporary directory, removed at the en
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the poli
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/bench/: bench_clickhouse's helpers
 
 from bench_clickhouse import Run, best, http, lifeboat, run_child
-from bench_clickhouse_partitions import policy
+from bench_clickhouse_partitions import fresh_backup, incrementals, policies, print_reuse
 
 from backup.servers import ClickHouseProcess, start_clickhouse
 
@@ -49,10 +48,6 @@ def fill(server: ClickHouseProcess, tables: int, rows: int) -> None:
     http(server, "OPTIMIZE TABLE one.t FINAL")
 
 
-def backup(config: Path, source: str, server: ClickHouseProcess) -> Run:
-    return run_child(lifeboat(config, "backup", "run", "--source", source, "--json"), server=server)
-
-
 def restore(config: Path, source: str, server: ClickHouseProcess, database: str) -> Run:
     target = ["--to-host", server.host, "--to-port", str(server.tcp_port), "--to-http-port", str(server.http_port)]
     run = run_child(lifeboat(config, "restore", source, *target, "--to-database", database, "--json"), server=server)
@@ -70,19 +65,15 @@ def main() -> None:
     try:
         with start_clickhouse(workdir / "server") as server:
             fill(server, arguments.tables, arguments.rows)
-            configs = {name: policy(workdir / name, server, name) for name in ("many", "one")}
+            configs = policies(workdir, server)
             backups: dict[str, list[Run]] = {"many": [], "one": []}
             restores: dict[str, list[Run]] = {"many": [], "one": []}
             for attempt in range(arguments.repeat):
                 for name, config in configs.items():
-                    shutil.rmtree(workdir / name / "repo", ignore_errors=True)
-                    (workdir / name / "state.db").unlink(missing_ok=True)
-                    run_child(lifeboat(config, "repo", "init"))
-                    backups[name].append(backup(config, name, server))
+                    backups[name].append(fresh_backup(config, name, server))
                     restores[name].append(restore(config, name, server, f"restored_{name}_{attempt}"))
-            unchanged = backup(configs["many"], "many", server)
-            http(server, f"INSERT INTO many.t{arguments.tables // 2:05d} VALUES ('2026-01-01', 99999999999, 'new', 1.0, [])")
-            one_changed = backup(configs["many"], "many", server)
+            change = f"INSERT INTO many.t{arguments.tables // 2:05d} VALUES ('2026-01-01', 99999999999, 'new', 1.0, [])"
+            unchanged, one_changed = incrementals(configs["many"], server, change)
         many, one = best(backups["many"]), best(backups["one"])
         many_restore, one_restore = best(restores["many"]), best(restores["one"])
         total = arguments.tables * arguments.rows
@@ -104,9 +95,7 @@ def main() -> None:
                 f"client CPU {mine.cpu / max(theirs.cpu, 0.01):.2f}, "
                 f"server CPU {mine.server_cpu / max(theirs.server_cpu, 0.01):.2f}"
             )
-        for label, run in (("nothing changed", unchanged), ("one table changed", one_changed)):
-            report = json.loads(run.stdout)["snapshots"][0]
-            print(f"incremental, {label}: {report['partitions_reused']} reused, {report['partitions_exported']} exported")
+        print_reuse(unchanged, one_changed, "table")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -7,29 +7,19 @@ incremental reuses every unchanged partition; a value changed in one partition o
 
 from __future__ import annotations
 
-import threading
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from clickhouse_driver import Client
+from clickhouse_setup import SOURCE, ClickHouseCase, OnFirstProgress, data_entries, http
 
 from backup.jobs import run_backup
-from backup.repository import open_repository
-from backup.repository.repository import Repository
 from backup.servers import ClickHouseProcess
-from backup.sources.base import RestoreOptions, Verdict
+from backup.sources.base import Verdict
 from backup.sources.clickhouse.catalog import print_by_partition
-from backup.sources.clickhouse.source import ClickHouseSource
-from policies.model import ClickHouseSettings
-from policies.model import Repository as RepositorySettings
 
 pytestmark = pytest.mark.integration
 
-SOURCE = "features"
 PARTITIONS = 300
 ROWS = 30_000
 COLUMNS = (("p", "UInt16"), ("id", "UInt64"), ("s", "String"), ("n", "Nullable(Int32)"), ("m", "UInt64"))
@@ -40,76 +30,27 @@ BY_PARTITION = (
 )
 
 
-def http(server: ClickHouseProcess, statement: str, **settings: str) -> bytes:
-    query = "&".join(f"{name}={value}" for name, value in settings.items())
-    request = urllib.request.Request(f"{server.http_url}/?{query}", data=statement.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        body: bytes = response.read()
-        return body
-
-
-@dataclass
-class Many:
-    server: ClickHouseProcess
-    database: str
-    client: Client
-    repository: Repository
-    settings: ClickHouseSettings
-
-    @property
-    def source(self) -> ClickHouseSource:
-        return ClickHouseSource(SOURCE, self.settings)
-
-    def restore(self, header: Any, database: str) -> tuple[Any, Any]:
-        options = RestoreOptions.of(
-            to_host=self.server.host, to_port=self.server.tcp_port, to_http_port=self.server.http_port, to_database=database
-        )
-        target = self.source.parse_target(options)
-        return self.source.restore(self.repository, header, target, options=options), target
-
-
 @pytest.fixture
-def many(clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path) -> Iterator[Many]:
+def many(clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path) -> Iterator[ClickHouseCase]:
     """A table of PARTITIONS partitions (some of two parts), with Nullable and MATERIALIZED columns."""
     db = clickhouse_database
-    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
-    client.execute(
-        f"CREATE TABLE {db}.events (p UInt16, id UInt64, s String, n Nullable(Int32), m UInt64 MATERIALIZED id * 3)"
-        " ENGINE = MergeTree PARTITION BY p ORDER BY id"
-    )
-    client.execute(
-        f"INSERT INTO {db}.events (p, id, s, n) SELECT number % {PARTITIONS}, number, toString(number),"
-        f" if(number % 5 = 0, NULL, toInt32(number)) FROM system.numbers LIMIT {ROWS}"
-    )
-    client.execute(
-        f"INSERT INTO {db}.events (p, id, s, n) SELECT number % 40, {ROWS} + number, 'second part', NULL"
-        " FROM system.numbers LIMIT 400"
-    )
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
-    settings = ClickHouseSettings.model_validate(
-        {
-            "kind": "clickhouse",
-            "host": clickhouse_server.host,
-            "port": clickhouse_server.tcp_port,
-            "http_port": clickhouse_server.http_port,
-            "databases": [db],
-            "parallel": 2,
-        }
-    )
-    try:
-        yield Many(clickhouse_server, db, client, repository, settings)
-    finally:
-        for copy in ("copy", "copy2", "tampered"):
-            client.execute(f"DROP DATABASE IF EXISTS {db}_{copy}")
-        repository.close()
-        client.disconnect()
+    with ClickHouseCase.opened(clickhouse_server, db, tmp_path, parallel=2) as case:
+        case.client.execute(
+            f"CREATE TABLE {db}.events (p UInt16, id UInt64, s String, n Nullable(Int32), m UInt64 MATERIALIZED id * 3)"
+            " ENGINE = MergeTree PARTITION BY p ORDER BY id"
+        )
+        case.client.execute(
+            f"INSERT INTO {db}.events (p, id, s, n) SELECT number % {PARTITIONS}, number, toString(number),"
+            f" if(number % 5 = 0, NULL, toInt32(number)) FROM system.numbers LIMIT {ROWS}"
+        )
+        case.client.execute(
+            f"INSERT INTO {db}.events (p, id, s, n) SELECT number % 40, {ROWS} + number, 'second part', NULL"
+            " FROM system.numbers LIMIT 400"
+        )
+        yield case
 
 
-def data_entries(repository: Repository, header: Any) -> dict[str, Any]:
-    return {entry.name: entry for entry in repository.entries(header) if entry.meta.get("type") == "data"}
-
-
-def test_hundreds_of_partitions_back_up_restore_verify_and_reuse_unchanged_ones(many: Many) -> None:
+def test_hundreds_of_partitions_back_up_restore_verify_and_reuse_unchanged_ones(many: ClickHouseCase) -> None:
     db = many.database
     first = run_backup(many.repository, SOURCE, many.settings)
 
@@ -148,7 +89,7 @@ def test_hundreds_of_partitions_back_up_restore_verify_and_reuse_unchanged_ones(
     assert many.client.execute(BY_PARTITION.format(db=f"{db}_copy2")) == many.client.execute(BY_PARTITION.format(db=db))
 
 
-def test_a_value_changed_in_one_partition_of_hundreds_is_named_by_verify(many: Many) -> None:
+def test_a_value_changed_in_one_partition_of_hundreds_is_named_by_verify(many: ClickHouseCase) -> None:
     db, copy = many.database, f"{many.database}_tampered"
     result = run_backup(many.repository, SOURCE, many.settings)
     _, target = many.restore(result.header, copy)
@@ -176,49 +117,21 @@ def test_a_partition_merged_during_its_batch_is_pinned_again_and_exported_alone(
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
 ) -> None:
     db = clickhouse_database
-    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
-    client.execute(f"CREATE TABLE {db}.t (p UInt8, k UInt64) ENGINE = MergeTree PARTITION BY p ORDER BY k")
-    client.execute(f"INSERT INTO {db}.t SELECT number % 20, number FROM system.numbers LIMIT 2000")
-    client.execute(f"INSERT INTO {db}.t SELECT 5, 10000 + number FROM system.numbers LIMIT 100")  # partition 5: 2 parts
-    lock, merged = threading.Lock(), []
+    with ClickHouseCase.opened(clickhouse_server, db, tmp_path, parallel=1) as case:
+        client = case.client
+        client.execute(f"CREATE TABLE {db}.t (p UInt8, k UInt64) ENGINE = MergeTree PARTITION BY p ORDER BY k")
+        client.execute(f"INSERT INTO {db}.t SELECT number % 20, number FROM system.numbers LIMIT 2000")
+        client.execute(f"INSERT INTO {db}.t SELECT 5, 10000 + number FROM system.numbers LIMIT 100")  # partition 5: 2 parts
+        # At the first progress report the batch has been read, its parts not yet checked: 5's are merged away.
+        merge = OnFirstProgress(client, f"OPTIMIZE TABLE {db}.t PARTITION 5 FINAL")
+        result = run_backup(case.repository, SOURCE, case.settings, progress=merge)
 
-    def merge_once(_: int) -> None:  # the batch has been read, its parts not yet checked: 5's are merged away
-        with lock:
-            if not merged:
-                client.execute(f"OPTIMIZE TABLE {db}.t PARTITION 5 FINAL")
-                merged.append(True)
-
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
-    settings = ClickHouseSettings.model_validate(
-        {
-            "kind": "clickhouse",
-            "host": clickhouse_server.host,
-            "port": clickhouse_server.tcp_port,
-            "http_port": clickhouse_server.http_port,
-            "databases": [db],
-            "parallel": 1,
-        }
-    )
-    try:
-        result = run_backup(repository, SOURCE, settings, progress=merge_once)
-
-        assert merged and result.figures["partitions_exported"] == 20
+        assert merge.ran and result.figures["partitions_exported"] == 20
         assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
         [moved] = result.header.meta["consistency"]["moved"]
         assert moved["partitions"] == ["5"] and "pinned again" in moved["why"]
-        [entry] = [entry for entry in repository.entries(result.header) if entry.meta.get("partition") == "5"]
+        [entry] = [entry for entry in case.repository.entries(result.header) if entry.meta.get("partition") == "5"]
         assert len(entry.meta["parts"]) == 1 and entry.meta["stored_rows"] == 200  # the merged part
-        source = ClickHouseSource(SOURCE, settings)
-        options = RestoreOptions.of(
-            to_host=clickhouse_server.host,
-            to_port=clickhouse_server.tcp_port,
-            to_http_port=clickhouse_server.http_port,
-            to_database=f"{db}_copy",
-        )
-        restored = source.restore(repository, result.header, source.parse_target(options), options=options)
+        restored, _ = case.restore(result.header, f"{db}_copy")
         assert restored.figures["verification"]["verdict"] == "match"
         assert client.execute(f"SELECT count(), uniqExact(k) FROM {db}_copy.t") == [(2100, 2100)]
-    finally:
-        client.execute(f"DROP DATABASE IF EXISTS {db}_copy")
-        repository.close()
-        client.disconnect()

@@ -8,65 +8,30 @@ the server answers far fewer queries than three per table.
 
 from __future__ import annotations
 
-import threading
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from clickhouse_driver import Client
+from clickhouse_setup import SOURCE, ClickHouseCase, OnFirstProgress, data_entries, http
 
 from backup.jobs import run_backup
-from backup.repository import open_repository
-from backup.repository.repository import Repository
 from backup.servers import ClickHouseProcess
-from backup.sources.base import RestoreOptions, Verdict
+from backup.sources.base import Verdict
 from backup.sources.clickhouse.catalog import print_by_partition
-from backup.sources.clickhouse.source import ClickHouseSource
-from policies.model import ClickHouseSettings
-from policies.model import Repository as RepositorySettings
 
 pytestmark = pytest.mark.integration
 
-SOURCE = "features"
 TABLES = 60
 COLUMNS = (("day", "Date"), ("id", "UInt64"), ("s", "String"), ("n", "Nullable(Int32)"), ("m", "UInt64"))
 CONTENT = "SELECT count(), sum(id), sum(m), groupBitXor(cityHash64(s)), countIf(isNull(n)), sum(ifNull(n, 0)) FROM {}"
-
-
-def http(server: ClickHouseProcess, statement: str, **settings: str) -> bytes:
-    query = "&".join(f"{name}={value}" for name, value in settings.items())
-    request = urllib.request.Request(f"{server.http_url}/?{query}", data=statement.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        body: bytes = response.read()
-        return body
 
 
 def table_name(number: int) -> str:
     return f"t{number:03d}"
 
 
-@dataclass
-class Tables:
-    server: ClickHouseProcess
-    database: str
-    client: Client
-    repository: Repository
-    settings: ClickHouseSettings
-
-    @property
-    def source(self) -> ClickHouseSource:
-        return ClickHouseSource(SOURCE, self.settings)
-
-    def restore(self, header: Any, database: str) -> tuple[Any, Any]:
-        options = RestoreOptions.of(
-            to_host=self.server.host, to_port=self.server.tcp_port, to_http_port=self.server.http_port, to_database=database
-        )
-        target = self.source.parse_target(options)
-        return self.source.restore(self.repository, header, target, options=options), target
-
+class Tables(ClickHouseCase):
     def content(self, database: str) -> list[Any]:
         return [self.client.execute(CONTENT.format(f"{database}.{table_name(n)}")) for n in range(TABLES)]
 
@@ -81,42 +46,21 @@ def tables(clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_p
     """TABLES small tables of one or two monthly partitions each (Nullable and MATERIALIZED columns),
     a ReplacingMergeTree among them (its merges are stopped on restore), and a Log table."""
     db = clickhouse_database
-    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
-    for number in range(TABLES):
-        engine = "ReplacingMergeTree" if number % 10 == 3 else "MergeTree"
-        client.execute(
-            f"CREATE TABLE {db}.{table_name(number)} (day Date, id UInt64, s String, n Nullable(Int32), "
-            f"m UInt64 MATERIALIZED id * 3) ENGINE = {engine} PARTITION BY toYYYYMM(day) ORDER BY id"
-        )
-        client.execute(
-            f"INSERT INTO {db}.{table_name(number)} (day, id, s, n) SELECT toDate('2026-01-01') + number % "
-            f"{31 + number % 2 * 28}, number, toString(number), if(number % 5 = 0, NULL, toInt32(number)) "
-            f"FROM system.numbers LIMIT {100 + number}"
-        )
-    client.execute(f"CREATE TABLE {db}.log (k UInt32) ENGINE = Log")
-    http(clickhouse_server, f"INSERT INTO {db}.log VALUES (1), (2), (3)")
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
-    settings = ClickHouseSettings.model_validate(
-        {
-            "kind": "clickhouse",
-            "host": clickhouse_server.host,
-            "port": clickhouse_server.tcp_port,
-            "http_port": clickhouse_server.http_port,
-            "databases": [db],
-            "parallel": 4,
-        }
-    )
-    try:
-        yield Tables(clickhouse_server, db, client, repository, settings)
-    finally:
-        for copy in ("copy", "copy2", "tampered"):
-            client.execute(f"DROP DATABASE IF EXISTS {db}_{copy}")
-        repository.close()
-        client.disconnect()
-
-
-def data_entries(repository: Repository, header: Any) -> dict[str, Any]:
-    return {entry.name: entry for entry in repository.entries(header) if entry.meta.get("type") == "data"}
+    with Tables.opened(clickhouse_server, db, tmp_path, parallel=4) as case:
+        for number in range(TABLES):
+            engine = "ReplacingMergeTree" if number % 10 == 3 else "MergeTree"
+            case.client.execute(
+                f"CREATE TABLE {db}.{table_name(number)} (day Date, id UInt64, s String, n Nullable(Int32), "
+                f"m UInt64 MATERIALIZED id * 3) ENGINE = {engine} PARTITION BY toYYYYMM(day) ORDER BY id"
+            )
+            case.client.execute(
+                f"INSERT INTO {db}.{table_name(number)} (day, id, s, n) SELECT toDate('2026-01-01') + number % "
+                f"{31 + number % 2 * 28}, number, toString(number), if(number % 5 = 0, NULL, toInt32(number)) "
+                f"FROM system.numbers LIMIT {100 + number}"
+            )
+        case.client.execute(f"CREATE TABLE {db}.log (k UInt32) ENGINE = Log")
+        http(clickhouse_server, f"INSERT INTO {db}.log VALUES (1), (2), (3)")
+        yield case
 
 
 def partitions_of(number: int) -> set[str]:
@@ -212,53 +156,26 @@ def test_a_table_merged_during_its_group_is_pinned_again_and_exported_alone(
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
 ) -> None:
     db = clickhouse_database
-    client = Client(host=clickhouse_server.host, port=clickhouse_server.tcp_port)
-    for number in range(5):
-        name = f"{db}.{table_name(number)}"
-        client.execute(f"CREATE TABLE {name} (k UInt64) ENGINE = MergeTree PARTITION BY tuple() ORDER BY k")
-        for first in (0, 1000):  # two parts each
-            client.execute(f"INSERT INTO {name} SELECT {first} + number FROM system.numbers LIMIT 100")
-    lock, merged = threading.Lock(), []
+    with ClickHouseCase.opened(clickhouse_server, db, tmp_path, parallel=1) as case:
+        client = case.client
+        for number in range(5):
+            name = f"{db}.{table_name(number)}"
+            client.execute(f"CREATE TABLE {name} (k UInt64) ENGINE = MergeTree PARTITION BY tuple() ORDER BY k")
+            for first in (0, 1000):  # two parts each
+                client.execute(f"INSERT INTO {name} SELECT {first} + number FROM system.numbers LIMIT 100")
+        # At the first progress report the group's first table is being stored: the last one's parts merge away.
+        merge = OnFirstProgress(client, f"OPTIMIZE TABLE {db}.{table_name(4)} FINAL")
+        result = run_backup(case.repository, SOURCE, case.settings, progress=merge)
 
-    def merge_once(_: int) -> None:  # the group's first table is being stored: the last one's parts merge away
-        with lock:
-            if not merged:
-                client.execute(f"OPTIMIZE TABLE {db}.{table_name(4)} FINAL")
-                merged.append(True)
-
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"), create=True)
-    settings = ClickHouseSettings.model_validate(
-        {
-            "kind": "clickhouse",
-            "host": clickhouse_server.host,
-            "port": clickhouse_server.tcp_port,
-            "http_port": clickhouse_server.http_port,
-            "databases": [db],
-            "parallel": 1,
-        }
-    )
-    try:
-        result = run_backup(repository, SOURCE, settings, progress=merge_once)
-
-        assert merged and result.figures["partitions_exported"] == 5
+        assert merge.ran and result.figures["partitions_exported"] == 5
         assert result.figures["retries"] == 1 and result.figures["unpinned"] == 0
         [moved] = result.header.meta["consistency"]["moved"]
         assert moved["table"] == f"{db}.{table_name(4)}" and "pinned again" in moved["why"]
-        entries = {entry.meta["table"]: entry for entry in repository.entries(result.header) if "partition" in entry.meta}
+        stored = case.repository.entries(result.header)
+        entries = {entry.meta["table"]: entry for entry in stored if "partition" in entry.meta}
         assert len(entries[table_name(4)].meta["parts"]) == 1 and entries[table_name(4)].meta["stored_rows"] == 200
         assert {len(entries[table_name(n)].meta["parts"]) for n in range(4)} == {2}
-        source = ClickHouseSource(SOURCE, settings)
-        options = RestoreOptions.of(
-            to_host=clickhouse_server.host,
-            to_port=clickhouse_server.tcp_port,
-            to_http_port=clickhouse_server.http_port,
-            to_database=f"{db}_copy",
-        )
-        restored = source.restore(repository, result.header, source.parse_target(options), options=options)
+        restored, _ = case.restore(result.header, f"{db}_copy")
         assert restored.figures["verification"]["verdict"] == "match"
         for number in range(5):
             assert client.execute(f"SELECT count(), uniqExact(k) FROM {db}_copy.{table_name(number)}") == [(200, 200)]
-    finally:
-        client.execute(f"DROP DATABASE IF EXISTS {db}_copy")
-        repository.close()
-        client.disconnect()

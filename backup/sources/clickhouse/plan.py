@@ -89,18 +89,8 @@ def batch_jobs(
             small.setdefault(job.table.key, []).append(job)
     for key, group in small.items():
         most = max(1, math.ceil(len(group) / max(parallel, 1)))
-        batch: list[PartitionJob] = []
-        held = named = 0
-        for job in group:
-            size, count = sizes[key][job.partition], len(parts.get(key, {}).get(job.partition, ()))
-            if batch and (len(batch) >= most or held + size > BATCH_BYTES or named + count > BATCH_PARTS):
-                items.append(_batch(batch))
-                batch, held, named = [], 0, 0
-            batch.append(job)
-            held += size
-            named += count
-        if batch:
-            items.append(_batch(batch))
+        weighed = [(job, sizes[key][job.partition], len(parts.get(key, {}).get(job.partition, ()))) for job in group]
+        items.extend(_batch(batch) for batch in _fill(weighed, most=most, bound=BATCH_PARTS))
     return group_jobs(items, sizes, parts, parallel=parallel)
 
 
@@ -126,18 +116,27 @@ def group_jobs(
         text = len(row_hash(item.table.columns)) + len(item.table.sql) + sum(len(part.name) + 4 for part in pinned) + 200
         small.append((item, size, text))
     most = min(GROUP_JOBS, max(1, math.ceil(len(small) / max(parallel, 1))))
-    group: list[PartitionJob] = []
-    held = chars = 0
-    for job, size, text in small:
-        if group and (len(group) >= most or held + size > BATCH_BYTES or chars + text > GROUP_QUERY_CHARS):
-            kept.append(_group(group))
-            group, held, chars = [], 0, 0
-        group.append(job)
-        held += size
-        chars += text
-    if group:
-        kept.append(_group(group))
+    kept.extend(_group(group) for group in _fill(small, most=most, bound=GROUP_QUERY_CHARS))
     return kept
+
+
+def _fill(weighed: Sequence[tuple[PartitionJob, int, int]], *, most: int, bound: int) -> list[list[PartitionJob]]:
+    """``weighed`` (each job with its uncompressed bytes and its weight against ``bound``: parts named,
+    query characters) cut in order into runs of at most ``most`` jobs, BATCH_BYTES bytes and ``bound``
+    weight; a job that alone exceeds a limit makes a run of its own."""
+    runs: list[list[PartitionJob]] = []
+    run: list[PartitionJob] = []
+    held = weight = 0
+    for job, size, cost in weighed:
+        if run and (len(run) >= most or held + size > BATCH_BYTES or weight + cost > bound):
+            runs.append(run)
+            run, held, weight = [], 0, 0
+        run.append(job)
+        held += size
+        weight += cost
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _group(jobs: list[PartitionJob]) -> PartitionJob | TableGroup:
