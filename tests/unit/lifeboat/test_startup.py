@@ -36,12 +36,12 @@ HEAVY = (
 )
 
 
-def loaded_heavy_modules(code: str, cwd: Path) -> tuple[list[str], str]:
-    """Run ``code`` in a fresh interpreter (stderr not a terminal); return the modules of HEAVY it
+def loaded_heavy_modules(code: str, cwd: Path, *, heavy: tuple[str, ...] = HEAVY) -> tuple[list[str], str]:
+    """Run ``code`` in a fresh interpreter (stderr not a terminal); return the modules of ``heavy`` it
     loaded, and what it printed on stdout before."""
     probe = (
         "import atexit, sys\n"
-        f"atexit.register(lambda: print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.__stdout__))\n"
+        f"atexit.register(lambda: print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.__stdout__))\n"
         f"{code}\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -86,3 +86,17 @@ def test_the_command_list_of_help_says_what_each_command_says_of_itself() -> Non
         for width in (20, 45, 80, 200):
             listed = click.Command(name, help=summary).get_short_help_str(width)
             assert listed == command.get_short_help_str(width), name
+
+
+def test_status_loads_neither_the_scheduler_nor_the_metrics(tmp_path: Path) -> None:
+    """``status`` computes next runs with the scheduler's triggers only: the scheduler itself and
+    prometheus_client are for ``serve``."""
+    policy = PolicyBuilder(tmp_path / "repo", state=tmp_path / "state.db")
+    policy.source("k8s-etcd", "etcd", endpoints=["http://127.0.0.1:9"], schedule="0 3 * * *")
+    config = str(policy.write(tmp_path / "lifeboat.yaml"))
+    loaded_heavy_modules(run_cli("--config", config, "repo", "init"), tmp_path)
+    status = run_cli("--config", config, "status", "--json")
+    loaded, printed = loaded_heavy_modules(status, tmp_path, heavy=("apscheduler.schedulers", "prometheus_client"))
+    (source,) = json.loads(printed)["sources"]
+    assert source["source"] == "k8s-etcd" and source["next_runs"]
+    assert loaded == []
