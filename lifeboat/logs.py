@@ -17,7 +17,7 @@ from typing import Any, Literal, TextIO
 # every start (issue 22). Lifeboat renders tracebacks as plain text (format_exc_info below) and uses
 # rich only for a progress bar on a terminal, so structlog is imported here as if rich were absent
 # (a None in sys.modules makes `import rich` raise ImportError). lifeboat/cli.py imports this module
-# before any command's, so that this import of structlog is the first.
+# before any command's, so that this import of structlog is the first (tests/unit/lifeboat/test_startup.py).
 _hide_rich = "rich" not in sys.modules
 if _hide_rich:
     sys.modules["rich"] = None  # type: ignore[assignment]
