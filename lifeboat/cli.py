@@ -13,15 +13,15 @@ import contextlib
 import ctypes
 import importlib
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lifeboat import __version__
 from lifeboat.context import EXIT_FAILED, EXIT_USAGE, JSON_PRINTED, JSON_REQUESTED, Session
-from lifeboat.logs import LogFormat, configure
 from policies.errors import (
     ConfigError,
     IntegrityError,
@@ -32,28 +32,80 @@ from policies.errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    from lifeboat.logs import LogFormat
+
 # Each command's module is imported when that command runs: a cron job's `backup run` of etcd
-# does not load the Kubernetes client, the drills or the scheduler.
+# does not load the Kubernetes client, the drills or the scheduler. Its summary (the first sentence
+# of its help, checked by tests/unit/lifeboat/test_startup.py) is here so that `lifeboat --help`
+# lists the commands without importing any.
 COMMANDS = {
-    "policy": "lifeboat.commands.policy:policy",
-    "repo": "lifeboat.commands.repository:repo",
-    "backup": "lifeboat.commands.backup:backup",
-    "restore": "lifeboat.commands.backup:restore",
-    "restore-point": "lifeboat.commands.restore_point:restore_point",
-    "verify": "lifeboat.commands.backup:verify",
-    "snapshots": "lifeboat.commands.repository:snapshots",
-    "check": "lifeboat.commands.repository:check",
-    "prune": "lifeboat.commands.repository:prune",
-    "unlock": "lifeboat.commands.repository:unlock",
-    "copy": "lifeboat.commands.copy:copy",
-    "stats": "lifeboat.commands.inspect:stats",
-    "drill": "lifeboat.commands.drill:drill",
-    "janitor": "lifeboat.commands.drill:janitor",
-    "evidence": "lifeboat.commands.evidence:evidence",
-    "demo": "lifeboat.demo:demo",
-    "status": "lifeboat.commands.service:status",
-    "serve": "lifeboat.commands.service:serve",
-    "doctor": "lifeboat.commands.doctor:doctor",
+    "policy": ("lifeboat.commands.policy:policy", "Check the policy file."),
+    "repo": ("lifeboat.commands.repository:repo", "Create the configured repository; rotate its key."),
+    "backup": ("lifeboat.commands.backup:backup", "Take snapshots."),
+    "restore": (
+        "lifeboat.commands.backup:restore",
+        "Restore a snapshot of SOURCE into a target; refuses a non-empty target without --yes.",
+    ),
+    "restore-point": (
+        "lifeboat.commands.restore_point:restore_point",
+        "Restore points: snapshots of several sources taken together (`backup run --restore-point NAME`).",
+    ),
+    "verify": (
+        "lifeboat.commands.backup:verify",
+        "Compare a restored copy of SOURCE (the same target options as restore) with a snapshot and print every difference.",
+    ),
+    "snapshots": ("lifeboat.commands.repository:snapshots", "List and inspect snapshots."),
+    "check": (
+        "lifeboat.commands.repository:check",
+        "Prove every snapshot's manifest parses and every chunk it needs exists (exit 1 if not).",
+    ),
+    "prune": (
+        "lifeboat.commands.repository:prune",
+        "Apply every source's retention, then delete chunks no snapshot uses (after the grace period).",
+    ),
+    "unlock": (
+        "lifeboat.commands.repository:unlock",
+        "Remove stale repository locks: of processes gone from this host (or from before its last reboot),"
+        " and any whose heartbeat is older than repository.lock_stale_after.",
+    ),
+    "copy": (
+        "lifeboat.commands.copy:copy",
+        "Copy snapshots into the repository of another policy file, without reading the sources again.",
+    ),
+    "stats": (
+        "lifeboat.commands.inspect:stats",
+        "Logical size (what the snapshots' entries add up to), size after dedup, stored size (after"
+        " compression and encryption), chunk count and dedup ratio, per source and in total.",
+    ),
+    "drill": ("lifeboat.commands.drill:drill", "Prove that snapshots restore: run drills, read their history."),
+    "janitor": (
+        "lifeboat.commands.drill:janitor",
+        "Remove what dead drill runs left behind: scratch processes, directories, databases, buckets; on"
+        " Kubernetes, expired drill namespaces and old finished pods and Jobs of configured namespaces; and"
+        " the repository's stale locks (as `lifeboat unlock` does).",
+    ),
+    "evidence": (
+        "lifeboat.commands.evidence:evidence",
+        "Signed, chained evidence of every drill run, its verification, and the compliance report.",
+    ),
+    "demo": (
+        "lifeboat.demo:demo",
+        "The whole story on this machine: local servers, data, two backups, a drill with every fault.",
+    ),
+    "status": (
+        "lifeboat.commands.service:status",
+        "Per source: last success and failure, snapshots, next runs; per drill: the last verdict.",
+    ),
+    "serve": (
+        "lifeboat.commands.service:serve",
+        "Run the scheduler with /healthz and /metrics until SIGTERM or SIGINT (exit 0).",
+    ),
+    "doctor": (
+        "lifeboat.commands.doctor:doctor",
+        "Check the repository, each source, the scratch environment and each notifier as the policy names"
+        " them: reachable, credentials, rights, settings.",
+    ),
 }
 COMMAND_LINE = "lifeboat.command_line"  # ctx.meta: the words after `lifeboat`
 EXIT_INTERRUPTED = 130
@@ -68,12 +120,19 @@ class LifeboatGroup(click.Group):
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        if cmd_name not in COMMANDS:
             return None
-        module, _, attribute = target.partition(":")
+        importlib.import_module("lifeboat.logs")  # before the command's modules: see there why
+        module, _, attribute = COMMANDS[cmd_name][0].partition(":")
         command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help`` as click writes it, from the summaries in COMMANDS."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.Command(name, help=text).get_short_help_str(limit)) for name, (_, text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -225,6 +284,8 @@ EXIT_CODES_HELP = (
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path, log_format: LogFormat | None) -> None:
     """Lifeboat: backups of etcd, ClickHouse and S3 buckets, and drills that prove they restore."""
+    from lifeboat.logs import configure  # structlog: not for --help, --version
+
     ctx.obj = Session(config_path=config_path, redactor=configure(log_format))
 
 
@@ -234,6 +295,10 @@ _M_ARENA_MAX = -8  # glibc malloc.h
 def main() -> None:
     """Console-script entry point."""
     _few_malloc_arenas()
+    # Lifeboat uses no pydantic plugin; without this, pydantic looks for one in the entry points of
+    # every installed package when the policy's models are built (6 ms of each start, issue 22).
+    # A value the user sets wins (an empty one turns plugins back on).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     cli(prog_name="lifeboat")
 
 

@@ -1,5 +1,9 @@
 """What every command gets: the policy (loaded once), the repository, the redactor; exit codes,
-the ``--json`` option and its one document, and how a snapshot id is named on the command line."""
+the ``--json`` option and its one document, and how a snapshot id is named on the command line.
+
+The repository and the policy are imported by the functions that use them: ``lifeboat --help`` and
+``lifeboat/cli.py``'s error reporting import this module and need neither (issue 22: start-up time).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from backup.repository import Repository, open_repository
-from backup.repository.manifest import SnapshotHeader
-from backup.repository.repository import SnapshotNotFound
-from backup.repository.restore_points import RestorePoint, read_restore_point, restore_point_ids
-from lifeboat.logs import Redactor
-from lifeboat.notify import policy_secrets
 from policies.errors import UsageError
-from policies.loader import load_policy
-from policies.model import Policy
+
+if TYPE_CHECKING:
+    from backup.repository import Repository
+    from backup.repository.manifest import SnapshotHeader
+    from backup.repository.restore_points import RestorePoint
+    from lifeboat.logs import Redactor
+    from policies.model import Policy
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,6 +51,9 @@ class Session:
     def policy(self) -> Policy:
         """The validated policy (loaded once); raises ConfigError."""
         if self._policy is None:
+            from lifeboat.notify import policy_secrets
+            from policies.loader import load_policy
+
             self._policy = load_policy(self.config_path)
             self.redactor.add(policy_secrets(self._policy))
         return self._policy
@@ -56,6 +62,8 @@ class Session:
         """The configured repository, opened once and closed when the command ends. Never created
         here (only ``lifeboat repo init`` does): raises RepositoryNotFound saying how to create it."""
         if self._repository is None:
+            from backup.repository import open_repository
+
             self._repository = open_repository(self.policy().repository)
             click.get_current_context().call_on_close(self._repository.close)
         return self._repository
@@ -97,6 +105,8 @@ def find_header(repository: Repository, text: str, *, source: str | None = None)
     """The snapshot ``text`` names: a whole id, ``latest`` (the newest snapshot, of ``source`` when
     given, whatever its status) or a prefix of exactly one id. Raises SnapshotNotFound (nothing
     matches), UsageError (an ambiguous prefix, listing the ids it matches)."""
+    from backup.repository.repository import SnapshotNotFound
+
     where = f" of source '{source}'" if source else ""
     if text == LATEST:
         ids = repository.snapshot_ids(source)
@@ -120,6 +130,9 @@ def find_header(repository: Repository, text: str, *, source: str | None = None)
 def find_restore_point(repository: Repository, text: str) -> RestorePoint:
     """The restore point ``text`` names: a whole id, ``latest`` (the newest of any name) or a unique
     start of one. Raises SnapshotNotFound (none), UsageError (an ambiguous prefix)."""
+    from backup.repository.repository import SnapshotNotFound
+    from backup.repository.restore_points import read_restore_point, restore_point_ids
+
     ids = restore_point_ids(repository)
     if text == LATEST:
         if not ids:

@@ -13,7 +13,19 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal, TextIO
 
-import structlog
+# structlog imports rich, when it is installed, at its own import, for pretty tracebacks: 45 ms of
+# every start (issue 22). Lifeboat renders tracebacks as plain text (format_exc_info below) and uses
+# rich only for a progress bar on a terminal, so structlog is imported here as if rich were absent
+# (a None in sys.modules makes `import rich` raise ImportError). lifeboat/cli.py imports this module
+# before any command's, so that this import of structlog is the first (tests/unit/lifeboat/test_startup.py).
+_hide_rich = "rich" not in sys.modules
+if _hide_rich:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _hide_rich:
+        del sys.modules["rich"]
 
 MASK = "***"
 SECRET_FIELD = re.compile(

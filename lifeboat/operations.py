@@ -41,19 +41,7 @@ from backup.repository.repository import Repository
 from backup.repository.restore_points import RestorePoint, build_restore_point, write_restore_point
 from backup.sources import prune_hooks
 from backup.sources.base import Progress
-from drills.evidence import (
-    build_record,
-    load_signing_key,
-    manifest_digests,
-    policy_sha256,
-    scratch_identity,
-    write_record,
-)
-from drills.history import load_history, store_report
 from drills.model import DrillRun, Status
-from drills.report import write_reports
-from drills.runner import new_run_id, run_drill
-from drills.scratch import clean_leftovers, make_scratch
 from lifeboat import __version__
 from lifeboat.forecast import forecasts
 from lifeboat.notify import Notification, build_notifiers, notify, notify_all, ping_job
@@ -373,6 +361,13 @@ class Operations:
         notifiers (unless ``notify`` is false); return the run. ``only_checks``: restore, verify and
         the checks only (``drill run --only-checks``). Raises ConfigError, StoreError,
         SourceBusy, JobAborted (recorded as ERROR, or interrupted)."""
+        # the drills' code is imported by the commands that run one, not by every backup (issue 22)
+        from drills.evidence import manifest_digests
+        from drills.history import load_history, store_report
+        from drills.report import write_reports
+        from drills.runner import new_run_id, run_drill
+        from drills.scratch import make_scratch
+
         drill = self.policy.drills[name]
         with self.recorded_run(RunKind.DRILL, name, failed=Status.ERROR) as recorded:
             with self.locks.hold(drill.sources, purpose=f"drill {name}", wait=self.lock_wait):
@@ -400,6 +395,8 @@ class Operations:
     def _write_evidence(self, repo: Repository, run: DrillRun, manifests: dict[str, dict[str, Any]]) -> str:
         """Write the run's signed evidence record (``drills.evidence``); return its key, ``off`` without
         a signing key, or ``not written: <why>`` (logged as an error: the drill's verdict stands)."""
+        from drills.evidence import build_record, load_signing_key, policy_sha256, scratch_identity, write_record
+
         secret = self.policy.evidence.signing_key
         if secret is None:
             log.info("evidence.off", drill=run.drill, reason="no evidence.signing_key in the policy")
@@ -441,6 +438,8 @@ class Operations:
         ``repository``, remove the stale repository locks of dead runs; returns what went. A dry run
         changes nothing and is not recorded. Raises what the cleanup raises (recorded); a repository
         that cannot be reached is a warning (the scratch cleanup does not depend on it)."""
+        from drills.scratch import clean_leftovers
+
         if dry_run:
             return clean_leftovers(self.policy.scratch, dry_run=True) + self._stale_locks(repository, dry_run=True)
         with self.recorded_run(RunKind.JANITOR, SCRATCH_NAME) as run:

@@ -14,22 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
-
-from rich.console import Console
-from rich.file_proxy import FileProxy
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from backup.sources.base import Progress as ProgressCallback
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 REFRESHES_PER_SECOND = 4
 
@@ -44,6 +34,19 @@ def terminal_progress(
     if not stream.isatty():
         yield None
         return
+    # rich only on a terminal: a cron job or a --json pipe does not import it (issue 22: start-up)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     console = Console(file=stream, stderr=stream is sys.__stderr__)
     known = bool(total)
     columns: list[ProgressColumn] = [TextColumn("{task.description}")]
@@ -92,6 +95,8 @@ def _logs_above(console: Console, stream: TextIO) -> Iterator[None]:
         for handler in logging.getLogger().handlers
         if isinstance(handler, logging.StreamHandler) and handler.stream is stream
     ]
+    from rich.file_proxy import FileProxy
+
     proxy = FileProxy(console, stream)
     for handler in handlers:
         handler.setStream(proxy)

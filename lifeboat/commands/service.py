@@ -18,7 +18,6 @@ from lifeboat.service import ServiceError
 from lifeboat.service.cron import next_fire_times
 from lifeboat.service.instance_lock import running_service_pid
 from lifeboat.service.jobs import job_specs
-from lifeboat.service.serve import LifeboatService
 from lifeboat.state.history import RunHistory
 from lifeboat.state.records import DRILL_VERDICTS, REPOSITORY_NAME, SCRATCH_NAME, RunKind, RunRecord, RunStatus, utc_now
 from policies.durations import human_duration
@@ -58,6 +57,8 @@ def serve(session: Session, run_now: tuple[str, ...], reload_running: bool) -> N
     if reload_running:
         _signal_reload(session, policy)
         return
+    from lifeboat.service.serve import LifeboatService  # the scheduler and /metrics: not for `status`
+
     service = LifeboatService(session.config_path, redactor=session.redactor, policy=policy)
     unknown = sorted(set(run_now) - set(service.job_ids()))
     if unknown:

@@ -12,15 +12,6 @@ from collections.abc import Sequence
 
 from backup.jobs import BackupResult
 from drills.model import DrillRun, Status
-from drills.report import (
-    render_email_html,
-    render_html,
-    render_json,
-    render_junit,
-    render_text,
-    report_file_names,
-    subject_line,
-)
 from lifeboat.forecast import METHOD, DrillForecast
 from lifeboat.notify.base import Attachment, Notification
 from lifeboat.state.damage import StateDamage
@@ -52,6 +43,17 @@ def drill_notification(run: DrillRun, *, history: Sequence[DrillRun] = ()) -> No
     first, the last runs of ``history`` as a table), and attached the full HTML page (with trend
     charts over ``history``, earlier runs of the drill), the JSON and the JUnit reports; event
     ``drill`` or ``drill-failure``."""
+    # the report renderers only when a drill ran, not for every backup's notification (issue 22)
+    from drills.report import (
+        render_email_html,
+        render_html,
+        render_json,
+        render_junit,
+        render_text,
+        report_file_names,
+        subject_line,
+    )
+
     names = report_file_names(run)
     return Notification(
         event=drill_event(run),
