@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the policy builder
 
-from cpu import process_cpu, storing_cpu
+from cpu import compile_lifeboat, process_cpu, storing_cpu
 from helpers import init_repository
 from policy_builder import PolicyBuilder
 
@@ -278,16 +278,6 @@ def print_pipeline(results: Results) -> None:
         f"  CPU: peer {peer.cpu:.2f} client + zstd + {peer.server_cpu:.2f} server; the machine has "
         f"{cores * peer.seconds * PIPELINE_TARGET:.2f} CPU s within {PIPELINE_TARGET}x its best wall ({peer.seconds:.2f} s)"
     )
-
-
-def compile_lifeboat() -> None:
-    """Byte-compile Lifeboat's packages, as installing them does: a checkout run with
-    PYTHONDONTWRITEBYTECODE would otherwise compile them again in every child."""
-    import backup
-
-    root = Path(backup.__file__).resolve().parents[1]
-    packages = [str(root / name) for name in ("backup", "lifeboat", "policies", "drills")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the poli
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/bench/: bench_clickhouse's helpers
 
 from bench_clickhouse import Run, best, client, http, lifeboat, run_child
+from cpu import compile_lifeboat
 from policy_builder import PolicyBuilder
 
 from backup.servers import ClickHouseProcess, start_clickhouse
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     arguments = parser.parse_args()
+    compile_lifeboat()
     workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-partitions-"))
     try:
         with start_clickhouse(workdir / "server") as server:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/bench/: bench_
 
 from bench_clickhouse import Run, best, http, lifeboat, run_child
 from bench_clickhouse_partitions import fresh_backup, incrementals, policies, print_reuse
+from cpu import compile_lifeboat
 
 from backup.servers import ClickHouseProcess, start_clickhouse
 
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     arguments = parser.parse_args()
+    compile_lifeboat()
     workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-tables-"))
     try:
         with start_clickhouse(workdir / "server") as server:

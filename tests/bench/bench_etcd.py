@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the policy builder
 
 
-from cpu import process_cpu, storing_cpu  # noqa: E402
+from cpu import compile_lifeboat, process_cpu, storing_cpu  # noqa: E402
 from helpers import init_repository  # noqa: E402
 from policy_builder import PolicyBuilder  # noqa: E402
 
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    compile_lifeboat()
     with tempfile.TemporaryDirectory(prefix="lifeboat-bench-etcd-") as temp:
         work = Path(temp)
         with start_etcd(work / "etcd" / "data") as etcd:

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpu import compile_lifeboat
+
 MiB = 1024 * 1024
 
 CHILD = r"""
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the peers' comparison (medians of ratios)")
     parser.add_argument("--no-peers", action="store_true", help="leave out the comparison with restic and borg")
     args = parser.parse_args()
+    compile_lifeboat()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="lifeboat-bench-", dir=args.workdir))
     try:

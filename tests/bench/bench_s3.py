@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpu import compile_lifeboat
+
 KIB = 1024
 MIB = 1024 * KIB
 SOURCE = "bench-source"
@@ -221,6 +223,7 @@ def main() -> None:
     parser.add_argument("--measure", metavar="USAGE_FILE", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    compile_lifeboat()
     if args.measure:
         raise SystemExit(measure_child(args.measure, args.command))
     if args.floor == "copy":

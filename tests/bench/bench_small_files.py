@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_repository import Run, measured, peer_env
+from cpu import compile_lifeboat
 
 CHILD = r"""
 import dataclasses, io, os, sys
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    compile_lifeboat()
     names = ["lifeboat", "lifeboat-format2"] + [name for name in ("restic", "borg") if shutil.which(name)]
     for peer in ("restic", "borg"):
         if not shutil.which(peer):
