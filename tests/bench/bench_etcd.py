@@ -18,6 +18,8 @@ half random) and ~1 KiB Kubernetes-shaped objects. Then, medians of RUNS:
   CPU the machine has within the target ratio (cores x floor time x 1.3); and the least a verified,
   compressed backup must add to the floor's work (zstd, sha256 of chunk ids and of the stream,
   etcd's trailer check, ``snapshot status``, the census), measured alone on the floor's file.
+* from those parts, the least wall time a first backup can take on this machine's cores (start-up,
+  the save with what can overlap it, then ``snapshot status``), as a ratio to the pipeline.
 
 Not collected by pytest (bench_*.py); prints a table and the ratios.
 """
@@ -40,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -53,8 +56,9 @@ from helpers import init_repository  # noqa: E402
 from policy_builder import PolicyBuilder  # noqa: E402
 
 from backup.servers import start_etcd  # noqa: E402
-from backup.sources.etcd.bolt import snapshot_keys  # noqa: E402
+from backup.sources.etcd.bolt import read_snapshot  # noqa: E402
 from backup.sources.etcd.census import KeyCensus  # noqa: E402
+from backup.sources.etcd.fingerprint import ValueDigests  # noqa: E402
 from backup.sources.etcd.snapshot_file import verify_trailer  # noqa: E402
 
 MiB = 1024 * 1024
@@ -144,6 +148,8 @@ class Lifeboat:
         self.cpu: list[float] = []  # CPU seconds of each run's process tree
         # per first backup: (lifeboat wall, pipeline wall, lifeboat CPU, pipeline CPU), CPU with the server's
         self.pipeline_rounds: list[tuple[float, float, float, float]] = []
+        self.least: LeastWork | None = None  # the work a verified backup adds, measured alone
+        self.floor_save = (0.0, 0.0)  # etcdctl snapshot save alone: wall, CPU (client + server)
 
     def __call__(self, config: Path, *args: str) -> str:
         rss_file = self.workdir / "rss"
@@ -218,18 +224,37 @@ def pipeline(snapshot: Path, endpoint: str) -> None:
     subprocess.run(["sh", "-c", PIPELINE, "sh", str(snapshot)], env=env, check=True, capture_output=True)
 
 
-def least_extra_cpu(snapshot: Path) -> float:
-    """CPU seconds the checks, census and storing of a verified, compressed backup add to the floor's
-    ``snapshot save``, measured alone on its file: zstd at the repository's level and two sha256
-    passes per 1 MiB chunk, etcd's trailer (one more sha256), ``snapshot status`` and the census."""
+@dataclass(frozen=True)
+class LeastWork:
+    """What a verified, compressed backup must add to the floor's ``snapshot save``, each part
+    measured alone on its file (CPU seconds; ``status_wall`` in seconds)."""
+
+    storing: float  # zstd at the repository's level and two sha256 passes per 1 MiB chunk
+    census: float  # the key census with every live value's digest
+    trailer: float  # etcd's sha256 trailer, the whole file's digest on the way
+    status_cpu: float  # ``etcdctl snapshot status``
+    status_wall: float
+
+    @property
+    def cpu(self) -> float:
+        return self.storing + self.census + self.trailer + self.status_cpu
+
+
+def least_work(snapshot: Path) -> LeastWork:
     storing = storing_cpu(snapshot)
-    started, children = time.process_time(), children_cpu()
+    started = time.process_time()
+    census, values = KeyCensus(), ValueDigests()
+    with snapshot.open("rb") as handle:
+        for key, digest in read_snapshot(handle, snapshot).keys.items():
+            census.add(key)
+            values.add(key, digest)
+    census_cpu = time.process_time() - started
+    started = time.process_time()
     verify_trailer(snapshot)
+    trailer = time.process_time() - started
+    started_wall, children = time.perf_counter(), children_cpu()
     etcdctl("snapshot", "status", str(snapshot))
-    census = KeyCensus()
-    for key in snapshot_keys(snapshot)[1]:
-        census.add(key)
-    return storing + time.process_time() - started + children_cpu() - children
+    return LeastWork(storing, census_cpu, trailer, children_cpu() - children, time.perf_counter() - started_wall)
 
 
 def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:
@@ -254,13 +279,15 @@ def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list
         rounds.append((backups[-1], piped, lifeboat.cpu[-1] + server_cpu[-1], piped_cpu))
     lifeboat.first_backups = len(backups)
     lifeboat.pipeline_rounds = rounds
+    lifeboat.least = least_work(work / "floor-0.db")
+    lifeboat.floor_save = (floor_save, statistics.median(client + server for _, client, server in saves))
     cpu_report(
         floor_save,
         statistics.median(client for _, client, _ in saves),
         statistics.median(server for _, _, server in saves),
         statistics.median(lifeboat.cpu),
         statistics.median(server_cpu),
-        least_extra_cpu(work / "floor-0.db"),
+        lifeboat.least.cpu,
     )
     repeat = statistics.median(
         timed(lambda: lifeboat(configs[0], "backup", "run", "--source", SOURCE, "--json")) for _ in range(runs)
@@ -347,8 +374,31 @@ def report(rows: list[tuple[str, float, float]], lifeboat: Lifeboat) -> None:
         "where a first backup's time goes (median): "
         + ", ".join(f"{name} {statistics.median(run[name] for run in first_backups):.2f}s" for name in first_backups[0])
     )
+    least_wall(lifeboat, statistics.median(piped for _, piped, _, _ in rounds))
     print(f"peak RSS, the lifeboat process itself:             {lifeboat.rss_self_kib / 1024:6.0f} MiB")
     print(f"peak RSS, largest process of its tree (etcdctl...): {lifeboat.rss_tree_kib / 1024:6.0f} MiB")
+
+
+def least_wall(lifeboat: Lifeboat, pipeline: float) -> None:
+    """The least wall time a first backup can take on this machine's cores, from the work measured
+    alone: its start-up, then the save with what can overlap it (storing and the census: the cores
+    are shared with etcd and etcdctl), then what needs the whole file (``snapshot status``, the
+    trailer pass beside it)."""
+    assert lifeboat.least is not None
+    least, cores = lifeboat.least, os.cpu_count() or 1
+    save_wall, save_cpu = lifeboat.floor_save
+    startup = statistics.median(run["startup"] for run in lifeboat.phases[: lifeboat.first_backups])
+    during = max(save_wall, (save_cpu + least.storing + least.census) / cores)
+    after = max(least.status_wall, least.trailer)
+    bound = startup + during + after
+    print()
+    print(
+        f"the least a first backup can take here: start-up {startup:.2f}s + the save with storing and the census "
+        f"beside it, max({save_wall:.2f}s alone, ({save_cpu:.2f} + {least.storing:.2f} + {least.census:.2f}) CPU s / "
+        f"{cores} cores) = {during:.2f}s + snapshot status {after:.2f}s = {bound:.2f}s: {bound / pipeline:.2f}x the "
+        f"pipeline's {pipeline:.2f}s (target {PIPELINE_TARGET}x)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
