@@ -421,15 +421,18 @@ def partition_bytes(sql: SqlExecutor, databases: Iterable[str]) -> dict[TableKey
 def batch_filter(partitions: Mapping[str, PartSet]) -> str:
     """A WHERE clause that reads exactly the ``parts`` of each of ``partitions``: what ``parts_filter``
     reads for each, in one query (a part's name is unique in its table and names its partition)."""
-    ids = _in_list(sorted(partitions))
     names = _in_list(sorted(part.name for parts in partitions.values() for part in parts))
-    return f"_partition_id IN ({ids}) AND _part IN ({names})"
+    return f"_part IN ({names})"
 
 
-def parts_filter(partition: str, parts: PartSet) -> str:
-    """A WHERE clause that reads exactly ``parts`` of ``partition`` (and nothing inserted since)."""
-    names = _in_list(part.name for part in parts)
-    return f"_partition_id = {quote_string(partition)} AND _part IN ({names})"
+def parts_filter(parts: PartSet) -> str:
+    """A WHERE clause that reads exactly ``parts`` of one partition (and nothing inserted since).
+
+    The part names alone select those rows: a part's name is unique in its table and begins with its
+    partition's id, and the server picks the parts to read by them. A ``_partition_id = ..`` beside
+    them would select no other row, yet 18.16 evaluates it row by row (a tenth of an export's server
+    CPU), and it never prunes parts there (alone, it reads the whole table)."""
+    return f"_part IN ({_in_list(part.name for part in parts)})"
 
 
 # ---- fingerprints -------------------------------------------------------------------------------

@@ -13,16 +13,16 @@ parts it listed (``_part IN (..)``) and is fingerprinted with the same filter; i
 parts is gone afterwards (merged, mutated, dropped) the export is retried, a bounded number of times,
 then taken by content (fingerprint before == after) or recorded as unpinned.
 
-Many small partitions: those of one table (up to SMALL_PARTITION each) are exported in batches,
-one ``SELECT <stored columns>, _partition_id .. WHERE _partition_id IN (..) AND _part IN (<their
-pinned parts>)`` per batch, fingerprinted by the same filter in one query ``GROUP BY _partition_id``
-(each partition's count() and sum(row hash), as its own query gives them) and checked against one
-read of the table's parts. The server sends each block from one part, so of one partition (the splitter checks it): the
-stream is split by block into the partitions' streams (without the ``_partition_id`` column: the
-entries are what per-partition exports store, same names and meta) and each partition's rows are
-counted in its blocks as they pass. A block of several partitions, or a type the splitter cannot
-follow, sends the batch back to one export per partition; a partition whose parts moved meanwhile
-is pinned again and exported on its own.
+Many small partitions: those of one table (up to SMALL_PARTITION each) are exported in batches, one
+``SELECT <stored columns>, _partition_id .. WHERE _part IN (<their pinned parts>)`` per batch,
+fingerprinted by the same filter in one query ``GROUP BY _partition_id`` (each partition's count()
+and sum(row hash), as its own query gives them) and checked against one read of the table's parts.
+The server sends each block from one part, so of one partition (the splitter checks it): the stream
+is split by block into the partitions' streams (without the ``_partition_id`` column: the entries
+are what per-partition exports store, same names and meta) and each partition's rows are counted in
+its blocks as they pass. A block of several partitions, or a type the splitter cannot follow, sends
+the batch back to one export per partition; a partition whose parts moved meanwhile is pinned again
+and exported on its own.
 
 Consistency: the active parts of every table are pinned at the start, in one read of system.parts
 for all of them (catalog.pin_parts), and each partition exports exactly its pinned parts,
@@ -409,7 +409,7 @@ class LogicalBackup:
                 self.window.add(table.display, partition, _now(), why)
             if not parts:
                 return None  # the partition was dropped since it was pinned: it is not part of this snapshot
-            where = parts_filter(partition, parts)
+            where = parts_filter(parts)
             stored, counter, partition_print = self._stream_and_print(job, where)
             still_active = {part.name for part in partition_parts(self.sql, table, partition)}
             if {part.name for part in parts} <= still_active:
@@ -516,9 +516,7 @@ class LogicalBackup:
         is never changed, its name never reused), else it is exported on its own, pinned again."""
         pin = self.window.pin.parts
         pinned = [(job, pin.get(job.table.key, {}).get(job.partition, ())) for job in group.jobs]
-        wanted = [
-            (index, job, parts, parts_filter(job.partition, parts)) for index, (job, parts) in enumerate(pinned) if parts
-        ]
+        wanted = [(index, job, parts, parts_filter(parts)) for index, (job, parts) in enumerate(pinned) if parts]
         selections = [(job.table.sql, job.table.columns, where) for _, job, _, where in wanted]
         printing = self._printer.submit(print_many, self.sql, selections)
         try:
