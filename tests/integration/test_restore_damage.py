@@ -187,7 +187,8 @@ RESTORE_TRIALS = 20
 
 def test_restores_killed_at_random_moments_never_leave_a_wrong_copy(s3_server: S3Endpoint, tmp_path: Path) -> None:
     """The restore writer of the SIGKILL trials: 20 `restore --to-dir --yes` runs into one target, each
-    killed at a random moment (while starting, listing, writing or renaming); then one more run must
+    killed at a random moment of the time a whole run takes here (while starting, listing, writing or
+    renaming); then one more run must
     leave exactly the snapshot, no part file and no mark, and the repository must check clean (the
     killed runs' shared locks are stale at once on this host and removed)."""
     objects = {f"weights/shard-{number}.bin": os.urandom(16 * MIB) for number in range(4)}
@@ -195,16 +196,16 @@ def test_restores_killed_at_random_moments_never_leave_a_wrong_copy(s3_server: S
     cli = _bucket_cli(s3_server, tmp_path, objects)
     target = tmp_path / "restored"
     rng = random.Random(2026)
+    argv = cli.argv("restore", "models", "--to-dir", str(target), "--yes")
+    subprocess.run(argv, env=cli.env(), check=True, capture_output=True)
+    started = time.monotonic()  # a whole run like the trials' (over a full target): how long one takes here
+    subprocess.run(argv, env=cli.env(), check=True, capture_output=True)
+    whole = time.monotonic() - started
     killed = 0
     for _ in range(RESTORE_TRIALS):
-        restore = subprocess.Popen(
-            cli.argv("restore", "models", "--to-dir", str(target), "--yes"),
-            env=cli.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        restore = subprocess.Popen(argv, env=cli.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(rng.uniform(0.2, 2.0))  # start-up takes about a second: kills land before and during writes
+            time.sleep(rng.uniform(0.02, 1.1) * whole)  # kills land while starting, listing, writing and renaming
             if restore.poll() is None:
                 os.kill(restore.pid, signal.SIGKILL)
                 killed += 1
