@@ -3,8 +3,9 @@
     .venv/bin/python tests/bench/bench_repository.py [--size-mib 1024] [--workdir DIR] [--rounds N] [--no-peers]
 
 Input: half compressible text, half random bytes. Floors: `zstd -3 -T1` of the same file, and
-`zstd -d` of its output (restores: 3 rounds, the two taking turns to go first, each into a new file;
-the round of the median ratio is shown). Lifeboat runs in a child process per phase so that its peak RSS is its own.
+`zstd -d` of its output (restores: 3 rounds, the two taking turns to go first, each into a new
+file; the round of the median ratio is shown). Lifeboat runs in a child process per phase so that
+its peak RSS is its own.
 Targets (issue 3): first write >= 0.7x the zstd floor's throughput, second write stores < 1% new,
 restore >= 0.7x `zstd -d`, peak RSS < 256 MiB.
 
