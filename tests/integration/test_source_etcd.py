@@ -476,8 +476,10 @@ def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdPro
 def defect_streaming_etcdctl(directory: Path, defect: str) -> Path:
     """An etcdctl whose ``snapshot save`` lets the real one save aside, then writes the snapshot the
     way etcdctl does (a growing ``.part``, renamed when done), piece by piece so that Lifeboat stores
-    it while it arrives, with ``defect``: ``trailer`` (the sha256 trailer's last byte flipped) or
-    ``truncated`` (the stream stops halfway; etcdctl itself exits well)."""
+    it while it arrives, with ``defect``: ``trailer`` (the sha256 trailer's last byte flipped),
+    ``truncated`` (the stream stops halfway; etcdctl itself exits well) or ``rewritten`` (once every
+    byte was written and read, a byte of a value is changed in place and the trailer made to match:
+    a whole, valid snapshot, but not the bytes that were stored)."""
     script = directory / "etcdctl"
     script.write_text(
         f"""#!{sys.executable}
@@ -494,13 +496,23 @@ with open(target + ".whole", "rb") as whole:
 os.unlink(target + ".whole")
 if "{defect}" == "trailer":
     data = data[:-1] + bytes([data[-1] ^ 0x01])
-else:
+elif "{defect}" == "truncated":
     data = data[: len(data) // 2]
 with open(target + ".part", "wb") as part:
     for at in range(0, len(data), 256 * 1024):
         part.write(data[at : at + 256 * 1024])
         part.flush()
         time.sleep(0.01)
+    if "{defect}" == "rewritten":
+        import hashlib
+        time.sleep(2)  # the reader has read every byte by now (all were written before)
+        at = data.index(b"x" * 500)  # a configmap's value: bbolt checks no value, etcd's trailer all
+        db = data[:at] + b"y" + data[at + 1 : -32]
+        part.seek(at)
+        part.write(b"y")
+        part.seek(len(db))
+        part.write(hashlib.sha256(db).digest())
+        part.flush()
 os.rename(target + ".part", target)
 """
     )
@@ -508,17 +520,21 @@ os.rename(target + ".part", target)
     return script
 
 
-@pytest.mark.parametrize("defect", ["trailer", "truncated"])
+@pytest.mark.parametrize("defect", ["trailer", "truncated", "rewritten"])
 def test_a_snapshot_damaged_in_the_stream_fails_and_commits_nothing(
     cluster: EtcdProcess, tmp_path: Path, defect: str
 ) -> None:
-    """The bytes are stored while they arrive; a snapshot whose trailer is wrong, or which stops
-    halfway, still fails the backup: no snapshot, and the chunks stored meanwhile are garbage."""
+    """The bytes are stored while they arrive; a snapshot whose trailer is wrong, which stops
+    halfway, or whose file was changed after its bytes were stored (its checks would be about other
+    bytes than the stored ones), still fails the backup: no snapshot, and the chunks stored meanwhile
+    are garbage."""
     config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(defect_streaming_etcdctl(tmp_path, defect)))
     result = lifeboat(config, "backup", "run", "--source", SOURCE)
     assert_failed_without_snapshot(config, result, f"{SOURCE}: FAILED", cluster.endpoint)
     if defect == "trailer":  # the db itself is whole: only etcd's trailer can tell
         assert "sha256 trailer does not match" in result.stderr
+    if defect == "rewritten":  # trailer, status and census all pass: only the file's digest can tell
+        assert "changed after its bytes were stored" in result.stderr
     assert lifeboat(config, "check", "--read-data").exit_code == 0
     # The same etcdctl's other commands are the real ones: without the defect, the backup is good.
     good = write_policy(tmp_path / "good", [cluster.endpoint])
