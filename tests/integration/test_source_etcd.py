@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -539,6 +540,39 @@ def test_a_snapshot_damaged_in_the_stream_fails_and_commits_nothing(
     # The same etcdctl's other commands are the real ones: without the defect, the backup is good.
     good = write_policy(tmp_path / "good", [cluster.endpoint])
     assert backup_json(good)["status"] == "good"
+
+
+def disagreeing_etcdctl(directory: Path) -> Path:
+    """An etcdctl whose ``snapshot status`` says the newest revision is one more than the snapshot
+    holds: etcd and Lifeboat's own bbolt reader disagreeing about the file."""
+    script = directory / "etcdctl"
+    script.write_text(
+        f"""#!{sys.executable}
+import json, subprocess, sys
+done = subprocess.run(["{shutil.which("etcdctl")}", *sys.argv[1:]], stdout=subprocess.PIPE)
+output = done.stdout
+if done.returncode == 0 and sys.argv[1:3] == ["snapshot", "status"]:
+    status = json.loads(output)
+    status["revision"] += 1
+    output = json.dumps(status).encode()
+sys.stdout.buffer.write(output)
+sys.exit(done.returncode)
+"""
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_etcd_and_lifeboats_reader_disagreeing_about_the_newest_revision_fails_the_backup(
+    cluster: EtcdProcess, tmp_path: Path
+) -> None:
+    """The census is read by Lifeboat's own bbolt reader; etcd's ``snapshot status`` must agree with it
+    on the newest revision, or the census and fingerprint may not be the snapshot's."""
+    config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(disagreeing_etcdctl(tmp_path)))
+    result = lifeboat(config, "backup", "run", "--source", SOURCE)
+    assert_failed_without_snapshot(config, result, f"{SOURCE}: FAILED", cluster.endpoint)
+    said = re.search(r"etcd says its newest revision is (\d+), its key bucket reads (\d+)", result.stderr)
+    assert said and int(said[1]) == int(said[2]) + 1, result.stderr
 
 
 @pytest.mark.parametrize(
