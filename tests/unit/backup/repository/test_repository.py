@@ -233,6 +233,29 @@ def test_damaged_chunks_are_never_restored(repo: Repository, damage: str) -> Non
     assert len(out.getvalue()) <= 1 * MiB  # nothing past the damaged chunk was written
 
 
+def test_an_entry_whose_chunks_do_not_make_its_bytes_is_never_restored_nor_copied(repo: Repository, tmp_path: Path) -> None:
+    """Every chunk is whole, but the manifest names two of them in the wrong order (a writer's bug,
+    or a manifest rewritten with its checksum made to match): only the entry's SHA-256 can tell."""
+    from backup.repository.copy import copy_snapshots
+
+    with repo.begin_snapshot("src", "test") as writer:
+        stored = writer.write_stream(io.BytesIO(mixed_data(3 * MiB)))
+        swapped = [stored.chunks[1], stored.chunks[0], *stored.chunks[2:]]
+        writer.add(Entry("blob", stored.size, stored.sha256, swapped))
+        header = writer.commit()
+    [entry] = list(repo.entries(header))
+    with pytest.raises(IntegrityError, match="blob: restored bytes do not match the snapshot's SHA-256"):
+        repo.restore_entry(entry, io.BytesIO(), snapshot=header.id)
+    target = Repository.init(LocalStore(tmp_path / "target"))
+    try:
+        [copied] = copy_snapshots(repo, target, [header]).snapshots
+        assert copied.status == "failed", copied
+        assert "blob: its chunks do not add up to the entry's SHA-256" in copied.message
+        assert target.snapshot_ids() == []
+    finally:
+        target.close()
+
+
 def test_zstd_frames_carry_a_checksum_and_must_end_with_the_object() -> None:
     import zstandard
 
