@@ -3,10 +3,13 @@
 * MATERIALIZED columns are exported, restored with their stored values and covered by the hash.
 * A user profile that cuts results short fails the backup, naming the partition; nothing is committed.
 * A copy the restore verified and found wrong is a FAIL (exit 1, drill FAIL), not "could not verify".
+* A partition whose bytes are not the ones its snapshot recorded (each chunk whole) fails the restore.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -27,7 +30,7 @@ from policy_builder import PolicyBuilder
 from backup.jobs import run_backup
 from backup.repository import open_repository
 from backup.repository.manifest import manifest_key
-from backup.repository.repository import Repository
+from backup.repository.repository import Repository, WriteStats
 from backup.repository.store import put_bytes
 from backup.servers import ClickHouseProcess
 from backup.sources.base import RestoreOptions, Verdict
@@ -337,6 +340,53 @@ def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
         assert steps["restore"][0] == "FAIL", steps
         assert "differs from the snapshot" in steps["restore"][1] and "partition 202609" in steps["restore"][1]
         assert (report["verdict"], run["verdict"], drilled.exit_code) == ("FAIL", "FAIL", 1)
+    finally:
+        http(clickhouse_server, f"DROP DATABASE IF EXISTS {copy}")
+
+
+def _record_another_digest(repository: Repository, snapshot_id: str) -> str:
+    """Rewrite the snapshot's entries so that one partition's recorded SHA-256 is not that of its
+    bytes (each chunk still whole): only the load's check of the whole entry can tell. Its name."""
+    header = repository.read_header(snapshot_id)
+    entries = list(repository.entries(header))
+    [victim] = [entry for entry in entries if entry.meta.get("partition") == "202609"]
+    wrong = replace(victim, sha256=hashlib.sha256(victim.sha256.encode()).hexdigest())
+    lines = b"".join((wrong if entry is victim else entry).to_line() for entry in entries)
+    stats, sink = WriteStats(), repository.new_sink()
+    stored = repository.write_stream(io.BytesIO(lines), stats, sink)
+    repository.seal(sink, stats)
+    key = manifest_key(header.source, header.id)
+    put_bytes(
+        repository.store, key, repository.codec.encode(replace(header, entries_chunks=stored.chunks).to_json(), name=key)
+    )
+    return victim.name
+
+
+def test_a_partition_whose_bytes_are_not_the_recorded_ones_fails_the_restore(
+    clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
+) -> None:
+    db, copy = clickhouse_database, f"{clickhouse_database}_copy"
+    http(
+        clickhouse_server,
+        f"CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY k",
+    )
+    http(clickhouse_server, f"INSERT INTO {db}.events SELECT toDate('2026-09-01') + number % 40, number FROM numbers(1000)")
+    config = _policy(tmp_path, clickhouse_server, db)
+    backed = lifeboat(config, "backup", "run", "--json")
+    assert backed.exit_code == 0, backed.output
+    [snapshot] = json.loads(backed.stdout)["snapshots"]
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
+    try:
+        _record_another_digest(repository, snapshot["id"])
+    finally:
+        repository.close()
+    target = ["--to-host", "127.0.0.1", "--to-port", str(clickhouse_server.tcp_port)]
+    target += ["--to-http-port", str(clickhouse_server.http_port), "--to-database", copy]
+    try:
+        restored = lifeboat(config, "restore", SOURCE, *target)
+        assert restored.exit_code == 1, restored.output
+        assert f"{db}.events partition 202609: restored bytes do not match the snapshot's SHA-256" in restored.stderr
+        assert "Traceback" not in restored.stderr
     finally:
         http(clickhouse_server, f"DROP DATABASE IF EXISTS {copy}")
 
