@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,40 @@ def lifeboat(config: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
 
 
+EVENTS = (  # a table of 1,000 rows in one partition, 202609
+    "CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY k",
+    "INSERT INTO {db}.events SELECT toDate('2026-09-01') + number % 40, number FROM numbers(1000)",
+)
+
+
+def _backed_up(
+    server: ClickHouseProcess,
+    db: str,
+    tmp_path: Path,
+    tamper: Callable[[Repository, str], object],
+    statements: tuple[str, ...] = EVENTS,
+) -> Path:
+    """``statements`` run in database ``db``, which is then backed up through the CLI, and its snapshot
+    rewritten by ``tamper(repository, snapshot id)``. The policy file."""
+    for statement in statements:
+        http(server, statement.format(db=db))
+    config = _policy(tmp_path, server, db)
+    backed = lifeboat(config, "backup", "run", "--json")
+    assert backed.exit_code == 0, backed.output
+    [snapshot] = json.loads(backed.stdout)["snapshots"]
+    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
+    try:
+        tamper(repository, snapshot["id"])
+    finally:
+        repository.close()
+    return config
+
+
+def _restore_into(config: Path, server: ClickHouseProcess, database: str, *options: str) -> Result:
+    target = ["--to-host", "127.0.0.1", "--to-port", str(server.tcp_port), "--to-http-port", str(server.http_port)]
+    return lifeboat(config, "restore", SOURCE, *target, "--to-database", database, *options)
+
+
 def _claim_another_hash(repository: Repository, snapshot_id: str, table: str, partition: str) -> None:
     """Rewrite the snapshot's manifest so its fingerprint of one partition no longer matches the
     data it holds: every restore then loads good bytes that the in-restore check must find wrong."""
@@ -301,34 +335,13 @@ def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
 ) -> None:
     db, copy = clickhouse_database, f"{clickhouse_database}_copy"
-    http(
+    config = _backed_up(
         clickhouse_server,
-        f"CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY k",
+        db,
+        tmp_path,
+        lambda repository, snapshot: _claim_another_hash(repository, snapshot, "events", "202609"),
     )
-    http(clickhouse_server, f"INSERT INTO {db}.events SELECT toDate('2026-09-01') + number % 40, number FROM numbers(1000)")
-    config = _policy(tmp_path, clickhouse_server, db)
-    backed = lifeboat(config, "backup", "run", "--json")
-    assert backed.exit_code == 0, backed.output
-    [snapshot] = json.loads(backed.stdout)["snapshots"]
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
-    try:
-        _claim_another_hash(repository, snapshot["id"], "events", "202609")
-    finally:
-        repository.close()
-
-    restored = lifeboat(
-        config,
-        "restore",
-        SOURCE,
-        "--to-host",
-        "127.0.0.1",
-        "--to-port",
-        str(clickhouse_server.tcp_port),
-        "--to-http-port",
-        str(clickhouse_server.http_port),
-        "--to-database",
-        copy,
-    )
+    restored = _restore_into(config, clickhouse_server, copy)
     try:
         assert restored.exit_code == 1, restored.output
         assert f"{db}.events partition 202609: count" in restored.stderr and "hash differs" in restored.stderr
@@ -366,24 +379,9 @@ def test_a_partition_whose_bytes_are_not_the_recorded_ones_fails_the_restore(
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
 ) -> None:
     db, copy = clickhouse_database, f"{clickhouse_database}_copy"
-    http(
-        clickhouse_server,
-        f"CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY k",
-    )
-    http(clickhouse_server, f"INSERT INTO {db}.events SELECT toDate('2026-09-01') + number % 40, number FROM numbers(1000)")
-    config = _policy(tmp_path, clickhouse_server, db)
-    backed = lifeboat(config, "backup", "run", "--json")
-    assert backed.exit_code == 0, backed.output
-    [snapshot] = json.loads(backed.stdout)["snapshots"]
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
+    config = _backed_up(clickhouse_server, db, tmp_path, _record_another_digest)
     try:
-        _record_another_digest(repository, snapshot["id"])
-    finally:
-        repository.close()
-    target = ["--to-host", "127.0.0.1", "--to-port", str(clickhouse_server.tcp_port)]
-    target += ["--to-http-port", str(clickhouse_server.http_port), "--to-database", copy]
-    try:
-        restored = lifeboat(config, "restore", SOURCE, *target)
+        restored = _restore_into(config, clickhouse_server, copy)
         assert restored.exit_code == 1, restored.output
         assert f"{db}.events partition 202609: restored bytes do not match the snapshot's SHA-256" in restored.stderr
         assert "Traceback" not in restored.stderr
@@ -403,22 +401,13 @@ def test_a_snapshot_without_recorded_definitions_restores_but_is_never_called_ve
     clickhouse_server: ClickHouseProcess, clickhouse_database: str, tmp_path: Path
 ) -> None:
     db, copy = clickhouse_database, f"{clickhouse_database}_old"
-    http(clickhouse_server, f"CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree ORDER BY k")
-    http(clickhouse_server, f"INSERT INTO {db}.events SELECT toDate('2026-09-01'), number FROM numbers(100)")
-    config = _policy(tmp_path, clickhouse_server, db)
-    backed = lifeboat(config, "backup", "run", "--json")
-    assert backed.exit_code == 0, backed.output
-    [snapshot] = json.loads(backed.stdout)["snapshots"]
-    repository = open_repository(RepositorySettings(url=f"file://{tmp_path / 'repo'}"))
+    table = (
+        "CREATE TABLE {db}.events (day Date, k UInt64) ENGINE = MergeTree ORDER BY k",
+        "INSERT INTO {db}.events SELECT toDate('2026-09-01'), number FROM numbers(100)",
+    )
+    config = _backed_up(clickhouse_server, db, tmp_path, _forget_definitions, table)
     try:
-        _forget_definitions(repository, snapshot["id"])
-    finally:
-        repository.close()
-
-    target = ["--to-host", "127.0.0.1", "--to-port", str(clickhouse_server.tcp_port), "--to-database", copy]
-    target += ["--to-http-port", str(clickhouse_server.http_port)]
-    try:
-        restored = lifeboat(config, "restore", SOURCE, *target, "--json")
+        restored = _restore_into(config, clickhouse_server, copy, "--json")
         assert restored.exit_code == 3, restored.output  # written, not proven
         document = json.loads(restored.stdout)
         assert document["verification"]["verdict"] == "unverified"
