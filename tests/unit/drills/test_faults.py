@@ -1,17 +1,25 @@
 """The verifier canary: every tamper kind of a source runs on its own verified copy, and one that
-verification misses makes the step FAIL as "verifier blind", naming it."""
+verification misses makes the step FAIL as "verifier blind", naming it. A damaged chunk passes only
+when the restore refuses it, naming the chunk."""
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from backup.repository.manifest import Entry, SnapshotHeader
+from backup.repository.repository import Repository
+from backup.repository.store import LocalStore
 from backup.sources.base import Verdict, Verification
-from drills.faults import VerifierCanary
+from drills.faults import CorruptChunk, MissingChunk, VerifierCanary
 from drills.model import Status
 from drills.steps import Step, step
+from policies.errors import IntegrityError
 
 
 class Copy:
@@ -104,3 +112,57 @@ def test_a_tamper_that_cannot_be_verified_is_an_error_not_a_pass() -> None:
         VerifierCanary().run(Unverifiable(set()), outcome)  # type: ignore[arg-type]
     assert steps[0].verdict is Status.ERROR
     assert "schema (changed the schema): verification could not run: copy unreachable" in steps[0].message
+
+
+# ---- a damaged chunk: the drill's proof can fail -------------------------------------------------
+
+
+class ChunkContext:
+    """The part of DrillContext the damaged-chunk faults use, over a real repository. Its restore reads
+    every entry as Lifeboat's restore does (``honest``), swallows what it reads wrong (``blind``), or
+    reads nothing (``idle``)."""
+
+    def __init__(self, repository: Repository, header: SnapshotHeader, how: str) -> None:
+        self.repository, self.header, self.how = repository, header, how
+
+    def fresh_slot(self) -> Copy:
+        return Copy(set())
+
+    def restore(self, slot: Copy, *, repository: Repository | None = None) -> None:
+        source = repository or self.repository
+        if self.how == "idle":
+            return
+        for entry in source.entries(self.header):
+            try:
+                source.restore_entry(entry, io.BytesIO(), snapshot=self.header.id)
+            except IntegrityError:
+                if self.how == "honest":
+                    raise
+
+
+@pytest.mark.parametrize("fault", [CorruptChunk, MissingChunk])
+@pytest.mark.parametrize(
+    ("how", "verdict", "message"),
+    [
+        ("honest", Status.PASS, "restore refused: chunk {chunk}"),
+        ("blind", Status.FAIL, "the restore succeeded although chunk {chunk} was"),
+        ("idle", Status.ERROR, "chunk {chunk} was never read, so the fault proved nothing"),
+    ],
+)
+def test_a_damaged_chunk_passes_only_when_the_restore_refuses_it_naming_the_chunk(
+    tmp_path: Path, fault: type[CorruptChunk | MissingChunk], how: str, verdict: Status, message: str
+) -> None:
+    repository = Repository.init(LocalStore(tmp_path / "repo"))
+    try:
+        with repository.begin_snapshot("src", "test") as writer:
+            stored = writer.write_stream(io.BytesIO(os.urandom(3 * 1024 * 1024)))
+            writer.add(Entry("blob", stored.size, stored.sha256, stored.chunks))
+            header = writer.commit()
+        steps: list[Step] = []
+        with step(steps, f"fault:{fault.name}") as outcome:
+            fault().run(ChunkContext(repository, header, how), outcome)  # type: ignore[arg-type]
+    finally:
+        repository.close()
+    chunk = stored.chunks[len(stored.chunks) // 2].id
+    assert steps[0].verdict is verdict, steps[0].message
+    assert message.format(chunk=chunk) in steps[0].message
