@@ -29,7 +29,7 @@ from policy_builder import PolicyBuilder
 
 from backup.jobs import run_backup
 from backup.repository import open_repository
-from backup.repository.manifest import manifest_key
+from backup.repository.manifest import SnapshotHeader, manifest_key
 from backup.repository.repository import Repository, WriteStats
 from backup.repository.store import put_bytes
 from backup.servers import ClickHouseProcess
@@ -319,6 +319,12 @@ def _restore_into(config: Path, server: ClickHouseProcess, database: str, *optio
     return lifeboat(config, "restore", SOURCE, *target, "--to-database", database, *options)
 
 
+def _rewrite_manifest(repository: Repository, header: SnapshotHeader) -> None:
+    """Store ``header`` as its snapshot's manifest, in place of the one the backup wrote."""
+    key = manifest_key(header.source, header.id)
+    put_bytes(repository.store, key, repository.codec.encode(header.to_json(), name=key))
+
+
 def _claim_another_hash(repository: Repository, snapshot_id: str, table: str, partition: str) -> None:
     """Rewrite the snapshot's manifest so its fingerprint of one partition no longer matches the
     data it holds: every restore then loads good bytes that the in-restore check must find wrong."""
@@ -327,8 +333,7 @@ def _claim_another_hash(repository: Repository, snapshot_id: str, table: str, pa
     [doc] = [doc for doc in fingerprint["tables"] if doc["table"] == table]
     rows, digest = doc["partitions"][partition]
     doc["partitions"][partition] = [rows, (digest + 1) % HASH_MODULUS]
-    key = manifest_key(header.source, header.id)
-    put_bytes(repository.store, key, repository.codec.encode(replace(header, fingerprint=fingerprint).to_json(), name=key))
+    _rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
 
 
 def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
@@ -357,9 +362,9 @@ def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
         http(clickhouse_server, f"DROP DATABASE IF EXISTS {copy}")
 
 
-def _record_another_digest(repository: Repository, snapshot_id: str) -> str:
+def _record_another_digest(repository: Repository, snapshot_id: str) -> None:
     """Rewrite the snapshot's entries so that one partition's recorded SHA-256 is not that of its
-    bytes (each chunk still whole): only the load's check of the whole entry can tell. Its name."""
+    bytes (each chunk still whole): only the load's check of the whole entry can tell."""
     header = repository.read_header(snapshot_id)
     entries = list(repository.entries(header))
     [victim] = [entry for entry in entries if entry.meta.get("partition") == "202609"]
@@ -368,11 +373,7 @@ def _record_another_digest(repository: Repository, snapshot_id: str) -> str:
     stats, sink = WriteStats(), repository.new_sink()
     stored = repository.write_stream(io.BytesIO(lines), stats, sink)
     repository.seal(sink, stats)
-    key = manifest_key(header.source, header.id)
-    put_bytes(
-        repository.store, key, repository.codec.encode(replace(header, entries_chunks=stored.chunks).to_json(), name=key)
-    )
-    return victim.name
+    _rewrite_manifest(repository, replace(header, entries_chunks=stored.chunks))
 
 
 def test_a_partition_whose_bytes_are_not_the_recorded_ones_fails_the_restore(
@@ -393,8 +394,7 @@ def _forget_definitions(repository: Repository, snapshot_id: str) -> None:
     """Rewrite the snapshot's manifest as an older Lifeboat wrote it: no recorded table definitions."""
     header = repository.read_header(snapshot_id)
     fingerprint = {key: value for key, value in header.fingerprint.items() if key != "definitions"}
-    key = manifest_key(header.source, header.id)
-    put_bytes(repository.store, key, repository.codec.encode(replace(header, fingerprint=fingerprint).to_json(), name=key))
+    _rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
 
 
 def test_a_snapshot_without_recorded_definitions_restores_but_is_never_called_verified(
