@@ -220,7 +220,8 @@ class BeyondPipeline:
 
 STARTUP = """
 from pathlib import Path
-import sys
+import os, sys
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as the CLI's main() sets it
 from lifeboat.cli import main
 import lifeboat.operations, backup.sources.clickhouse.source, backup.repository.repository
 from policies.loader import load_policy
@@ -242,14 +243,7 @@ def beyond_pipeline(native: Path, config: Path) -> BeyondPipeline:
     if counter.finish() is None:
         raise SystemExit(f"the row counter cannot count {native}: {counter.uncountable}")
     count = time.process_time() - started
-    environment = {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"}  # as the CLI sets it
-    starts = []
-    for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", STARTUP, str(config)], env=environment)
-        _, status, usage = os.wait4(child.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit("the start-up measurement failed")
-        starts.append(usage.ru_utime + usage.ru_stime)
+    starts = [run_child([sys.executable, "-c", STARTUP, str(config)]).cpu for _ in range(3)]
     return BeyondPipeline(digests, count, statistics.median(starts))
 
 
