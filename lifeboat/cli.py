@@ -295,11 +295,26 @@ _M_ARENA_MAX = -8  # glibc malloc.h
 def main() -> None:
     """Console-script entry point."""
     _few_malloc_arenas()
-    # Lifeboat uses no pydantic plugin; without this, pydantic looks for one in the entry points of
-    # every installed package when the policy's models are built (6 ms of each start, issue 22).
-    # A value the user sets wins (an empty one turns plugins back on).
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    set_library_defaults()
     cli(prog_name="lifeboat")
+
+
+# Switches of the libraries, for what every start costs (issue 22); a value the user sets wins.
+LIBRARY_DEFAULTS = {
+    # Lifeboat uses no pydantic plugin; without this, pydantic looks for one in the entry points of
+    # every installed package when the policy's models are built (6 ms). An empty value turns them on.
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",
+    # clickhouse-driver makes a table of every date from 1900 to 2299 when imported (0.07-0.1 s of
+    # each run that reads ClickHouse); with a range, it makes only those and each other date when
+    # first met. "LASY" is the library's own spelling.
+    "CLICKHOUSE_DRIVER_LASY_DATE_LUT": "1970-01-01:1970-01-01",
+}
+
+
+def set_library_defaults() -> None:
+    """Set LIBRARY_DEFAULTS in the environment, before the libraries are imported."""
+    for name, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def _few_malloc_arenas() -> None:

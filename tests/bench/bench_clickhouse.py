@@ -220,10 +220,11 @@ class BeyondPipeline:
 
 STARTUP = """
 from pathlib import Path
-import os, sys
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as the CLI's main() sets it
-from lifeboat.cli import main
+import sys
+from lifeboat.cli import set_library_defaults
+set_library_defaults()  # as the CLI's main() does
 import lifeboat.operations, backup.sources.clickhouse.source, backup.repository.repository
+from clickhouse_driver.bufferedreader import BufferedReader  # the row counter's string reader
 from policies.loader import load_policy
 load_policy(Path(sys.argv[1]))
 """
