@@ -1,6 +1,6 @@
 """Benchmark: the etcd source end to end against the bare tool doing the same work (the floor).
 
-    .venv/bin/python tests/bench/bench_etcd.py [--size-mib 200] [--runs 3]
+    .venv/bin/python tests/bench/bench_etcd.py [--size-mib 200] [--runs 5]
 
 Fills a fresh etcd (own process, free loopback ports) with ~SIZE MiB: 1 MiB values (half text,
 half random) and ~1 KiB Kubernetes-shaped objects. Then, medians of RUNS:
@@ -200,7 +200,7 @@ def policy(directory: Path, endpoint: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     compile_lifeboat()
     with tempfile.TemporaryDirectory(prefix="lifeboat-bench-etcd-") as temp:
