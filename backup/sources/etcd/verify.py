@@ -74,9 +74,8 @@ def check_snapshot_file(
     Each reads the file once; the hashing pass also digests the whole file (``CheckedSnapshot.sha256``),
     which proves the checked file holds the bytes that were stored. ``contents``: the census and
     fingerprint already read (while the file arrived), else they are read here; ``tool``: the file
-    tool (``Etcdctl.file_tool``) asked beforehand. The live keys are totalled while the trailer
-    pass and ``snapshot status`` still run. Our bbolt reader and etcd's must agree on the newest
-    revision. Raises CorruptSnapshotError / SourceError."""
+    tool (``Etcdctl.file_tool``) asked beforehand. Our bbolt reader and
+    etcd's must agree on the newest revision. Raises CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
         pending_trailer = helpers.submit(read_trailer, path)
         pending_status = helpers.submit(etcdctl.snapshot_status, path, tool=tool() if tool else None)
@@ -85,10 +84,6 @@ def check_snapshot_file(
         except BoltFormatError as exc:
             pending_status.result()  # etcd's own verdict on a damaged file comes first
             raise CorruptSnapshotError(f"{path}: {exc}") from None
-        census, values = KeyCensus(), ValueDigests()
-        for key, digest in read.keys.items():
-            census.add(key)
-            values.add(key, digest)
         status, (trailer, whole) = pending_status.result(), pending_trailer.result()
     if read.newest != status.revision:
         raise CorruptSnapshotError(
@@ -96,6 +91,10 @@ def check_snapshot_file(
         )
     # etcd's store starts at revision 1: an empty snapshot's key bucket says 0, its member says 1.
     revision = max(status.revision, read.compacted, 1)
+    census, values = KeyCensus(), ValueDigests()
+    for key, digest in read.keys.items():
+        census.add(key)
+        values.add(key, digest)
     return CheckedSnapshot(
         status, revision, trailer, whole, census.as_dict(revision), values.as_dict(), read.leases, read.auth
     )
