@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the policy builder
 
 
-from cpu import compile_lifeboat, process_cpu, storing_cpu  # noqa: E402
+from cpu import compile_lifeboat, cpu_of, least_of, process_cpu, storing_cpu  # noqa: E402
 from helpers import init_repository  # noqa: E402
 from policy_builder import PolicyBuilder  # noqa: E402
 
@@ -241,20 +241,28 @@ class LeastWork:
 
 
 def least_work(snapshot: Path) -> LeastWork:
-    storing = storing_cpu(snapshot)
-    started = time.process_time()
-    census, values = KeyCensus(), ValueDigests()
-    with snapshot.open("rb") as handle:
-        for key, digest in read_snapshot(handle, snapshot).keys.items():
-            census.add(key)
-            values.add(key, digest)
-    census_cpu = time.process_time() - started
-    started = time.process_time()
-    verify_trailer(snapshot)
-    trailer = time.process_time() - started
-    started_wall, children = time.perf_counter(), children_cpu()
-    etcdctl("snapshot", "status", str(snapshot))
-    return LeastWork(storing, census_cpu, trailer, children_cpu() - children, time.perf_counter() - started_wall)
+    """Each part the least of three tries: a bound, which the machine's other work only inflates."""
+
+    def census() -> None:
+        census, values = KeyCensus(), ValueDigests()
+        with snapshot.open("rb") as handle:
+            for key, digest in read_snapshot(handle, snapshot).keys.items():
+                census.add(key)
+                values.add(key, digest)
+
+    def status() -> tuple[float, float]:
+        started_wall, children = time.perf_counter(), children_cpu()
+        etcdctl("snapshot", "status", str(snapshot))
+        return children_cpu() - children, time.perf_counter() - started_wall
+
+    status_cpu, status_wall = min(status() for _ in range(3))
+    return LeastWork(
+        least_of(3, lambda: storing_cpu(snapshot)),
+        least_of(3, lambda: cpu_of(census)),
+        least_of(3, lambda: cpu_of(lambda: verify_trailer(snapshot))),
+        status_cpu,
+        status_wall,
+    )
 
 
 def measure(work: Path, endpoint: str, runs: int, server_pid: int) -> tuple[list[tuple[str, float, float]], Lifeboat]:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -23,6 +24,19 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def least_of(times: int, measure: Callable[[], float]) -> float:
+    """The least of ``times`` measurements: a part measured alone for a lower bound, which a noisy
+    machine's other work can only make look larger."""
+    return min(measure() for _ in range(times))
+
+
+def cpu_of(work: Callable[[], object]) -> float:
+    """CPU seconds this process spends on ``work()``."""
+    started = time.process_time()
+    work()
+    return time.process_time() - started
 
 
 def storing_cpu(path: Path) -> float:
