@@ -400,6 +400,15 @@ def test_a_damaged_restore_point_manifest_is_named_never_read_as_something_else(
     assert shown["error"]["kind"] == "integrity" and first in shown["error"]["message"]
     pruned = platform.document("prune", "--dry-run", code=0)
     assert pruned["restore_points_damaged"] == [first]
+    # Whole and valid, but another restore point's manifest copied over this one's file.
+    stored.write_bytes((stored.parent / f"{second}.json").read_bytes())
+    shown = platform.document("restore-point", "show", first, code=1)
+    assert shown["error"]["kind"] == "integrity"
+    assert f"holds {second}, not {first}: refusing to use it" in shown["error"]["message"]
+    targets = ["--to-file", str(platform.root / "etcd.db"), "--to-dir", str(platform.root / "m"), "--dry-run"]
+    refused = platform.document("restore", "--restore-point", first, *targets, code=1)
+    assert f"holds {second}, not {first}" in refused["error"]["message"]
+    assert [item["id"] for item in platform.document("restore-point", "list", code=0)["restore_points"]] == [second]
 
 
 def test_a_suspicious_member_is_flagged_by_the_backup_and_warned_of_by_the_restore(
