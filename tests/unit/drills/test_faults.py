@@ -1,6 +1,7 @@
 """The verifier canary: every tamper kind of a source runs on its own verified copy, and one that
 verification misses makes the step FAIL as "verifier blind", naming it. A damaged chunk passes only
-when the restore refuses it, naming the chunk."""
+when the restore refuses it, naming the chunk. Flaky storage passes only when the restore met
+failures, retried and verified; a killed target only when the restore failed clearly or verified."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from backup.repository.manifest import Entry, SnapshotHeader
 from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
 from backup.sources.base import Verdict, Verification
-from drills.faults import CorruptChunk, MissingChunk, VerifierCanary
+from drills.faults import CorruptChunk, FlakyStorage, KillTarget, MissingChunk, VerifierCanary
 from drills.model import Status
 from drills.steps import Step, step
-from policies.errors import IntegrityError
+from policies.errors import IntegrityError, RestoreError
 
 
 class Copy:
@@ -122,8 +123,8 @@ class ChunkContext:
     every entry as Lifeboat's restore does (``honest``), swallows what it reads wrong (``blind``), or
     reads nothing (``idle``)."""
 
-    def __init__(self, repository: Repository, header: SnapshotHeader, how: str) -> None:
-        self.repository, self.header, self.how = repository, header, how
+    def __init__(self, repository: Repository, header: SnapshotHeader, how: str, verdict: Verdict = Verdict.MATCH) -> None:
+        self.repository, self.header, self.how, self.verdict = repository, header, how, verdict
 
     def fresh_slot(self) -> Copy:
         return Copy(set())
@@ -139,6 +140,19 @@ class ChunkContext:
                 if self.how == "honest":
                     raise
 
+    def verify(self, slot: Copy) -> Verification:
+        return Verification(self.verdict, f"the copy: {self.verdict.value}")
+
+
+def _one_snapshot(tmp_path: Path) -> tuple[Repository, SnapshotHeader, list[Any]]:
+    """A repository holding one snapshot of 3 MiB (three chunks); its header and chunks."""
+    repository = Repository.init(LocalStore(tmp_path / "repo"))
+    with repository.begin_snapshot("src", "test") as writer:
+        stored = writer.write_stream(io.BytesIO(os.urandom(3 * 1024 * 1024)))
+        writer.add(Entry("blob", stored.size, stored.sha256, stored.chunks))
+        header = writer.commit()
+    return repository, header, stored.chunks
+
 
 @pytest.mark.parametrize("fault", [CorruptChunk, MissingChunk])
 @pytest.mark.parametrize(
@@ -152,17 +166,93 @@ class ChunkContext:
 def test_a_damaged_chunk_passes_only_when_the_restore_refuses_it_naming_the_chunk(
     tmp_path: Path, fault: type[CorruptChunk | MissingChunk], how: str, verdict: Status, message: str
 ) -> None:
-    repository = Repository.init(LocalStore(tmp_path / "repo"))
+    repository, header, chunks = _one_snapshot(tmp_path)
     try:
-        with repository.begin_snapshot("src", "test") as writer:
-            stored = writer.write_stream(io.BytesIO(os.urandom(3 * 1024 * 1024)))
-            writer.add(Entry("blob", stored.size, stored.sha256, stored.chunks))
-            header = writer.commit()
         steps: list[Step] = []
         with step(steps, f"fault:{fault.name}") as outcome:
             fault().run(ChunkContext(repository, header, how), outcome)  # type: ignore[arg-type]
     finally:
         repository.close()
-    chunk = stored.chunks[len(stored.chunks) // 2].id
+    chunk = chunks[len(chunks) // 2].id
     assert steps[0].verdict is verdict, steps[0].message
     assert message.format(chunk=chunk) in steps[0].message
+
+
+# ---- flaky storage: retried reads, then a verified copy ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "verdict", "status", "message"),
+    [
+        ("honest", Verdict.MATCH, Status.PASS, "restored and verified through "),
+        ("honest", Verdict.MISMATCH, Status.FAIL, "verification failed after the flaky restore: the copy: mismatch"),
+        ("honest", Verdict.UNVERIFIED, Status.ERROR, "could not verify after the flaky restore"),
+        ("idle", Verdict.MATCH, Status.ERROR, "no read failed, so the retries were never exercised"),
+    ],
+)
+def test_flaky_storage_passes_only_when_reads_failed_were_retried_and_the_copy_verifies(
+    tmp_path: Path, how: str, verdict: Verdict, status: Status, message: str
+) -> None:
+    """Over a real repository whose reads fail (the first two and a share of the rest): a restore
+    that reads through them and a copy that verifies is a PASS; a copy that differs, a FAIL; one
+    that cannot be verified, or a restore that read nothing, an ERROR."""
+    repository, header, _ = _one_snapshot(tmp_path)
+    try:
+        steps: list[Step] = []
+        with step(steps, "fault:flaky-storage") as outcome:
+            FlakyStorage().run(ChunkContext(repository, header, how, verdict), outcome)  # type: ignore[arg-type]
+    finally:
+        repository.close()
+    assert steps[0].verdict is status, steps[0].message
+    assert message in steps[0].message
+
+
+# ---- a killed target: a clear failure or a verified copy, never partial data ---------------------
+
+
+class KillContext:
+    """The part of DrillContext kill-target uses. Its restore reports progress ``progress`` times
+    and then ends as ``ends``: "ok", or "fails" (a clear RestoreError); ``verdict`` is what
+    verifying the copy says."""
+
+    def __init__(self, *, progress: int, ends: str, verdict: Verdict = Verdict.MATCH) -> None:
+        self.progress, self.ends, self.verdict = progress, ends, verdict
+        self.slot = Copy(set())
+
+    def fresh_slot(self, *, killable: bool = False) -> Any:
+        assert killable
+        slot = self.slot
+        slot.interrupt = lambda: "killed the scratch server"  # type: ignore[attr-defined]
+        return slot
+
+    def restore(self, slot: Copy, *, progress: Callable[[int], None]) -> None:
+        for _ in range(self.progress):
+            progress(1024)
+        if self.ends == "fails":
+            raise RestoreError("the server went away mid-restore")
+
+    def verify(self, slot: Copy) -> Verification:
+        return Verification(self.verdict, f"the copy: {self.verdict.value}")
+
+
+@pytest.mark.parametrize(
+    ("progress", "ends", "verdict", "status", "message"),
+    [
+        (3, "fails", Verdict.MATCH, Status.PASS, "killed the scratch server; the restore failed clearly: the server"),
+        (3, "ok", Verdict.MATCH, Status.PASS, "killed the scratch server; the restore still completed and verified"),
+        (3, "ok", Verdict.MISMATCH, Status.FAIL, "the restore reported success with partial data: the copy: mismatch"),
+        (3, "ok", Verdict.UNVERIFIED, Status.ERROR, "could not verify after the kill: the copy: unverified"),
+        (0, "fails", Verdict.MATCH, Status.ERROR, "the restore failed before the kill: the server went away"),
+        (0, "ok", Verdict.MATCH, Status.ERROR, "the restore reported no progress, so the kill could not be timed"),
+    ],
+)
+def test_a_killed_target_passes_only_as_a_clear_failure_or_a_verified_copy(
+    progress: int, ends: str, verdict: Verdict, status: Status, message: str
+) -> None:
+    ctx = KillContext(progress=progress, ends=ends, verdict=verdict)
+    steps: list[Step] = []
+    with step(steps, "fault:kill-target") as outcome:
+        KillTarget().run(ctx, outcome)  # type: ignore[arg-type]
+    assert steps[0].verdict is status, steps[0].message
+    assert message in steps[0].message
+    assert ctx.slot.released
