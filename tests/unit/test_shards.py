@@ -17,7 +17,7 @@ from backup.repository.manifest import ChunkRef, Entry
 from backup.repository.parts import PartOf, Shard, parse_part_key
 from backup.repository.repository import Repository
 from backup.repository.store import LocalStore
-from policies.errors import ConfigError
+from policies.errors import ConfigError, IntegrityError
 from policies.loader import parse_policy
 
 
@@ -148,3 +148,22 @@ def test_check_names_the_missing_chunk_of_a_part(repository: Repository, tmp_pat
     report = check(repository)
     assert not report.ok and [problem.kind for problem in report.problems] == ["missing-chunk"]
     assert f"pack {chunk.pack} is missing" in report.problems[0].message
+
+
+def test_a_part_of_another_source_copied_over_a_parts_file_is_never_read_as_its_own(
+    repository: Repository, tmp_path: Path
+) -> None:
+    """A part manifest of 'models' where a part of 'datasets' belongs (a file copied over another):
+    it reads well, and is the wrong source's. Reading it (as the merge of a sharded run does) is
+    refused, naming both, and check names it."""
+    part = PartOf("run-1", Shard(1, 2))
+    write_part(repository, part, b"z" * 1000)
+    root = tmp_path / "repo"
+    (root / part.key("datasets")).parent.mkdir(parents=True, exist_ok=True)
+    (root / part.key("datasets")).write_bytes((root / part.key("models")).read_bytes())
+    [stored] = repository.list_parts("datasets")
+    with pytest.raises(IntegrityError, match=f"manifest of part {stored.key} is of source 'models', not 'datasets'"):
+        repository.read_part(stored)
+    report = check(repository)
+    assert [problem.kind for problem in report.problems] == ["manifest"]
+    assert "is of source 'models', not 'datasets'" in report.problems[0].message

@@ -1,15 +1,20 @@
-"""etcd restore targets: ``--initial-cluster``, member consistency and the restore options."""
+"""etcd restore targets: ``--initial-cluster``, member consistency, the restore options, and a
+snapshot that is not an etcd one."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
+from backup.repository.manifest import Entry
+from backup.repository.repository import Repository
+from backup.repository.store import LocalStore
 from backup.sources.base import RestoreOptions
 from backup.sources.etcd.source import EtcdSource
 from backup.sources.etcd.targets import EtcdDataDirTarget, EtcdFileTarget, check_membership, parse_initial_cluster
-from policies.errors import RestoreError
+from policies.errors import IntegrityError, RestoreError
 from policies.model import EtcdSettings
 
 
@@ -65,3 +70,20 @@ def test_targets_are_parsed(tmp_path: Path) -> None:
 def test_wrong_target_options_say_what_to_use(options: RestoreOptions, message: str) -> None:
     with pytest.raises(RestoreError, match=message):
         SOURCE.parse_target(options)
+
+
+def test_a_snapshot_without_the_etcd_db_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A snapshot of the source's name that holds no ``snapshot.db`` (the name was an S3 source's
+    before the policy changed its kind): restoring it to a file is refused, and no file is written."""
+    repository = Repository.init(LocalStore(tmp_path / "repo"))
+    try:
+        with repository.begin_snapshot("k8s-etcd", "s3") as writer:
+            stored = writer.write_stream(io.BytesIO(b"an object, not an etcd db"))
+            writer.add(Entry("bucket/key", stored.size, stored.sha256, stored.chunks))
+            header = writer.commit()
+        options = RestoreOptions.of(to_file=str(tmp_path / "etcd.db"))
+        with pytest.raises(IntegrityError, match=f"snapshot {header.id} holds no snapshot.db entry: it is not an etcd"):
+            SOURCE.restore(repository, header, SOURCE.parse_target(options), options=options)
+    finally:
+        repository.close()
+    assert not (tmp_path / "etcd.db").exists()
