@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backup.sources.etcd.etcdctl import Etcdctl
 from backup.sources.etcd.snapshot_file import TRAILER_SIZE, CorruptSnapshotError, SnapshotStatus, verify_trailer
 
 
@@ -67,3 +68,33 @@ def test_snapshot_status_is_parsed_and_matches_the_file() -> None:
 def test_a_status_that_does_not_fit_the_file_is_refused(output: bytes, size: int, message: str) -> None:
     with pytest.raises(CorruptSnapshotError, match=message):
         SnapshotStatus.parse(output, file_size=size)
+
+
+def test_a_file_that_shrinks_while_it_is_checked_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is shorter than it was when the check looked at its size (truncated meanwhile): the
+    check fails, naming it, instead of waiting for bytes that will never come."""
+    path = snapshot_file(tmp_path / "s.db", os.urandom(64 * 1024))
+    real_stat = Path.stat
+
+    def grown(self: Path, **kwargs: object) -> os.stat_result:
+        found = real_stat(self, **kwargs)  # type: ignore[arg-type]
+        if self != path:
+            return found
+        fields = list(found)
+        fields[6] += 4096  # st_size: what it held before it shrank
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(Path, "stat", grown)
+    with pytest.raises(CorruptSnapshotError, match="shrank while it was being checked"):
+        verify_trailer(path)
+
+
+def test_a_file_with_a_right_trailer_that_etcd_cannot_read_fails_snapshot_status(tmp_path: Path) -> None:
+    """Bytes whose sha256 trailer matches, but no bbolt database: etcd's own ``snapshot status``
+    (the real etcdctl) refuses it, and the check says etcd cannot read it."""
+    path = snapshot_file(tmp_path / "s.db", os.urandom(64 * 1024))
+    verify_trailer(path)
+    with pytest.raises(CorruptSnapshotError) as refused:
+        Etcdctl().snapshot_status(path)
+    assert str(refused.value).startswith(f"etcd cannot read {path} as a snapshot: etcdctl exited with code 1")
+    assert "invalid database" in str(refused.value)
