@@ -275,6 +275,19 @@ def test_a_manifest_pointed_at_another_snapshots_entries_is_refused_when_they_ar
         list(repo.entries(header))
 
 
+def test_a_manifest_whose_entries_do_not_parse_is_refused_naming_the_snapshot(repo: Repository) -> None:
+    """A manifest pointed at chunks that hold no entries (whole chunks of other bytes): reading its
+    entries fails as a damaged manifest of that snapshot, never as a crash or an empty snapshot."""
+    promised, _ = backup_bytes(repo, mixed_data(MiB // 2))
+    other, _ = backup_bytes(repo, b"not an entry\n", name="c")
+    [garbage] = list(repo.entries(other))
+    key = manifest_key(promised.source, promised.id)
+    edited = replace(promised, entries_chunks=garbage.chunks)
+    put_bytes(repo.store, key, repo.codec.encode(edited.to_json(), name=key))
+    with pytest.raises(IntegrityError, match=f"snapshot {promised.id}: an entry is unreadable"):
+        list(repo.entries(repo.read_header(promised.id)))
+
+
 def test_zstd_frames_carry_a_checksum_and_must_end_with_the_object() -> None:
     import zstandard
 
