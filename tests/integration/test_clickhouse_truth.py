@@ -24,14 +24,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from clickhouse_driver import Client
-from helpers import init_repository
+from helpers import init_repository, rewrite_manifest
 from policy_builder import PolicyBuilder
 
 from backup.jobs import run_backup
 from backup.repository import open_repository
-from backup.repository.manifest import SnapshotHeader, manifest_key
 from backup.repository.repository import Repository, WriteStats
-from backup.repository.store import put_bytes
 from backup.servers import ClickHouseProcess
 from backup.sources.base import RestoreOptions, Verdict
 from backup.sources.clickhouse.fingerprint import HASH_MODULUS
@@ -319,12 +317,6 @@ def _restore_into(config: Path, server: ClickHouseProcess, database: str, *optio
     return lifeboat(config, "restore", SOURCE, *target, "--to-database", database, *options)
 
 
-def _rewrite_manifest(repository: Repository, header: SnapshotHeader) -> None:
-    """Store ``header`` as its snapshot's manifest, in place of the one the backup wrote."""
-    key = manifest_key(header.source, header.id)
-    put_bytes(repository.store, key, repository.codec.encode(header.to_json(), name=key))
-
-
 def _claim_another_hash(repository: Repository, snapshot_id: str, table: str, partition: str) -> None:
     """Rewrite the snapshot's manifest so its fingerprint of one partition no longer matches the
     data it holds: every restore then loads good bytes that the in-restore check must find wrong."""
@@ -333,7 +325,7 @@ def _claim_another_hash(repository: Repository, snapshot_id: str, table: str, pa
     [doc] = [doc for doc in fingerprint["tables"] if doc["table"] == table]
     rows, digest = doc["partitions"][partition]
     doc["partitions"][partition] = [rows, (digest + 1) % HASH_MODULUS]
-    _rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
+    rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
 
 
 def test_a_copy_the_restore_finds_wrong_is_a_fail_not_an_error(
@@ -373,7 +365,7 @@ def _record_another_digest(repository: Repository, snapshot_id: str) -> None:
     stats, sink = WriteStats(), repository.new_sink()
     stored = repository.write_stream(io.BytesIO(lines), stats, sink)
     repository.seal(sink, stats)
-    _rewrite_manifest(repository, replace(header, entries_chunks=stored.chunks))
+    rewrite_manifest(repository, replace(header, entries_chunks=stored.chunks))
 
 
 def test_a_partition_whose_bytes_are_not_the_recorded_ones_fails_the_restore(
@@ -394,7 +386,7 @@ def _forget_definitions(repository: Repository, snapshot_id: str) -> None:
     """Rewrite the snapshot's manifest as an older Lifeboat wrote it: no recorded table definitions."""
     header = repository.read_header(snapshot_id)
     fingerprint = {key: value for key, value in header.fingerprint.items() if key != "definitions"}
-    _rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
+    rewrite_manifest(repository, replace(header, fingerprint=fingerprint))
 
 
 def test_a_snapshot_without_recorded_definitions_restores_but_is_never_called_verified(

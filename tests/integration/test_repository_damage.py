@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import S3Endpoint
-from helpers import init_repository, missing_requirement
+from helpers import init_repository, missing_requirement, rewrite_manifest
 from policy_builder import PolicyBuilder
 
 from backup.repository.maintenance import check
 from backup.repository.manifest import Entry, manifest_key
 from backup.repository.repository import Repository
-from backup.repository.store import LocalStore, put_bytes
+from backup.repository.store import LocalStore
 from lifeboat.cli import cli
 from policies.errors import IntegrityError
 
@@ -163,9 +163,9 @@ def test_entries_pointed_at_an_older_snapshots_fail_the_restore(
     newer = lifeboat.backup()["id"]
     with Repository.open(LocalStore(lifeboat.repository)) as repository:  # a forger using the tool's own encoding
         header = repository.read_header(newer)
-        swapped = dataclasses.replace(header, entries_chunks=repository.read_header(older).entries_chunks)
-        key = manifest_key("models", newer)
-        put_bytes(repository.store, key, repository.codec.encode(swapped.to_json(), name=key))
+        rewrite_manifest(
+            repository, dataclasses.replace(header, entries_chunks=repository.read_header(older).entries_chunks)
+        )
 
     restore = lifeboat("restore", "models", "--snapshot", newer, "--to-dir", str(tmp_path / "out"), "--json")
     assert restore.code == 1, restore.stdout
