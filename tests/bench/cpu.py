@@ -42,6 +42,7 @@ def cpu_of(work: Callable[[], object]) -> float:
 def storing_cpu(path: Path) -> float:
     """CPU seconds this process spends on the least a repository does with ``path``'s bytes: zstd at
     the repository's level and two sha256 passes (chunk ids, the stream's digest) per 1 MiB chunk."""
+
     def store() -> None:
         compressor = zstandard.ZstdCompressor(level=3)
         with path.open("rb") as stream:
