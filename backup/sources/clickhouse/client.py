@@ -335,14 +335,19 @@ class ExportStream:
         try:
             data = self._body.read(size)
         except (http.client.HTTPException, OSError) as exc:
-            raise ClickHouseError(
-                f"lost the connection to {self._endpoint.host}:{self._endpoint.http_port} while reading {self._what}: {exc}"
-            ) from None
+            raise lost_connection(self._endpoint, self._what, exc) from None
         if data:
             self._tail = (self._tail + data)[-EXPORT_TAIL:] if len(data) < EXPORT_TAIL else data[-EXPORT_TAIL:]
         else:
+            self._check_length()
             self._check_tail()
         return data
+
+    def _check_length(self) -> None:
+        # http.client ends a Content-Length body that the connection cut short without an error.
+        missing = self._response.length if self._body is self._response else None
+        if missing:
+            raise lost_connection(self._endpoint, self._what, f"the body ended {missing} bytes short of its length")
 
     def _check_tail(self) -> None:
         match = _APPENDED_ERROR.search(self._tail)
@@ -421,7 +426,10 @@ class HttpChannel:
                 raise self._lost_during(connection, what, exc) from None
             if response.status != 200:
                 raise self._refused(response, what)
-            response.read()
+            try:
+                response.read()
+            except (http.client.HTTPException, OSError) as exc:
+                raise lost_connection(self.endpoint, what, exc) from None
         finally:
             connection.close()
 
@@ -432,7 +440,10 @@ class HttpChannel:
         )
 
     def _refused(self, response: http.client.HTTPResponse, what: str) -> ClickHouseError:
-        text = response.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")
+        try:
+            text = response.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")
+        except (http.client.HTTPException, OSError) as exc:
+            return lost_connection(self.endpoint, what, f"it answered HTTP {response.status}, then {exc}")
         code = _ERROR_CODE.search(text)
         return server_error(
             self.endpoint, f"{what}: {text or f'HTTP {response.status}'}", int(code.group(1)) if code else None
@@ -443,10 +454,13 @@ class HttpChannel:
         try:
             response = connection.getresponse()
         except (http.client.HTTPException, OSError):
-            return ClickHouseError(
-                f"lost the connection to {self.endpoint.host}:{self.endpoint.http_port} while loading {what}: {exc}"
-            )
+            return lost_connection(self.endpoint, what, exc)
         return self._refused(response, what)
+
+
+def lost_connection(endpoint: Endpoint, what: str, exc: BaseException | str) -> ClickHouseError:
+    """The server went away mid-request (killed, restarted, a proxy timed out)."""
+    return ClickHouseError(f"lost the connection to {endpoint.host}:{endpoint.http_port} during the {what}: {exc}")
 
 
 def run_parallel(function: Callable[[_Item], _Result], items: Sequence[_Item], *, workers: int) -> list[_Result]:
