@@ -114,6 +114,19 @@ class EtcdGateway:
 
     def read_keys(self) -> KeyPage:
         answer = self._receive("/v3/kv/range")
+        try:
+            return self._key_page(answer)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise self._not_etcd("/v3/kv/range", json.dumps(answer).encode(), f" ({type(exc).__name__}: {exc})") from None
+
+    def _not_etcd(self, path: str, data: bytes, why: str = "") -> SourceError:
+        return SourceError(
+            f"{self.endpoint} answered {path} with what is not etcd's answer{why}: {data[:120]!r}; "
+            "is it an etcd client URL (as in --advertise-client-urls)?"
+        )
+
+    @staticmethod
+    def _key_page(answer: dict[str, Any]) -> KeyPage:
         items = answer.get("kvs", [])
         keys = [base64.b64decode(item["key"]) for item in items]
         values = [
@@ -219,6 +232,10 @@ class EtcdGateway:
             doc: dict[str, Any] = json.loads(data)
         except ValueError:
             doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        if response.status == 200 and path.startswith("/v3/") and "header" not in doc:
+            raise self._not_etcd(path, data)
         if response.status != 200:
             message = str(doc.get("message") or doc.get("error") or data[:200].decode(errors="replace")).strip()
             raise GatewayRefused(
