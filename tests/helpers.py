@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import http.server
 import importlib
 import logging
 import os
@@ -198,3 +200,17 @@ def rewrite_manifest(repository: Any, header: Any) -> None:
 
     key = manifest_key(header.source, header.id)
     put_bytes(repository.store, key, repository.codec.encode(header.to_json(), name=key))
+
+
+@contextlib.contextmanager
+def http_serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """``handler`` answering on a free loopback port, in a thread, until the block ends; yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 from click.testing import CliRunner
-from helpers import init_repository
+from helpers import http_serving, init_repository
 from policy_builder import PolicyBuilder
 from report_samples import failing_run, passing_run
 
@@ -79,16 +78,9 @@ def recording_server(status: int = 200) -> Iterator[RecordingServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_serving(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def apprise_settings(*urls: Any, **extra: Any) -> AppriseSettings:

@@ -11,7 +11,6 @@ import http.server
 import ipaddress
 import json
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import SmtpSink
+from helpers import SmtpSink, http_serving
 from report_samples import failing_run, history, passing_run
 
 from backup.execute import free_port
@@ -338,16 +337,9 @@ def webhook_server(*statuses: int) -> Iterator[WebhookServer]:
         def log_message(self, format: str, *args: Any) -> None:  # keep the test output quiet
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with http_serving(Handler) as port:
+        state.url = f"http://127.0.0.1:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def webhook_settings(url: str, **extra: Any) -> WebhookSettings:

@@ -5,10 +5,10 @@ KeyError from the missing fields."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
+from helpers import http_serving
 
 from backup.sources.etcd.gateway import EtcdGateway
 from policies.errors import SourceError
@@ -35,13 +35,8 @@ class NotEtcd(http.server.BaseHTTPRequestHandler):
     ids=["html", "a JSON list", "an empty object", "a revision that is not a number"],
 )
 def not_etcd(request: pytest.FixtureRequest) -> Iterator[str]:
-    handler = type("Handler", (NotEtcd,), {"body": request.param})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_serving(type("Handler", (NotEtcd,), {"body": request.param})) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_range_answered_by_something_else_fails_naming_the_endpoint(not_etcd: str) -> None:
