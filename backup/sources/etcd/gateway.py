@@ -119,12 +119,6 @@ class EtcdGateway:
         except (KeyError, ValueError, TypeError) as exc:
             raise self._not_etcd("/v3/kv/range", json.dumps(answer).encode(), f" ({type(exc).__name__}: {exc})") from None
 
-    def _not_etcd(self, path: str, data: bytes, why: str = "") -> SourceError:
-        return SourceError(
-            f"{self.endpoint} answered {path} with what is not etcd's answer{why}: {data[:120]!r}; "
-            "is it an etcd client URL (as in --advertise-client-urls)?"
-        )
-
     @staticmethod
     def _key_page(answer: dict[str, Any]) -> KeyPage:
         items = answer.get("kvs", [])
@@ -229,9 +223,9 @@ class EtcdGateway:
             self._connection.close()
             raise GatewayUnreachable(f"etcd at {self.endpoint} is unreachable: {_reason(exc)}") from exc
         try:
-            doc: dict[str, Any] = json.loads(data)
+            doc = json.loads(data)
         except ValueError:
-            doc = {}
+            doc = None
         if not isinstance(doc, dict):
             doc = {}
         if response.status == 200 and path.startswith("/v3/") and "header" not in doc:
@@ -244,6 +238,12 @@ class EtcdGateway:
                 reason=message,
             )
         return doc
+
+    def _not_etcd(self, path: str, data: bytes, why: str = "") -> SourceError:
+        return SourceError(
+            f"{self.endpoint} answered {path} with what is not etcd's answer{why}: {data[:120]!r}; "
+            "is it an etcd client URL (as in --advertise-client-urls)?"
+        )
 
 
 _PERMISSION_TYPES = {"READ": 0, "WRITE": 1, "READWRITE": 2}
