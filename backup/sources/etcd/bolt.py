@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -123,10 +123,14 @@ class BoltFile:
             raise BoltFormatError(f"page {pgid} claims {overflow} overflow pages past the end: the file is damaged")
         return page + self._handle.read(overflow * self.page_size)
 
-    def _leaves(self, page: bytes, pgid: int | None = None) -> Iterator[tuple[int | None, bytes]]:
+    def _leaves(
+        self, page: bytes, pgid: int | None = None, *, known: Container[int] = ()
+    ) -> Iterator[tuple[int | None, bytes]]:
         """(page id, page) of every leaf page under ``page`` (id ``pgid``; None for a bucket inlined
         in its parent), in key order, one read at a time (iterative: no generator chain per level,
-        and only page ids wait on the stack)."""
+        and only page ids wait on the stack). ``known``: ids of pages already read as leaves
+        (``key_leaves_so_far``), given as (id, b"") without reading them again: a leaf holding a
+        large value spans hundreds of pages."""
         pending: list[tuple[int, int]] = []
         seen: set[int] = set()
         depth = 0
@@ -141,12 +145,16 @@ class BoltFile:
                 pending.extend(reversed([(element[2], depth + 1) for element in elements]))
             else:
                 raise BoltFormatError(f"page of type {flags:#x} inside a B+tree: the file is damaged")
-            if not pending:
-                return
-            pgid, depth = pending.pop()
-            if depth > _MAX_DEPTH or pgid in seen:
-                raise BoltFormatError(f"page {pgid} makes the B+tree loop: the file is damaged")
-            seen.add(pgid)
+            while True:
+                if not pending:
+                    return
+                pgid, depth = pending.pop()
+                if depth > _MAX_DEPTH or pgid in seen:
+                    raise BoltFormatError(f"page {pgid} makes the B+tree loop: the file is damaged")
+                seen.add(pgid)
+                if pgid not in known:
+                    break
+                yield pgid, b""
             page = self._page(pgid)
 
     def _items(self, page: bytes) -> Iterator[tuple[int, memoryview, memoryview]]:
@@ -154,9 +162,10 @@ class BoltFile:
         for _pgid, leaf in self._leaves(page):
             yield from _leaf_items(leaf)
 
-    def leaves(self, name: bytes) -> Iterator[tuple[int | None, bytes]]:
+    def leaves(self, name: bytes, *, known: Container[int] = ()) -> Iterator[tuple[int | None, bytes]]:
         """(page id or None when inlined, page) of every leaf page of top-level bucket ``name``, in
-        key order; ``_leaf_items`` gives their items.
+        key order; ``_leaf_items`` gives their items. A page in ``known`` comes as (id, b""): see
+        ``_leaves``.
 
         Raises KeyError when there is no such bucket, BoltFormatError when the file is damaged."""
         for flags, key, value in self._items(self._page(self.root)):
@@ -164,7 +173,7 @@ class BoltFile:
                 root, _sequence = _BUCKET.unpack_from(value)
                 if root == 0:
                     return self._leaves(bytes(value[_BUCKET.size :]))
-                return self._leaves(self._page(root), root)
+                return self._leaves(self._page(root), root, known=known)
         raise KeyError(name.decode(errors="replace"))
 
     def items(self, name: bytes) -> Iterator[tuple[memoryview, memoryview]]:
@@ -356,7 +365,7 @@ def _key_digests(bolt: BoltFile, where: object, *, known: dict[int, KeyLeaf] | N
     live: dict[bytes, int | None] = {}
     newest = 0
     try:
-        for pgid, leaf in bolt.leaves(b"key"):  # in revision order: the last word wins
+        for pgid, leaf in bolt.leaves(b"key", known=known or ()):  # in revision order: the last word wins
             records = known.pop(pgid, None) if known is not None and pgid is not None else None
             keys, last = records or _key_leaf(leaf, where)
             live.update(keys)

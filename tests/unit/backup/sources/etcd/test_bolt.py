@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 
@@ -310,6 +311,46 @@ def test_leaves_read_while_the_file_arrives_are_whole_across_any_read_ahead_bloc
     with path.open("rb") as handle:
         assert read_snapshot(handle, path, holds=size.__ge__) == read_snapshot(handle, path)
     assert found[7][0] == [(b"/k/d", key_digest(b"/k/d", values[3], 8, 8, 1, 0))]
+
+
+class CountingReader:
+    """A file's reads, counted in bytes."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.read_bytes = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def read(self, size: int) -> bytes:
+        data = self.handle.read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+def test_a_snapshot_read_while_it_arrives_is_read_once(tmp_path: Path) -> None:
+    """Leaves read as they arrived are not read again when the tree, which comes last, names them:
+    a leaf holding a large value spans hundreds of pages (most of a Kubernetes snapshot's bytes)."""
+    values = [bytes([n]) * 200_000 for n in range(4)]
+    pgid, leaves, children = 2, [], []
+    for number, value in enumerate(values):
+        key = b"/registry/configmaps/big/cm-%d" % number
+        leaf = overflowing_leaf(pgid, [(0, revision(5 + number), full_key_value(key, value, 5 + number, 5 + number, 1))])
+        leaves.append(leaf)
+        children.append((revision(5 + number), pgid))
+        pgid += len(leaf) // PAGE
+    root = leaf_page(pgid, [(BUCKET, b"key", struct.pack("<QQ", pgid + 1, 0)), (BUCKET, b"meta", inline_bucket(META_ITEMS))])
+    branch = branch_page(pgid + 1, children)
+    path = write(tmp_path / "s.db", meta_page(0, root=pgid, txid=3), meta_page(1, root=pgid, txid=2), *leaves, root, branch)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        reader = CountingReader(handle)
+        contents = read_snapshot(cast(BinaryIO, reader), path, holds=size.__ge__)
+    with path.open("rb") as handle:
+        assert contents == read_snapshot(handle, path)
+    assert len(contents.keys) == 4
+    assert reader.read_bytes <= size + 8 * PAGE, f"read {reader.read_bytes} bytes of a {size}-byte file"
 
 
 def test_leases_users_roles_and_auth_state_are_read_from_their_buckets(tmp_path: Path) -> None:
