@@ -50,7 +50,7 @@ $(VENV)/.installed: pyproject.toml
 # `lifeboat` that a test, the demo or a bench starts compiled each module again: 0.2 s of each start.
 # Only stale files are compiled again (0.06 s when none is).
 bytecode: venv
-	$(BIN)/python -m compileall -q backup lifeboat policies drills tests >/dev/null
+	$(BIN)/python -m compileall -q backup lifeboat policies drills tests
 
 # etcd 3.4 and ClickHouse 18.16 from Debian, installed without starting their services.
 system-deps:
