@@ -38,11 +38,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import kubernetes.client
+from helpers import http_serving
 
 Object = dict[str, Any]
 Key = tuple[str, str, str, str]  # (group/version, resource, namespace or "", name)
@@ -585,16 +586,9 @@ def _handler(fake: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
 def serve(fake: FakeKubernetes | None = None) -> Iterator[FakeKubernetes]:
     """Run ``fake`` (a new one by default) on a free loopback port until the block ends."""
     fake = fake or FakeKubernetes()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_serving(_handler(fake)) as port:
+        fake.url = f"http://127.0.0.1:{port}"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def api_client(fake: FakeKubernetes) -> kubernetes.client.ApiClient:

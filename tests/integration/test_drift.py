@@ -10,13 +10,12 @@ import base64
 import http.client
 import json
 import os
-import threading
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from helpers import init_repository
+from helpers import http_serving, init_repository
 from policy_builder import PolicyBuilder
 
 from backup.execute import free_port
@@ -50,6 +49,7 @@ class TruncatingProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.page = page
         self.listings = 0
+        self.endpoint_url = ""  # set once it serves
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,9 +61,7 @@ class TruncatingProxy:
 
             do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.handler = Handler
 
     def relay(self, request: BaseHTTPRequestHandler) -> None:
         length = int(request.headers.get("Content-Length") or 0)
@@ -104,12 +102,9 @@ class TruncatingProxy:
 @pytest.fixture
 def truncating_s3(s3_server: Any) -> Iterator[TruncatingProxy]:
     proxy = TruncatingProxy(s3_server.endpoint_url, page=OBJECTS // 2)
-    proxy.thread.start()
-    try:
+    with http_serving(proxy.handler) as port:
+        proxy.endpoint_url = f"http://127.0.0.1:{port}"
         yield proxy
-    finally:
-        proxy.server.shutdown()
-        proxy.server.server_close()
 
 
 # ---- policy, data, CLI --------------------------------------------------------------------------
