@@ -364,10 +364,10 @@ def _key_digests(bolt: BoltFile, where: object, *, known: dict[int, KeyLeaf] | N
     """``known``: leaf pages already read (``BoltFile.key_leaves_so_far``), by page id."""
     live: dict[bytes, int | None] = {}
     newest = 0
+    known = known if known is not None else {}
     try:
-        for pgid, leaf in bolt.leaves(b"key", known=known or ()):  # in revision order: the last word wins
-            records = known.pop(pgid, None) if known is not None and pgid is not None else None
-            keys, last = records or _key_leaf(leaf, where)
+        for pgid, leaf in bolt.leaves(b"key", known=known):  # in revision order: the last word wins
+            keys, last = known.pop(pgid) if pgid in known else _key_leaf(leaf, where)
             live.update(keys)
             newest = last if last is not None else newest
     except KeyError:
