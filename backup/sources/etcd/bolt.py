@@ -388,7 +388,7 @@ def _key_leaf(leaf: bytes, where: object) -> KeyLeaf:
     """The records of one leaf page of the ``key`` bucket. Raises BoltFormatError (not a key
     revision), ValueError / IndexError / struct.error (damaged)."""
     records: list[tuple[bytes, int | None]] = []
-    newest = None
+    revision: bytes | memoryview = b""
     for _flags, revision, value in _leaf_items(leaf):
         if len(revision) < _REVISION_SIZE or not value or value[0] != _KEY_FIELD:
             raise BoltFormatError(f"{where}: an entry of the 'key' bucket is not an etcd key revision")
@@ -397,8 +397,7 @@ def _key_leaf(leaf: bytes, where: object) -> KeyLeaf:
             records.append((key, key_digest(key, content, create, mod, version, lease)))
         else:
             records.append((_user_key(value), None))  # a tombstone
-        newest = revision_main(bytes(revision[:8]))
-    return records, newest
+    return records, revision_main(bytes(revision[:8])) if revision else None  # the last is the newest
 
 
 def snapshot_leases_and_auth(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -456,51 +455,34 @@ def _text(raw: Any) -> str:
 
 def _key_value(raw: memoryview) -> tuple[bytes, bytes | memoryview, int, int, int, int]:
     """(key, value, create_revision, mod_revision, version, lease) of an ``mvccpb.KeyValue``; the value
-    is a view into ``raw``. What ``_fields`` would give (the first occurrence of a field counts), in
-    one pass without a dict per record: a snapshot holds a record per revision. Raises ValueError
-    for a wire type no etcd message uses, or a field longer than its message."""
-    numbers = [0] * 7  # varint fields by number: 2 create, 3 mod, 4 version, 6 lease
-    seen = 0  # bit n: field n met (the first occurrence counts)
-    unusual = False  # a known field first met with another wire type: _fields' reading is the rule then
-    key: bytes = b""
+    is a view into ``raw``. etcd writes fields 1 to 6 in order, leaving out the zero ones: that layout
+    is read straight through (a snapshot holds a record per revision); any other as ``_fields`` reads
+    it (the first occurrence of a field counts). Raises ValueError for a wire type no etcd message
+    uses, or a field longer than its message."""
+    end = len(raw)
+    length, at = _varint(raw, 1)  # raw[0] is the key's tag
+    key, at = bytes(raw[at : at + length]), at + length
+    create = mod = version = lease = 0
     value: bytes | memoryview = b""
-    at, end = 0, len(raw)
-    while at < end:
-        tag = raw[at]
-        if tag & 0x80:  # a field number above 15: never in an mvccpb.KeyValue, but read it as _fields would
-            return _key_value_of(_fields(raw))
-        at += 1
-        number, wire = tag >> 3, tag & 0x07
-        first = not seen >> number & 1
-        seen |= 1 << number
-        if wire == 0:
-            number_value = raw[at] if at < end else 0x80
-            if number_value < 0x80:
-                at += 1
-            else:
-                number_value, at = _varint(raw, at)
-            if first and number < len(numbers):
-                numbers[number] = number_value
-                unusual |= number in (1, 5)
-        elif wire == 2:
-            length = raw[at] if at < end else 0x80
-            if length < 0x80:
-                at += 1
-            else:
-                length, at = _varint(raw, at)
-            if at + length > end:
-                raise ValueError("a protobuf field longer than its message")
-            if first and number == 1:
-                key = bytes(raw[at : at + length])
-            elif first and number == 5:
-                value = raw[at : at + length]
-            unusual |= first and number in (2, 3, 4, 6)
-            at += length
-        else:
-            raise ValueError(f"protobuf wire type {wire} in an etcd record")
-    if unusual:
+    tag = raw[at] if at < end else 0
+    if tag == 0x10:
+        create, at = _varint(raw, at + 1)
+        tag = raw[at] if at < end else 0
+    if tag == 0x18:
+        mod, at = _varint(raw, at + 1)
+        tag = raw[at] if at < end else 0
+    if tag == 0x20:
+        version, at = _varint(raw, at + 1)
+        tag = raw[at] if at < end else 0
+    if tag == 0x2A:
+        length, at = _varint(raw, at + 1)
+        value, at = raw[at : at + length], at + length
+        tag = raw[at] if at < end else 0
+    if tag == 0x30:
+        lease, at = _varint(raw, at + 1)
+    if at != end:  # another layout, or damaged
         return _key_value_of(_fields(raw))
-    return key, value, _signed(numbers[2]), _signed(numbers[3]), _signed(numbers[4]), _signed(numbers[6])
+    return key, value, _signed(create), _signed(mod), _signed(version), _signed(lease)
 
 
 def _key_value_of(fields: dict[int, list[Any]]) -> tuple[bytes, bytes, int, int, int, int]:
@@ -533,6 +515,8 @@ def _fields(raw: Any) -> dict[int, list[Any]]:
 
 
 def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    if data[at] < 0x80:  # most lengths and versions
+        return data[at], at + 1
     value = shift = 0
     while True:
         byte = data[at]

@@ -7,6 +7,7 @@ wins, checksums, inline and paged buckets, branch pages, and damaged files.
 
 from __future__ import annotations
 
+import random
 import struct
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -242,6 +243,64 @@ def test_records_in_any_field_order_are_digested_as_protobuf_reads_them(tmp_path
         b"/x/k1": key_digest(b"/x/k1", b"v1", 3, 70000, 300, -5),
         b"/x/k2": key_digest(b"/x/k2", big, 70001, 70001, 1, 0),
     }
+
+
+def test_a_record_in_any_layout_reads_as_protobuf_reads_it() -> None:
+    """etcd's own layout is read straight through, any other the general way: both must give the
+    same fields, or fail alike. Random records: etcd's layout (long keys and values, large and
+    negative numbers, zero fields left out), and the same shuffled, repeated, extended, cut short."""
+    rng = random.Random(22)
+
+    def general(raw: bytes) -> object:
+        try:
+            key, value, *numbers = bolt._key_value_of(bolt._fields(raw))
+        except (ValueError, IndexError) as exc:
+            return type(exc)
+        return key, bytes(value), *numbers
+
+    def fast(raw: bytes) -> object:
+        try:
+            key, value, *numbers = bolt._key_value(memoryview(raw))
+        except (ValueError, IndexError) as exc:
+            return type(exc)
+        return key, bytes(value), *numbers
+
+    def number() -> int:
+        return rng.choice([0, 1, 127, 128, 300, 70_000, 2**40, 2**63 - 1, 2**64 - 5, rng.randrange(2**64)])
+
+    layouts = {"etcd": 0, "other": 0}
+    for _ in range(3000):
+        key = b"/registry/" + bytes(rng.randrange(32, 127) for _ in range(rng.choice([1, 20, 118, 200])))
+        value = rng.randbytes(rng.choice([0, 1, 127, 128, 5000]))
+        raw = full_key_value(key, value, number(), number(), number(), number())
+        mutation = rng.choice(["none", "none", "shuffle", "repeat", "extra", "cut", "wire"])
+        fields = _split(raw)
+        if mutation == "shuffle":
+            rng.shuffle(fields)
+        elif mutation == "repeat":
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(fields))
+        elif mutation == "extra":
+            fields.insert(rng.randrange(1, len(fields) + 1), b"\x38" + varint(number()))  # field 7
+        elif mutation == "wire":
+            fields.insert(rng.randrange(1, len(fields) + 1), b"\x2b")  # field 5, wire type 3
+        raw = b"".join(fields)
+        if mutation == "cut":
+            raw = raw[: rng.randrange(1, len(raw))]
+        layouts["etcd" if mutation == "none" else "other"] += 1
+        assert fast(raw) == general(raw), (mutation, raw[:80])
+    assert min(layouts.values()) > 500
+
+
+def _split(raw: bytes) -> list[bytes]:
+    """The fields of a protobuf message, each with its tag, in order."""
+    fields, at = [], 0
+    while at < len(raw):
+        start = at
+        tag, at = bolt._varint(memoryview(raw), at)
+        number_or_length, at = bolt._varint(memoryview(raw), at)
+        at += number_or_length if tag & 0x07 == 2 else 0
+        fields.append(raw[start:at])
+    return fields
 
 
 def test_a_snapshot_read_while_it_arrives_counts_only_the_pages_its_tree_names(tmp_path: Path) -> None:
