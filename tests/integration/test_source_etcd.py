@@ -614,6 +614,24 @@ def test_a_wrong_password_fails_clearly_and_stays_secret(
     assert len(listed_snapshots(config)) == 1
 
 
+def test_a_backup_leaves_nothing_in_the_temporary_directory(cluster: EtcdProcess, tmp_path: Path) -> None:
+    """The snapshot file etcdctl saved is removed beside the commit (freeing its blocks takes ext4
+    tens of ms): gone, with its directory, once the command has exited."""
+    config = write_policy(tmp_path / "lifeboat", [cluster.endpoint])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [str(LIFEBOAT), "--config", str(config), "backup", "run", "--source", SOURCE],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(listed_snapshots(config)) == 1
+    assert list(scratch.iterdir()) == []
+
+
 def test_an_etcd_killed_mid_snapshot_fails_clearly(tmp_path: Path, server_logs: ServerLogs) -> None:
     with start_etcd(tmp_path / "victim" / "data") as victim:
         server_logs.register("etcd (victim)", victim.log_tail)
