@@ -615,8 +615,7 @@ def test_a_wrong_password_fails_clearly_and_stays_secret(
 
 
 def test_a_backup_leaves_nothing_in_the_temporary_directory(cluster: EtcdProcess, tmp_path: Path) -> None:
-    """The snapshot file etcdctl saved is removed beside the commit (freeing its blocks takes ext4
-    tens of ms): gone, with its directory, once the command has exited."""
+    """The snapshot file etcdctl saved is removed, with its directory, once it is stored and checked."""
     config = write_policy(tmp_path / "lifeboat", [cluster.endpoint])
     scratch = tmp_path / "tmp"
     scratch.mkdir()

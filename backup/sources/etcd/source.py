@@ -41,7 +41,6 @@ import contextvars
 import shutil
 import ssl
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -117,13 +116,8 @@ class EtcdSource:
         ssl_context = ssl_context_for(self.settings.tls, f"sources.{self.name}")
         if previous:
             writer.remember(ref for entry in writer.repository.entries(previous) for ref in entry.chunks)
-        workdir = tempfile.TemporaryDirectory(prefix=f"lifeboat-{self.name}-")
-        try:
-            taken, stored = self._take(Path(workdir.name) / SNAPSHOT_ENTRY, ssl_context, writer, progress)
-        finally:
-            # Freeing the file's blocks takes ext4 40-50 ms for 200 MiB: done beside the commit, by a
-            # thread the interpreter waits for before it exits.
-            threading.Thread(target=workdir.cleanup, name=f"etcd-{self.name}-cleanup").start()
+        with tempfile.TemporaryDirectory(prefix=f"lifeboat-{self.name}-") as workdir:
+            taken, stored = self._take(Path(workdir) / SNAPSHOT_ENTRY, ssl_context, writer, progress)
         census = taken.checked.census
         revision = taken.checked.revision
         meta = {
