@@ -476,16 +476,22 @@ def test_a_snapshot_that_fails_verification_is_never_a_snapshot(cluster: EtcdPro
 
 def defect_streaming_etcdctl(directory: Path, defect: str) -> Path:
     """An etcdctl whose ``snapshot save`` lets the real one save aside, then writes the snapshot the
-    way etcdctl does (a growing ``.part``, renamed when done), piece by piece so that Lifeboat stores
-    it while it arrives, with ``defect``: ``trailer`` (the sha256 trailer's last byte flipped),
-    ``truncated`` (the stream stops halfway; etcdctl itself exits well) or ``rewritten`` (once every
-    byte was written and read, a byte of a value is changed in place and the trailer made to match:
-    a whole, valid snapshot, but not the bytes that were stored)."""
+    way etcdctl does (a growing ``.part``, synced, renamed when done), piece by piece so that
+    Lifeboat stores it while it arrives, with ``defect``: ``trailer`` (the sha256 trailer's last byte
+    flipped), ``truncated`` (the stream stops halfway; etcdctl itself exits well), ``rewritten`` (once
+    every byte was written and read, a byte of a value is changed in place and the trailer made to
+    match: a whole, valid snapshot, but not the bytes that were stored), ``rewritten-early`` (the same
+    while the rest is still to come), ``slow-sync`` (no defect: syncing the file takes 2 s) or
+    ``fails-at-sync`` (every byte is written, then syncing it fails). It notes when ``snapshot
+    status`` starts (``status-started``) and when the save ends (``save-ended``) beside itself."""
     script = directory / "etcdctl"
     script.write_text(
         f"""#!{sys.executable}
 import os, subprocess, sys, time
 real = "{shutil.which("etcdctl")}"
+if sys.argv[1:3] == ["snapshot", "status"]:
+    with open("{directory / "status-started"}", "a") as noted:
+        noted.write(f"{{time.time()}}\\n")
 if sys.argv[1:3] != ["snapshot", "save"]:
     os.execv(real, [real, *sys.argv[1:]])
 target = sys.argv[3]
@@ -499,11 +505,26 @@ if "{defect}" == "trailer":
     data = data[:-1] + bytes([data[-1] ^ 0x01])
 elif "{defect}" == "truncated":
     data = data[: len(data) // 2]
+changed_at = data.index(b"x" * 500)  # a configmap's value: bbolt checks no value, etcd's trailer all
 with open(target + ".part", "wb") as part:
     for at in range(0, len(data), 256 * 1024):
         part.write(data[at : at + 256 * 1024])
         part.flush()
         time.sleep(0.01)
+        if "{defect}" == "rewritten-early" and changed_at < at <= changed_at + 256 * 1024:
+            import hashlib
+            time.sleep(1)  # the reader has read the value by now
+            data = data[:changed_at] + b"y" + data[changed_at + 1 : -32]
+            data += hashlib.sha256(data).digest()
+            part.seek(changed_at)
+            part.write(b"y")
+            part.seek(0, 2)
+            part.flush()
+    if "{defect}" == "slow-sync":
+        time.sleep(2)
+    if "{defect}" == "fails-at-sync":
+        print("Error: fsync {{target}}.part: no space left on device", file=sys.stderr)
+        sys.exit(1)
     if "{defect}" == "rewritten":
         import hashlib
         time.sleep(2)  # the reader has read every byte by now (all were written before)
@@ -515,31 +536,63 @@ with open(target + ".part", "wb") as part:
         part.write(hashlib.sha256(db).digest())
         part.flush()
 os.rename(target + ".part", target)
+with open("{directory / "save-ended"}", "w") as noted:
+    noted.write(f"{{time.time()}}")
 """
     )
     script.chmod(0o755)
     return script
 
 
-@pytest.mark.parametrize("defect", ["trailer", "truncated", "rewritten"])
+@pytest.mark.parametrize("defect", ["trailer", "truncated", "rewritten", "rewritten-early", "fails-at-sync"])
 def test_a_snapshot_damaged_in_the_stream_fails_and_commits_nothing(
     cluster: EtcdProcess, tmp_path: Path, defect: str
 ) -> None:
-    """The bytes are stored while they arrive; a snapshot whose trailer is wrong, which stops
-    halfway, or whose file was changed after its bytes were stored (its checks would be about other
-    bytes than the stored ones), still fails the backup: no snapshot, and the chunks stored meanwhile
-    are garbage."""
+    """The bytes are stored while they arrive, and checked once they are all there, while etcdctl
+    still syncs the file. A snapshot whose trailer is wrong, which stops halfway, whose file was
+    changed after its bytes were stored (its checks would be about other bytes than the stored ones),
+    or whose save fails at the end, still fails the backup: no snapshot, and the chunks stored
+    meanwhile are garbage."""
     config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(defect_streaming_etcdctl(tmp_path, defect)))
     result = lifeboat(config, "backup", "run", "--source", SOURCE)
     assert_failed_without_snapshot(config, result, f"{SOURCE}: FAILED", cluster.endpoint)
     if defect == "trailer":  # the db itself is whole: only etcd's trailer can tell
         assert "sha256 trailer does not match" in result.stderr
-    if defect == "rewritten":  # trailer, status and census all pass: only the file's digest can tell
+    if defect.startswith("rewritten"):  # trailer, status and census pass: only the file's digest can tell
         assert "changed after its bytes were stored" in result.stderr
+    if defect == "rewritten":  # after the checks of the whole file began: they are done again
+        assert "etcd.snapshot.rechecked" in result.stderr
+    if defect == "fails-at-sync":  # every check of the bytes passed; etcdctl's verdict still counts
+        assert "no space left on device" in result.stderr
     assert lifeboat(config, "check", "--read-data").exit_code == 0
     # The same etcdctl's other commands are the real ones: without the defect, the backup is good.
     good = write_policy(tmp_path / "good", [cluster.endpoint])
     assert backup_json(good)["status"] == "good"
+
+
+def test_the_checks_begin_while_etcdctl_still_syncs_the_file(cluster: EtcdProcess, tmp_path: Path) -> None:
+    """etcdctl syncs the whole file to disk before it renames it and exits (0.14 s for 218 MiB here).
+    The snapshot's first page says how long it is, so etcd's checks begin once every byte is here;
+    the backup is good once etcdctl exits well."""
+    config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(defect_streaming_etcdctl(tmp_path, "slow-sync")))
+    assert backup_json(config)["status"] == "good"
+    status_started = float((tmp_path / "status-started").read_text().split()[0])
+    assert status_started < float((tmp_path / "save-ended").read_text())
+
+
+def test_without_hard_links_the_file_is_checked_once_etcdctl_is_done(
+    cluster: EtcdProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is checked under a second name while etcdctl renames it; a file system without hard
+    links makes the checks wait for etcdctl, as before, and the backup is as good."""
+
+    def no_links(source: object, target: object, **_: object) -> None:
+        raise PermissionError(1, "Operation not permitted", str(source))
+
+    monkeypatch.setattr(os, "link", no_links)
+    config = write_policy(tmp_path, [cluster.endpoint], etcdctl=str(defect_streaming_etcdctl(tmp_path, "slow-sync")))
+    assert backup_json(config)["status"] == "good"
+    assert float((tmp_path / "status-started").read_text().split()[0]) > float((tmp_path / "save-ended").read_text())
 
 
 def disagreeing_etcdctl(directory: Path) -> Path:

@@ -66,6 +66,38 @@ class BoltFormatError(ValueError):
     """The file is not a bbolt database this reader understands."""
 
 
+META_END = _PAGE_HEADER.size + _META.size + _CHECKSUM.size  # a meta page's bytes that hold its meta
+
+
+@dataclass(frozen=True)
+class _Meta:
+    page_size: int
+    root: int  # the root bucket's page
+    pages: int  # the high-water page id: the db's size is pages * page_size
+    txid: int
+
+
+def _meta(page: bytes) -> _Meta | None:
+    """The meta of a meta page's first META_END bytes, None if they are not a valid one."""
+    if len(page) < META_END:
+        return None
+    raw = page[_PAGE_HEADER.size : META_END]
+    magic, version, page_size, _flags, root, _seq, _freelist, pages, txid = _META.unpack_from(raw)
+    (checksum,) = _CHECKSUM.unpack_from(raw, _META.size)
+    if magic != MAGIC or version != 2 or _fnv64a(raw[: _META.size]) != checksum or page_size < 512:
+        return None
+    return _Meta(page_size, root, pages, txid)
+
+
+def db_size(head: bytes) -> int | None:
+    """The size of the bbolt db whose first META_END bytes are ``head``: its high-water page id
+    times its page size; None when ``head`` is not a valid meta page. bbolt writes a copy of a db
+    (``Tx.WriteTo``, which is what etcd sends as a snapshot) meta pages first, then every page up
+    to that size: the first page says how long the copy will be."""
+    meta = _meta(head)
+    return None if meta is None else meta.pages * meta.page_size
+
+
 def _fnv64a(data: bytes) -> int:
     value = 0xCBF29CE484222325
     for byte in data:
@@ -96,17 +128,11 @@ class BoltFile:
 
     def _meta(self, offset: int) -> tuple[int, int, int] | None:
         """(page size, root bucket page, txid) of the meta page at ``offset``, None if it is not valid."""
-        if not self._holds(offset + _PAGE_HEADER.size + _META.size + _CHECKSUM.size):
+        if not self._holds(offset + META_END):
             return None
-        self._handle.seek(offset + _PAGE_HEADER.size)
-        raw = self._handle.read(_META.size + _CHECKSUM.size)
-        if len(raw) < _META.size + _CHECKSUM.size:
-            return None
-        magic, version, page_size, _flags, root, _seq, _freelist, _pgid, txid = _META.unpack_from(raw)
-        (checksum,) = _CHECKSUM.unpack_from(raw, _META.size)
-        if magic != MAGIC or version != 2 or _fnv64a(raw[: _META.size]) != checksum or page_size < 512:
-            return None
-        return page_size, root, txid
+        self._handle.seek(offset)
+        meta = _meta(self._handle.read(META_END))
+        return None if meta is None else (meta.page_size, meta.root, meta.txid)
 
     def _page(self, pgid: int) -> bytes:
         """Page ``pgid`` with its overflow pages: one read for a page without any (most of them)."""

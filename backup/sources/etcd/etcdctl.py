@@ -25,7 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backup.execute import STDERR_TAIL_LINES, CommandError, ManagedProcess, mask_secrets, run, start
-from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus
+from backup.sources.etcd.bolt import META_END, db_size
+from backup.sources.etcd.snapshot_file import TRAILER_SIZE, CorruptSnapshotError, SnapshotStatus
 from backup.sources.etcd.targets import EtcdDataDirTarget
 from policies.errors import SourceError
 from policies.model import EtcdTls
@@ -99,7 +100,7 @@ class Etcdctl:
         (stopped) or CommandError (etcdctl failed; secrets masked); leaving the block stops etcdctl."""
         log_path = path.with_name(f"{path.name}.etcdctl.log")
         part = path.with_name(f"{path.name}.part")
-        for leftover in (path, part):  # of an attempt that was stopped: never read as this one's bytes
+        for leftover in (path, part, pinned_name(path)):  # of an attempt that was stopped: never this one's bytes
             leftover.unlink(missing_ok=True)
         try:
             process = start([self.binary, "snapshot", "save", str(path)], log_path=log_path, env=self.env(endpoint))
@@ -186,12 +187,21 @@ class _SaveWatch:
         return None
 
 
+def pinned_name(path: Path) -> Path:
+    """Where ``SnapshotDownload.pin`` links the snapshot file ``path``."""
+    return path.with_name(f"{path.name}.checked")
+
+
 class SnapshotDownload(io.RawIOBase):
     """The snapshot file while etcdctl writes it (``<path>.part``, append only, renamed when done):
     a read gives the bytes written so far, waits for more while the save goes on, and ends once
-    etcdctl exited well and every byte was read (``ended`` is set then: the file is whole, renamed,
-    and can be checked while the last bytes read are still being stored). The open file stays valid
-    across the rename."""
+    etcdctl exited well and every byte was read (``ended`` is set then). The open file stays valid
+    across the rename.
+
+    ``whole`` is set as soon as every byte of the snapshot was handed to the reader, which is before
+    etcdctl is done: it still syncs the file to disk (0.14 s for 218 MiB here) and renames it. The
+    snapshot's first page says how long it is (bolt.db_size, plus etcd's 32-byte trailer), so the
+    file can be checked meanwhile (``pin``); whether etcdctl exits well is still to be seen."""
 
     def __init__(self, process: ManagedProcess, watch: _SaveWatch, etcdctl: Etcdctl) -> None:
         super().__init__()
@@ -200,6 +210,8 @@ class SnapshotDownload(io.RawIOBase):
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
         self.ended = threading.Event()
+        self.whole = threading.Event()
+        self._size: int | None = None  # the snapshot's size, once its first page was read (None: unknown)
         self._delivered = 0  # bytes handed to the reader so far: ``holds`` lets others read only those
         self._stopped = False  # no more bytes will be delivered (ended, failed or abandoned)
         self._progress = threading.Condition()
@@ -214,18 +226,38 @@ class SnapshotDownload(io.RawIOBase):
             self._stop()
             raise
         with self._progress:
+            if self._delivered < META_END <= self._delivered + got:
+                size = db_size(self.read_at(0, META_END))
+                self._size = None if size is None else size + TRAILER_SIZE
             self._delivered += got
             self._stopped = self._stopped or self.ended.is_set()
+            if self._size is not None and self._delivered >= self._size:
+                self.whole.set()
             self._progress.notify_all()
         return got
 
     def holds(self, end: int) -> bool:
         """Whether the snapshot reaches ``end`` bytes: waits until the reader has been handed them
         (so a second reader, ``read_at``, sees only bytes that are being stored) or no more will
-        come (the save ended, failed or was abandoned)."""
+        come (the snapshot is whole, or the save ended, failed or was abandoned)."""
         with self._progress:
-            self._progress.wait_for(lambda: self._delivered >= end or self._stopped)
+            self._progress.wait_for(lambda: self._delivered >= end or self._stopped or self.whole.is_set())
             return self._delivered >= end
+
+    def pin(self) -> Path | None:
+        """A second name for the file etcdctl writes (a hard link, ``<path>.checked``), which its
+        rename of the ``.part`` does not move: the whole file is checked there while etcdctl
+        finishes. None when the file system makes no links, or the file is gone (etcdctl failed)."""
+        final = self._watch.part.with_name(self._watch.part.name.removesuffix(".part"))
+        for candidate in (self._watch.part, final):  # renamed in between: the second is it
+            try:
+                os.link(candidate, pinned_name(final))
+            except FileNotFoundError:
+                continue
+            except OSError:  # no hard links on this file system
+                return None
+            return pinned_name(final)
+        return None
 
     def read_at(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of the bytes delivered so far (check with ``holds``

@@ -16,13 +16,16 @@ while the bytes arrive does (``_store_and_check``): the repository hashes, compr
 them as etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
 appends to), and the census and fingerprint are read from the same file meanwhile, by position,
 only from bytes already handed to the repository (``ArrivingSnapshot``). What needs the whole
-file starts the moment etcdctl is done, beside the last chunks' uploads: one pass over the file
-checks the trailer and digests the whole file, which must equal the stored stream's digest (so
-the checks are about the bytes stored, even if the file changed after they were read), and
-``snapshot status`` runs beside it. The manifest that makes those chunks a snapshot is committed
-only after all of it passed. A snapshot failing them is never uploaded as good: its chunks stay
-unreferenced, invisible to restore, and prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise
-wait minutes on a member that died mid-transfer.
+file starts the moment its last byte is here (the snapshot's first page says how long it is),
+while etcdctl still syncs it to disk and the last chunks are uploaded: one pass over the file
+checks the trailer and digests the whole file, which must equal the stored stream's digest, and
+``snapshot status`` runs beside it (a file written again since then, its size or modification time
+moved, is checked again as etcdctl left it). So the checks are about the bytes stored, even if the
+file changed after they were read; and etcdctl must still exit well. The manifest that makes those
+chunks a snapshot is committed only after all of it passed. A snapshot failing them is never
+uploaded as good: its chunks stay unreferenced, invisible to restore, and prune removes them. The
+save is supervised (``etcdctl.py``): etcdctl would otherwise wait minutes on a member that died
+mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see bolt.py for why status alone can understate it).
 
@@ -78,6 +81,12 @@ from policies.errors import RestoreError, SourceError
 from policies.model import EtcdSettings, reveal
 
 log = structlog.get_logger(__name__)
+
+
+def _written(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a file: any write to it moves one of them."""
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -180,20 +189,24 @@ class EtcdSource:
         endpoint: str,
     ) -> tuple[StoredStream, CheckedSnapshot]:
         """Store the snapshot's bytes as etcdctl writes them (a helper thread), and check the file as
-        soon as it is whole, while the last chunks read are still being compressed and stored.
+        soon as every byte is here, while etcdctl still syncs it to disk and the last chunks read are
+        still being compressed and stored.
 
         The checks read the file, the repository stored the stream: the file's sha256 (taken in the
         trailer check's pass) must be the stored stream's, or the checks were not about the stored
-        bytes. Returns once both are done: no chunk is stored after this returns or raises. Raises
-        SourceError / CommandError (the save or a check failed), or what storing raised."""
+        bytes. A file written again since the checks began (its size or modification time moved by
+        the time etcdctl is done) is checked again as etcdctl left it, whatever the first checks
+        said: the verdict is always about that file. Returns once storing and the
+        checks are done and etcdctl exited well: no chunk is stored after this returns or raises.
+        Raises SourceError / CommandError (the save or a check failed), or what storing raised."""
         started = time.monotonic()
-        ended = download.ended  # set by the download's end, or here when storing stops early
+        whole = download.whole  # set by the download, or here when storing stops (early or at the end)
         with ThreadPoolExecutor(3, thread_name_prefix="etcd-store") as helpers:
             # each with the log context of this run
             pending = helpers.submit(
                 contextvars.copy_context().run, writer.write_stream, cast(BinaryIO, download), progress=progress
             )
-            pending.add_done_callback(lambda _: ended.set())
+            pending.add_done_callback(lambda _: whole.set())
             contents = helpers.submit(
                 contextvars.copy_context().run,
                 read_snapshot,
@@ -203,19 +216,34 @@ class EtcdSource:
             )
             tool = helpers.submit(etcdctl.file_tool)  # which binary checks the file: asked meanwhile
             try:
-                ended.wait()
+                whole.wait()
                 if pending.done():
-                    pending.result()  # storing stopped before the save ended: what stopped it
+                    pending.result()  # storing stopped before every byte was here: what stopped it
+                checked_path = download.pin()
+                if checked_path is None:  # no second name: check the file etcdctl leaves, once it is done
+                    wait([pending])
+                    pending.result()
+                    checked_path = path
+                written = _written(checked_path)
                 saved = round(time.monotonic() - started, 3)
                 log.info("etcd.snapshot.saved", source=self.name, endpoint=endpoint, seconds=saved)
-                checked = check_snapshot_file(etcdctl, path, contents=contents.result, tool=tool.result)
+                checked: CheckedSnapshot | CorruptSnapshotError
+                try:
+                    checked = check_snapshot_file(etcdctl, checked_path, contents=contents.result, tool=tool.result)
+                except CorruptSnapshotError as exc:
+                    checked = exc  # the verdict, unless etcdctl writes the file again before it is done
             except BaseException:
                 download.abandon()  # the helpers still reading it end now, not when etcdctl would
                 raise
             finally:
                 wait([pending])
                 wait([contents])
-            stored = pending.result()
+            stored = pending.result()  # and etcdctl exited well
+        if _written(checked_path) != written:  # written again since the checks began: check it as etcdctl left it
+            log.warning("etcd.snapshot.rechecked", source=self.name, endpoint=endpoint, path=str(path))
+            checked = check_snapshot_file(etcdctl, path, tool=tool.result)
+        if isinstance(checked, CorruptSnapshotError):
+            raise checked
         if checked.sha256 != stored.sha256:
             raise CorruptSnapshotError(
                 f"{path} changed after its bytes were stored (sha256 {checked.sha256}, stored {stored.sha256}): "

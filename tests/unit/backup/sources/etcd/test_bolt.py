@@ -106,6 +106,17 @@ def test_a_damaged_meta_page_falls_back_to_the_other(tmp_path: Path) -> None:
     assert finished_compact_revision(path) == 412
 
 
+def test_a_db_copy_says_how_long_it_is_on_its_first_page() -> None:
+    """bbolt writes a copy of a db meta page first; its high-water page id times its page size is the
+    copy's length (an etcd snapshot adds a 32-byte trailer). A page that is not a valid meta says
+    nothing."""
+    head = meta_page(0, root=2, txid=7)[: bolt.META_END]
+    assert bolt.db_size(head) == 16 * PAGE  # meta_page's high-water page id is 16
+    assert bolt.db_size(meta_page(0, root=2, txid=7, broken=True)) is None
+    assert bolt.db_size(head[:-1]) is None
+    assert bolt.db_size(b"\0" * PAGE) is None
+
+
 def test_a_never_compacted_snapshot_says_zero(tmp_path: Path) -> None:
     root = leaf_page(2, [(BUCKET, b"meta", inline_bucket(META_ITEMS[:1]))])
     assert (
