@@ -88,8 +88,9 @@ def floor_copy(endpoint: str, source: str, target: str, workers: int) -> dict[st
     return {"seconds": time.monotonic() - started, "objects": len(keys), "bytes": moved}
 
 
-def floor_download(endpoint: str, source: str, workers: int) -> dict[str, Any]:
-    """Plain boto3: list, then get every object and read its body with ``workers`` threads."""
+def floor_download(endpoint: str, source: str, workers: int, *, tags: bool = False) -> dict[str, Any]:
+    """Plain boto3: list, then get every object and read its body with ``workers`` threads; with
+    ``tags``, get each object's tags too (the GetObjectTagging a snapshot makes by default)."""
     client = _client(endpoint, workers)
     started = time.monotonic()
     keys = [
@@ -99,6 +100,8 @@ def floor_download(endpoint: str, source: str, workers: int) -> dict[str, Any]:
     ]
 
     def download(key: str) -> int:
+        if tags:
+            client.get_object_tagging(Bucket=source, Key=key)
         return len(client.get_object(Bucket=source, Key=key)["Body"].read())
 
     with ThreadPoolExecutor(workers) as pool:
@@ -217,7 +220,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="share of the 5,000 + 20 objects (default 1)")
     parser.add_argument("--workers", type=int, default=8, help="parallel transfers, Lifeboat and floor alike")
     parser.add_argument("--scenario", choices=["large", "small"], default="large", help="small: 10,000 x 1-10 KiB")
-    parser.add_argument("--floor", choices=["copy", "list", "download"], help=argparse.SUPPRESS)
+    parser.add_argument("--floor", choices=["copy", "list", "download", "download-tags"], help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--measure", metavar="USAGE_FILE", help=argparse.SUPPRESS)
@@ -232,8 +235,8 @@ def main() -> None:
     if args.floor == "list":
         print(json.dumps(floor_list(args.endpoint, SOURCE)))
         return
-    if args.floor == "download":
-        print(json.dumps(floor_download(args.endpoint, SOURCE, args.workers)))
+    if args.floor in ("download", "download-tags"):
+        print(json.dumps(floor_download(args.endpoint, SOURCE, args.workers, tags=args.floor == "download-tags")))
         return
     bench(args.scale, args.workers, small=args.scenario == "small")
 
@@ -284,11 +287,14 @@ def measure(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
 
 
 def measure_small(endpoint: str, workdir: Path, workers: int) -> dict[str, Measured]:
-    """The download floor, then Lifeboat's first snapshot of the same bucket, each in a child: with
-    the objects' tags (a GetObjectTagging per object, the default) and with ``tags: false`` (the same
-    requests as the download)."""
+    """The download floors, then Lifeboat's first snapshot of the same bucket, each in a child: with
+    the objects' tags (a GetObjectTagging per object, the default; its floor gets the tags too) and
+    with ``tags: false`` (the same requests as the plain download)."""
     me = [sys.executable, str(Path(__file__).resolve()), "--endpoint", endpoint, "--workers", str(workers)]
-    results = {"download": run_child([*me, "--floor", "download"], workdir)}
+    results = {
+        "download": run_child([*me, "--floor", "download"], workdir),
+        "download with tags": run_child([*me, "--floor", "download-tags"], workdir),
+    }
     for name, options in (("snapshot", {}), ("snapshot, tags: false", {"tags": False})):
         where = workdir / ("tags" if options else "default")
         where.mkdir()
@@ -299,20 +305,22 @@ def measure_small(endpoint: str, workdir: Path, workers: int) -> dict[str, Measu
 
 
 def report_small(results: dict[str, Measured], count: int) -> None:
-    """Wall and CPU of the first snapshot and of the download floor, per object, and their ratios."""
-    floor = results["download"]
+    """Wall and CPU of the first snapshots and of the download floors, per object, and their ratios
+    (a snapshot with tags against the download that gets them too, one without against the plain one)."""
     print(f"\n{'small objects':32} {'work':>9} {'wall':>8} {'CPU':>8} {'CPU/object':>11} {'peak RSS':>9}")
     for name, measured in results.items():
-        label = "boto3 download (floor)" if name == "download" else f"lifeboat {name}"
+        label = f"boto3 {name} (floor)" if name.startswith("download") else f"lifeboat {name}"
         print(
             f"{label:32} {measured.seconds:8.2f}s {measured.wall:7.2f}s {measured.cpu:7.2f}s "
             f"{measured.cpu / count * 1000:8.3f} ms {measured.peak_rss / MIB:5.0f} MiB"
         )
     for name, ours in results.items():
-        if name == "download":
+        if name.startswith("download"):
             continue
+        floor_name = "download" if "tags: false" in name else "download with tags"
+        floor = results[floor_name]
         print(
-            f"{name}: work {ours.seconds / floor.seconds:.2f}x the floor, wall {ours.wall / floor.wall:.2f}x "
+            f"{name}: work {ours.seconds / floor.seconds:.2f}x the {floor_name}, wall {ours.wall / floor.wall:.2f}x "
             f"(target <= 1.10x), CPU {ours.cpu / floor.cpu:.2f}x; CPU per object {ours.cpu / count * 1000:.3f} ms "
             f"(target <= 1 ms), {(ours.cpu - floor.cpu) / count * 1000:.3f} ms above the floor's; downloaded "
             f"{ours.document['objects_downloaded']}, stored {ours.document['bytes_stored'] / MIB:.1f} MiB"
