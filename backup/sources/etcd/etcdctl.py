@@ -195,7 +195,7 @@ def pinned_name(path: Path) -> Path:
 class SnapshotDownload(io.RawIOBase):
     """The snapshot file while etcdctl writes it (``<path>.part``, append only, renamed when done):
     a read gives the bytes written so far, waits for more while the save goes on, and ends once
-    etcdctl exited well and every byte was read (``ended`` is set then). The open file stays valid
+    etcdctl exited well and every byte was read. The open file stays valid
     across the rename.
 
     ``whole`` is set as soon as every byte of the snapshot was handed to the reader, which is before
@@ -209,7 +209,7 @@ class SnapshotDownload(io.RawIOBase):
         self._watch = watch
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
-        self.ended = threading.Event()
+        self._ended = False  # etcdctl exited well and every byte was read
         self.whole = threading.Event()
         self._size: int | None = None  # the snapshot's size, once its first page was read (None: unknown)
         self._delivered = 0  # bytes handed to the reader so far: ``holds`` lets others read only those
@@ -230,7 +230,7 @@ class SnapshotDownload(io.RawIOBase):
                 size = db_size(self.read_at(0, META_END))
                 self._size = None if size is None else size + TRAILER_SIZE
             self._delivered += got
-            self._stopped = self._stopped or self.ended.is_set()
+            self._stopped = self._stopped or self._ended
             if self._size is not None and self._delivered >= self._size:
                 self.whole.set()
             self._progress.notify_all()
@@ -281,7 +281,7 @@ class SnapshotDownload(io.RawIOBase):
                 if self._process.returncode != 0:
                     tail = mask_secrets(self._process.log_tail(STDERR_TAIL_LINES), [self._etcdctl.password or ""])
                     raise CommandError(Path(self._etcdctl.binary).name, self._process.returncode or -1, tail)
-                self.ended.set()
+                self._ended = True
                 return 0
             problem = None if done else self._watch.poll()  # the deadline and the member, even while bytes flow
             if problem:
