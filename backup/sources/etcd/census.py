@@ -30,6 +30,7 @@ MAX_GROUPS = 10_000  # distinct prefixes/resources/namespaces kept per census ma
 OTHER = "(other)"
 TOP_LEVEL = "(top-level keys)"
 REGISTRY = "/registry/"
+_REGISTRY_ROOT = REGISTRY.rstrip("/").encode()  # the parent path of a key right under /registry/
 # Kubernetes stores a few resources one level deeper: /registry/services/specs/<ns>/<name>.
 NESTED_RESOURCES: Mapping[str, frozenset[str]] = {"services": frozenset({"specs", "endpoints"})}
 
@@ -49,7 +50,8 @@ class KeyCensus:
     resources: Counter[str] = field(default_factory=Counter)
     namespaces: Counter[str] = field(default_factory=Counter)
     # A key's groups depend only on its parent path (``/registry/pods/ns``), which thousands of keys
-    # share: worked out once per parent. Bounded: a flat key space would make one per key.
+    # share: worked out once per parent. Not under /registry/ itself: a key there is a resource of its
+    # own. Bounded: a flat key space would make one per key.
     _groups: dict[bytes, tuple[str, str | None, str | None]] = field(default_factory=dict, repr=False)
 
     def add(self, key: bytes) -> None:
@@ -58,7 +60,7 @@ class KeyCensus:
         groups = self._groups.get(parent) if slash else None
         if groups is None:
             groups = _groups_of(key.decode("utf-8", errors="backslashreplace"))
-            if slash and len(self._groups) < MAX_GROUPS:
+            if slash and parent != _REGISTRY_ROOT and len(self._groups) < MAX_GROUPS:
                 self._groups[parent] = groups
         prefix, resource, namespace = groups
         _count(self.prefixes, prefix)

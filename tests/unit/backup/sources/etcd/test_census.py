@@ -88,6 +88,15 @@ def test_a_flat_key_space_keeps_the_census_bounded() -> None:
     assert census.keys == MAX_GROUPS + 500
 
 
+def test_the_census_does_not_depend_on_the_order_keys_come_in() -> None:
+    """A snapshot's keys are counted in revision order, a restored member's in key order: the same
+    keys must give the same census. A key right under /registry/ is a resource of its own (its
+    name), not its first neighbour's."""
+    keys = ["/registry/health", "/registry/pods/b/p", "/registry/a-thing", "/registry/pods/a/p", "/lonely", "/x"]
+    assert census_of(*keys) == census_of(*reversed(keys)) == census_of(*sorted(keys))
+    assert census_of(*keys)["resources"] == {"a-thing": 1, "health": 1, "pods": 2}
+
+
 def test_equal_censuses_have_no_differences() -> None:
     keys = ["/registry/pods/default/a", "/registry/secrets/default/s", "/other/x"]
     assert census_differences(census_of(*keys), census_of(*keys)) == []
