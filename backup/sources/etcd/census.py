@@ -15,8 +15,9 @@ whole key space is one document.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+import bisect
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +47,9 @@ class KeyCensus:
     """
 
     keys: int = 0
-    prefixes: Counter[str] = field(default_factory=Counter)
-    resources: Counter[str] = field(default_factory=Counter)
-    namespaces: Counter[str] = field(default_factory=Counter)
+    prefixes: Groups = field(default_factory=lambda: Groups(operator.add))
+    resources: Groups = field(default_factory=lambda: Groups(operator.add))
+    namespaces: Groups = field(default_factory=lambda: Groups(operator.add))
     # A key's groups depend only on its parent path (``/registry/pods/ns``), which thousands of keys
     # share: worked out once per parent. Not under /registry/ itself: a key there is a resource of its
     # own. Bounded: a flat key space would make one per key.
@@ -63,21 +64,57 @@ class KeyCensus:
             if slash and parent != _REGISTRY_ROOT and len(self._groups) < MAX_GROUPS:
                 self._groups[parent] = groups
         prefix, resource, namespace = groups
-        _count(self.prefixes, prefix)
+        self.prefixes.add(prefix, 1)
         if resource is not None:
-            _count(self.resources, resource)
+            self.resources.add(resource, 1)
         if namespace is not None:
-            _count(self.namespaces, namespace)
+            self.namespaces.add(namespace, 1)
 
     def as_dict(self, revision: int) -> dict[str, Any]:
         """The census stored in a manifest: ``totals`` is what the anomaly guard compares."""
         return {
             "revision": revision,
             "totals": {"keys": self.keys},
-            "prefixes": dict(sorted(self.prefixes.items())),
-            "resources": dict(sorted(self.resources.items())),
-            "namespaces": dict(sorted(self.namespaces.items())),
+            "prefixes": self.prefixes.as_dict(),
+            "resources": self.resources.as_dict(),
+            "namespaces": self.namespaces.as_dict(),
         }
+
+
+class Groups:
+    """Figures by name (key counts, or digests summed), for at most MAX_GROUPS names whatever order
+    the names come in: the first MAX_GROUPS names in sorted order keep their own, every other name's
+    figures are combined under OTHER. So the same keys read in revision order (a snapshot) and in key
+    order (a restored member) give the same groups."""
+
+    def __init__(self, combine: Callable[[int, int], int]) -> None:
+        self._combine = combine  # commutative and associative: OTHER's figure is the same in any order
+        self._figures: dict[str, int] = {}
+        self._other: int | None = None
+        self._kept: list[str] = []  # the names kept, sorted, once there are MAX_GROUPS of them
+
+    def add(self, name: str, value: int) -> None:
+        figures = self._figures
+        if name in figures:
+            figures[name] = self._combine(figures[name], value)
+        elif len(figures) < MAX_GROUPS:
+            figures[name] = value
+        else:
+            kept = self._kept = self._kept or sorted(figures)
+            if name < kept[-1]:  # it comes before the last name kept, which goes to OTHER
+                self._add_other(figures.pop(kept.pop()))
+                bisect.insort(kept, name)
+                figures[name] = value
+            else:
+                self._add_other(value)
+
+    def _add_other(self, value: int) -> None:
+        self._other = value if self._other is None else self._combine(self._other, value)
+
+    def as_dict(self) -> dict[str, int]:
+        """Every name kept and OTHER (when any name went there), in sorted order."""
+        other = {} if self._other is None else {OTHER: self._other}
+        return dict(sorted((self._figures | other).items()))
 
 
 def _groups_of(key: str) -> tuple[str, str | None, str | None]:
@@ -86,12 +123,6 @@ def _groups_of(key: str) -> tuple[str, str | None, str | None]:
         return first_segment(key), None, None
     resource, namespace = kubernetes_resource(key)
     return first_segment(key), resource, namespace
-
-
-def _count(counter: Counter[str], name: str) -> None:
-    if name not in counter and len(counter) >= MAX_GROUPS:
-        name = OTHER
-    counter[name] += 1
 
 
 def first_segment(key: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backup.sources.etcd.census import MAX_GROUPS, OTHER, TOP_LEVEL, first_segment
+from backup.sources.etcd.census import MAX_GROUPS, TOP_LEVEL, Groups, first_segment
 
 DIGEST = "sha256-64-sum"  # how ``values`` digests are made; another name cannot be compared
 MAX_LEASES = 10_000  # leases listed by id in a fingerprint; more are only counted and digested
@@ -59,8 +59,8 @@ class ValueDigests:
 
     keys: int = 0
     total: int = 0
-    prefixes: dict[str, int] = field(default_factory=dict)
-    parents: dict[str, int] = field(default_factory=dict)
+    prefixes: Groups = field(default_factory=lambda: Groups(_sum))
+    parents: Groups = field(default_factory=lambda: Groups(_sum))
     _labels: dict[bytes, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def add(self, key: bytes, digest: int) -> None:
@@ -73,8 +73,8 @@ class ValueDigests:
             labels = (first_segment(text), parent.decode("utf-8", errors="backslashreplace") or TOP_LEVEL)
             if len(self._labels) < MAX_GROUPS:
                 self._labels[parent] = labels
-        _add(self.prefixes, labels[0], digest)
-        _add(self.parents, labels[1], digest)
+        self.prefixes.add(labels[0], digest)
+        self.parents.add(labels[1], digest)
 
     def add_record(
         self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
@@ -86,15 +86,13 @@ class ValueDigests:
             "algorithm": DIGEST,
             "keys": self.keys,
             "total": f"{self.total:016x}",
-            "prefixes": {name: f"{value:016x}" for name, value in sorted(self.prefixes.items())},
-            "parents": {name: f"{value:016x}" for name, value in sorted(self.parents.items())},
+            "prefixes": {name: f"{value:016x}" for name, value in self.prefixes.as_dict().items()},
+            "parents": {name: f"{value:016x}" for name, value in self.parents.as_dict().items()},
         }
 
 
-def _add(groups: dict[str, int], name: str, digest: int) -> None:
-    if name not in groups and len(groups) >= MAX_GROUPS:
-        name = OTHER
-    groups[name] = (groups.get(name, 0) + digest) & _MASK
+def _sum(total: int, digest: int) -> int:
+    return (total + digest) & _MASK
 
 
 def leases_fingerprint(leases: Mapping[int, int]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from backup.sources.etcd.census import (
@@ -13,6 +15,7 @@ from backup.sources.etcd.census import (
     first_segment,
     kubernetes_resource,
 )
+from backup.sources.etcd.fingerprint import ValueDigests
 
 
 def census_of(*keys: str | bytes, revision: int = 7) -> dict:
@@ -82,10 +85,27 @@ def test_census_of_a_small_cluster() -> None:
 def test_a_flat_key_space_keeps_the_census_bounded() -> None:
     census = KeyCensus()
     for number in range(MAX_GROUPS + 500):
-        census.add(f"/app-{number}/key".encode())
-    assert len(census.prefixes) == MAX_GROUPS + 1  # MAX_GROUPS named prefixes plus OTHER
-    assert census.prefixes[OTHER] == 500
+        census.add(f"/app-{number:05}/key".encode())
+    prefixes = census.as_dict(1)["prefixes"]
+    assert len(prefixes) == MAX_GROUPS + 1  # MAX_GROUPS named prefixes plus OTHER
+    assert prefixes[OTHER] == 500 and f"/app-{MAX_GROUPS - 1:05}/" in prefixes  # the first names in order
     assert census.keys == MAX_GROUPS + 500
+
+
+def test_beyond_the_group_limit_the_census_does_not_depend_on_the_order_keys_come_in() -> None:
+    """More namespaces than MAX_GROUPS: which ones keep a line of their own cannot depend on whether
+    the keys were read in revision order (a snapshot) or in key order (a restored member)."""
+    keys = [f"/registry/pods/team-{number:05}/pod".encode() for number in range(MAX_GROUPS + 300)]
+    shuffled = random.Random(22).sample(keys, len(keys))
+    assert census_of(*keys) == census_of(*reversed(keys)) == census_of(*shuffled)
+    assert census_of(*shuffled)["namespaces"][OTHER] == 300
+    digests = {key: number * 7919 for number, key in enumerate(keys)}
+    in_order, shuffled_values = ValueDigests(), ValueDigests()
+    for key in keys:
+        in_order.add(key, digests[key])
+    for key in shuffled:
+        shuffled_values.add(key, digests[key])
+    assert in_order.as_dict() == shuffled_values.as_dict()
 
 
 def test_the_census_does_not_depend_on_the_order_keys_come_in() -> None:
