@@ -120,19 +120,19 @@ class BoltFile:
         self._holds = holds
         first = self._meta(0)
         # Page 1 sits one page in; if page 0 is damaged, assume the usual 4 KiB page.
-        second = self._meta(first[0] if first else 4096)
+        second = self._meta(first.page_size if first else 4096)
         metas = [meta for meta in (first, second) if meta is not None]
         if not metas:
             raise BoltFormatError("no valid bbolt meta page (not an etcd snapshot, or a damaged one)")
-        self.page_size, self.root, self.txid = max(metas, key=lambda meta: meta[2])
+        newest = max(metas, key=lambda meta: meta.txid)
+        self.page_size, self.root, self.txid = newest.page_size, newest.root, newest.txid
 
-    def _meta(self, offset: int) -> tuple[int, int, int] | None:
-        """(page size, root bucket page, txid) of the meta page at ``offset``, None if it is not valid."""
+    def _meta(self, offset: int) -> _Meta | None:
+        """The meta page at ``offset``, None if it is not valid."""
         if not self._holds(offset + META_END):
             return None
         self._handle.seek(offset)
-        meta = _meta(self._handle.read(META_END))
-        return None if meta is None else (meta.page_size, meta.root, meta.txid)
+        return _meta(self._handle.read(META_END))
 
     def _page(self, pgid: int) -> bytes:
         """Page ``pgid`` with its overflow pages: one read for a page without any (most of them)."""

@@ -209,6 +209,7 @@ class SnapshotDownload(io.RawIOBase):
         self._watch = watch
         self._etcdctl = etcdctl
         self._file: io.FileIO | None = None
+        self._final = watch.part.with_name(watch.part.name.removesuffix(".part"))  # where etcdctl renames it
         self._ended = False  # etcdctl exited well and every byte was read
         self.whole = threading.Event()
         self._size: int | None = None  # the snapshot's size, once its first page was read (None: unknown)
@@ -248,15 +249,15 @@ class SnapshotDownload(io.RawIOBase):
         """A second name for the file etcdctl writes (a hard link, ``<path>.checked``), which its
         rename of the ``.part`` does not move: the whole file is checked there while etcdctl
         finishes. None when the file system makes no links, or the file is gone (etcdctl failed)."""
-        final = self._watch.part.with_name(self._watch.part.name.removesuffix(".part"))
-        for candidate in (self._watch.part, final):  # renamed in between: the second is it
+        pinned = pinned_name(self._final)
+        for candidate in (self._watch.part, self._final):  # renamed in between: the second is it
             try:
-                os.link(candidate, pinned_name(final))
+                os.link(candidate, pinned)
             except FileNotFoundError:
                 continue
             except OSError:  # no hard links on this file system
                 return None
-            return pinned_name(final)
+            return pinned
         return None
 
     def read_at(self, offset: int, size: int) -> bytes:
@@ -298,8 +299,8 @@ class SnapshotDownload(io.RawIOBase):
 
     def _open(self, done: bool) -> io.FileIO | None:
         """The download, once etcdctl has created it; after a successful exit, the renamed file."""
-        final = self._watch.part.with_name(self._watch.part.name.removesuffix(".part"))
-        for candidate in (self._watch.part, final) if done and self._process.returncode == 0 else (self._watch.part,):
+        renamed = done and self._process.returncode == 0
+        for candidate in (self._watch.part, self._final) if renamed else (self._watch.part,):
             with contextlib.suppress(FileNotFoundError):
                 return io.FileIO(candidate, "r")
         return None
