@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import structlog
 
@@ -181,6 +181,15 @@ class StoredStream:
     chunks: list[ChunkRef]
     size: int
     sha256: str
+
+
+class StreamDigest(Protocol):
+    """What takes a stored stream's sha256 as its bytes are read: hashlib's, or one that checks
+    something of the stream on the way and gives the same sha256 (an etcd snapshot's trailer)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class Repository:
@@ -339,12 +348,20 @@ class Repository:
             raise
 
     def write_stream(
-        self, stream: BinaryIO, stats: WriteStats, sink: ChunkSink, *, progress: Callable[[int], None] | None = None
+        self,
+        stream: BinaryIO,
+        stats: WriteStats,
+        sink: ChunkSink,
+        *,
+        progress: Callable[[int], None] | None = None,
+        digest: StreamDigest | None = None,
     ) -> StoredStream:
         """Cut ``stream`` into chunks and store them in parallel; memory stays at a few chunks, for all
         the streams written at once together (a chunk waits for room before it is handed over; the
-        room comes back when a chunk is stored, so no stream waits on another's reader)."""
-        digest = hashlib.sha256()
+        room comes back when a chunk is stored, so no stream waits on another's reader). ``digest``
+        takes the stream's sha256 (a new hashlib one unless given)."""
+        if digest is None:
+            digest = hashlib.sha256()
         size = 0
         window: deque[Future[ChunkRef]] = deque()
         chunks: list[ChunkRef] = []
@@ -779,8 +796,10 @@ class SnapshotWriter:
             raise RuntimeError("use the SnapshotWriter as a context manager: it must hold the repository lock")
         return self._sink
 
-    def write_stream(self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None) -> StoredStream:
-        return self.repository.write_stream(stream, self.stats, self.sink, progress=progress)
+    def write_stream(
+        self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None, digest: StreamDigest | None = None
+    ) -> StoredStream:
+        return self.repository.write_stream(stream, self.stats, self.sink, progress=progress, digest=digest)
 
     def remember(self, refs: Iterable[ChunkRef]) -> None:
         """Reuse the packed chunks among ``refs`` (an earlier snapshot's) that are still stored."""

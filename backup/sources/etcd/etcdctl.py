@@ -18,6 +18,7 @@ import shutil
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,28 +215,39 @@ class SnapshotDownload(io.RawIOBase):
         self.whole = threading.Event()
         self._size: int | None = None  # the snapshot's size, once its first page was read (None: unknown)
         self._delivered = 0  # bytes handed to the reader so far: ``holds`` lets others read only those
+        self.crc32 = 0  # of the bytes handed to the reader so far (snapshot_file.file_crc32 of the file, once whole)
         self._stopped = False  # no more bytes will be delivered (ended, failed or abandoned)
         self._progress = threading.Condition()
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (the bytes the file gives, not a copy of them); all when ``size`` < 0."""
+        if size < 0:
+            return self.readall()
         try:
-            got = self._readinto(buffer)
+            data = self._read(size)
         except BaseException:
             self._stop()
             raise
+        self.crc32 = zlib.crc32(data, self.crc32)
+        got = len(data)
         with self._progress:
             if self._delivered < META_END <= self._delivered + got:
-                size = db_size(self.read_at(0, META_END))
-                self._size = None if size is None else size + TRAILER_SIZE
+                db = db_size(self.read_at(0, META_END))
+                self._size = None if db is None else db + TRAILER_SIZE
             self._delivered += got
             self._stopped = self._stopped or self._ended
             if self._size is not None and self._delivered >= self._size:
                 self.whole.set()
             self._progress.notify_all()
-        return got
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def holds(self, end: int) -> bool:
         """Whether the snapshot reaches ``end`` bytes: waits until the reader has been handed them
@@ -272,23 +284,23 @@ class SnapshotDownload(io.RawIOBase):
             self._stopped = True
             self._progress.notify_all()
 
-    def _readinto(self, buffer: Any) -> int:
+    def _read(self, size: int) -> bytes:
         while True:
             done = not self._process.alive()  # before reading: what was written by then is all there is
             if self._file is None:
                 self._file = self._open(done)
-            got = self._file.readinto(buffer) if self._file is not None else 0
-            if done and not got:
+            data = (self._file.read(size) or b"") if self._file is not None else b""
+            if done and not data:
                 if self._process.returncode != 0:
                     tail = mask_secrets(self._process.log_tail(STDERR_TAIL_LINES), [self._etcdctl.password or ""])
                     raise CommandError(Path(self._etcdctl.binary).name, self._process.returncode or -1, tail)
                 self._ended = True
-                return 0
+                return b""
             problem = None if done else self._watch.poll()  # the deadline and the member, even while bytes flow
             if problem:
                 raise SourceError(f"{problem}; the snapshot was abandoned")
-            if got:
-                return got
+            if data:
+                return data
             time.sleep(SAVE_POLL)
 
     def abandon(self) -> None:

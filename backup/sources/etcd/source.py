@@ -15,23 +15,24 @@ status`` (hash, revision, total keys, total size = file size - 32). Everything t
 while the bytes arrive does (``_store_and_check``): the repository hashes, compresses and stores
 them as etcdctl writes them (``SnapshotDownload`` reads the growing ``.part``, which etcdctl only
 appends to), and the census and fingerprint are read from the same file meanwhile, by position,
-only from bytes already handed to the repository (``ArrivingSnapshot``). What needs the whole
-file starts the moment its last byte is here (the snapshot's first page says how long it is),
-while etcdctl still syncs it to disk and the last chunks are uploaded: one pass over the file
-checks the trailer and digests the whole file, which must equal the stored stream's digest, and
-``snapshot status`` runs beside it (a file written again since then, its size or modification time
-moved, is checked again as etcdctl left it). So the checks are about the bytes stored, even if the
-file changed after they were read; and etcdctl must still exit well. The manifest that makes those
-chunks a snapshot is committed only after all of it passed. A snapshot failing them is never
-uploaded as good: its chunks stay unreferenced, invisible to restore, and prune removes them. The
-save is supervised (``etcdctl.py``): etcdctl would otherwise wait minutes on a member that died
-mid-transfer.
+only from bytes already handed to the repository (``ArrivingSnapshot``). etcd's trailer is
+checked on the bytes stored, in the sha256 pass the repository makes over them anyway
+(``SnapshotDigest``). What needs the whole file starts the moment its last byte is here (the
+snapshot's first page says how long it is), while etcdctl still syncs it to disk and the last
+chunks are uploaded: ``snapshot status``, and beside it one pass over the file for its size and
+crc32, which must be those of the bytes stored (a file written again since then, its size or
+modification time moved, is checked again as etcdctl left it). So the checks are about the bytes
+stored, even if the file changed after they were read; and etcdctl must still exit well. The
+manifest that makes those chunks a snapshot is committed only after all of it passed. A snapshot
+failing them is never uploaded as good: its chunks stay unreferenced, invisible to restore, and
+prune removes them. The save is supervised (``etcdctl.py``): etcdctl would otherwise wait minutes
+on a member that died mid-transfer.
 The snapshot's revision is ``max(status revision, finishedCompactRev)``, as etcd computes it on
 restore (see bolt.py for why status alone can understate it).
 
 Counting keys: the census of a snapshot is read from the snapshot file itself (bolt.py: the
-newest revision of every key in the ``key`` bucket says whether it is live), while it arrives; the
-trailer check and ``snapshot status`` follow (``verify.check_snapshot_file``). The same pass
+newest revision of every key in the ``key`` bucket says whether it is live), while it arrives;
+``snapshot status`` follows (``verify.check_snapshot_file``). The same pass
 digests every live key's value and revisions, and the ``lease`` and ``auth*`` buckets give the
 leases, users, roles and auth state (fingerprint.py): all of it is the snapshot's fingerprint.
 Verifying a restore reads the restored member through its JSON gateway (``verify.verify_endpoint``),
@@ -68,7 +69,7 @@ from backup.sources.etcd.census import read_census
 from backup.sources.etcd.etcdctl import ArrivingSnapshot, Etcdctl, SnapshotDownload
 from backup.sources.etcd.gateway import EtcdGateway, ssl_context_for
 from backup.sources.etcd.restore import restore_to_data_dir, restore_to_file, snapshot_entry
-from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError
+from backup.sources.etcd.snapshot_file import SNAPSHOT_ENTRY, CorruptSnapshotError, SnapshotDigest
 from backup.sources.etcd.targets import (
     TARGET_HELP,
     EtcdDataDirTarget,
@@ -81,6 +82,10 @@ from policies.errors import RestoreError, SourceError
 from policies.model import EtcdSettings, reveal
 
 log = structlog.get_logger(__name__)
+
+
+def _size_crc(written: tuple[int, int]) -> str:
+    return f"{written[0]} bytes, {written[1]:08x}"
 
 
 def _written(path: Path) -> tuple[int, int]:
@@ -97,6 +102,7 @@ class _Taken:
     endpoint: str
     server_version: str
     checked: CheckedSnapshot
+    trailer: str  # etcd's sha256 of the db (hex), checked on the stored bytes
 
 
 class EtcdSource:
@@ -134,7 +140,7 @@ class EtcdSource:
             "etcd_version": taken.server_version,
             "endpoint": taken.endpoint,
             "status": taken.checked.status.as_dict(),
-            "trailer_sha256": taken.checked.trailer,
+            "trailer_sha256": taken.trailer,
         }
         writer.add(Entry(SNAPSHOT_ENTRY, stored.size, stored.sha256, stored.chunks, meta))
         keys = census["totals"]["keys"]
@@ -161,7 +167,9 @@ class EtcdSource:
                 with self._gateway(endpoint, ssl_context) as gateway:
                     version = gateway.version()  # fails fast, and clearly, where etcdctl would wait its dial timeout
                 with etcdctl.snapshot_save(endpoint, path) as download:
-                    stored, checked = self._store_and_check(download, path, etcdctl, writer, progress, endpoint=endpoint)
+                    stored, checked, trailer = self._store_and_check(
+                        download, path, etcdctl, writer, progress, endpoint=endpoint
+                    )
             except (SourceError, CommandError) as exc:
                 log.warning("etcd.snapshot.endpoint_failed", source=self.name, endpoint=endpoint, error=str(exc))
                 failures.append(f"{endpoint}: {exc}")
@@ -175,7 +183,7 @@ class EtcdSource:
                 revision=checked.revision,
                 seconds=round(seconds, 3),
             )
-            return _Taken(path, endpoint, version, checked), stored
+            return _Taken(path, endpoint, version, checked, trailer), stored
         raise SourceError(f"no verified snapshot of etcd source '{self.name}' from any endpoint:\n" + "\n".join(failures))
 
     def _store_and_check(
@@ -187,24 +195,30 @@ class EtcdSource:
         progress: Progress | None,
         *,
         endpoint: str,
-    ) -> tuple[StoredStream, CheckedSnapshot]:
+    ) -> tuple[StoredStream, CheckedSnapshot, str]:
         """Store the snapshot's bytes as etcdctl writes them (a helper thread), and check the file as
         soon as every byte is here, while etcdctl still syncs it to disk and the last chunks read are
-        still being compressed and stored.
+        still being compressed and stored. Returns what was stored, the checks and etcd's trailer.
 
-        The checks read the file, the repository stored the stream: the file's sha256 (taken in the
-        trailer check's pass) must be the stored stream's, or the checks were not about the stored
-        bytes. A file written again since the checks began (its size or modification time moved by
-        the time etcdctl is done) is checked again as etcdctl left it, whatever the first checks
-        said: the verdict is always about that file. Returns once storing and the
-        checks are done and etcdctl exited well: no chunk is stored after this returns or raises.
-        Raises SourceError / CommandError (the save or a check failed), or what storing raised."""
+        etcd's sha256 trailer is checked on the stored bytes as they pass (``SnapshotDigest``).
+        ``snapshot status`` and the census read the file: its size and crc32 must be those of the
+        bytes stored, or the checks were not about them. A file written again since the checks began
+        (its size or modification time moved by the time etcdctl is done) is checked again as
+        etcdctl left it, whatever the first checks said: the verdict is always about that file.
+        Returns once storing and the checks are done and etcdctl exited well: no chunk is stored
+        after this returns or raises. Raises SourceError / CommandError (the save or a check failed),
+        or what storing raised."""
         started = time.monotonic()
         whole = download.whole  # set by the download, or here when storing stops (early or at the end)
+        digest = SnapshotDigest()
         with ThreadPoolExecutor(3, thread_name_prefix="etcd-store") as helpers:
             # each with the log context of this run
             pending = helpers.submit(
-                contextvars.copy_context().run, writer.write_stream, cast(BinaryIO, download), progress=progress
+                contextvars.copy_context().run,
+                writer.write_stream,
+                cast(BinaryIO, download),
+                progress=progress,
+                digest=digest,
             )
             pending.add_done_callback(lambda _: whole.set())
             contents = helpers.submit(
@@ -244,12 +258,13 @@ class EtcdSource:
             checked = check_snapshot_file(etcdctl, path, tool=tool.result)
         if isinstance(checked, CorruptSnapshotError):
             raise checked
-        if checked.sha256 != stored.sha256:
+        trailer = digest.trailer(path)
+        if checked.written != (stored.size, download.crc32):
             raise CorruptSnapshotError(
-                f"{path} changed after its bytes were stored (sha256 {checked.sha256}, stored {stored.sha256}): "
-                "the checks did not see the stored snapshot"
+                f"{path} changed after its bytes were stored (size and crc32 {_size_crc(checked.written)}, "
+                f"stored {_size_crc((stored.size, download.crc32))}): the checks did not see the stored snapshot"
             )
-        return stored, checked
+        return stored, checked, trailer
 
     def census(self) -> dict[str, Any]:
         """The cluster's key census now (keys per prefix, Kubernetes resource and namespace, at the

@@ -41,7 +41,7 @@ from backup.sources.etcd.fingerprint import (
     value_differences,
 )
 from backup.sources.etcd.gateway import EtcdGateway, GatewayUnreachable
-from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, read_trailer, verify_trailer
+from backup.sources.etcd.snapshot_file import CorruptSnapshotError, SnapshotStatus, file_crc32, verify_trailer
 from backup.sources.etcd.targets import EtcdDataDirTarget
 from policies.errors import LifeboatError, SourceError
 
@@ -54,8 +54,7 @@ class CheckedSnapshot:
 
     status: SnapshotStatus
     revision: int  # the snapshot's real revision, which ``status.revision`` can understate (bolt.py)
-    trailer: str  # hex sha256 of the db
-    sha256: str  # hex sha256 of the whole file (db + trailer): what was checked, to compare with what was stored
+    written: tuple[int, int]  # the file's (size, crc32): what was checked, to compare with the bytes stored
     census: dict[str, Any]
     values: dict[str, Any]  # fingerprint.ValueDigests.as_dict
     leases: dict[str, Any]  # fingerprint.leases_fingerprint
@@ -69,22 +68,23 @@ def check_snapshot_file(
     contents: Callable[[], SnapshotContents] | None = None,
     tool: Callable[[], list[str]] | None = None,
 ) -> CheckedSnapshot:
-    """etcd's sha256 trailer, ``snapshot status`` (which also runs bbolt's consistency check) and the
-    key census read from the file, side by side (a hashing thread, a child process, this thread).
-    Each reads the file once; the hashing pass also digests the whole file (``CheckedSnapshot.sha256``),
-    which proves the checked file holds the bytes that were stored. ``contents``: the census and
-    fingerprint already read (while the file arrived), else they are read here; ``tool``: the file
-    tool (``Etcdctl.file_tool``) asked beforehand. Our bbolt reader and
-    etcd's must agree on the newest revision. Raises CorruptSnapshotError / SourceError."""
+    """``snapshot status`` (which also runs bbolt's consistency check) and the key census read from
+    the file, side by side (a child process, this thread), with a pass that takes the file's size and
+    crc32 (``CheckedSnapshot.written``, a thread): compared with the bytes stored, it shows the checks
+    were about them. etcd's sha256 trailer is checked on the stored bytes themselves, as they pass
+    (``snapshot_file.SnapshotDigest``). ``contents``: the census and fingerprint already read (while
+    the file arrived), else they are read here; ``tool``: the file tool (``Etcdctl.file_tool``) asked
+    beforehand. Our bbolt reader and etcd's must agree on the newest revision. Raises
+    CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
-        pending_trailer = helpers.submit(read_trailer, path)
+        pending_written = helpers.submit(file_crc32, path)
         pending_status = helpers.submit(etcdctl.snapshot_status, path, tool=tool() if tool else None)
         try:
             read = contents() if contents else _read_file(path)
         except BoltFormatError as exc:
             pending_status.result()  # etcd's own verdict on a damaged file comes first
             raise CorruptSnapshotError(f"{path}: {exc}") from None
-        status, (trailer, whole) = pending_status.result(), pending_trailer.result()
+        status, written = pending_status.result(), pending_written.result()
     if read.newest != status.revision:
         raise CorruptSnapshotError(
             f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {read.newest}"
@@ -95,9 +95,7 @@ def check_snapshot_file(
     for key, digest in read.keys.items():
         census.add(key)
         values.add(key, digest)
-    return CheckedSnapshot(
-        status, revision, trailer, whole, census.as_dict(revision), values.as_dict(), read.leases, read.auth
-    )
+    return CheckedSnapshot(status, revision, written, census.as_dict(revision), values.as_dict(), read.leases, read.auth)
 
 
 def _read_file(path: Path) -> SnapshotContents:

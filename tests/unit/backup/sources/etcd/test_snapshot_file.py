@@ -5,12 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import zlib
 from pathlib import Path
 
 import pytest
 
 from backup.sources.etcd.etcdctl import Etcdctl
-from backup.sources.etcd.snapshot_file import TRAILER_SIZE, CorruptSnapshotError, SnapshotStatus, verify_trailer
+from backup.sources.etcd.snapshot_file import (
+    TRAILER_SIZE,
+    CorruptSnapshotError,
+    SnapshotDigest,
+    SnapshotStatus,
+    file_crc32,
+    verify_trailer,
+)
 
 
 def snapshot_file(path: Path, db: bytes) -> Path:
@@ -70,23 +79,53 @@ def test_a_status_that_does_not_fit_the_file_is_refused(output: bytes, size: int
         SnapshotStatus.parse(output, file_size=size)
 
 
-def test_a_file_that_shrinks_while_it_is_checked_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The file is shorter than it was when the check looked at its size (truncated meanwhile): the
-    check fails, naming it, instead of waiting for bytes that will never come."""
-    path = snapshot_file(tmp_path / "s.db", os.urandom(64 * 1024))
-    real_stat = Path.stat
+def pieces(data: bytes, seed: int) -> list[bytes]:
+    """``data`` cut at random places, into pieces from nothing to past a trailer's size and beyond."""
+    rng = random.Random(seed)
+    cuts, at = [], 0
+    while at < len(data):
+        size = rng.choice([0, 1, 5, TRAILER_SIZE - 1, TRAILER_SIZE, TRAILER_SIZE + 1, 100, 4096, 70_000])
+        cuts.append(data[at : at + size])
+        at += size
+    return cuts
 
-    def grown(self: Path, **kwargs: object) -> os.stat_result:
-        found = real_stat(self, **kwargs)  # type: ignore[arg-type]
-        if self != path:
-            return found
-        fields = list(found)
-        fields[6] += 4096  # st_size: what it held before it shrank
-        return os.stat_result(fields)
 
-    monkeypatch.setattr(Path, "stat", grown)
-    with pytest.raises(CorruptSnapshotError, match="shrank while it was being checked"):
-        verify_trailer(path)
+@pytest.mark.parametrize("seed", range(20))
+def test_the_stream_digest_checks_the_trailer_however_the_bytes_come(seed: int) -> None:
+    """The repository hands a stream's bytes to its digest in blocks of any size: the sha256 is the
+    stream's, and etcd's trailer is checked on them, or a flipped byte of the db or the trailer, or a
+    stream cut short, is named."""
+    db = random.Random(seed).randbytes(random.Random(seed).randrange(0, 200_000))
+    data = db + hashlib.sha256(db).digest()
+    digest = SnapshotDigest()
+    for piece in pieces(data, seed):
+        digest.update(piece)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    if not db:
+        with pytest.raises(CorruptSnapshotError, match="too short"):
+            digest.trailer("the stream")
+        return
+    assert digest.trailer("the stream") == hashlib.sha256(db).hexdigest()
+    for at in (0, len(db) // 2, len(db) - 1, len(data) - 1):
+        damaged = SnapshotDigest()
+        for piece in pieces(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :], seed):
+            damaged.update(piece)
+        with pytest.raises(CorruptSnapshotError, match="the stream: its sha256 trailer does not match"):
+            damaged.trailer("the stream")
+    cut = SnapshotDigest()
+    for piece in pieces(data[: len(data) - 1000], seed):
+        cut.update(piece)
+    with pytest.raises(CorruptSnapshotError):
+        cut.trailer("the stream")
+
+
+def test_a_files_size_and_crc32_are_its_bytes(tmp_path: Path) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 5)  # more than two read blocks
+    path = tmp_path / "s.db"
+    path.write_bytes(data)
+    assert file_crc32(path) == (len(data), zlib.crc32(data))
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert file_crc32(path) != (len(data), zlib.crc32(data))
 
 
 def test_a_file_with_a_right_trailer_that_etcd_cannot_read_fails_snapshot_status(tmp_path: Path) -> None:
