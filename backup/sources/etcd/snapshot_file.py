@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class SnapshotDigest:
         self._tail = b""  # the last TRAILER_SIZE bytes seen (fewer at first)
         self.size = 0
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         self.size += len(data)
         if len(data) >= TRAILER_SIZE:
             self._db.update(self._tail)
@@ -72,9 +73,8 @@ def verify_trailer(path: Path) -> str:
     Raises CorruptSnapshotError when the file is too short or its bytes do not match the trailer
     (a truncated or damaged transfer)."""
     digest = SnapshotDigest()
-    with path.open("rb") as handle:
-        while block := handle.read(READ_BLOCK):
-            digest.update(block)
+    for block in _blocks(path):
+        digest.update(block)
     return digest.trailer(path)
 
 
@@ -83,13 +83,20 @@ def file_crc32(path: Path) -> tuple[int, int]:
     written is compared with, to show it still holds the bytes read (a cheap check: crc32 runs at
     several GB/s, sha256 at about one)."""
     crc, size = 0, 0
+    for block in _blocks(path):
+        crc = zlib.crc32(block, crc)
+        size += len(block)
+    return size, crc
+
+
+def _blocks(path: Path) -> Iterator[memoryview]:
+    """The file at ``path`` a block at a time, read into one buffer (each block is valid until the
+    next is read)."""
     buffer = bytearray(READ_BLOCK)
     view = memoryview(buffer)
     with path.open("rb") as handle:
         while got := handle.readinto(buffer):
-            crc = zlib.crc32(view[:got], crc)
-            size += got
-    return size, crc
+            yield view[:got]
 
 
 @dataclass(frozen=True)
