@@ -22,7 +22,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from backup.execute import STDERR_TAIL_LINES, CommandError, ManagedProcess, mask_secrets, run, start
@@ -243,11 +242,6 @@ class SnapshotDownload(io.RawIOBase):
                 self.whole.set()
             self._progress.notify_all()
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def holds(self, end: int) -> bool:
         """Whether the snapshot reaches ``end`` bytes: waits until the reader has been handed them

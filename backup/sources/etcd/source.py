@@ -259,9 +259,9 @@ class EtcdSource:
         if isinstance(checked, CorruptSnapshotError):
             raise checked
         trailer = digest.trailer(path)
-        if checked.written != (stored.size, download.crc32):
+        if checked.size_crc32 != (stored.size, download.crc32):
             raise CorruptSnapshotError(
-                f"{path} changed after its bytes were stored (size and crc32 {_size_crc(checked.written)}, "
+                f"{path} changed after its bytes were stored (size and crc32 {_size_crc(checked.size_crc32)}, "
                 f"stored {_size_crc((stored.size, download.crc32))}): the checks did not see the stored snapshot"
             )
         return stored, checked, trailer

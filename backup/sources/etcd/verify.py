@@ -54,7 +54,7 @@ class CheckedSnapshot:
 
     status: SnapshotStatus
     revision: int  # the snapshot's real revision, which ``status.revision`` can understate (bolt.py)
-    written: tuple[int, int]  # the file's (size, crc32): what was checked, to compare with the bytes stored
+    size_crc32: tuple[int, int]  # the file's size and crc32: what was checked, to compare with the bytes stored
     census: dict[str, Any]
     values: dict[str, Any]  # fingerprint.ValueDigests.as_dict
     leases: dict[str, Any]  # fingerprint.leases_fingerprint
@@ -70,21 +70,21 @@ def check_snapshot_file(
 ) -> CheckedSnapshot:
     """``snapshot status`` (which also runs bbolt's consistency check) and the key census read from
     the file, side by side (a child process, this thread), with a pass that takes the file's size and
-    crc32 (``CheckedSnapshot.written``, a thread): compared with the bytes stored, it shows the checks
+    crc32 (``CheckedSnapshot.size_crc32``, a thread): compared with the bytes stored, it shows the checks
     were about them. etcd's sha256 trailer is checked on the stored bytes themselves, as they pass
     (``snapshot_file.SnapshotDigest``). ``contents``: the census and fingerprint already read (while
     the file arrived), else they are read here; ``tool``: the file tool (``Etcdctl.file_tool``) asked
     beforehand. Our bbolt reader and etcd's must agree on the newest revision. Raises
     CorruptSnapshotError / SourceError."""
     with ThreadPoolExecutor(2, thread_name_prefix="etcd-check") as helpers:
-        pending_written = helpers.submit(file_crc32, path)
+        pending_size_crc32 = helpers.submit(file_crc32, path)
         pending_status = helpers.submit(etcdctl.snapshot_status, path, tool=tool() if tool else None)
         try:
             read = contents() if contents else _read_file(path)
         except BoltFormatError as exc:
             pending_status.result()  # etcd's own verdict on a damaged file comes first
             raise CorruptSnapshotError(f"{path}: {exc}") from None
-        status, written = pending_status.result(), pending_written.result()
+        status, size_crc32 = pending_status.result(), pending_size_crc32.result()
     if read.newest != status.revision:
         raise CorruptSnapshotError(
             f"{path}: etcd says its newest revision is {status.revision}, its key bucket reads {read.newest}"
@@ -95,7 +95,7 @@ def check_snapshot_file(
     for key, digest in read.keys.items():
         census.add(key)
         values.add(key, digest)
-    return CheckedSnapshot(status, revision, written, census.as_dict(revision), values.as_dict(), read.leases, read.auth)
+    return CheckedSnapshot(status, revision, size_crc32, census.as_dict(revision), values.as_dict(), read.leases, read.auth)
 
 
 def _read_file(path: Path) -> SnapshotContents:
