@@ -66,6 +66,14 @@ def _client(endpoint: str, workers: int = 10) -> Any:
     )
 
 
+def _keys(client: Any, bucket: str) -> list[str]:
+    return [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for item in page.get("Contents", [])
+    ]
+
+
 # ---- the floors, run as children of this script ---------------------------------------------------
 
 
@@ -74,11 +82,7 @@ def floor_copy(endpoint: str, source: str, target: str, workers: int) -> dict[st
     client = _client(endpoint, workers)
     started = time.monotonic()
     client.create_bucket(Bucket=target)
-    keys = [
-        item["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
-        for item in page.get("Contents", [])
-    ]
+    keys = _keys(client, source)
 
     def copy(key: str) -> int:
         body = client.get_object(Bucket=source, Key=key)["Body"].read()
@@ -95,11 +99,7 @@ def floor_download(endpoint: str, source: str, workers: int, *, tags: bool = Fal
     ``tags``, get each object's tags too (the GetObjectTagging a snapshot makes by default)."""
     client = _client(endpoint, workers)
     started = time.monotonic()
-    keys = [
-        item["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
-        for item in page.get("Contents", [])
-    ]
+    keys = _keys(client, source)
 
     def download(key: str) -> int:
         if tags:
@@ -116,11 +116,7 @@ def floor_list(endpoint: str, source: str, workers: int, *, tags: bool = False) 
     ``workers`` threads (the GetObjectTagging an incremental snapshot makes by default)."""
     client = _client(endpoint, workers)
     started = time.monotonic()
-    keys = [
-        item["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
-        for item in page.get("Contents", [])
-    ]
+    keys = _keys(client, source)
     if tags:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda key: client.get_object_tagging(Bucket=source, Key=key), keys))
